@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each sets up .venv itself.
+#
+# torch is installed first and on its own: the CUDA build only where a CUDA GPU answers
+# (nvidia-smi), otherwise the CPU build 2.13.0, so no install ever pulls CUDA wheels onto a
+# CPU machine. Everything else comes pinned from pyproject.toml and finds torch already there.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH_VERSION := 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+STAMP  := $(VENV)/.installed
+
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test test-fast setup clean
+
+demo: $(STAMP)
+	$(VENV)/bin/tunesmith quickstart
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# Unit tests only (no embedded model): seconds.
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not integration"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  echo "CUDA GPU found: installing torch $(TORCH_VERSION) (CUDA build)"; \
+	  $(PIP) install -q "torch==$(TORCH_VERSION)"; \
+	else \
+	  echo "No CUDA GPU: installing torch $(TORCH_VERSION) (CPU build)"; \
+	  $(PIP) install -q "torch==$(TORCH_VERSION)+cpu" 2>/dev/null \
+	    || $(PIP) install -q "torch==$(TORCH_VERSION)+cpu" --index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple; \
+	fi
+	$(PIP) install -q -e ".[test]"
+	@$(PY) -c "import torch, sys; cpu = not torch.cuda.is_available(); print('torch', torch.__version__, 'cuda' if not cpu else 'cpu')"
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

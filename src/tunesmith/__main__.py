@@ -1,0 +1,3 @@
+from tunesmith.cli.main import run
+
+run()

@@ -1,0 +1,53 @@
+"""`tunesmith` entry point: `main(argv) -> exit code`.
+
+Verb modules register their parsers here without importing torch; a verb's handler (and the
+heavy libraries it needs) is imported only when that verb runs, so `--help` is instant.
+Exit codes: 0 done, 2 the user's input is wrong, 1 our fault, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tunesmith import __version__
+from tunesmith.errors import TunesmithError, UserError
+
+VERB_MODULES = ("tunesmith.cli.train", "tunesmith.cli.evaluate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune language models: data file in, model you can run out.")
+    parser.add_argument("--version", action="version", version=f"tunesmith {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for name in VERB_MODULES:
+        importlib.import_module(name).register(verbs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module_name, _, function_name = args.handler.partition(":")
+    try:
+        handler = getattr(importlib.import_module(module_name), function_name)
+        return int(handler(args) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except TunesmithError as err:
+        print(f"tunesmith failed: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run() -> None:
+    """Console-script entry point."""
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,156 @@
+"""The one typed configuration of a tunesmith run.
+
+Every field is documented once here; the docstrings are what `tunesmith train --help-config`
+prints. Models are frozen and forbid unknown keys, so a typo is an error, never a silent None.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Section(BaseModel):
+    """Base of every config section: frozen, unknown keys rejected, docstrings as help."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class ModelConfig(Section):
+    name: str = "smollm2-135m-instruct"
+    """A built-in name (`smollm2-135m-instruct`), a local Hugging Face model folder, or a hub id."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weight dtype at load. `auto`: bfloat16 on a GPU that supports it, float32 on CPU."""
+
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) when `name` is a hub id."""
+
+
+class DataConfig(Section):
+    train: str
+    """Training data: a file path, or `bundled:NAME/FILE` for data shipped with tunesmith."""
+
+    validation: str | None = None
+    """Validation data (eval loss during training). Same forms as `train`."""
+
+    test: str | None = None
+    """Held-out data for `tunesmith eval` (generation metrics, base vs tuned)."""
+
+    format: Literal["auto", "messages"] = "auto"
+    """Row format. `auto` detects it from the rows and says what it found."""
+
+
+class TemplateConfig(Section):
+    chat_template: str = "model"
+    """`model` uses the model's own chat template; or a path to a `.jinja` file."""
+
+    train_on: Literal["assistant", "last", "all"] = "assistant"
+    """Which tokens train: every assistant turn with its end-of-turn token, the last one, or all."""
+
+    max_length: int = Field(1024, gt=8)
+    """Longest tokenized conversation; longer rows are cut and counted in the data report."""
+
+
+class LoraConfig(Section):
+    r: int = Field(16, gt=0)
+    """Rank of the low-rank update."""
+
+    alpha: float = Field(32, gt=0)
+    """Scale numerator: the update is multiplied by alpha / r."""
+
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapter input. 0 is fastest and fine for small, clean data."""
+
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names to adapt, or `all-linear` for every linear layer except the output head."""
+
+
+class TrainConfig(Section):
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the training data (fractions allowed). Ignored when `max_steps` is set."""
+
+    max_steps: int | None = Field(None, gt=0)
+    """Stop after this many optimizer steps, whatever `epochs` says."""
+
+    batch_size: int = Field(8, gt=0)
+    """Conversations per micro-batch, concatenated without padding (packed, never cross-attending)."""
+
+    gradient_accumulation: int = Field(1, gt=0)
+    """Micro-batches per optimizer step. Loss is normalized over the step's trained tokens."""
+
+    learning_rate: float = Field(2e-4, gt=0)
+    """Peak learning rate (AdamW)."""
+
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "cosine"
+    """Decay after warmup."""
+
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    """Share of the steps spent warming up linearly from 0."""
+
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Gradient clipping norm."""
+
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Compute precision. `auto`: bf16 where the hardware runs it natively, else fp32."""
+
+    seed: int = 42
+    """Seeds data order, adapter init and dropout."""
+
+    logging_steps: int = Field(1, gt=0)
+    """Write a line to metrics.jsonl every this many optimizer steps."""
+
+
+class EvalConfig(Section):
+    metrics: list[Literal["exact", "json_exact", "json_valid"]] = ["exact"]
+    """Generation metrics on the test split: string exact match, parsed-JSON match, JSON validity."""
+
+    compare_base: bool = True
+    """Also evaluate the base model, to show what the fine-tune changed."""
+
+    max_new_tokens: int | None = Field(None, gt=0)
+    """Generation cap. Default: the longest reference answer plus a margin."""
+
+    batch_size: int = Field(16, gt=0)
+    """Prompts generated together (left-padded)."""
+
+    limit: int | None = Field(None, gt=0)
+    """Evaluate at most this many test rows (the first ones)."""
+
+
+class Config(Section):
+    """A whole run. `model`, `data` and the rest are sections; see each for its fields."""
+
+    name: str | None = None
+    """Run name, the folder under `output_dir`. Default: the config file's name and the time."""
+
+    output_dir: str = "runs"
+    """Where run folders are created (relative to the working directory)."""
+
+    method: Literal["lora"] = "lora"
+    """`lora` trains a small adapter on the frozen base model."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    template: TemplateConfig = TemplateConfig()
+    lora: LoraConfig = LoraConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value or "/" in value or value in {".", ".."}):
+            raise ValueError("must be a plain folder name (no '/')")
+        return value
+
+    def run_dir(self) -> Path:
+        """The run folder this config writes to (`name` must be set)."""
+        if self.name is None:
+            raise ValueError("config has no run name yet")
+        return Path(self.output_dir) / self.name

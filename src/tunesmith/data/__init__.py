@@ -1,0 +1,1 @@
+"""Data: read files, turn rows into conversations, report what is wrong and where."""

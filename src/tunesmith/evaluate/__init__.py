@@ -1,0 +1,1 @@
+"""Evaluation and inference: generation metrics base vs tuned, chat."""

@@ -1,0 +1,91 @@
+"""Base vs tuned on held-out conversations: generate, score, write, print."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tunesmith.data.types import Conversation
+from tunesmith.evaluate.generate import generate
+from tunesmith.evaluate.metrics import score
+from tunesmith.formatting.encode import generation_prompt
+from tunesmith.formatting.template import ChatTemplate
+
+
+def evaluate_model(model: Any, tokenizer: Any, template: ChatTemplate, conversations: list[Conversation], *,
+                   metrics: list[str], stop_ids: list[int], compare_base: bool, max_new_tokens: int | None,
+                   batch_size: int, console: Any) -> dict:
+    """Generate for every conversation's last assistant turn with the tuned model (and the base)."""
+    pairs = [generation_prompt(c, template) for c in conversations]
+    prompts = [p for p, _ in pairs]
+    references = [r for _, r in pairs]
+    limit = max_new_tokens or _default_cap(tokenizer, references)
+    outputs: dict[str, list[str]] = {}
+    with console.status(f"Generating {len(prompts)} answers with the tuned model"):
+        outputs["tuned"] = generate(model, tokenizer, prompts, max_new_tokens=limit, stop_ids=stop_ids,
+                                    batch_size=batch_size)
+    if compare_base and hasattr(model, "disable_adapter"):
+        with console.status(f"Generating {len(prompts)} answers with the base model"), model.disable_adapter():
+            outputs["base"] = generate(model, tokenizer, prompts, max_new_tokens=limit, stop_ids=stop_ids,
+                                       batch_size=batch_size)
+    return _summarize(conversations, prompts, references, outputs, metrics)
+
+
+def _default_cap(tokenizer: Any, references: list[str]) -> int:
+    """Longest reference in tokens plus a margin: enough to be right, not enough to ramble long."""
+    longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references)
+    return longest + 16
+
+
+def _summarize(conversations, prompts, references, outputs: dict[str, list[str]], metrics: list[str]) -> dict:
+    samples = []
+    totals = {model: dict.fromkeys(metrics, 0.0) for model in outputs}
+    for i, conversation in enumerate(conversations):
+        sample: dict[str, Any] = {"source": str(conversation.source), "prompt": prompts[i], "reference": references[i]}
+        for model, answers in outputs.items():
+            scores = score(answers[i], references[i], metrics)
+            sample[model] = answers[i]
+            sample[f"{model}_scores"] = scores
+            for name, value in scores.items():
+                totals[model][name] += value
+        samples.append(sample)
+    n = len(conversations)
+    summary = {model: {name: round(v / n, 4) for name, v in values.items()} for model, values in totals.items()}
+    return {"n": n, "metrics": metrics, **summary, "samples": samples}
+
+
+def write_results(results: dict, eval_dir: Path) -> None:
+    from tunesmith.runfolder import write_json
+
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    write_json(eval_dir / "results.json", {k: v for k, v in results.items() if k != "samples"})
+    tmp = eval_dir / ".samples.jsonl.tmp"
+    with tmp.open("w", encoding="utf-8") as handle:
+        for sample in results["samples"]:
+            handle.write(json.dumps(sample, ensure_ascii=False) + "\n")
+    tmp.replace(eval_dir / "samples.jsonl")
+
+
+def results_table(results: dict) -> Any:
+    """A rich table: one row per metric, base and tuned side by side with the difference."""
+    from rich.table import Table
+
+    table = Table(title=f"Evaluation on {results['n']} held-out rows")
+    has_base = "base" in results
+    table.add_column("metric")
+    if has_base:
+        table.add_column("base", justify="right")
+    table.add_column("tuned", justify="right")
+    if has_base:
+        table.add_column("change", justify="right")
+    for name in results["metrics"]:
+        tuned = results["tuned"][name]
+        row = [name]
+        if has_base:
+            base = results["base"][name]
+            row += [f"{base:.3f}", f"{tuned:.3f}", f"{tuned - base:+.3f}"]
+        else:
+            row.append(f"{tuned:.3f}")
+        table.add_row(*row)
+    return table

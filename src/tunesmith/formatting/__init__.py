@@ -1,0 +1,1 @@
+"""Formatting: chat templates, masks from one render, packed batches."""

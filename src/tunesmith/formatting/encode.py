@@ -1,0 +1,96 @@
+"""Conversation -> Example: one render, one tokenization, labels from character spans.
+
+A token trains when any of its characters lies inside a trained span: an assistant message's
+content plus the end-of-turn marker the template puts right after it (so the model learns to stop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tunesmith.data.types import Conversation
+from tunesmith.formatting.template import KNOWN_END_OF_TURN, ChatTemplate, end_of_turn_length, template_from_file
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    n_trainable: int
+    truncated: bool
+    source_id: str
+    eot_trained: bool
+    """Every trained assistant turn has its end-of-turn marker trained too."""
+
+
+def build_template(tokenizer: Any, setting: str) -> ChatTemplate:
+    """The template a run uses: the model's own (`model`) or a user's `.jinja` file."""
+    from tunesmith.errors import UserError
+
+    specials = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
+    if setting == "model":
+        source = getattr(tokenizer, "chat_template", None)
+        if not isinstance(source, str) or not source:
+            raise UserError("the model has no chat template of its own; set template.chat_template to a .jinja file")
+        return ChatTemplate(source, name="the model's own chat template", special_tokens=specials)
+    return ChatTemplate(template_from_file(setting), name=setting, special_tokens=specials)
+
+
+def end_of_turn_markers(tokenizer: Any) -> tuple[str, ...]:
+    """End-of-turn strings this tokenizer knows as special tokens, eos first."""
+    specials = set(getattr(tokenizer, "all_special_tokens", [])) | set(getattr(tokenizer, "added_tokens_encoder", {}))
+    markers = [m for m in KNOWN_END_OF_TURN if m in specials]
+    eos = getattr(tokenizer, "eos_token", None)
+    return tuple(dict.fromkeys([eos, *markers] if eos else markers))
+
+
+def trained_messages(conversation: Conversation, train_on: str) -> set[int]:
+    """Indices of the messages whose content trains under `train_on` and per-message weights."""
+    assistants = [i for i, m in enumerate(conversation.messages) if m.role == "assistant"]
+    default = set(assistants) if train_on == "assistant" else set(assistants[-1:])
+    if train_on == "all":
+        default = set(range(len(conversation.messages)))
+    chosen = set()
+    for i, message in enumerate(conversation.messages):
+        if message.weight == 1 or (message.weight is None and i in default):
+            chosen.add(i)
+    return chosen
+
+
+def encode(conversation: Conversation, template: ChatTemplate, tokenizer: Any, *, train_on: str,
+           max_length: int, markers: tuple[str, ...]) -> Example:
+    """Tokenize a conversation and mark which tokens train."""
+    rendered = template.render_with_spans(conversation.as_dicts())
+    chosen = trained_messages(conversation, train_on)
+    ranges: list[tuple[int, int]] = []
+    eot_trained = True
+    for span in rendered.spans:
+        if span.message in chosen:
+            tail = end_of_turn_length(rendered.text, span.end, markers)
+            eot_trained &= tail > 0 or conversation.messages[span.message].role != "assistant"
+            ranges.append((span.start, span.end + tail))
+    if train_on == "all":
+        ranges = [(0, len(rendered.text))]
+    encoded = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    labels = [tok if _overlaps(a, b, ranges) else IGNORE_INDEX for tok, (a, b) in zip(ids, offsets)]
+    truncated = len(ids) > max_length
+    ids, labels = ids[:max_length], labels[:max_length]
+    labels[0] = IGNORE_INDEX  # the first token is never predicted: keeps packed rows apart
+    n_trainable = sum(1 for x in labels if x != IGNORE_INDEX)
+    return Example(ids, labels, n_trainable, truncated, str(conversation.source), eot_trained)
+
+
+def generation_prompt(conversation: Conversation, template: ChatTemplate) -> tuple[str, str | None]:
+    """The prompt (all messages before the last assistant turn) and that turn's reference text."""
+    messages = conversation.as_dicts()
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    prompt = template.render(messages[:last], add_generation_prompt=True)
+    return prompt, messages[last]["content"]
+
+
+def _overlaps(start: int, end: int, ranges: list[tuple[int, int]]) -> bool:
+    return any(start < b and end > a for a, b in ranges)

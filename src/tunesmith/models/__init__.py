@@ -1,0 +1,1 @@
+"""Models: resolve a reference, load with dtype, build adapters."""

@@ -1,0 +1,104 @@
+"""Resolve a model reference and load it: built-in name, local folder, or hub id.
+
+Resolution is cheap (a config read at most) and happens before any run folder exists, so an
+unknown model is a clean exit 2, not a half-made run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from tunesmith.errors import UserError
+from tunesmith.models.embedded import EMBEDDED_MODELS, ensure_embedded_model, is_embedded_name
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model reference made concrete: what the user wrote and what transformers is given."""
+
+    name: str
+    path: str
+    kind: str  # "embedded" | "local" | "hub"
+    revision: str | None = None
+
+
+def resolve_model(name: str, *, revision: str | None = None, log: Callable[[str], None] = lambda m: None) -> ModelRef:
+    """Find the model a config names, fetching the embedded one if needed."""
+    if is_embedded_name(name):
+        return ModelRef(name, str(ensure_embedded_model(name, log=log)), "embedded")
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise UserError(f"model folder {name} has no config.json (is it a Hugging Face model folder?)")
+        return ModelRef(name, str(local.resolve()), "local")
+    if local.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"model not found: {name} (not a folder with config.json)")
+    _check_hub_id(name, revision)
+    return ModelRef(name, name, "hub", revision)
+
+
+def _check_hub_id(name: str, revision: str | None) -> None:
+    """Ask transformers for the config of a hub id; offline or unknown gives one clear line."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name, revision=revision)
+    except (OSError, ValueError) as err:
+        known = ", ".join(EMBEDDED_MODELS)
+        reason = str(err).strip().splitlines()[0][:200]
+        raise UserError(f"model {name!r} is not a built-in name ({known}), not a local folder, "
+                        f"and the model hub could not provide it: {reason}") from None
+
+
+def load_tokenizer(ref: ModelRef) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ref.path, revision=ref.revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def torch_dtype(setting: str, device: str) -> Any:
+    """The weight dtype for a `model.dtype` setting on this device."""
+    import torch
+
+    if setting == "auto":
+        if device == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, setting)
+
+
+def load_model(ref: ModelRef, *, dtype: str = "auto", device: str = "cpu") -> Any:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(ref.path, revision=ref.revision, dtype=torch_dtype(dtype, device),
+                                                 attn_implementation="sdpa")
+    return model.to(device)
+
+
+def add_lora(model: Any, *, r: int, alpha: float, dropout: float, target_modules: Any, seed: int) -> Any:
+    """Wrap `model` with a fresh LoRA adapter (peft); only adapter weights train."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)  # adapter init is part of what the seed fixes
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        task_type="CAUSAL_LM", bias="none")
+    return get_peft_model(model, config)
+
+
+def load_adapter(base: Any, adapter_dir: Path) -> Any:
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(adapter_dir))
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

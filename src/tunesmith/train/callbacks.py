@@ -1,0 +1,86 @@
+"""What a run shows and records while it trains: a live progress bar and metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+
+def memory_mb() -> float:
+    """Peak memory of this process so far: CUDA allocations on a GPU, else resident set size."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class MetricsWriter(TrainerCallback):
+    """Appends one JSON object per log event to metrics.jsonl (train steps and evaluations)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.started = time.perf_counter()
+        self.last_time = self.started
+        self.last_tokens = 0
+        self.losses: list[float] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = dict(logs or {})
+        now = time.perf_counter()
+        record: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        if "loss" in logs:
+            tokens = int(state.num_input_tokens_seen)
+            rate = (tokens - self.last_tokens) / max(now - self.last_time, 1e-9)
+            record |= {"loss": logs["loss"], "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
+                       "tokens_seen": tokens, "tokens_per_s": round(rate, 1)}
+            self.last_time, self.last_tokens = now, tokens
+            self.losses.append(float(logs["loss"]))
+        elif "eval_loss" in logs:
+            record |= {"eval_loss": logs["eval_loss"]}
+        else:
+            return
+        record |= {"elapsed_s": round(now - self.started, 2), "memory_mb": round(memory_mb(), 1)}
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+class ProgressBar(TrainerCallback):
+    """A rich progress bar: step, loss, tokens/s, ETA."""
+
+    def __init__(self, console: Any):
+        self.console = console
+        self.progress = None
+        self.task = None
+        self.loss = math.nan
+        self.started = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} tok/s"),
+                                 TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, loss="-", rate="-")
+        self.started = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss = float(logs["loss"])
+
+    def on_step_end(self, args, state, control, **kwargs):
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        rate = f"{state.num_input_tokens_seen / elapsed:,.0f}"
+        loss = "-" if math.isnan(self.loss) else f"{self.loss:.3f}"
+        self.progress.update(self.task, completed=state.global_step, loss=loss, rate=rate)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()

@@ -1,0 +1,88 @@
+"""transformers' Trainer, wired for packed batches and a loss computed only where tokens train.
+
+The subclass changes one thing: the output head runs only at positions whose next token is
+trained (a 49k-vocabulary head is a large share of a small model's compute), and the summed loss
+is divided by the trained-token count of the whole optimizer step, so batch size and gradient
+accumulation do not change the result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainingArguments
+
+from tunesmith.config.schema import Config
+from tunesmith.formatting.collate import collate_packed
+from tunesmith.formatting.encode import IGNORE_INDEX
+
+
+class PackedTrainer(Trainer):
+    """Trainer whose loss is token-normalized over the optimizer step (see module docstring)."""
+
+    loss_is_scaled_for_ga = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        targets = labels[:, 1:]
+        keep = _pad_false(targets != IGNORE_INDEX)
+        # use_cache=False is load-bearing: with a KV cache object present, transformers skips the
+        # packed-sequence (block-diagonal) mask and packed conversations attend to each other.
+        outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
+        logits = outputs.logits.float()
+        total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[targets != IGNORE_INDEX],
+                                reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
+        loss = total / torch.as_tensor(count, device=total.device).clamp(min=1)
+        return (loss, outputs) if return_outputs else loss
+
+
+def _pad_false(mask: Any) -> Any:
+    """[B, T-1] bool -> [B, T] bool with a False last column (the last position predicts nothing)."""
+    return torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
+
+
+def training_arguments(config: Config, output_dir: Path, *, device: str, precision: str,
+                       has_eval: bool) -> TrainingArguments:
+    """TrainingArguments from the run config: one place where our fields meet transformers'."""
+    t = config.train
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        eval_strategy="epoch" if has_eval else "no",
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        seed=t.seed,
+        data_seed=t.seed,
+        use_cpu=device == "cpu",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        include_num_input_tokens_seen="all",
+    )
+
+
+def build_trainer(model: Any, config: Config, output_dir: Path, train_rows: list[dict], eval_rows: list[dict],
+                  *, device: str, precision: str, callbacks: list[Any]) -> PackedTrainer:
+    from transformers.trainer_callback import PrinterCallback
+
+    args = training_arguments(config, output_dir, device=device, precision=precision, has_eval=bool(eval_rows))
+    trainer = PackedTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows or None,
+                            data_collator=collate_packed, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl report instead
+    return trainer
