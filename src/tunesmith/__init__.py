@@ -10,21 +10,21 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tunesmith.train.run import RunResult
+    from tunesmith.training.run import RunResult
 
 __all__ = ["__version__", "train", "RunResult"]
 
 
 def train(config: Any, *, console: Any = None) -> "RunResult":
     """Run one fine-tuning job described by `config` (a `Config` or a YAML path)."""
-    from tunesmith.train.run import train as _train
+    from tunesmith.training.run import train as _train
 
     return _train(config, console=console)
 
 
 def __getattr__(name: str) -> Any:
     if name == "RunResult":
-        from tunesmith.train.run import RunResult
+        from tunesmith.training.run import RunResult
 
         return RunResult
     raise AttributeError(name)

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tunesmith.formatting.collate import collate_packed
-from tunesmith.train.trainer import PackedTrainer
+from tunesmith.training.trainer import PackedTrainer
 
 
 @pytest.fixture(scope="module")

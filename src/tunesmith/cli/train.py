@@ -40,7 +40,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = _named(load_config(args.config, args.overrides), Path(args.config).stem)
     quiet_libraries()
-    from tunesmith.train.run import train
+    from tunesmith.training.run import train
 
     console = make_console()
     result = train(config, console=console)
@@ -55,7 +55,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
     config = _named(load_config(quickstart_config_path(), args.overrides), "quickstart")
     quiet_libraries()
     from tunesmith.evaluate.chat import answer_once
-    from tunesmith.train.run import train
+    from tunesmith.training.run import train
 
     console = make_console()
     started = time.perf_counter()

@@ -32,9 +32,12 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         _set_path(raw, key, value, item)
         set_by[tuple(key)] = item
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as err:
         raise UserError(_describe(err, where, lines, set_by)) from None
+    origins = {".".join(map(str, loc)): f"{where}:{line}" for loc, line in lines.items()}
+    origins |= {".".join(map(str, loc)): f"--set {item}" for loc, item in set_by.items()}
+    return config.with_origins(origins)
 
 
 def config_to_yaml(config: Config) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 
 class Section(BaseModel):
@@ -116,8 +116,8 @@ class EvalConfig(Section):
     max_new_tokens: int | None = Field(None, gt=0)
     """Generation cap. Default: the longest reference answer plus a margin."""
 
-    batch_size: int = Field(16, gt=0)
-    """Prompts generated together (left-padded)."""
+    batch_size: int = Field(32, gt=0)
+    """Prompts generated together (left-padded). Larger is faster until memory runs out."""
 
     limit: int | None = Field(None, gt=0)
     """Evaluate at most this many test rows (the first ones)."""
@@ -142,12 +142,27 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
 
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+    """Where each key was set ("run.yaml:12" or "--set a.b=c"), for errors found after loading."""
+
     @field_validator("name")
     @classmethod
     def _name_is_a_folder_name(cls, value: str | None) -> str | None:
         if value is not None and (not value or "/" in value or value in {".", ".."}):
             raise ValueError("must be a plain folder name (no '/')")
         return value
+
+    def origin(self, key: str) -> str:
+        """Where `key` (dotted) was set, or "config" if it came from a default.
+
+        >>> Config.model_validate({"data": {"train": "a.jsonl"}}).origin("data.train")
+        'config'
+        """
+        return self._origins.get(key, "config")
+
+    def with_origins(self, origins: dict[str, str]) -> "Config":
+        self._origins.update(origins)
+        return self
 
     def run_dir(self) -> Path:
         """The run folder this config writes to (`name` must be set)."""

@@ -31,6 +31,7 @@ class PackedTrainer(Trainer):
         keep = _pad_false(targets != IGNORE_INDEX)
         # use_cache=False is load-bearing: with a KV cache object present, transformers skips the
         # packed-sequence (block-diagonal) mask and packed conversations attend to each other.
+        # Trainer happens to switch config.use_cache off too; we do not rely on that.
         outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
         logits = outputs.logits.float()
         total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[targets != IGNORE_INDEX],

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Config, config_to_yaml, load_config
+from tunesmith.errors import UserError
 from tunesmith.data.formats import load_conversations
 from tunesmith.data.types import Conversation
 from tunesmith.formatting.encode import Example, build_template, end_of_turn_markers
@@ -50,8 +51,8 @@ def train(config: Config | str | Path, *, console: Any = None) -> RunResult:
     console = console or _default_console()
     if not isinstance(config, Config):
         config = load_config(config)
-    config = _finalize(config)
     prepared = prepare(config, console)
+    config = prepared.config = _finalize(config)
     run_dir = create_run_dir(config.run_dir())
     with run_folder_guard(run_dir):
         return _execute(prepared, run_dir, console)
@@ -61,9 +62,11 @@ def prepare(config: Config, console: Any) -> Prepared:
     """Load and check data, model reference, template and masks; no weights are loaded."""
     from tunesmith.models.load import load_tokenizer, resolve_model
 
-    splits = {name: load_conversations(ref) if ref else [] for name, ref in
-              (("train", config.data.train), ("validation", config.data.validation), ("test", config.data.test))}
-    ref = resolve_model(config.model.name, revision=config.model.revision, log=console.print)
+    splits = {name: _load_split(config, name) for name in ("train", "validation", "test")}
+    try:
+        ref = resolve_model(config.model.name, revision=config.model.revision, log=console.print)
+    except UserError as err:
+        raise UserError(f"{config.origin('model.name')}: model.name: {err}") from None
     tokenizer = load_tokenizer(ref)
     template = build_template(tokenizer, config.template.chat_template)
     markers = end_of_turn_markers(tokenizer)
@@ -81,10 +84,23 @@ def prepare(config: Config, console: Any) -> Prepared:
                     reports, shared_system_prompt(splits["train"]))
 
 
+def _load_split(config: Config, split: str) -> list[Conversation]:
+    """A split's conversations; a missing file is reported where the config named it."""
+    reference = getattr(config.data, split)
+    if not reference:
+        return []
+    try:
+        return load_conversations(reference)
+    except UserError as err:
+        if str(err).startswith(("data file not found", "bundled data not found")):
+            raise UserError(f"{config.origin(f'data.{split}')}: data.{split}: {err}") from None
+        raise
+
+
 def _execute(p: Prepared, run_dir: Path, console: Any) -> RunResult:
-    from tunesmith.train.callbacks import MetricsWriter, ProgressBar
-    from tunesmith.train.hardware import pick_device, pick_precision
-    from tunesmith.train.trainer import build_trainer
+    from tunesmith.training.callbacks import MetricsWriter, ProgressBar
+    from tunesmith.training.hardware import pick_device, pick_precision
+    from tunesmith.training.trainer import build_trainer
 
     started = time.time()
     (run_dir / "config.yaml").write_text(config_to_yaml(p.config), encoding="utf-8")
@@ -173,7 +189,7 @@ def _finalize(config: Config) -> Config:
     if Path(config.model.name).expanduser().is_dir():
         data["model"]["name"] = str(Path(config.model.name).expanduser().resolve())
     data["output_dir"] = str(Path(config.output_dir).expanduser().resolve())
-    return Config.model_validate(data)
+    return Config.model_validate(data).with_origins(config._origins)
 
 
 def _first(values: list[float]) -> float | None:

@@ -1,0 +1,1 @@
+"""Training: one run orchestrated on transformers' Trainer, with packed batches and progress."""
