@@ -116,6 +116,7 @@ def _execute(p: Prepared, run_dir: Path, console: Any) -> RunResult:
     trainer = build_trainer(model, p.config, run_dir / "checkpoints", rows, eval_rows, device=device,
                             precision=precision, callbacks=[metrics_writer, ProgressBar(console)])
     trainer.train()
+    _remove_if_empty(run_dir / "checkpoints")  # Trainer makes its output folder even when it saves nothing
     _save_adapter(p, model, run_dir)
     metrics: dict[str, Any] = {"train_loss_first": _first(metrics_writer.losses),
                                "train_loss_last": _last(metrics_writer.losses),
@@ -190,6 +191,11 @@ def _finalize(config: Config) -> Config:
         data["model"]["name"] = str(Path(config.model.name).expanduser().resolve())
     data["output_dir"] = str(Path(config.output_dir).expanduser().resolve())
     return Config.model_validate(data).with_origins(config._origins)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _first(values: list[float]) -> float | None:

@@ -1,0 +1,89 @@
+"""The quick start as a new user runs it, through the CLI: the numbers the README promises.
+
+One real run (about 4 minutes on 2 CPU cores) backs every test in this module.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tunesmith.models.embedded import ensure_embedded_model
+
+pytestmark = pytest.mark.integration
+
+NEW_REQUEST = "could you unlock the garage door please"  # in no split of the bundled data
+
+
+def tunesmith(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tunesmith", *args], input=stdin, capture_output=True,
+                          text=True, timeout=1200)
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("quickstart")
+    done = tunesmith("quickstart", "--set", f"output_dir={out}", "--set", "name=qs")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out / "qs", done
+
+
+def test_prints_the_base_vs_tuned_table_and_a_demo_answer(quickstart):
+    _, done = quickstart
+    assert "json_exact" in done.stdout and "base" in done.stdout and "tuned" in done.stdout
+    demo = next(line for line in done.stdout.splitlines() if line.strip().startswith("->"))
+    assert json.loads(demo.split("->", 1)[1])["intent"] == "set_brightness"
+
+
+def test_tuned_beats_base_by_the_promised_margin(quickstart):
+    run, _ = quickstart
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert results["n"] == 60
+    assert results["tuned"]["json_exact"] >= 0.8
+    assert results["base"]["json_exact"] <= 0.2
+    samples = [json.loads(line) for line in (run / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 60 and all({"prompt", "reference", "base", "tuned"} <= set(s) for s in samples)
+
+
+def test_training_loss_falls(quickstart):
+    run, _ = quickstart
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [s["loss"] for s in steps if "loss" in s]
+    assert len(losses) >= 20
+    assert sum(losses[-5:]) / 5 < 0.25 * sum(losses[:5]) / 5
+    assert any("eval_loss" in s for s in steps)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and "adapter/adapter_model.safetensors" in manifest["artifacts"]
+
+
+def test_chat_answers_a_new_request_with_valid_json(quickstart):
+    run, _ = quickstart
+    done = tunesmith("chat", str(run), "--max-new-tokens", "200", stdin=NEW_REQUEST + "\n")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout.strip())  # nothing before or after the object: it stopped
+    assert answer == {"intent": "unlock_door", "slots": {"door": "garage door"}}
+
+
+def test_adapter_loads_with_plain_peft_and_stops_at_end_of_turn(quickstart):
+    run, _ = quickstart
+    base_dir = ensure_embedded_model("smollm2-135m-instruct")
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    model = PeftModel.from_pretrained(base, run / "adapter")
+    tokenizer = AutoTokenizer.from_pretrained(run / "adapter")
+    system = json.loads((run / "adapter" / "tunesmith.json").read_text())["system_prompt"]
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": NEW_REQUEST}]
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
+                                           return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=200, do_sample=False)
+    new = out[0, inputs["input_ids"].shape[1]:]
+    assert new[-1].item() == tokenizer.convert_tokens_to_ids("<|im_end|>") and len(new) < 200
+    answer = json.loads(tokenizer.decode(new, skip_special_tokens=True))
+    assert answer["intent"] == "unlock_door"
