@@ -160,16 +160,10 @@ def _save_adapter(p: Prepared, model: Any, run_dir: Path) -> None:
 
 
 def _evaluate(p: Prepared, model: Any, run_dir: Path, console: Any) -> dict:
-    from tunesmith.evaluate.evaluation import evaluate_model, results_table, write_results
-    from tunesmith.evaluate.generate import stop_token_ids
+    from tunesmith.evaluate.run_eval import evaluate_and_record
 
-    e = p.config.eval
-    rows = p.test[: e.limit] if e.limit else p.test
-    results = evaluate_model(model, p.tokenizer, p.template, rows, metrics=e.metrics,
-                             stop_ids=stop_token_ids(p.tokenizer, list(p.markers)), compare_base=e.compare_base,
-                             max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, console=console)
-    write_results(results, run_dir / "eval")
-    console.print(results_table(results))
+    results = evaluate_and_record(model, p.tokenizer, p.template, p.test, settings=p.config.eval,
+                                  end_of_turn=list(p.markers), run_dir=run_dir, console=console)
     return {k: v for k, v in results.items() if k in ("n", "base", "tuned")}
 
 
