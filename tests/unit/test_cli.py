@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tunesmith.cli.main import build_parser, main
 
-VERBS = ["train", "quickstart", "eval", "chat"]
+VERBS = ["train", "quickstart", "eval", "chat", "data"]
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:

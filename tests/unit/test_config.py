@@ -76,3 +76,20 @@ def test_config_is_frozen(tmp_path):
     config = load_config(write(tmp_path, "data:\n  train: a.jsonl\n"))
     with pytest.raises(Exception):
         config.train.epochs = 5  # type: ignore[misc]
+
+
+def test_column_and_role_names_match_what_the_adapters_know():
+    import typing
+
+    from tunesmith.config.schema import ColumnKey, RoleName
+    from tunesmith.data.formats import CANONICAL_KEYS
+    from tunesmith.data.types import ROLES
+
+    assert set(typing.get_args(ColumnKey)) == set(CANONICAL_KEYS)
+    assert set(typing.get_args(RoleName)) == {*ROLES, "function_call"}
+
+
+def test_unknown_column_key_is_a_config_error_with_a_line(tmp_path):
+    path = write(tmp_path, "data:\n  train: a.csv\n  columns:\n    instrucion: task\n")
+    with pytest.raises(UserError, match=rf"^{path}:4: data.columns.instrucion:"):
+        load_config(path)

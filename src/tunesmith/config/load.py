@@ -121,7 +121,7 @@ def _describe(err: ValidationError, where: str, lines: dict[Loc, int], set_by: d
     """One line for the first error, with file:line or the --set that caused it."""
     errors = err.errors(include_url=False)
     first = errors[0]
-    loc: Loc = tuple(first["loc"])
+    loc: Loc = tuple(part for part in first["loc"] if part != "[key]")  # a bad dict key: point at the key
     field = ".".join(str(p) for p in loc) or "(top level)"
     message = _message(first, loc)
     origin = _origin(loc, where, lines, set_by)

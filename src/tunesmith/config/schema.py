@@ -7,7 +7,7 @@ prints. Models are frozen and forbid unknown keys, so a typo is an error, never 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
@@ -29,18 +29,58 @@ class ModelConfig(Section):
     """Hub revision (branch, tag or commit) when `name` is a hub id."""
 
 
-class DataConfig(Section):
-    train: str
-    """Training data: a file path, or `bundled:NAME/FILE` for data shipped with tunesmith."""
+FormatName = Literal["auto", "messages", "sharegpt", "alpaca", "qa", "prompt_completion", "text", "tokens"]
+ColumnKey = Literal["messages", "tools", "id", "conversations", "from", "value", "system", "instruction", "input",
+                    "output", "history", "question", "answer", "prompt", "completion", "text", "input_ids", "labels"]
+"""The canonical keys a file's own column names can be mapped to (see data/formats.py)."""
+RoleName = Literal["system", "user", "assistant", "tool", "function_call"]
 
-    validation: str | None = None
+
+class DataSource(Section):
+    """One file of a split, when a split mixes several or needs its own format settings."""
+
+    path: str
+    """A file (.jsonl .json .csv .tsv .parquet), a `datasets` folder, `hf:NAME[:SPLIT]`, or `bundled:NAME/FILE`."""
+
+    weight: float = Field(1.0, gt=0)
+    """Share of this file: 0.5 takes a fixed seeded half of its rows, 2 repeats them twice."""
+
+    format: FormatName | None = None
+    """Row format of this file; default `data.format`."""
+
+    columns: dict[ColumnKey, str] | None = None
+    """Column names of this file; default `data.columns`."""
+
+    roles: dict[str, RoleName] | None = None
+    """ShareGPT role names of this file; default `data.roles`."""
+
+
+DataFiles = Union[str, list[Union[str, DataSource]]]
+
+
+class DataConfig(Section):
+    train: DataFiles
+    """Training data: a path, `bundled:NAME/FILE`, `hf:NAME[:SPLIT]`, or a list of them / of {path, weight, ...}."""
+
+    validation: DataFiles | None = None
     """Validation data (eval loss during training). Same forms as `train`."""
 
-    test: str | None = None
+    test: DataFiles | None = None
     """Held-out data for `tunesmith eval` (generation metrics, base vs tuned)."""
 
-    format: Literal["auto", "messages"] = "auto"
-    """Row format. `auto` detects it from the rows and says what it found."""
+    format: FormatName = "auto"
+    """Row format: messages, sharegpt, alpaca, qa, prompt_completion, text, tokens; `auto` detects it per file
+    and says what it found and why."""
+
+    columns: dict[ColumnKey, str] = {}
+    """Your column names for the canonical ones, e.g. {instruction: task, output: answer}."""
+
+    roles: dict[str, RoleName] = {}
+    """ShareGPT `from` values mapped to roles, merged over the defaults, e.g. {bot: assistant}."""
+
+    on_bad_row: Literal["fail", "skip"] = "fail"
+    """`fail`: any bad row stops before the model loads, naming file:line and field. `skip`: bad rows are left
+    out, counted, and written to quarantine.jsonl in the run folder."""
 
 
 class TemplateConfig(Section):

@@ -1,52 +1,142 @@
-"""Row formats, each turned into a `Conversation` (today: chat `messages`).
+"""Row formats: which one a row is in, and the row as one normalized `Sample`.
 
-The message transform only: rows in, conversations out. Tokens are `formatting/`'s business.
+The message transform only: a row in, a `Conversation`, `TextSample` or `TokenSample` out; tokens
+are `formatting/`'s business. `detect_format` guesses from a row's keys when `data.format` is
+`auto`; naming the format is better (TRL guesses from one example, and a guess can be wrong).
+The adapters themselves live in `data/adapters.py`.
 """
 
 from __future__ import annotations
 
-from tunesmith.data.sources import read_jsonl, resolve_data_path
-from tunesmith.data.types import ROLES, Conversation, Message, Provenance
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from tunesmith.data.adapters import ADAPTERS, FUNCTION_CALL, Fields
+from tunesmith.data.values import fail
+from tunesmith.data.sources import iter_rows
+from tunesmith.data.types import ROLES, Conversation, Provenance, RowError, Sample
 from tunesmith.errors import UserError
+
+FORMATS: tuple[str, ...] = ("messages", "sharegpt", "alpaca", "qa", "prompt_completion", "text", "tokens")
+CANONICAL_KEYS: tuple[str, ...] = (
+    "messages", "tools", "id", "conversations", "from", "value", "system", "instruction", "input", "output",
+    "history", "question", "answer", "prompt", "completion", "text", "input_ids", "labels",
+)
+# First match wins, so a row with both `messages` and `text` is chat.
+_DETECTION: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("messages", ("messages",)),
+    ("sharegpt", ("conversations",)),
+    ("tokens", ("input_ids",)),
+    ("alpaca", ("instruction", "output")),
+    ("qa", ("question", "answer")),
+    ("prompt_completion", ("prompt", "completion")),
+    ("text", ("text",)),
+)
+_SHOWN_KEYS = 20
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    """How to read rows: the `data.format`, `data.columns` and `data.roles` settings."""
+
+    format: str = "auto"
+    """`auto` (detect from each row's keys) or one of `FORMATS`, which skips detection."""
+    columns: Mapping[str, str] = field(default_factory=dict)
+    """Canonical key -> the file's key, e.g. `{"instruction": "task", "output": "answer"}`."""
+    roles: Mapping[str, str] = field(default_factory=dict)
+    """ShareGPT `from` value -> our role (or `function_call`), merged over the defaults."""
+
+    def __post_init__(self) -> None:
+        if self.format not in ("auto", *FORMATS):
+            raise UserError(f"data.format: unknown format {self.format!r} (one of auto, {', '.join(FORMATS)})")
+        for key, name in self.columns.items():
+            if key not in CANONICAL_KEYS:
+                raise UserError(f"data.columns: unknown key {key!r} (one of {', '.join(CANONICAL_KEYS)})")
+            if not isinstance(name, str) or not name:
+                raise UserError(f"data.columns.{key}: expected the file's key name, got {name!r}")
+        targets = (*ROLES, FUNCTION_CALL)
+        for speaker, role in self.roles.items():
+            if role not in targets:
+                raise UserError(f"data.roles.{speaker}: unknown role {role!r} (one of {', '.join(targets)})")
+        # Read-only copies: options are shared by every row and must not change under them.
+        object.__setattr__(self, "columns", MappingProxyType(dict(self.columns)))
+        object.__setattr__(self, "roles", MappingProxyType(dict(self.roles)))
+
+
+def detect_format(row: dict, where: Provenance, options: FormatOptions) -> tuple[str, str]:
+    """The row's format and why, from its keys (`columns` applied); `data.format` skips the guess.
+
+    >>> detect_format({"instruction": "a", "output": "b"}, Provenance("f.jsonl", 1), FormatOptions())
+    ('alpaca', 'keys instruction and output')
+    """
+    if options.format != "auto":
+        return options.format, "set by data.format"
+    f = Fields(row, where, options)
+    if "chosen" in row and "rejected" in row:
+        # Checked first: training on such a row's other keys would silently drop the preference.
+        fail(where, "unknown_format", "", f"row fits no known format (its keys: {_keys(row)})",
+             "chosen/rejected is preference data (DPO), which supervised fine-tuning does not support; "
+             "keep only the chosen answer, e.g. as messages")
+    for fmt, keys in _DETECTION:
+        if all(f.has(key) for key in keys):
+            names = [f.key(key) for key in keys]
+            return fmt, f"key {names[0]}" if len(names) == 1 else f"keys {' and '.join(names)}"
+    if isinstance(row.get("content"), str):
+        return "text", "key content (a string)"
+    fail(where, "unknown_format", "", f"row fits no known format (its keys: {_keys(row)})",
+         f"set data.format (one of {', '.join(FORMATS)}) and data.columns")
+
+
+def to_sample(row: dict, where: Provenance, fmt: str, options: FormatOptions) -> Sample:
+    """The row in format `fmt` as a normalized sample; `RowError` when it cannot be read that way.
+
+    >>> to_sample({"question": "2+2?", "answer": "4"}, Provenance("f.jsonl", 1), "qa", FormatOptions()).as_dicts()
+    [{'role': 'user', 'content': '2+2?'}, {'role': 'assistant', 'content': '4'}]
+    """
+    if fmt not in ADAPTERS:
+        raise ValueError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    return ADAPTERS[fmt](Fields(row, where, options))
 
 
 def load_conversations(reference: str, data_format: str = "auto") -> list[Conversation]:
-    """Every row of a data file as a conversation; the first bad row stops with file:line, field."""
-    path = resolve_data_path(reference)
-    if path.suffix not in {".jsonl", ".json"}:
-        raise UserError(f"{reference}: unsupported file type {path.suffix!r} (supported: .jsonl)")
-    conversations = [_from_messages_row(row, where) for where, row in read_jsonl(path)]
+    """Every row of a chat data file as a conversation; the first bad row stops with file:line: field.
+
+    With `auto`, the first row's format is used for the whole file: one file, one format. Until
+    training and eval read samples through the validator, this also keeps the two checks they rely
+    on: some assistant turn, and weights only on assistant turns.
+    """
+    options = FormatOptions(format=data_format)
+    fmt = None if data_format == "auto" else data_format
+    conversations: list[Conversation] = []
+    for raw in iter_rows(reference):
+        if raw.data is None:
+            raise UserError(str(raw.issue))
+        try:
+            fmt = fmt or detect_format(raw.data, raw.where, options)[0]
+            sample = to_sample(raw.data, raw.where, fmt, options)
+        except RowError as err:
+            raise UserError(str(err.issue)) from None
+        if not isinstance(sample, Conversation):
+            raise UserError(f"{raw.where}: rows in the {fmt} format are not conversations "
+                            "(expected chat data: messages, sharegpt, alpaca, qa or prompt_completion)")
+        _check_trainable(sample)
+        conversations.append(sample)
     if not conversations:
         raise UserError(f"{reference}: the file has no rows")
     return conversations
 
 
-def _from_messages_row(row: dict, where: Provenance) -> Conversation:
-    if "messages" not in row:
-        keys = ", ".join(sorted(row)) or "none"
-        raise UserError(f"{where}: messages: row has no 'messages' list (its keys: {keys})")
-    items = row["messages"]
-    if not isinstance(items, list) or not items:
-        raise UserError(f"{where}: messages: expected a non-empty list")
-    messages = tuple(_message(item, where, f"messages[{i}]") for i, item in enumerate(items))
-    if not any(m.role == "assistant" for m in messages):
-        raise UserError(f"{where}: messages: no assistant message, so nothing would train")
-    return Conversation(messages=messages, source=where, id=str(row.get("id", "")))
+def _check_trainable(conversation: Conversation) -> None:
+    where = conversation.source
+    if not any(m.role == "assistant" for m in conversation.messages):
+        raise UserError(f"{where}: no assistant message, so nothing would train")
+    for i, message in enumerate(conversation.messages):
+        if message.weight is not None and message.role != "assistant":
+            raise UserError(f"{where}: message {i} ({message.role}): only assistant messages take a weight")
 
 
-def _message(item: object, where: Provenance, field: str) -> Message:
-    if not isinstance(item, dict):
-        raise UserError(f"{where}: {field}: expected an object with role and content")
-    role = item.get("role")
-    if role not in ROLES:
-        raise UserError(f"{where}: {field}.role: unknown role {role!r} (expected one of {', '.join(ROLES)})")
-    content = item.get("content")
-    if not isinstance(content, str):
-        raise UserError(f"{where}: {field}.content: expected a string, got {type(content).__name__}")
-    weight = item.get("weight")
-    if weight not in (None, 0, 1):
-        raise UserError(f"{where}: {field}.weight: expected 0 or 1, got {weight!r}")
-    if weight is not None and role != "assistant":
-        raise UserError(f"{where}: {field}.weight: only assistant messages take a weight")
-    return Message(role=role, content=content, weight=None if weight is None else float(weight))
-
+def _keys(row: dict) -> str:
+    keys = [str(key) for key in row]
+    shown = ", ".join(keys[:_SHOWN_KEYS]) + (", …" if len(keys) > _SHOWN_KEYS else "")
+    return shown or "none"

@@ -1,17 +1,23 @@
-"""Plain data types that flow out of `data/`: messages, conversations, where they came from."""
+"""Plain data types that flow out of `data/`: samples, where they came from, what is wrong with them.
+
+A source yields `RawRow`s (a dict, or the reason it could not be read); a format adapter turns a
+row into a `Sample`: a `Conversation` (chat), a `TextSample` (raw text, every token trains) or a
+`TokenSample` (pre-tokenized). Every problem is an `Issue` naming file:line and the field.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Union
 
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+Severity = Literal["error", "warning"]
 
 
 @dataclass(frozen=True)
 class Provenance:
-    """Where a row came from: file and 1-based line (or row number for tabular files)."""
+    """Where a row came from: file and 1-based line (JSONL/JSON/CSV) or row number (Parquet, datasets)."""
 
     file: str
     line: int
@@ -21,11 +27,49 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """One function call an assistant message makes. `arguments` is JSON text, as OpenAI sends it."""
+
+    name: str
+    arguments: str
+    id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """OpenAI form; `arguments` parsed back to an object where it is JSON (what templates expect)."""
+        import json
+
+        try:
+            arguments: Any = json.loads(self.arguments)
+        except ValueError:
+            arguments = self.arguments
+        call: dict[str, Any] = {"type": "function", "function": {"name": self.name, "arguments": arguments}}
+        if self.id is not None:
+            call["id"] = self.id
+        return call
+
+
+@dataclass(frozen=True)
 class Message:
     role: Role
     content: str
     weight: float | None = None
     """0 or 1 on assistant messages: whether this turn trains. None means the `train_on` default."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    name: str | None = None
+    """For a tool message: the tool's name. Otherwise an optional participant name."""
+    tool_call_id: str | None = None
+    """For a tool message: the id of the call it answers, when the data gives one."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The `{"role", "content", ...}` form chat templates expect; optional keys only when set."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [call.as_dict() for call in self.tool_calls]
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 @dataclass(frozen=True)
@@ -34,18 +78,45 @@ class Conversation:
     source: Provenance
     id: str = ""
     tools: tuple[dict, ...] = field(default=())
+    """Tool (function) JSON schemas offered in this conversation, as given."""
 
-    def as_dicts(self) -> list[dict[str, str]]:
-        """Messages in the `{"role", "content"}` form chat templates expect."""
-        return [{"role": m.role, "content": m.content} for m in self.messages]
+    def as_dicts(self) -> list[dict[str, Any]]:
+        """Messages in the form chat templates expect."""
+        return [m.as_dict() for m in self.messages]
+
+
+@dataclass(frozen=True)
+class TextSample:
+    """Raw text for continued pretraining: every token trains."""
+
+    text: str
+    source: Provenance
+    id: str = ""
+
+
+@dataclass(frozen=True)
+class TokenSample:
+    """Pre-tokenized row. `labels` None means every token trains; -100 marks untrained positions."""
+
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...] | None
+    source: Provenance
+    id: str = ""
+
+
+Sample = Union[Conversation, TextSample, TokenSample]
 
 
 @dataclass(frozen=True)
 class Issue:
-    """One data problem, with enough context to fix it without opening a debugger."""
+    """One data problem, with enough context to fix it without opening a debugger.
+
+    >>> str(Issue("unknown_role", "error", Provenance("a.jsonl", 3), "messages[1].role", "unknown role 'bot'"))
+    "a.jsonl:3: messages[1].role: unknown role 'bot'"
+    """
 
     code: str
-    severity: Literal["error", "warning"]
+    severity: Severity
     where: Provenance
     field: str
     message: str
@@ -53,4 +124,31 @@ class Issue:
 
     def __str__(self) -> str:
         hint = f" ({self.hint})" if self.hint else ""
-        return f"{self.where}: {self.field}: {self.message}{hint}"
+        place = f"{self.where}: {self.field}: " if self.field else f"{self.where}: "
+        return f"{place}{self.message}{hint}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "severity": self.severity, "file": self.where.file, "line": self.where.line,
+                "field": self.field, "message": self.message, "hint": self.hint}
+
+
+class RowError(Exception):
+    """Raised by a format adapter for a row it cannot normalize; carries the `Issue`."""
+
+    def __init__(self, issue: Issue):
+        super().__init__(str(issue))
+        self.issue = issue
+
+
+@dataclass(frozen=True)
+class RawRow:
+    """One row as a source read it.
+
+    `data` is None when the row could not be read at all (invalid JSON, bad UTF-8, not an object),
+    and `issue` says why (severity error). When `data` is set, `issue` may hold a warning about
+    how it was read (e.g. a byte-order mark).
+    """
+
+    where: Provenance
+    data: dict[str, Any] | None
+    issue: Issue | None = None

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config.schema import EvalConfig
-from tunesmith.data.formats import load_conversations
+from tunesmith.data.formats import FormatOptions
+from tunesmith.data.load import SourceSpec, load_split, source_specs
 from tunesmith.data.types import Conversation
 from tunesmith.errors import UserError
 from tunesmith.evaluate.evaluation import evaluate_model, results_table, write_results
@@ -30,14 +31,25 @@ def evaluate_and_record(model: Any, tokenizer: Any, template: ChatTemplate, rows
     return results
 
 
+def held_out_conversations(config: Any, data: str | None) -> list[Conversation]:
+    """The conversations to evaluate on: `data` if given, else the run's test split."""
+    specs = source_specs(config.data, "test")
+    if data is not None:
+        specs = [SourceSpec(data, 1.0, FormatOptions(config.data.format, config.data.columns, config.data.roles))]
+    if not specs:
+        raise UserError("the run has no data.test; pass --data FILE")
+    conversations = load_split(specs, split="test", policy="fail", seed=config.train.seed).conversations()
+    if not conversations:
+        raise UserError(f"{specs[0].reference}: no chat rows to generate answers for")
+    return conversations
+
+
 def evaluate_run(run_dir: str | Path, *, console: Any, data: str | None = None, limit: int | None = None,
                  compare_base: bool | None = None) -> dict:
     """Load a finished run and evaluate it on its test split (or `data`)."""
     read_run_meta(Path(run_dir))  # fail fast, before loading weights
     run = load_run(run_dir)
-    reference = data or run.config.data.test
-    if not reference:
-        raise UserError(f"{run_dir}: the run has no data.test; pass --data FILE")
-    return evaluate_and_record(run.model, run.tokenizer, run.template, load_conversations(reference),
+    rows = held_out_conversations(run.config, data)
+    return evaluate_and_record(run.model, run.tokenizer, run.template, rows,
                                settings=run.config.eval, end_of_turn=run.meta["end_of_turn"], run_dir=run.run_dir,
                                console=console, compare_base=compare_base, limit=limit)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tunesmith.data.types import Conversation
+from tunesmith.data.types import Conversation, Sample, TextSample
 from tunesmith.formatting.template import KNOWN_END_OF_TURN, ChatTemplate, end_of_turn_length, template_from_file
 
 IGNORE_INDEX = -100
@@ -82,6 +82,28 @@ def encode(conversation: Conversation, template: ChatTemplate, tokenizer: Any, *
     labels[0] = IGNORE_INDEX  # the first token is never predicted: keeps packed rows apart
     n_trainable = sum(1 for x in labels if x != IGNORE_INDEX)
     return Example(ids, labels, n_trainable, truncated, str(conversation.source), eot_trained)
+
+
+def encode_sample(sample: Sample, template: ChatTemplate, tokenizer: Any, *, train_on: str, max_length: int,
+                  markers: tuple[str, ...]) -> Example:
+    """Any sample to an Example: chat through the template, raw text with every token trained
+    (plus eos, so documents end), pre-tokenized rows as given."""
+    if isinstance(sample, Conversation):
+        return encode(sample, template, tokenizer, train_on=train_on, max_length=max_length, markers=markers)
+    if isinstance(sample, TextSample):
+        ids = tokenizer(sample.text, add_special_tokens=False)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            ids = [*ids, tokenizer.eos_token_id]
+        labels = list(ids)
+    else:
+        ids = list(sample.input_ids)
+        labels = list(sample.labels) if sample.labels is not None else list(ids)
+    truncated = len(ids) > max_length
+    ids, labels = ids[:max_length], labels[:max_length]
+    if labels:
+        labels[0] = IGNORE_INDEX
+    n_trainable = sum(1 for x in labels if x != IGNORE_INDEX)
+    return Example(ids, labels, n_trainable, truncated, str(sample.source), True)
 
 
 def generation_prompt(conversation: Conversation, template: ChatTemplate) -> tuple[str, str | None]:

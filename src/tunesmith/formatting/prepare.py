@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tunesmith.data.types import Conversation
+from tunesmith.data.types import Conversation, Sample
 from tunesmith.errors import UserError
-from tunesmith.formatting.encode import Example, encode
+from tunesmith.formatting.encode import Example, encode_sample
 from tunesmith.formatting.template import ChatTemplate
 
 
@@ -28,11 +28,11 @@ class SplitReport:
         return self.trainable_tokens / max(self.tokens, 1)
 
 
-def encode_split(conversations: list[Conversation], template: ChatTemplate, tokenizer: Any, *, train_on: str,
+def encode_split(samples: list[Sample], template: ChatTemplate, tokenizer: Any, *, train_on: str,
                  max_length: int, markers: tuple[str, ...], split: str) -> tuple[list[Example], SplitReport]:
     """Encode every conversation; rows that would train nothing are an error naming the first."""
-    examples = [encode(c, template, tokenizer, train_on=train_on, max_length=max_length, markers=markers)
-                for c in conversations]
+    examples = [encode_sample(s, template, tokenizer, train_on=train_on, max_length=max_length, markers=markers)
+                for s in samples]
     empty = [e for e in examples if e.n_trainable == 0]
     if empty:
         raise UserError(f"{empty[0].source_id}: {len(empty)} of {len(examples)} {split} rows train no token "
@@ -47,11 +47,14 @@ def encode_split(conversations: list[Conversation], template: ChatTemplate, toke
     return examples, report
 
 
-def shared_system_prompt(conversations: list[Conversation]) -> str | None:
+def shared_system_prompt(samples: list[Sample]) -> str | None:
     """The system prompt every conversation starts with, if they all share one.
 
     Chat and export use it as the default, so inference sees what training saw.
     """
+    conversations = [s for s in samples if isinstance(s, Conversation)]
+    if not conversations or len(conversations) != len(samples):
+        return None
     prompts = {c.messages[0].content if c.messages[0].role == "system" else None for c in conversations}
     return prompts.pop() if len(prompts) == 1 else None
 

@@ -117,6 +117,13 @@ def ensure_embedded_model(
     return final
 
 
+def embedded_model_path(name: str) -> pathlib.Path | None:
+    """The converted folder if it is already in the cache, else None (never downloads)."""
+    spec = EMBEDDED_MODELS.get(name)
+    folder = cache_root() / "models" / spec.name if spec else None
+    return folder if folder is not None and _is_complete(folder) else None
+
+
 def _is_complete(folder: pathlib.Path) -> bool:
     return (folder / SOURCE_FILE).is_file()
 

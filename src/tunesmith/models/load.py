@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunesmith.errors import UserError
-from tunesmith.models.embedded import EMBEDDED_MODELS, ensure_embedded_model, is_embedded_name
+from tunesmith.models.embedded import EMBEDDED_MODELS, embedded_model_path, ensure_embedded_model, is_embedded_name
 
 
 @dataclass(frozen=True)
@@ -24,9 +24,17 @@ class ModelRef:
     revision: str | None = None
 
 
-def resolve_model(name: str, *, revision: str | None = None, log: Callable[[str], None] = lambda m: None) -> ModelRef:
-    """Find the model a config names, fetching the embedded one if needed."""
+def resolve_model(name: str, *, revision: str | None = None, log: Callable[[str], None] = lambda m: None,
+                  fetch: bool = True) -> ModelRef | None:
+    """Find the model a config names, fetching the embedded one if needed.
+
+    With `fetch=False` an embedded model that is not in the cache yet gives None instead of a
+    download, so cheap checks can run before the expensive fetch.
+    """
     if is_embedded_name(name):
+        if not fetch:
+            found = embedded_model_path(name)
+            return ModelRef(name, str(found), "embedded") if found else None
         return ModelRef(name, str(ensure_embedded_model(name, log=log)), "embedded")
     local = Path(name).expanduser()
     if local.is_dir():

@@ -13,11 +13,8 @@ from typing import Any
 
 from tunesmith.config import Config, config_to_yaml, load_config
 from tunesmith.errors import UserError
-from tunesmith.data.formats import load_conversations
-from tunesmith.data.types import Conversation
-from tunesmith.formatting.encode import Example, build_template, end_of_turn_markers
-from tunesmith.formatting.prepare import SplitReport, encode_split, shared_system_prompt, warnings_for
 from tunesmith.runfolder import create_run_dir, run_folder_guard, write_json, write_manifest
+from tunesmith.training.prepare import Prepared, prepare
 
 
 @dataclass
@@ -30,71 +27,19 @@ class RunResult:
     artifacts: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class Prepared:
-    """Everything checked before the run folder exists."""
-
-    config: Config
-    ref: Any
-    tokenizer: Any
-    template: Any
-    markers: tuple[str, ...]
-    train: list[Example]
-    validation: list[Example]
-    test: list[Conversation]
-    reports: dict[str, SplitReport]
-    system_prompt: str | None
-
-
 def train(config: Config | str | Path, *, console: Any = None) -> RunResult:
     """Fine-tune as `config` says and return where the results are."""
     console = console or _default_console()
     if not isinstance(config, Config):
         config = load_config(config)
+    final = _finalize(config)
+    if final.run_dir().exists():  # say so now, not after the data has been processed
+        raise UserError(f"run folder {final.run_dir()} already exists; choose another name (--set name=...)")
     prepared = prepare(config, console)
-    config = prepared.config = _finalize(config)
-    run_dir = create_run_dir(config.run_dir())
+    prepared.config = final
+    run_dir = create_run_dir(final.run_dir())
     with run_folder_guard(run_dir):
         return _execute(prepared, run_dir, console)
-
-
-def prepare(config: Config, console: Any) -> Prepared:
-    """Load and check data, model reference, template and masks; no weights are loaded."""
-    from tunesmith.models.load import load_tokenizer, resolve_model
-
-    splits = {name: _load_split(config, name) for name in ("train", "validation", "test")}
-    try:
-        ref = resolve_model(config.model.name, revision=config.model.revision, log=console.print)
-    except UserError as err:
-        raise UserError(f"{config.origin('model.name')}: model.name: {err}") from None
-    tokenizer = load_tokenizer(ref)
-    template = build_template(tokenizer, config.template.chat_template)
-    markers = end_of_turn_markers(tokenizer)
-    options = dict(train_on=config.template.train_on, max_length=config.template.max_length, markers=markers)
-    train_rows, train_report = encode_split(splits["train"], template, tokenizer, split="train", **options)
-    reports = {"train": train_report}
-    validation_rows: list[Example] = []
-    if splits["validation"]:
-        validation_rows, reports["validation"] = encode_split(splits["validation"], template, tokenizer,
-                                                              split="validation", **options)
-    for split, report in reports.items():
-        for note in warnings_for(report, split):
-            console.print(f"[yellow]warning:[/] {note}")
-    return Prepared(config, ref, tokenizer, template, markers, train_rows, validation_rows, splits["test"],
-                    reports, shared_system_prompt(splits["train"]))
-
-
-def _load_split(config: Config, split: str) -> list[Conversation]:
-    """A split's conversations; a missing file is reported where the config named it."""
-    reference = getattr(config.data, split)
-    if not reference:
-        return []
-    try:
-        return load_conversations(reference)
-    except UserError as err:
-        if str(err).startswith(("data file not found", "bundled data not found")):
-            raise UserError(f"{config.origin(f'data.{split}')}: data.{split}: {err}") from None
-        raise
 
 
 def _execute(p: Prepared, run_dir: Path, console: Any) -> RunResult:
@@ -105,14 +50,16 @@ def _execute(p: Prepared, run_dir: Path, console: Any) -> RunResult:
     started = time.time()
     (run_dir / "config.yaml").write_text(config_to_yaml(p.config), encoding="utf-8")
     write_json(run_dir / "data_report.json", _data_report(p))
+    _write_quarantine(p, run_dir)
     device = pick_device()
     precision = pick_precision(p.config.train.precision, device)
     model = _load_trainable_model(p, device, console)
     metrics_writer = MetricsWriter(run_dir / "metrics.jsonl")
-    rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in p.train]
-    eval_rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in p.validation]
+    rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in p.splits["train"].examples]
+    eval_rows = [{"input_ids": e.input_ids, "labels": e.labels}
+                 for e in (p.splits["validation"].examples if "validation" in p.splits else [])]
     console.print(f"Training on {device} ({precision}): {len(rows)} rows, "
-                  f"{p.reports['train'].trainable_tokens:,} trained tokens per epoch")
+                  f"{p.splits['train'].report.trainable_tokens:,} trained tokens per epoch")
     trainer = build_trainer(model, p.config, run_dir / "checkpoints", rows, eval_rows, device=device,
                             precision=precision, callbacks=[metrics_writer, ProgressBar(console)])
     trainer.train()
@@ -168,9 +115,25 @@ def _evaluate(p: Prepared, model: Any, run_dir: Path, console: Any) -> dict:
 
 
 def _data_report(p: Prepared) -> dict:
+    splits: dict[str, Any] = {}
+    for name, data in p.splits.items():
+        report = asdict(data.report) | {"trainable_share": round(data.report.trainable_share, 4)}
+        splits[name] = report | {"files": data.summary["files"], "warnings": data.summary["warnings"],
+                                 "quarantined": len(data.summary["quarantined"]), "from_cache": data.cached}
+    if p.test:
+        splits["test"] = {"rows": len(p.test)}
     return {"template": p.template.name, "system_prompt": p.system_prompt, "end_of_turn": list(p.markers),
-            "splits": {name: asdict(r) | {"trainable_share": round(r.trainable_share, 4)}
-                       for name, r in p.reports.items()} | {"test": {"rows": len(p.test)}}}
+            "splits": splits}
+
+
+def _write_quarantine(p: Prepared, run_dir: Path) -> None:
+    """Rows left out under `on_bad_row: skip`, each with its issues, so nothing is lost silently."""
+    import json
+
+    records = [dict(record, split=split) for split, data in p.splits.items() for record in data.summary["quarantined"]]
+    if records:
+        lines = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
+        (run_dir / "quarantine.jsonl").write_text(lines, encoding="utf-8")
 
 
 def _finalize(config: Config) -> Config:
@@ -179,12 +142,22 @@ def _finalize(config: Config) -> Config:
     data["name"] = config.name or time.strftime("run-%Y%m%d-%H%M%S")
     for key in ("train", "validation", "test"):
         value = data["data"][key]
-        if value and not value.startswith("bundled:"):
-            data["data"][key] = str(Path(value).expanduser().resolve())
+        if isinstance(value, str):
+            data["data"][key] = _absolute(value)
+        elif isinstance(value, list):
+            data["data"][key] = [_absolute(v) if isinstance(v, str) else v | {"path": _absolute(v["path"])}
+                                 for v in value]
     if Path(config.model.name).expanduser().is_dir():
         data["model"]["name"] = str(Path(config.model.name).expanduser().resolve())
     data["output_dir"] = str(Path(config.output_dir).expanduser().resolve())
     return Config.model_validate(data).with_origins(config._origins)
+
+
+def _absolute(reference: str) -> str:
+    """A local data path made absolute; `bundled:` and `hf:` references are left as they are."""
+    if reference.startswith(("bundled:", "hf:")):
+        return reference
+    return str(Path(reference).expanduser().resolve())
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -1,0 +1,293 @@
+"""`tunesmith data check|stats|convert|split FILE...`: look at data before spending compute on it.
+
+Each handler parses, calls one library function in `tunesmith.data`, and prints. Heavy imports
+(the tokenizer for `--model`) happen inside handlers, so `tunesmith data check --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+SHOWN_ISSUES = 20
+DEFAULT_MAX_LENGTH = 1024  # the default of template.max_length, so check sees what train would cut
+# Spelled out so --help need not import the adapters; a test keeps it equal to data.formats.FORMATS.
+FORMAT_NAMES = "auto, messages, sharegpt, alpaca, qa, prompt_completion, text, tokens"
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    data = verbs.add_parser("data", help="check, measure, convert and split data files",
+                            description="Look at data files before training on them: every row checked, "
+                                        "every problem named by file:line and field.")
+    commands = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+    check = commands.add_parser("check", help="check every row; exit 2 if the data would stop a run",
+                                description="Check every row of FILE(s): unreadable rows, rows that fit no format, "
+                                            "rows that train nothing, duplicates, overlap between splits, and "
+                                            "with --model, rows longer than --max-length.")
+    _add_reading(check)
+    _add_model(check)
+    for split in ("validation", "test"):
+        check.add_argument(f"--{split}", dest=f"{split}_files", action="append", default=[], metavar="FILE",
+                           help=f"a {split} file: its rows that also appear in FILE(s), the training data, "
+                                "are reported (repeatable)")
+    check.add_argument("--report", metavar="OUT.json", help="write every issue and all statistics as JSON")
+    check.add_argument("--fail-on", choices=("error", "warning"), default="error",
+                       help="exit 2 on any error (default), or on any warning too")
+    check.set_defaults(handler="tunesmith.cli.data:run_check")
+
+    stats = commands.add_parser("stats", help="rows, formats, roles and (with --model) token statistics",
+                                description="Statistics of the valid rows of FILE(s).")
+    _add_reading(stats)
+    _add_model(stats)
+    stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    stats.set_defaults(handler="tunesmith.cli.data:run_stats")
+
+    convert = commands.add_parser("convert", help="any supported format to normalized JSONL",
+                                  description="Write the rows of FILE(s) as normalized JSONL ({messages}, {text} or "
+                                              "{input_ids}). With bad rows nothing is written, unless --skip-bad.")
+    _add_reading(convert)
+    convert.add_argument("-o", "--output", required=True, metavar="OUT.jsonl", help="the file to write")
+    _add_skip_bad(convert)
+    convert.set_defaults(handler="tunesmith.cli.data:run_convert")
+
+    split = commands.add_parser("split", help="train/validation/test by content hash (stable as data grows)",
+                                description="Split FILE(s) into DIR/train.jsonl, validation.jsonl and test.jsonl. "
+                                            "A row's split depends only on its content and --seed, so adding rows "
+                                            "never moves old ones, and duplicates share a split.")
+    _add_reading(split)
+    split.add_argument("--out", required=True, metavar="DIR", help="folder for the split files")
+    split.add_argument("--validation", type=float, default=0.05, help="fraction for validation (default 0.05)")
+    split.add_argument("--test", type=float, default=0.05, help="fraction for test (default 0.05)")
+    split.add_argument("--seed", default="", help="any text; a different seed gives a different split")
+    _add_skip_bad(split)
+    split.set_defaults(handler="tunesmith.cli.data:run_split")
+
+
+def _add_reading(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE",
+                        help="data file (.jsonl .json .csv .tsv .parquet), datasets folder, hf:NAME[:SPLIT] "
+                             "or bundled:NAME/FILE")
+    parser.add_argument("--format", default="auto", help=f"row format, one of {FORMAT_NAMES} (default auto)")
+    parser.add_argument("--column", dest="columns", action="append", default=[], metavar="KEY=NAME",
+                        help="your column name for a canonical key, e.g. --column instruction=task (repeatable)")
+    parser.add_argument("--role", dest="roles", action="append", default=[], metavar="SPEAKER=ROLE",
+                        help="a ShareGPT speaker as a role, e.g. --role bot=assistant (repeatable)")
+
+
+def _add_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="count tokens with this model's tokenizer and chat template: a built-in "
+                                        "name (smollm2-135m-instruct), a local folder or a hub id")
+    parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
+                        help=f"longest row in tokens, as template.max_length (default {DEFAULT_MAX_LENGTH})")
+    parser.add_argument("--train-on", choices=("assistant", "last", "all"), default="assistant",
+                        help="which turns train, as template.train_on (default assistant)")
+    parser.add_argument("--template", default="model",
+                        help="chat template: the model's own (default) or a .jinja file, as template.chat_template")
+
+
+def _add_skip_bad(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="write the good rows even when some rows are bad (they are listed, exit 0)")
+
+
+def format_options(args: argparse.Namespace) -> Any:
+    from tunesmith.data.formats import FormatOptions
+
+    return FormatOptions(format=args.format, columns=_pairs(args.columns, "--column"),
+                         roles=_pairs(args.roles, "--role"))
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    from tunesmith.errors import UserError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise UserError(f"{flag} {item}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def build_measure(model: str, *, train_on: str, template: str = "model",
+                  log: Callable[[str], None] = lambda m: None) -> Callable[[Any], Any]:
+    """Sample -> Example with the model's tokenizer and template, truncation off (check counts the cut)."""
+    from tunesmith.cli.common import quiet_libraries
+
+    quiet_libraries()
+    from tunesmith.formatting.encode import build_template, encode_sample, end_of_turn_markers
+    from tunesmith.models.load import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(model, log=log))
+    return partial(encode_sample, template=build_template(tokenizer, template), tokenizer=tokenizer,
+                   train_on=train_on, max_length=10**9, markers=end_of_turn_markers(tokenizer))
+
+
+def _check(args: argparse.Namespace, log: Callable[[str], None]) -> Any:
+    from tunesmith.data.check import check_files
+    from tunesmith.errors import UserError
+
+    if args.max_length < 1:
+        raise UserError(f"--max-length: expected a positive number of tokens, got {args.max_length}")
+    held_out = {"validation": getattr(args, "validation_files", []), "test": getattr(args, "test_files", [])}
+    splits = {}
+    if any(held_out.values()):  # with held-out files named, FILE(s) are the training data
+        splits = {file: "train" for file in args.files}
+        splits.update({file: split for split, files in held_out.items() for file in files})
+    measure = build_measure(args.model, train_on=args.train_on, template=args.template, log=log) if args.model else None
+    return check_files([*args.files, *held_out["validation"], *held_out["test"]], options=format_options(args),
+                       measure=measure, max_length=args.max_length, splits=splits)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from tunesmith.cli.common import make_console
+
+    console = make_console()
+    report = _check(args, console.print)
+    print_files(console, report)
+    print_stats(console, report.stats, model=args.model)
+    print_issues(console, report.issues, report_path=args.report)
+    if args.report:
+        from tunesmith.runfolder import write_json
+
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(args.report), report.to_json())
+    failed = report.failed(args.fail_on)
+    verdict = "[red]the data would stop a run[/]" if failed else "[green]OK to train[/]"
+    counts = report.counts_by_severity
+    console.print(f"{_plural(counts['error'], 'error')}, {_plural(counts['warning'], 'warning')}: {verdict}"
+                  + (" (--fail-on warning)" if failed and args.fail_on == "warning" else ""))
+    return 2 if failed else 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from tunesmith.cli.common import make_console
+
+    console = _stderr_console() if args.json else make_console()
+    report = _check(args, console.print)
+    if args.json:
+        print(json.dumps(report.stats.to_json(), indent=2))
+        return 0
+    print_stats(console, report.stats, model=args.model)
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from tunesmith.cli.common import make_console
+    from tunesmith.data.convert import convert_files
+
+    console = make_console()
+    summary = convert_files(args.files, args.output, format_options(args), keep_good=args.skip_bad)
+    for reference, fmt, reason in summary.files:
+        _say(console, f"{reference}: {fmt} ({reason})")
+    print_issues(console, summary.bad)
+    if not summary.written:
+        _say(console, f"{_plural(summary.rows - summary.rows_written, 'bad row')}: nothing written "
+                      "(fix them, or pass --skip-bad)")
+        return 2
+    _say(console, f"Wrote {summary.rows_written} of {summary.rows} rows to {summary.out_path}")
+    return 0
+
+
+def run_split(args: argparse.Namespace) -> int:
+    from tunesmith.cli.common import make_console
+    from tunesmith.data.split import split_files
+
+    console = make_console()
+    summary = split_files(args.files, args.out, validation=args.validation, test=args.test,
+                          options=format_options(args), seed=args.seed, keep_good=args.skip_bad)
+    print_issues(console, summary.bad)
+    if not summary.written:
+        bad = summary.rows - sum(summary.counts.values())
+        _say(console, f"{_plural(bad, 'bad row')}: nothing written (fix them, or pass --skip-bad)")
+        return 2
+    for name, path in summary.paths.items():
+        _say(console, f"{path}: {summary.counts[name]} rows")
+    return 0
+
+
+def _plural(count: int, noun: str) -> str:
+    """
+    >>> _plural(1, "error"), _plural(2, "bad row")
+    ('1 error', '2 bad rows')
+    """
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(file=sys.stderr, highlight=False)
+
+
+# ---- printing: plain text through rich, never markup from the data (field paths hold brackets) ----
+
+def print_files(console: Any, report: Any) -> None:
+    from rich.table import Table
+
+    for f in report.files:
+        _say(console, f"{f.reference}: {f.format} ({f.reason})" if f.reason else f"{f.reference}: format unknown")
+    table = Table(show_edge=False)
+    for name, justify in (("file", "left"), ("kind", "left"), ("format", "left"), ("rows", "right"),
+                          ("errors", "right"), ("warnings", "right")):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for f in report.files:
+        table.add_row(f.reference, f.kind, f.format, str(f.rows), str(f.errors), str(f.warnings))
+    console.print(table)
+
+
+def _say(console: Any, text: str, style: str | None = None) -> None:
+    """Print data-derived text as is: no markup (field paths hold brackets), no wrapping (keeps file:line whole)."""
+    console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+def print_stats(console: Any, stats: Any, *, model: str | None) -> None:
+    formats = ", ".join(f"{name} {count}" for name, count in stats.rows_by_format.items()) or "none"
+    _say(console, f"Rows: {stats.rows} read, {stats.valid_rows} valid ({formats})")
+    if stats.conversations:
+        roles = ", ".join(f"{role} {count}" for role, count in sorted(stats.messages_by_role.items()))
+        _say(console, f"Conversations: {stats.conversations}, {stats.turns_mean:g} messages on average, "
+                      f"at most {stats.turns_max} ({roles})")
+    tokens = stats.tokens
+    if tokens is None:
+        _say(console, "No token statistics: pass --model NAME (e.g. --model smollm2-135m-instruct) to count tokens"
+             if model is None else "No token statistics: no valid rows")
+        return
+    _say(console, f"Tokens ({model}): {tokens.total_tokens} in {tokens.rows} rows, {tokens.trainable_tokens} trained "
+                  f"({tokens.trainable_share:.1%}); per row mean {tokens.mean:g}, p50 {tokens.p50}, "
+                  f"p90 {tokens.p90}, p99 {tokens.p99}, max {tokens.max}")
+    _say(console, f"Over max_length {tokens.max_length}: {tokens.rows_over_max_length} rows, "
+                  f"{tokens.tokens_cut} tokens would be cut ({tokens.trainable_tokens_cut} of them trained)")
+    if tokens.rows_missing_end_of_turn:
+        _say(console, f"{tokens.rows_missing_end_of_turn} rows have an assistant turn whose end-of-turn token does "
+                      "not train: the model may not learn to stop", style="yellow")
+    _print_histogram(console, tokens.histogram)
+
+
+def _print_histogram(console: Any, bins: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(show_edge=False, show_header=True)
+    table.add_column("tokens", justify="right")
+    table.add_column("rows", justify="right")
+    table.add_column("")
+    peak = max((b["rows"] for b in bins), default=0) or 1
+    for b in bins:
+        label = f"{b['low']}-{b['high']}" if b["high"] is not None else f"over {b['low'] - 1}"
+        table.add_row(label, str(b["rows"]), "█" * round(30 * b["rows"] / peak))
+    console.print(table)
+
+
+def print_issues(console: Any, issues: list[Any], *, report_path: str | None = None) -> None:
+    """The first issues one per line, `file:line: field: message (hint) [severity]`; how many more."""
+    for issue in issues[:SHOWN_ISSUES]:
+        style = "red" if issue.severity == "error" else "yellow"
+        _say(console, f"{issue} [{issue.severity}]", style=style)
+    more = len(issues) - SHOWN_ISSUES
+    if more > 0:
+        where = f"in {report_path}" if report_path else "(write them all with --report FILE)"
+        _say(console, f"{more} more {where}")

@@ -1,0 +1,149 @@
+"""Any supported data format to tunesmith's normalized JSONL, and the atomic writer it uses.
+
+The output holds everything the normalized sample holds and nothing else: conversations as
+`{"messages": [...], "tools"?, "id"?}` (OpenAI form, tool call arguments as JSON text), raw text
+as `{"text"}`, pre-tokenized rows as `{"input_ids", "labels"?}`. Reading a converted file back
+gives the same samples. Bad rows are never written; by default a file with bad rows produces no
+output at all, so a half-converted dataset cannot be mistaken for a whole one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from tunesmith.data.check import FileStream, has_error
+from tunesmith.data.formats import FormatOptions
+from tunesmith.data.types import Conversation, Issue, Message, Sample, TextSample, ToolCall
+
+
+def sample_to_row(sample: Sample) -> dict[str, Any]:
+    """The normalized JSON object of a sample; optional keys only when set.
+
+    >>> from tunesmith.data.types import Provenance
+    >>> sample_to_row(TextSample("hello", Provenance("a.txt", 1), id="7"))
+    {'text': 'hello', 'id': '7'}
+    """
+    if isinstance(sample, Conversation):
+        row: dict[str, Any] = {"messages": [_message_to_dict(m) for m in sample.messages]}
+        if sample.tools:
+            row["tools"] = list(sample.tools)
+    elif isinstance(sample, TextSample):
+        row = {"text": sample.text}
+    else:
+        row = {"input_ids": list(sample.input_ids)}
+        if sample.labels is not None:
+            row["labels"] = list(sample.labels)
+    if sample.id:
+        row["id"] = sample.id
+    return row
+
+
+def _message_to_dict(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.weight is not None:
+        out["weight"] = int(message.weight) if message.weight in (0, 1) else message.weight
+    if message.tool_calls:
+        out["tool_calls"] = [_tool_call_to_dict(call) for call in message.tool_calls]
+    if message.name is not None:
+        out["name"] = message.name
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _tool_call_to_dict(call: ToolCall) -> dict[str, Any]:
+    """OpenAI form with `arguments` kept as the exact JSON text the data gave."""
+    out: dict[str, Any] = {"type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+    if call.id is not None:
+        out = {"id": call.id, **out}
+    return out
+
+
+def jsonl_line(row: dict[str, Any]) -> bytes:
+    """One JSONL line, UTF-8; text with lone surrogates (legal in JSON input) is written escaped.
+
+    >>> jsonl_line({"text": "é"}), jsonl_line({"text": "\\ud800"})
+    (b'{"text": "\\xc3\\xa9"}\\n', b'{"text": "\\\\ud800"}\\n')
+    """
+    try:
+        return (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(row) + "\n").encode("ascii")
+
+
+class AtomicFiles:
+    """Write several files under temporary names beside them; `commit()` renames them all into
+    place. Leaving the `with` block without a commit removes the temporaries: nothing half-written."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = [Path(p) for p in paths]
+        self.handles: dict[Path, tuple[IO[bytes], Path]] = {}
+
+    def __enter__(self) -> AtomicFiles:
+        for path in self.paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # open(..., "xb") rather than mkstemp: the file gets the user's usual permissions, not 0600.
+            temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            self.handles[path] = (temporary.open("xb"), temporary)
+        return self
+
+    def write(self, path: Path, data: bytes) -> None:
+        self.handles[Path(path)][0].write(data)
+
+    def commit(self) -> None:
+        for path, (handle, temporary) in self.handles.items():
+            handle.close()
+            os.replace(temporary, path)
+        self.handles = {}
+
+    def __exit__(self, *exc: object) -> None:
+        for handle, temporary in self.handles.values():  # not committed: discard
+            handle.close()
+            temporary.unlink(missing_ok=True)
+        self.handles = {}
+
+
+@dataclass
+class ConvertSummary:
+    out_path: Path
+    written: bool
+    """False when bad rows stopped the output (and `keep_good` was off)."""
+    rows: int = 0
+    rows_written: int = 0
+    """Good rows: written when `written` is True."""
+    bad: list[Issue] = field(default_factory=list)
+    """The error issues of the rows left out, in file order."""
+    files: list[tuple[str, str, str]] = field(default_factory=list)
+    """(reference, detected format, why) per input file."""
+
+
+def convert_files(references: list[str], out_path: str | Path, options: FormatOptions, *,
+                  keep_good: bool = False) -> ConvertSummary:
+    """Convert every file to one normalized JSONL file, atomically.
+
+    With bad rows the output is written only under `keep_good=True` (then without those rows).
+    """
+    summary = ConvertSummary(Path(out_path), written=False)
+    with AtomicFiles([summary.out_path]) as files:
+        for reference in references:
+            stream = FileStream(reference, options)
+            for _, sample, issues in stream:
+                summary.rows += 1
+                if sample is None:
+                    summary.bad += [issue for issue in issues if issue.severity == "error"]
+                    continue
+                if keep_good or not summary.bad:  # once a row is bad the output is lost: stop writing it
+                    files.write(summary.out_path, jsonl_line(sample_to_row(sample)))
+                summary.rows_written += 1
+            if stream.rows == 0:
+                summary.bad.append(stream.empty_file_issue())
+            summary.files.append((reference, stream.format or "unknown", stream.reason))
+        if keep_good or not has_error(summary.bad):
+            files.commit()
+            summary.written = True
+    return summary

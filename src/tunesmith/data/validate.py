@@ -1,0 +1,236 @@
+"""Semantic rules on one normalized sample, and the content keys that find duplicates across rows.
+
+A format adapter decides whether a row *can* be read as a sample; these rules decide whether the
+sample makes sense to train on (an assistant turn to learn from, tool results that answer a call,
+weights only where they mean something). Every finding is an `Issue` with a stable `code`, the
+field it is about (`messages[2].role`) and a hint, so a person can fix the row without a debugger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from typing import Any
+
+from tunesmith.data.types import Conversation, Issue, Message, Sample, TextSample, TokenSample
+
+IGNORE_INDEX = -100
+
+
+# JSON may spell half a UTF-16 pair ("\\ud800"); Python keeps it, but no tokenizer can encode it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_sample(sample: Sample) -> list[Issue]:
+    """Every rule that applies to `sample`; an empty list means it is fine to train on."""
+    if isinstance(sample, Conversation):
+        return _check_surrogates(sample) or _check_conversation(sample)
+    if isinstance(sample, TextSample):
+        if _SURROGATE.search(sample.text):
+            return [_surrogate_issue(sample, "text")]
+        if not sample.text.strip():
+            return [_issue(sample, "empty_text", "error", "text", "the text is empty", "remove the row")]
+        return []
+    return _check_tokens(sample)
+
+
+def _issue(sample: Sample, code: str, severity: str, field: str, message: str, hint: str = "") -> Issue:
+    return Issue(code, severity, sample.source, field, message, hint)  # type: ignore[arg-type]
+
+
+def _surrogate_issue(sample: Sample, field: str) -> Issue:
+    return _issue(sample, "lone_surrogate", "error", field, "the text holds half of a UTF-16 surrogate pair "
+                  "(a \\ud800-\\udfff escape on its own), which no tokenizer can encode",
+                  "the file was probably cut or converted badly; fix or remove the character")
+
+
+def _check_surrogates(conv: Conversation) -> list[Issue]:
+    """Lone surrogates in anything a template may render: content, names, tool calls."""
+    for index, m in enumerate(conv.messages):
+        for key, value in (("content", m.content), ("name", m.name or ""), ("tool_call_id", m.tool_call_id or "")):
+            if not value.isascii() and _SURROGATE.search(value):  # isascii is O(1): most text skips the search
+                return [_surrogate_issue(conv, f"messages[{index}].{key}")]
+        for number, call in enumerate(m.tool_calls):
+            if _SURROGATE.search(call.name + call.arguments + (call.id or "")):
+                return [_surrogate_issue(conv, f"messages[{index}].tool_calls[{number}]")]
+    if conv.tools and _SURROGATE.search(json.dumps(list(conv.tools), ensure_ascii=False, default=repr)):
+        return [_surrogate_issue(conv, "tools")]
+    return []
+
+
+def _check_conversation(conv: Conversation) -> list[Issue]:
+    if not conv.messages:
+        return [_issue(conv, "empty_conversation", "error", "messages", "the conversation has no messages")]
+    issues: list[Issue] = []
+    for index, message in enumerate(conv.messages):
+        issues += _check_message(conv, index, message)
+    issues += _check_order(conv)
+    issues += _check_trains_something(conv)
+    return issues
+
+
+def _check_message(conv: Conversation, index: int, message: Message) -> list[Issue]:
+    """Rules about one message on its own: empty content, weights outside assistant turns."""
+    issues = []
+    field = f"messages[{index}]"
+    if not message.content.strip() and not message.tool_calls:
+        if message.role == "assistant":
+            issues.append(_issue(conv, "empty_content", "error", f"{field}.content",
+                                 "assistant message is empty", "the model would learn to answer with nothing"))
+        else:
+            issues.append(_issue(conv, "empty_content", "warning", f"{field}.content",
+                                 f"{message.role} message is empty"))
+    if message.weight is not None and message.role != "assistant":
+        issues.append(_issue(conv, "weight_not_assistant", "error", f"{field}.weight",
+                             f"a weight on a {message.role} message has no effect",
+                             "only assistant messages take a weight (0 or 1)"))
+    return issues
+
+
+def _check_order(conv: Conversation) -> list[Issue]:
+    """Rules about the sequence: system first, tool results after a call, no repeated roles."""
+    issues = []
+    previous: Message | None = None
+    caller: Message | None = None  # the assistant message whose tool calls the next tool messages answer
+    for index, message in enumerate(conv.messages):
+        field = f"messages[{index}]"
+        if message.role == "system" and index > 0:
+            issues.append(_issue(conv, "system_not_first", "error", f"{field}.role",
+                                 "system message is not the first message", "move it to the start"))
+        if message.role == "tool":
+            issues += _check_tool_message(conv, field, message, caller)
+        elif message.role == "assistant" and message.tool_calls:
+            caller = message
+        else:
+            caller = None
+        # Parallel tool results are several tool messages in a row, and that is how they should look.
+        if previous is not None and previous.role == message.role and message.role != "tool":
+            issues.append(_issue(conv, "consecutive_roles", "warning", f"{field}.role",
+                                 f"two {message.role} messages in a row (messages {index - 1} and {index})",
+                                 "merge them; some chat templates refuse this"))
+        previous = message
+    return issues
+
+
+def _check_tool_message(conv: Conversation, field: str, message: Message, caller: Message | None) -> list[Issue]:
+    if caller is None:
+        return [_issue(conv, "orphan_tool_message", "error", f"{field}.role",
+                       "tool message does not follow an assistant message with tool_calls",
+                       "a tool result must answer a call the assistant made")]
+    ids = {call.id for call in caller.tool_calls if call.id is not None}
+    if message.tool_call_id is not None and ids and message.tool_call_id not in ids:
+        return [_issue(conv, "unknown_tool_call_id", "error", f"{field}.tool_call_id",
+                       f"tool_call_id {message.tool_call_id!r} answers no call of the assistant message before it",
+                       f"known ids: {', '.join(sorted(ids))}")]
+    return []
+
+
+def _check_trains_something(conv: Conversation) -> list[Issue]:
+    assistants = [m for m in conv.messages if m.role == "assistant"]
+    if not assistants:
+        return [_issue(conv, "no_assistant", "error", "messages", "no assistant message, so nothing would train",
+                       "every conversation needs at least one assistant reply")]
+    if all(m.weight == 0 for m in assistants):
+        return [_issue(conv, "all_weights_zero", "error", "messages",
+                       "every assistant message has weight 0, so nothing would train",
+                       "set weight 1 (or remove the weight) on the turns to learn")]
+    return []
+
+
+def _check_tokens(sample: TokenSample) -> list[Issue]:
+    if not sample.input_ids:
+        return [_issue(sample, "empty_input_ids", "error", "input_ids", "input_ids is empty", "remove the row")]
+    if sample.labels is None:
+        return []
+    if len(sample.labels) != len(sample.input_ids):
+        return [_issue(sample, "bad_labels", "error", "labels",
+                       f"{len(sample.labels)} labels for {len(sample.input_ids)} input_ids",
+                       "labels must be as long as input_ids")]
+    if all(label == IGNORE_INDEX for label in sample.labels[1:]):
+        return [_issue(sample, "no_trainable_tokens", "error", "labels",
+                       f"every label is {IGNORE_INDEX}, so nothing would train",
+                       "the first position never trains; mark the tokens to learn with their ids")]
+    return []
+
+
+# ---- content keys: the same content gives the same key, wherever and however often it appears ----
+
+def canonical_content(sample: Sample) -> dict[str, Any]:
+    """What a sample says, without where it came from or its id: the basis of `content_key`.
+
+    >>> from tunesmith.data.types import Provenance
+    >>> canonical_content(TextSample("hi", Provenance("a.jsonl", 1), id="x"))
+    {'text': 'hi'}
+    """
+    if isinstance(sample, Conversation):
+        messages = []
+        for m in sample.messages:
+            item = m.as_dict()
+            if m.tool_calls:  # as_dict parses arguments; keep the exact text the row gave
+                item["tool_calls"] = [[c.name, c.arguments, c.id] for c in m.tool_calls]
+            if m.weight is not None:
+                item["weight"] = m.weight
+            messages.append(item)
+        return {"messages": messages, "tools": list(sample.tools)}
+    if isinstance(sample, TextSample):
+        return {"text": sample.text}
+    return {"input_ids": list(sample.input_ids), "labels": None if sample.labels is None else list(sample.labels)}
+
+
+def content_key(sample: Sample) -> str:
+    """sha256 of the canonical JSON of a sample's content: equal keys mean identical training content.
+
+    >>> from tunesmith.data.types import Provenance
+    >>> a = TextSample("hi", Provenance("a.jsonl", 1)); b = TextSample("hi", Provenance("b.jsonl", 9), id="7")
+    >>> content_key(a) == content_key(b)
+    True
+    """
+    return _sha256(canonical_content(sample))
+
+
+_PUNCTUATION = re.compile(r"[^\w\s]|_", re.UNICODE)
+_ASCII_PUNCTUATION = {i: " " for i in range(128) if _PUNCTUATION.match(chr(i))}  # the same, for ASCII text
+
+
+def normalize_text(text: str) -> str:
+    """Lower-case, NFKC, punctuation removed, whitespace collapsed. Digits are kept on purpose:
+    "What is 2+2?" and "What is 3+3?" are different questions, and templated datasets would
+    otherwise be flagged wholesale.
+
+    >>> normalize_text("  Hello,   WORLD!! 42 ")
+    'hello world 42'
+    """
+    if text.isascii():  # most data; a translate table is ~3x faster than the regex
+        return " ".join(text.lower().translate(_ASCII_PUNCTUATION).split())
+    if not unicodedata.is_normalized("NFKC", text):  # the check is cheap; normalizing is not
+        text = unicodedata.normalize("NFKC", text)
+    return " ".join(_PUNCTUATION.sub(" ", text.lower()).split())
+
+
+def near_key(sample: Sample) -> str:
+    """sha256 of the sample's text after `normalize_text`, roles kept, weights and ids ignored:
+    rows that differ only in case, spacing or punctuation share it.
+
+    >>> from tunesmith.data.types import Provenance
+    >>> a = TextSample("Turn on the light.", Provenance("a", 1))
+    >>> near_key(a) == near_key(TextSample("turn on  the light", Provenance("a", 2)))
+    True
+    """
+    if isinstance(sample, Conversation):
+        # Normalized text holds no control characters, so \x1e and \x1f separate unambiguously.
+        form = "\x1e".join("\x1f".join([m.role, normalize_text(m.content),
+                                         *(f"{c.name}\x1d{normalize_text(c.arguments)}" for c in m.tool_calls)])
+                           for m in sample.messages)
+    elif isinstance(sample, TextSample):
+        form = normalize_text(sample.text)
+    else:
+        return content_key(sample)  # token ids have no spelling to normalize
+    return hashlib.sha256(form.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _sha256(value: Any) -> str:
+    # default=repr: Parquet and datasets rows can hold dates or bytes, which JSON cannot
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

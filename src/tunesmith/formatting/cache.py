@@ -1,0 +1,109 @@
+"""Cache of processed splits: tokenized, masked examples and the split's report, keyed by content.
+
+The key covers everything the examples depend on: the bytes of every data file (their
+fingerprints), the template text, the tokenizer's full definition, and the formatting and loading
+options. Change any of them and the key changes; run again unchanged and the work is skipped.
+Stored as safetensors (flat id arrays with offsets) plus JSON, written to a temporary folder and
+renamed, so a half-written entry is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith.formatting.encode import Example
+
+CACHE_VERSION = 1  # bump when encoding changes what an Example holds for the same inputs
+
+
+@dataclass(frozen=True)
+class CachedSplit:
+    examples: list[Example]
+    meta: dict[str, Any]
+
+
+def cache_dir() -> Path:
+    from tunesmith.models.embedded import cache_root
+
+    return cache_root() / "data"
+
+
+def tokenizer_digest(tokenizer: Any) -> str:
+    """Hash of the tokenizer's whole definition (vocab, merges, normalizer, special tokens)."""
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    digest.update(backend.to_str().encode() if backend is not None else repr(tokenizer.get_vocab()).encode())
+    digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def cache_key(**parts: Any) -> str:
+    """A stable key over JSON-serializable parts.
+
+    >>> cache_key(a=1, b=[2]) == cache_key(b=[2], a=1)
+    True
+    """
+    payload = json.dumps({"version": CACHE_VERSION, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def load(key: str) -> CachedSplit | None:
+    folder = cache_dir() / key
+    if not (folder / "meta.json").is_file():
+        return None
+    from safetensors.numpy import load_file
+
+    arrays = load_file(str(folder / "examples.safetensors"))
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    return CachedSplit(_unflatten(arrays, meta.pop("sources")), meta)
+
+
+def store(key: str, examples: list[Example], meta: dict[str, Any]) -> None:
+    """Write an entry atomically; a failure to cache never fails the run."""
+    from safetensors.numpy import save_file
+
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+    try:
+        save_file(_flatten(examples), str(work / "examples.safetensors"))
+        record = dict(meta, sources=[e.source_id for e in examples])
+        (work / "meta.json").write_text(json.dumps(record, ensure_ascii=False, default=_jsonable), encoding="utf-8")
+        os.replace(work, root / key)
+    except OSError:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _flatten(examples: list[Example]) -> dict[str, Any]:
+    import numpy as np
+
+    lengths = np.array([len(e.input_ids) for e in examples], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    total = int(offsets[-1])
+    ids = np.fromiter((t for e in examples for t in e.input_ids), dtype=np.int32, count=total)
+    labels = np.fromiter((t for e in examples for t in e.labels), dtype=np.int32, count=total)
+    flags = np.array([[e.n_trainable, e.truncated, e.eot_trained] for e in examples], dtype=np.int64)
+    return {"input_ids": ids, "labels": labels, "offsets": offsets, "flags": flags.reshape(-1, 3)}
+
+
+def _unflatten(arrays: dict[str, Any], sources: list[str]) -> list[Example]:
+    ids, labels, offsets, flags = arrays["input_ids"], arrays["labels"], arrays["offsets"], arrays["flags"]
+    out = []
+    for i, source in enumerate(sources):
+        a, b = int(offsets[i]), int(offsets[i + 1])
+        n_trainable, truncated, eot = (int(x) for x in flags[i])
+        out.append(Example(ids[a:b].tolist(), labels[a:b].tolist(), n_trainable, bool(truncated), source, bool(eot)))
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    return str(value)

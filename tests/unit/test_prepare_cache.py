@@ -1,0 +1,57 @@
+"""The processed-data cache: an identical second run hits; changing data, template, tokenizer or options misses."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from rich.console import Console
+
+from tunesmith.config import load_config
+from tunesmith.training.prepare import prepare
+
+
+@pytest.fixture()
+def setup(tmp_path, monkeypatch, tiny_model_dir):
+    monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "train.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(20)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return data, tiny_model_dir
+
+
+def run(data, model, *extra):
+    config = load_config(None, [f"data.train={data}", f"model.name={model}", *extra])
+    return prepare(config, Console(quiet=True)).splits["train"]
+
+
+def test_second_identical_run_hits_and_gives_the_same_examples(setup):
+    data, model = setup
+    first, second = run(data, model), run(data, model)
+    assert (first.cached, second.cached) == (False, True)
+    assert [e.input_ids for e in first.examples] == [e.input_ids for e in second.examples]
+    assert [e.labels for e in first.examples] == [e.labels for e in second.examples]
+    assert first.report == second.report
+
+
+def test_changing_any_input_misses(setup, tmp_path):
+    data, model = setup
+    run(data, model)
+    assert not run(data, model, "template.max_length=64").cached
+    assert not run(data, model, "template.train_on=all").cached
+    template = tmp_path / "plain.jinja"
+    template.write_text("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}", encoding="utf-8")
+    assert not run(data, model, f"template.chat_template={template}").cached
+    other_tokenizer = tmp_path / "other-model"
+    shutil.copytree(model, other_tokenizer)
+    definition = json.loads((other_tokenizer / "tokenizer.json").read_text())
+    definition["model"]["merges"] = definition["model"]["merges"][:-1]  # one merge fewer: another tokenizer
+    (other_tokenizer / "tokenizer.json").write_text(json.dumps(definition))
+    assert not run(data, other_tokenizer).cached
+    with data.open("a") as handle:
+        handle.write(json.dumps({"messages": [{"role": "user", "content": "new"},
+                                              {"role": "assistant", "content": "row"}]}) + "\n")
+    assert not run(data, model).cached
+    assert run(data, model).cached
