@@ -48,7 +48,7 @@ def machine() -> str:
 
 
 def run(rows: int, workers: int | None = None) -> tuple[float, object]:
-    from tunesmith.cli.data import build_measure
+    from tunesmith.formatting.measure import measure_for as build_measure
     from tunesmith.data.check import check_files
     from tunesmith.data.formats import FormatOptions
 

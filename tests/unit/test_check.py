@@ -161,7 +161,7 @@ def test_classify_row_gives_a_sample_exactly_when_no_issue_is_an_error():
 
 @pytest.fixture(scope="module")
 def measure():
-    from tunesmith.cli.data import build_measure
+    from tunesmith.formatting.measure import measure_for as build_measure
 
     return build_measure("smollm2-135m-instruct", train_on="assistant")
 
@@ -200,7 +200,7 @@ def test_a_row_whose_trained_tokens_all_lie_past_max_length_is_an_error(tmp_path
 def test_rows_that_train_no_token_are_errors(tmp_path):
     """Under train_on=last, a row whose last assistant turn has weight 0 trains nothing, though each
     turn on its own is fine: only the encoded example shows it."""
-    from tunesmith.cli.data import build_measure
+    from tunesmith.formatting.measure import measure_for as build_measure
 
     silent = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
                            {"role": "user", "content": "c"}, {"role": "assistant", "content": "d", "weight": 0}]}
@@ -230,7 +230,7 @@ def test_encoding_in_workers_gives_the_same_report_as_encoding_here(tmp_path, me
 
 
 def test_a_row_the_chat_template_refuses_is_an_error_and_checking_goes_on(tmp_path):
-    from tunesmith.cli.data import build_measure
+    from tunesmith.formatting.measure import measure_for as build_measure
 
     strict = tmp_path / "strict.jinja"
     strict.write_text("{% for m in messages %}{% if not loop.first and m.role == messages[loop.index0 - 1].role %}"

@@ -147,7 +147,7 @@ def test_check_files_answers_every_file_with_typed_issues(tmp_path):
 
 def test_check_files_with_a_tokenizer_answers_every_row_with_typed_issues(tmp_path):
     """The same, through the embedded model's chat template and tokenizer: odd text must not crash encoding."""
-    from tunesmith.cli.data import build_measure
+    from tunesmith.formatting.measure import measure_for as build_measure
 
     measure = build_measure("smollm2-135m-instruct", train_on="assistant")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -113,20 +112,6 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-def build_measure(model: str, *, train_on: str, template: str = "model",
-                  log: Callable[[str], None] = lambda m: None) -> Callable[[Any], Any]:
-    """Sample -> Example with the model's tokenizer and template, truncation off (check counts the cut)."""
-    from tunesmith.cli.common import quiet_libraries
-
-    quiet_libraries()
-    from tunesmith.formatting.encode import build_template, encode_sample, end_of_turn_markers
-    from tunesmith.models.load import load_tokenizer, resolve_model
-
-    tokenizer = load_tokenizer(resolve_model(model, log=log))
-    return partial(encode_sample, template=build_template(tokenizer, template), tokenizer=tokenizer,
-                   train_on=train_on, max_length=10**9, markers=end_of_turn_markers(tokenizer))
-
-
 def _check(args: argparse.Namespace, log: Callable[[str], None]) -> Any:
     from tunesmith.data.check import check_files
     from tunesmith.errors import UserError
@@ -138,7 +123,13 @@ def _check(args: argparse.Namespace, log: Callable[[str], None]) -> Any:
     if any(held_out.values()):  # with held-out files named, FILE(s) are the training data
         splits = {file: "train" for file in args.files}
         splits.update({file: split for split, files in held_out.items() for file in files})
-    measure = build_measure(args.model, train_on=args.train_on, template=args.template, log=log) if args.model else None
+    measure = None
+    if args.model:
+        from tunesmith.cli.common import quiet_libraries
+        from tunesmith.formatting.measure import measure_for
+
+        quiet_libraries()
+        measure = measure_for(args.model, train_on=args.train_on, template=args.template, log=log)
     return check_files([*args.files, *held_out["validation"], *held_out["test"]], options=format_options(args),
                        measure=measure, max_length=args.max_length, splits=splits)
 

@@ -74,12 +74,12 @@ def encode(conversation: Conversation, template: ChatTemplate, tokenizer: Any, *
             ranges.append((span.start, span.end + tail))
     if train_on == "all":
         ranges = [(0, len(rendered.text))]
-    encoded = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-    labels = [tok if _overlaps(a, b, ranges) else IGNORE_INDEX for tok, (a, b) in zip(ids, offsets)]
+    ids, offsets = _tokenize(tokenizer, rendered.text)
+    labels = _labels(ids, offsets, sorted(ranges))
     truncated = len(ids) > max_length
     ids, labels = ids[:max_length], labels[:max_length]
-    labels[0] = IGNORE_INDEX  # the first token is never predicted: keeps packed rows apart
+    if labels:
+        labels[0] = IGNORE_INDEX  # the first token is never predicted: keeps packed rows apart
     n_trainable = sum(1 for x in labels if x != IGNORE_INDEX)
     return Example(ids, labels, n_trainable, truncated, str(conversation.source), eot_trained)
 
@@ -114,5 +114,30 @@ def generation_prompt(conversation: Conversation, template: ChatTemplate) -> tup
     return prompt, messages[last]["content"]
 
 
-def _overlaps(start: int, end: int, ranges: list[tuple[int, int]]) -> bool:
-    return any(start < b and end > a for a, b in ranges)
+def _tokenize(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids and character offsets, straight from the Rust tokenizer when there is one (no Python
+    post-processing: the template already wrote every special token)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        encoding = backend.encode(text, add_special_tokens=False)
+        return encoding.ids, encoding.offsets
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return encoded["input_ids"], encoded["offset_mapping"]
+
+
+def _labels(ids: list[int], offsets: list[tuple[int, int]], ranges: list[tuple[int, int]]) -> list[int]:
+    """Label = token id where the token overlaps a trained character range, else -100.
+
+    One sweep: tokens and (sorted) ranges both advance left to right.
+
+    >>> _labels([7, 8, 9], [(0, 2), (2, 4), (4, 6)], [(3, 5)])
+    [-100, 8, 9]
+    """
+    labels = [IGNORE_INDEX] * len(ids)
+    r = 0
+    for i, (start, end) in enumerate(offsets):
+        while r < len(ranges) and ranges[r][1] <= start:
+            r += 1
+        if r < len(ranges) and start < ranges[r][1] and end > ranges[r][0]:
+            labels[i] = ids[i]
+    return labels

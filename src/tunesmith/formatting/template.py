@@ -53,6 +53,7 @@ class ChatTemplate:
         self.name = name
         self.special_tokens = dict(special_tokens or {})
         self._template = _compile(source, name)
+        self._skeletons: dict[str, str] = {}
 
     def render(self, messages: list[dict], *, add_generation_prompt: bool = False) -> str:
         try:
@@ -67,10 +68,21 @@ class ChatTemplate:
         return text
 
     def render_with_spans(self, messages: list[dict]) -> Rendered:
-        """Render once and locate each message's content in the text."""
+        """Render once and locate each message's content in the text.
+
+        The "skeleton" (the same conversation with each content replaced by a marker) depends only
+        on the messages' shape, so it is rendered once per shape; substituting the contents back
+        must reproduce the real render exactly, or the spans are found by search instead.
+        """
         text = self.render(messages)
-        marked = [dict(m, content=f"{_OPEN}{i}{_CLOSE}") for i, m in enumerate(messages)]
-        skeleton = self.render(marked)
+        shape = json.dumps([{k: v for k, v in m.items() if k != "content"} for m in messages], sort_keys=True,
+                           default=str)
+        skeleton = self._skeletons.get(shape)
+        if skeleton is None:
+            marked = [dict(m, content=f"{_OPEN}{i}{_CLOSE}") for i, m in enumerate(messages)]
+            skeleton = self.render(marked)
+            if len(self._skeletons) < 4096:
+                self._skeletons[shape] = skeleton
         spans = _spans_from_skeleton(skeleton, messages, text)
         if spans is None:  # the template rewrites content (e.g. drops reasoning): search instead
             spans = _spans_by_search(text, messages)
@@ -86,7 +98,10 @@ def _spans_from_skeleton(skeleton: str, messages: list[dict], text: str) -> list
         end = skeleton.find(_CLOSE, start)
         if end == -1:
             return None
-        index = int(skeleton[start + 1 : end])
+        marker = skeleton[start + 1 : end]
+        if not marker.isdigit() or int(marker) >= len(messages):
+            return None  # the marker text came from somewhere else (a name, arguments): search instead
+        index = int(marker)
         literal = skeleton[cursor:start]
         out.append(literal)
         length += len(literal)

@@ -1,0 +1,21 @@
+"""What `data check --model` measures a sample with: the training encoder, truncation off.
+
+The check counts how many tokens `max_length` would cut, so it needs the full length.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable
+
+from tunesmith.formatting.encode import Example, build_template, encode_sample, end_of_turn_markers
+
+
+def measure_for(model: str, *, train_on: str, template: str = "model",
+                log: Callable[[str], None] = lambda m: None) -> Callable[[Any], Example]:
+    """Sample -> Example with the model's own tokenizer and template (or a `.jinja` file)."""
+    from tunesmith.models.load import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(model, log=log))
+    return partial(encode_sample, template=build_template(tokenizer, template), tokenizer=tokenizer,
+                   train_on=train_on, max_length=10**9, markers=end_of_turn_markers(tokenizer))
