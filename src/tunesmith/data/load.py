@@ -12,10 +12,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunesmith.data.check import classify_row
-from tunesmith.data.formats import FormatOptions, detect_format
-from tunesmith.data.sources import open_source
-from tunesmith.data.types import Conversation, Issue, RawRow, RowError, Sample
+from tunesmith.data.check import FileStream
+from tunesmith.data.formats import FormatOptions
+from tunesmith.data.types import Conversation, Issue, RawRow, Sample
 from tunesmith.errors import UserError
 
 
@@ -69,36 +68,21 @@ def load_split(specs: list[SourceSpec], *, split: str, policy: str, seed: int) -
 
 
 def _read_file(spec: SourceSpec, loaded: LoadedSplit) -> tuple[list[Sample], list[tuple[RawRow, list[Issue]]]]:
-    source = open_source(spec.reference)
+    """The per-row pipeline of `data check` (FileStream), keeping good rows and setting bad ones aside."""
+    stream = FileStream(spec.reference, spec.options)
     samples: list[Sample] = []
     bad: list[tuple[RawRow, list[Issue]]] = []
-    fmt, reason = None, ""
-    rows = 0
-    for raw in source.rows():
-        rows += 1
-        if fmt is None and raw.data is not None:
-            fmt, reason = _detect(raw, spec.options, bad)
-            if fmt is None:
-                continue
-        sample, issues = classify_row(raw, fmt or "", spec.options)
-        if sample is None or any(i.severity == "error" for i in issues):
+    for raw, sample, issues in stream:
+        if sample is None:
             bad.append((raw, issues))
             continue
         loaded.warnings += issues
         samples.append(sample)
-    if rows == 0:
+    if stream.rows == 0:
         raise UserError(f"{spec.reference}: the file has no rows")
-    loaded.files.append(FileSummary(spec.reference, source.kind, fmt or "unknown", reason, rows, 0,
-                                    source.fingerprint()))
+    loaded.files.append(FileSummary(spec.reference, stream.source.kind, stream.format or "unknown", stream.reason,
+                                    stream.rows, 0, stream.source.fingerprint()))
     return samples, bad
-
-
-def _detect(raw: RawRow, options: FormatOptions, bad: list) -> tuple[str | None, str]:
-    try:
-        return detect_format(raw.data, raw.where, options)
-    except RowError as err:
-        bad.append((raw, [err.issue]))
-        return None, ""
 
 
 def _apply_weight(samples: list[Any], weight: float, rng: random.Random) -> list[Any]:
