@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunesmith.data.formats import FORMATS, FormatOptions, detect_format, load_conversations, to_sample
-from tunesmith.data.types import Conversation, Message, Provenance, RowError, TextSample, TokenSample, ToolCall
+from tunesmith.data.formats import (
+    FORMATS,
+    FormatOptions,
+    detect_format,
+    load_conversations,
+    to_sample,
+)
+from tunesmith.data.types import (
+    Conversation,
+    Message,
+    Provenance,
+    RowError,
+    TextSample,
+    TokenSample,
+    ToolCall,
+)
 from tunesmith.errors import UserError
 
 WHERE = Provenance("data.jsonl", 7)
@@ -229,21 +244,22 @@ def test_qa_never_stringifies_numbers():
 
 
 def test_prompt_completion_strings():
-    assert sample({"prompt": "Capital of France?", "completion": " Paris"}) == chat(
-        user("Capital of France?"), assistant(" Paris"))
+    assert sample({"prompt": "Capital of France?", "completion": " Paris"}) == replace(chat(
+        user("Capital of France?"), assistant(" Paris")), prompt_messages=1)
 
 
 def test_prompt_completion_conversational():
     row = {"prompt": [{"role": "system", "content": "Terse."}, {"role": "user", "content": "Hi"}],
            "completion": [{"role": "assistant", "content": "Hey"}]}
-    assert sample(row) == chat(Message("system", "Terse."), user("Hi"), assistant("Hey"))
+    assert sample(row) == replace(chat(Message("system", "Terse."), user("Hi"), assistant("Hey")), prompt_messages=2)
     row["prompt"][1]["role"] = "human"
     issue = issue_of(row)
     assert (issue.code, issue.field) == ("unknown_role", "prompt[1].role")
 
 
 def test_prompt_completion_text_that_looks_like_json_stays_text():
-    assert sample({"prompt": "[1, 2]", "completion": '{"role": "x"}'}) == chat(user("[1, 2]"), assistant('{"role": "x"}'))
+    assert sample({"prompt": "[1, 2]", "completion": '{"role": "x"}'}) == replace(
+        chat(user("[1, 2]"), assistant('{"role": "x"}')), prompt_messages=1)
 
 
 def test_text_and_content():

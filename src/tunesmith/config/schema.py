@@ -25,6 +25,10 @@ class ModelConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weight dtype at load. `auto`: bfloat16 on a GPU that supports it, float32 on CPU."""
 
+    attention: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2"] = "auto"
+    """Attention kernel. `auto`: sdpa. Packed batches need one that keeps packed conversations apart;
+    all of these do (transformers builds the mask from position_ids)."""
+
     revision: str | None = None
     """Hub revision (branch, tag or commit) when `name` is a hub id."""
 
@@ -85,10 +89,13 @@ class DataConfig(Section):
 
 class TemplateConfig(Section):
     chat_template: str = "model"
-    """`model` uses the model's own chat template; or a path to a `.jinja` file."""
+    """`model`: the model's own chat template; a built-in one (chatml, llama3, mistral, gemma, phi3, alpaca)
+    for models without one; or a path to a `.jinja` file. It is saved with the adapter, so chat, eval and
+    export use exactly the template training used."""
 
-    train_on: Literal["assistant", "last", "all"] = "assistant"
-    """Which tokens train: every assistant turn with its end-of-turn token, the last one, or all."""
+    train_on: Literal["assistant", "last", "all", "completion"] = "assistant"
+    """Which tokens train: every assistant turn with its end-of-turn token (`assistant`), the last one
+    (`last`), every token (`all`), or the completion of prompt/completion rows (`completion`)."""
 
     max_length: int = Field(1024, gt=8)
     """Longest tokenized conversation; longer rows are cut and counted in the data report."""
@@ -116,7 +123,11 @@ class TrainConfig(Section):
     """Stop after this many optimizer steps, whatever `epochs` says."""
 
     batch_size: int = Field(8, gt=0)
-    """Conversations per micro-batch, concatenated without padding (packed, never cross-attending)."""
+    """Micro-batch size: packed bins per step with `packing: bins`, conversations with `packing: none`."""
+
+    packing: Literal["bins", "none"] = "bins"
+    """`bins`: conversations packed best-fit-decreasing into bins of `template.max_length` tokens, no padding,
+    no attention across conversations. `none`: one conversation per row, padded."""
 
     gradient_accumulation: int = Field(1, gt=0)
     """Micro-batches per optimizer step. Loss is normalized over the step's trained tokens."""

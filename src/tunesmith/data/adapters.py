@@ -87,8 +87,9 @@ class Fields:
         content = self.optional_text("system")
         return [Message("system", content)] if content else []
 
-    def conversation(self, messages: list[Message] | tuple[Message, ...]) -> Conversation:
-        return Conversation(tuple(messages), self.where, self.id(), self.tools())
+    def conversation(self, messages: list[Message] | tuple[Message, ...], prompt_messages: int | None = None
+                     ) -> Conversation:
+        return Conversation(tuple(messages), self.where, self.id(), self.tools(), prompt_messages)
 
 
 # --- one adapter per format --------------------------------------------------------------------------
@@ -173,7 +174,7 @@ def from_prompt_completion(f: Fields) -> Conversation:
     (TRL's conversational form) are read as chat messages, prompt's then completion's."""
     prompt = prompt_side(f.required("prompt"), f.where, f.key("prompt"), "user")
     completion = prompt_side(f.required("completion"), f.where, f.key("completion"), "assistant")
-    return f.conversation(prompt + completion)
+    return f.conversation(prompt + completion, prompt_messages=len(prompt))
 
 
 def prompt_side(value: Any, where: Provenance, field: str, role: Role) -> tuple[Message, ...]:

@@ -79,6 +79,8 @@ class Conversation:
     id: str = ""
     tools: tuple[dict, ...] = field(default=())
     """Tool (function) JSON schemas offered in this conversation, as given."""
+    prompt_messages: int | None = None
+    """For prompt/completion rows: how many leading messages are the prompt (`train_on: completion`)."""
 
     def as_dicts(self) -> list[dict[str, Any]]:
         """Messages in the form chat templates expect."""

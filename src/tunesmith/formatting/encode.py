@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.data.types import Conversation, Sample, TextSample
+from tunesmith.errors import UserError
 from tunesmith.formatting.template import KNOWN_END_OF_TURN, ChatTemplate, end_of_turn_length, template_from_file
 
 IGNORE_INDEX = -100
@@ -28,8 +29,6 @@ class Example:
 
 def build_template(tokenizer: Any, setting: str) -> ChatTemplate:
     """The template a run uses: the model's own (`model`) or a user's `.jinja` file."""
-    from tunesmith.errors import UserError
-
     specials = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
     if setting == "model":
         source = getattr(tokenizer, "chat_template", None)
@@ -48,16 +47,24 @@ def end_of_turn_markers(tokenizer: Any) -> tuple[str, ...]:
 
 
 def trained_messages(conversation: Conversation, train_on: str) -> set[int]:
-    """Indices of the messages whose content trains under `train_on` and per-message weights."""
-    assistants = [i for i, m in enumerate(conversation.messages) if m.role == "assistant"]
-    default = set(assistants) if train_on == "assistant" else set(assistants[-1:])
+    """Indices of the messages whose content trains under `train_on` and per-message weights.
+
+    A weight of 1 trains an assistant turn whatever `train_on` says; 0 never trains it.
+    """
+    messages = conversation.messages
+    assistants = [i for i, m in enumerate(messages) if m.role == "assistant"]
     if train_on == "all":
-        default = set(range(len(conversation.messages)))
-    chosen = set()
-    for i, message in enumerate(conversation.messages):
-        if message.weight == 1 or (message.weight is None and i in default):
-            chosen.add(i)
-    return chosen
+        default = set(range(len(messages)))
+    elif train_on == "last":
+        default = set(assistants[-1:])
+    elif train_on == "completion":
+        if conversation.prompt_messages is None:
+            raise UserError(f"{conversation.source}: template.train_on: completion needs prompt/completion rows "
+                            "(this row has no prompt/completion split); use assistant or last")
+        default = {i for i in assistants if i >= conversation.prompt_messages}
+    else:
+        default = set(assistants)
+    return {i for i, m in enumerate(messages) if m.weight == 1 or (m.weight is None and i in default)}
 
 
 def encode(conversation: Conversation, template: ChatTemplate, tokenizer: Any, *, train_on: str,
