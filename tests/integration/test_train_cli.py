@@ -19,6 +19,7 @@ def test_train_a_few_steps_then_eval_and_load(tmp_path):
     config = tmp_path / "short.yaml"
     config.write_text("model:\n  name: smollm2-135m-instruct\n"
                       "data:\n  train: bundled:smart_home/train.jsonl\n  test: bundled:smart_home/test.jsonl\n"
+                      "template:\n  max_length: 256\n"
                       "train:\n  max_steps: 3\n  batch_size: 4\n  learning_rate: 1.0e-3\n"
                       "eval:\n  limit: 4\n  metrics: [json_valid]\n", encoding="utf-8")
     done = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(config), "--set", "name=short",

@@ -170,7 +170,7 @@ def test_token_stats_over_long_rows_and_trainable_share(tmp_path, measure):
     long_answer = " ".join(["word"] * 300)
     rows = [chat(i) for i in range(20)] + [chat(100, answer=long_answer), chat(101, answer=long_answer + " more")]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
-    examples = [measure(s) for s in _samples(path)]
+    examples = [e for s in _samples(path) for e in measure(s)]  # one Example per row here
     lengths = [len(e.input_ids) for e in examples]
     max_length = 64
     report = check_files([str(path)], options=OPTIONS, measure=measure, max_length=max_length)

@@ -37,7 +37,7 @@ def trained_text(tokenizer, example) -> str:
 def test_assistant_turns_and_their_end_of_turn_train_nothing_else(tokenizer):
     template = build_template(tokenizer, "model")
     markers = end_of_turn_markers(tokenizer)
-    example = encode(MULTI_TURN, template, tokenizer, train_on="assistant", max_length=4096, markers=markers)
+    [example] = encode(MULTI_TURN, template, tokenizer, train_on="assistant", max_length=4096, markers=markers)
     eot = "<|end|>" if "<|end|>" in markers else "<|end_of_text|>"
     assert trained_text(tokenizer, example).replace(" ", "") == f"Hello!HowcanIhelp?{eot}okok{eot}"
     assert example.eot_trained
@@ -49,18 +49,19 @@ def test_assistant_turns_and_their_end_of_turn_train_nothing_else(tokenizer):
 def test_last_and_weights(tokenizer):
     template = build_template(tokenizer, "model")
     markers = end_of_turn_markers(tokenizer)
-    last = encode(MULTI_TURN, template, tokenizer, train_on="last", max_length=4096, markers=markers)
+    [last] = encode(MULTI_TURN, template, tokenizer, train_on="last", max_length=4096, markers=markers)
     assert "Hello" not in trained_text(tokenizer, last) and "ok" in trained_text(tokenizer, last)
     weighted = conversation(*[(m.role, m.content) for m in MULTI_TURN.messages], weights={4: 0.0})
-    only_first = encode(weighted, template, tokenizer, train_on="assistant", max_length=4096, markers=markers)
+    [only_first] = encode(weighted, template, tokenizer, train_on="assistant", max_length=4096, markers=markers)
     assert "Hello" in trained_text(tokenizer, only_first) and "ok ok" not in trained_text(tokenizer, only_first)
 
 
 def test_truncation_is_reported(tokenizer):
     template = build_template(tokenizer, "model")
-    example = encode(MULTI_TURN, template, tokenizer, train_on="assistant", max_length=12,
+    [example] = encode(MULTI_TURN, template, tokenizer, train_on="assistant", max_length=12,
                      markers=end_of_turn_markers(tokenizer))
     assert example.truncated and len(example.input_ids) == 12
+    assert example.truncated_turns == 2  # both answers lie past token 12: each is cut wholly
 
 
 def test_template_that_drops_assistant_text_trains_nothing():

@@ -55,3 +55,14 @@ def test_changing_any_input_misses(setup, tmp_path):
                                               {"role": "assistant", "content": "row"}]}) + "\n")
     assert not run(data, model).cached
     assert run(data, model).cached
+
+
+def test_every_example_field_survives_the_cache(tmp_path, monkeypatch):
+    from tunesmith.formatting import cache
+    from tunesmith.formatting.encode import Example
+
+    monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path))
+    examples = [Example([1, 1, 5], [-100, -100, 5], 1, True, "a.jsonl:3", False, 2, True),
+                Example([7, 8], [-100, 8], 1, False, "a.jsonl:4", True, 0, False)]
+    cache.store("k", examples, {"rows": 2})
+    assert cache.load("k").examples == examples

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
+
+
+def add_set_option(parser: argparse.ArgumentParser) -> None:
+    """`--set KEY=VALUE` (repeatable): override one config value from the command line."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.epochs=2 (repeatable)")
 
 
 def make_console() -> Any:
     """The one console the library prints through."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True)  # long paths stay whole, copyable
 
 
 def quiet_libraries() -> None:

@@ -14,7 +14,7 @@ import sys
 from tunesmith import __version__
 from tunesmith.errors import TunesmithError, UserError
 
-VERB_MODULES = ("tunesmith.cli.train", "tunesmith.cli.evaluate", "tunesmith.cli.data")
+VERB_MODULES = ("tunesmith.cli.train", "tunesmith.cli.evaluate", "tunesmith.cli.data", "tunesmith.cli.inspect")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from tunesmith.cli.common import add_set_option
+
 # A request that is in no split of the bundled data: the quick start's closing demonstration.
 DEMO_REQUEST = "Please set the garage lights to 65% brightness"
 
@@ -15,19 +17,14 @@ def register(verbs: argparse._SubParsersAction) -> None:
     train = verbs.add_parser("train", help="fine-tune as a config file says",
                              description="Fine-tune as CONFIG says; results go to output_dir/name/.")
     train.add_argument("config", help="YAML config file")
-    _add_set(train)
+    add_set_option(train)
     train.set_defaults(handler="tunesmith.cli.train:run_train")
 
     quick = verbs.add_parser("quickstart", help="the embedded default model, end to end, on this machine",
                              description="Teach the embedded 135M model the bundled smart-home JSON task "
                                          "with LoRA, compare it with the base model, and show it answering.")
-    _add_set(quick)
+    add_set_option(quick)
     quick.set_defaults(handler="tunesmith.cli.train:run_quickstart")
-
-
-def _add_set(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.epochs=2 (repeatable)")
 
 
 def quickstart_config_path() -> Path:

@@ -230,7 +230,7 @@ def _short(key: str) -> bytes:
 
 def _token_issues(sample: Sample, measured: Measured | str, max_length: int | None,
                   stats: StatsAccumulator) -> list[Issue]:
-    """Rows the template refuses, rows that train nothing, rows max_length cuts."""
+    """Rows the template refuses, rows that train nothing, rows max_length cuts, double BOS."""
     if isinstance(measured, str):  # the chat template refused this conversation (e.g. roles out of order)
         return [Issue("render_failed", "error", sample.source, "", measured,
                       "the model's chat template cannot render this row")]
@@ -238,11 +238,16 @@ def _token_issues(sample: Sample, measured: Measured | str, max_length: int | No
     if measured.trainable == 0:
         return [Issue("no_trainable_tokens", "error", sample.source, "", "no token of this row trains",
                       "check train_on and that the template renders the assistant text")]
-    if max_length is None or measured.length <= max_length:
-        return []
-    message = (f"{measured.length} tokens, max_length {max_length}: {measured.length - max_length} tokens "
+    issues = []
+    if measured.double_bos:
+        issues.append(Issue("double_bos", "warning", sample.source, "", "the tokens start with two BOS tokens",
+                            "the template writes BOS itself; remove the BOS text from the data"))
+    if max_length is None or not measured.tokens_cut:
+        return issues
+    message = (f"{measured.longest} tokens, max_length {max_length}: {measured.tokens_cut} tokens "
                "would be cut")
     if measured.trainable_cut >= measured.trainable:
-        return [Issue("nothing_trains_after_cut", "error", sample.source, "",
-                      f"{message}, and with them every trained token", "raise max_length or shorten the prompt")]
-    return [Issue("too_long", "warning", sample.source, "", message, "raise max_length or shorten the row")]
+        return [*issues, Issue("nothing_trains_after_cut", "error", sample.source, "",
+                               f"{message}, and with them every trained token",
+                               "raise max_length or shorten the prompt")]
+    return [*issues, Issue("too_long", "warning", sample.source, "", message, "raise max_length or shorten the row")]

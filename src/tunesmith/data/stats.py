@@ -32,7 +32,11 @@ Measure = Callable[[Sample], Any]
 
 @dataclass(frozen=True)
 class TokenStats:
-    """Token lengths of the valid rows, as the model's tokenizer and chat template see them."""
+    """Token lengths of the valid rows, as the model's tokenizer and chat template see them.
+
+    Totals sum every sequence of a row; percentiles and the histogram take each row's longest
+    sequence (the one max_length is compared with). They differ only for rows a history-rewriting
+    template splits into one sequence per trained turn."""
 
     rows: int
     total_tokens: int
@@ -77,21 +81,37 @@ class Stats:
 
 
 class Measured(NamedTuple):
-    """What statistics and checks need of one encoded row: four numbers instead of two token lists
-    (cheap to send back from a worker process)."""
+    """What statistics and checks need of one encoded row: a few numbers instead of token lists
+    (cheap to send back from a worker process). A row may be several sequences (one per trained
+    turn where the template rewrites history): counts are summed, `longest` is the longest one."""
 
     length: int
+    """Tokens of the row (all its sequences)."""
     trainable: int
     eot_trained: bool
     trainable_cut: int
     """Trained tokens at or after max_length: what truncation would take from the loss."""
+    longest: int = 0
+    """The longest sequence: what max_length is compared with."""
+    tokens_cut: int = 0
+    """Tokens max_length would drop from the ends of the row's sequences."""
+    double_bos: bool = False
 
     @classmethod
-    def of(cls, example: Any, max_length: int | None) -> Measured:
-        """From an `Example` encoded with truncation off (`input_ids`, `labels`, `n_trainable`, `eot_trained`)."""
-        length = len(example.input_ids)
-        cut = trainable_beyond(example.labels, max_length) if max_length is not None and length > max_length else 0
-        return cls(length, example.n_trainable, example.eot_trained, cut)
+    def of(cls, examples: list[Any], max_length: int | None) -> Measured:
+        """From a row's `Example`s, encoded with truncation off."""
+        if len(examples) == 1:  # the common case, kept cheap: this runs on every row
+            e = examples[0]
+            n = len(e.input_ids)
+            cut = n - max_length if max_length is not None and n > max_length else 0
+            return cls(n, e.n_trainable, e.eot_trained, trainable_beyond(e.labels, max_length) if cut else 0, n, cut,
+                       e.double_bos)
+        lengths = [len(e.input_ids) for e in examples]
+        limit = max_length if max_length is not None else max(lengths, default=0)
+        return cls(sum(lengths), sum(e.n_trainable for e in examples), all(e.eot_trained for e in examples),
+                   sum(trainable_beyond(e.labels, limit) for e, n in zip(examples, lengths) if n > limit),
+                   max(lengths, default=0), sum(max(0, n - limit) for n in lengths),
+                   any(e.double_bos for e in examples))
 
 
 @dataclass
@@ -129,13 +149,13 @@ class StatsAccumulator:
 
     def add_measured(self, measured: Measured) -> None:
         """Count one row's token numbers (see `Measured.of`)."""
-        self.lengths.append(measured.length)
+        self.lengths.append(measured.longest)
         self.total_tokens += measured.length
         self.trainable_tokens += measured.trainable
         self.missing_end_of_turn += not measured.eot_trained
-        if self.max_length is not None and measured.length > self.max_length:
+        if measured.tokens_cut:
             self.over += 1
-            self.cut += measured.length - self.max_length
+            self.cut += measured.tokens_cut
             self.trainable_cut += measured.trainable_cut
 
     def result(self) -> Stats:

@@ -15,12 +15,13 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from tunesmith.formatting.encode import Example
 
-CACHE_VERSION = 1  # bump when encoding changes what an Example holds for the same inputs
+CACHE_VERSION = 3  # bump when encoding changes what an Example holds for the same inputs
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,27 @@ def tokenizer_digest(tokenizer: Any) -> str:
     return digest.hexdigest()
 
 
+@cache
+def code_digest() -> str:
+    """Hash of the code that turns rows into examples (the data and formatting packages), so an
+    upgrade or a local edit of that code never reads examples the old code made."""
+    digest = hashlib.sha256()
+    root = Path(__file__).parents[1]
+    for package in ("data", "formatting"):
+        for path in sorted((root / package).rglob("*")):
+            if path.suffix in (".py", ".jinja") and path.is_file():
+                digest.update(path.relative_to(root).as_posix().encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def cache_key(**parts: Any) -> str:
     """A stable key over JSON-serializable parts.
 
     >>> cache_key(a=1, b=[2]) == cache_key(b=[2], a=1)
     True
     """
-    payload = json.dumps({"version": CACHE_VERSION, **parts}, sort_keys=True, default=str)
+    payload = json.dumps({"version": CACHE_VERSION, "code": code_digest(), **parts}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -89,8 +104,12 @@ def _flatten(examples: list[Example]) -> dict[str, Any]:
     total = int(offsets[-1])
     ids = np.fromiter((t for e in examples for t in e.input_ids), dtype=np.int32, count=total)
     labels = np.fromiter((t for e in examples for t in e.labels), dtype=np.int32, count=total)
-    flags = np.array([[e.n_trainable, e.truncated, e.eot_trained] for e in examples], dtype=np.int64)
-    return {"input_ids": ids, "labels": labels, "offsets": offsets, "flags": flags.reshape(-1, 3)}
+    flags = np.array([[e.n_trainable, e.truncated, e.eot_trained, e.truncated_turns, e.double_bos]
+                      for e in examples], dtype=np.int64)
+    return {"input_ids": ids, "labels": labels, "offsets": offsets, "flags": flags.reshape(-1, len(_FLAGS))}
+
+
+_FLAGS = ("n_trainable", "truncated", "eot_trained", "truncated_turns", "double_bos")
 
 
 def _unflatten(arrays: dict[str, Any], sources: list[str]) -> list[Example]:
@@ -98,8 +117,9 @@ def _unflatten(arrays: dict[str, Any], sources: list[str]) -> list[Example]:
     out = []
     for i, source in enumerate(sources):
         a, b = int(offsets[i]), int(offsets[i + 1])
-        n_trainable, truncated, eot = (int(x) for x in flags[i])
-        out.append(Example(ids[a:b].tolist(), labels[a:b].tolist(), n_trainable, bool(truncated), source, bool(eot)))
+        n_trainable, truncated, eot, cut_turns, double_bos = (int(x) for x in flags[i])
+        out.append(Example(ids[a:b].tolist(), labels[a:b].tolist(), n_trainable, bool(truncated), source, bool(eot),
+                           cut_turns, bool(double_bos)))
     return out
 
 

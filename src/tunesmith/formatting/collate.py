@@ -1,22 +1,30 @@
-"""Batches without padding: a micro-batch's conversations are concatenated into one row.
+"""Micro-batches for the two `train.packing` modes.
 
-`position_ids` restart at 0 for every conversation, and no attention mask is passed, so the
-model builds a block-diagonal causal mask: no token attends across a conversation boundary.
-The forward call must pass `use_cache=False` (see `train/trainer.py`): with a cache, transformers
-does not look for packed sequences.
-The first token of every conversation has label -100, so no token is trained to predict the
-start of the next conversation.
+`bins`: the micro-batch's features (packed bins, or single conversations) are concatenated into
+one [1, total] row with no padding. `position_ids` restart at 0 for every conversation and no
+attention mask is passed, so transformers builds a block-diagonal causal mask on sdpa, eager and
+flex attention, and flash attention runs varlen on the same boundaries (it does so only for a
+batch of one row, which is why a micro-batch is one row). The forward call must pass
+`use_cache=False` (see `training/trainer.py`): with a cache, transformers does not look for
+packed sequences. Every label at position 0 is -100, so no token is trained to predict the start
+of the next conversation.
+
+`none`: one conversation per row, right-padded, with an attention mask; labels are -100 on
+padding and on each row's first token.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 from tunesmith.formatting.encode import IGNORE_INDEX
 
 
 def collate_packed(features: list[dict[str, Any]]) -> dict[str, Any]:
-    """Concatenate examples into a [1, total] batch with per-conversation positions.
+    """Concatenate features into a [1, total] batch with per-conversation positions.
+
+    A feature's own `position_ids` (a packed bin) are kept; without them it is one conversation.
 
     >>> b = collate_packed([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}])
     >>> b["position_ids"].tolist(), b["labels"].tolist()
@@ -30,11 +38,39 @@ def collate_packed(features: list[dict[str, Any]]) -> dict[str, Any]:
     for feature in features:
         n = len(feature["input_ids"])
         ids.extend(feature["input_ids"])
-        labels.append(IGNORE_INDEX)
-        labels.extend(feature["labels"][1:])
-        positions.extend(range(n))
+        labels.extend(feature["labels"])
+        positions.extend(feature.get("position_ids", range(n)))
+    labels = [IGNORE_INDEX if p == 0 else label for label, p in zip(labels, positions)]
     return {
         "input_ids": torch.tensor([ids], dtype=torch.long),
         "labels": torch.tensor([labels], dtype=torch.long),
         "position_ids": torch.tensor([positions], dtype=torch.long),
     }
+
+
+def collate_padded(features: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any]:
+    """One conversation per row, right-padded to the longest, with an attention mask.
+
+    >>> b = collate_padded([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}])
+    >>> b["attention_mask"].tolist(), b["labels"].tolist()
+    ([[1, 1, 1], [1, 1, 0]], [[-100, 6, 7], [-100, 9, -100]])
+    """
+    import torch
+
+    width = max(len(f["input_ids"]) for f in features)
+    ids, labels, mask = [], [], []
+    for feature in features:
+        n = len(feature["input_ids"])
+        ids.append([*feature["input_ids"], *[pad_id] * (width - n)])
+        labels.append([IGNORE_INDEX, *feature["labels"][1:]][:n] + [IGNORE_INDEX] * (width - n))
+        mask.append([1] * n + [0] * (width - n))
+    return {
+        "input_ids": torch.tensor(ids, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+        "attention_mask": torch.tensor(mask, dtype=torch.long),
+    }
+
+
+def collator_for(packing: str, pad_id: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """The collator of a `train.packing` mode (`bins` or `none`)."""
+    return collate_packed if packing == "bins" else partial(collate_padded, pad_id=pad_id)

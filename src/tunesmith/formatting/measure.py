@@ -1,6 +1,8 @@
 """What `data check --model` measures a sample with: the training encoder, truncation off.
 
-The check counts how many tokens `max_length` would cut, so it needs the full length.
+The check counts how many tokens `max_length` would cut, so it needs the full length. A sample
+gives a list of Examples (one per trained turn where the template rewrites history); the check
+sums their tokens and trained tokens.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from tunesmith.formatting.encode import Example, build_template, encode_sample, 
 
 
 def measure_for(model: str, *, train_on: str, template: str = "model",
-                log: Callable[[str], None] = lambda m: None) -> Callable[[Any], Example]:
-    """Sample -> Example with the model's own tokenizer and template (or a `.jinja` file)."""
+                log: Callable[[str], None] = lambda m: None) -> Callable[[Any], list[Example]]:
+    """Sample -> its Examples, with the model's tokenizer and its own template (or a built-in one,
+    or a `.jinja` file)."""
     from tunesmith.models.load import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(resolve_model(model, log=log))

@@ -1,7 +1,9 @@
 """Turn a split's conversations into training examples, and audit them before any compute.
 
-The audit is what stops the classic silent failures: rows that train nothing, assistant turns
-whose end-of-turn token is not trained (the model never learns to stop), rows cut by max_length.
+The audit is what stops the classic silent failures: rows that train nothing (an error, naming the
+template), assistant turns whose end-of-turn token is not trained (the model never learns to stop),
+assistant turns cut by max_length, rows that start with two BOS tokens, and a split where almost
+no token trains.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from tunesmith.errors import UserError
 from tunesmith.formatting.encode import Example, encode_sample
 from tunesmith.formatting.template import ChatTemplate
 
+LOW_TRAINABLE_SHARE = 0.05
+"""Below this share of trained tokens, most compute goes into tokens that teach nothing: say so."""
+
 
 @dataclass(frozen=True)
 class SplitReport:
@@ -21,7 +26,15 @@ class SplitReport:
     tokens: int
     trainable_tokens: int
     truncated: int
+    """Rows with a sequence longer than max_length (cut)."""
     missing_end_of_turn: int
+    """Rows with a trained assistant turn whose end-of-turn marker does not train."""
+    examples: int = 0
+    """Training sequences: one per row, or one per trained turn where the template rewrites history."""
+    truncated_turns: int = 0
+    """Trained assistant turns that max_length cut, partly or wholly."""
+    double_bos: int = 0
+    """Rows whose ids start with two BOS tokens."""
 
     @property
     def trainable_share(self) -> float:
@@ -30,21 +43,37 @@ class SplitReport:
 
 def encode_split(samples: list[Sample], template: ChatTemplate, tokenizer: Any, *, train_on: str,
                  max_length: int, markers: tuple[str, ...], split: str) -> tuple[list[Example], SplitReport]:
-    """Encode every conversation; rows that would train nothing are an error naming the first."""
-    examples = [encode_sample(s, template, tokenizer, train_on=train_on, max_length=max_length, markers=markers)
-                for s in samples]
-    empty = [e for e in examples if e.n_trainable == 0]
+    """Encode every sample and flatten their Examples; rows that would train nothing are an error
+    naming the first and the template. A per-turn Example that trains nothing (its turn cut away
+    by max_length) is left out: it would only cost compute, and the report counts the cut turn."""
+    rows = [_encode_row(s, template, tokenizer, train_on=train_on, max_length=max_length, markers=markers)
+            for s in samples]
+    empty = [row[0].source_id for row in rows if row and sum(e.n_trainable for e in row) == 0]
     if empty:
-        raise UserError(f"{empty[0].source_id}: {len(empty)} of {len(examples)} {split} rows train no token "
+        raise UserError(f"{empty[0]}: {len(empty)} of {len(rows)} {split} rows train no token "
                         f"with {template.name} and train_on={train_on} (is the assistant text rendered?)")
+    examples = [e for row in rows for e in row if e.n_trainable > 0]
     report = SplitReport(
-        rows=len(examples),
+        rows=len(rows),
         tokens=sum(len(e.input_ids) for e in examples),
         trainable_tokens=sum(e.n_trainable for e in examples),
-        truncated=sum(e.truncated for e in examples),
-        missing_end_of_turn=sum(not e.eot_trained for e in examples),
+        truncated=sum(any(e.truncated for e in row) for row in rows),
+        missing_end_of_turn=sum(not all(e.eot_trained for e in row) for row in rows),
+        examples=len(examples),
+        truncated_turns=sum(e.truncated_turns for row in rows for e in row),
+        double_bos=sum(any(e.double_bos for e in row) for row in rows),
     )
     return examples, report
+
+
+def _encode_row(sample: Sample, template: ChatTemplate, tokenizer: Any, **options: Any) -> list[Example]:
+    """One sample's Examples; a template refusing it is an error naming the row."""
+    try:
+        return encode_sample(sample, template, tokenizer, **options)
+    except UserError as err:
+        if str(err).startswith(str(sample.source)):
+            raise
+        raise UserError(f"{sample.source}: {err}") from None
 
 
 def shared_system_prompt(samples: list[Sample]) -> str | None:
@@ -60,10 +89,20 @@ def shared_system_prompt(samples: list[Sample]) -> str | None:
 
 
 def warnings_for(report: SplitReport, split: str) -> list[str]:
+    """The audit's findings a person should read before training starts."""
     notes = []
     if report.truncated:
         notes.append(f"{report.truncated} {split} rows are longer than max_length and were cut")
+    if report.truncated_turns:
+        notes.append(f"{report.truncated_turns} assistant turns in {split} were cut by max_length, partly or "
+                     "wholly; raise template.max_length or shorten the rows")
     if report.missing_end_of_turn:
         notes.append(f"{report.missing_end_of_turn} {split} rows have an assistant turn whose end-of-turn token "
                      "is not trained; the model may not learn to stop")
+    if report.double_bos:
+        notes.append(f"{report.double_bos} {split} rows start with two BOS tokens (the template writes BOS and "
+                     "the text holds one too); remove the BOS text from the data")
+    if report.tokens and report.trainable_share < LOW_TRAINABLE_SHARE:
+        notes.append(f"only {report.trainable_share:.1%} of {split} tokens train (under "
+                     f"{LOW_TRAINABLE_SHARE:.0%}); most compute goes into prompts (check train_on and the data)")
     return notes

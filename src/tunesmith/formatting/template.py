@@ -1,27 +1,30 @@
 """Chat templates: the model's own Jinja, rendered in a sandbox, with a span for every message.
 
 One render of the whole conversation gives the text that is tokenized and, for each message, the
-character span of its content. Masks come from those spans, never from tokenizing pieces apart.
+character span of its content; templates with `{% generation %}` blocks also give each block's
+span. Masks come from those spans, never from tokenizing pieces apart.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
-from datetime import datetime
-from functools import lru_cache
 from pathlib import Path
 
 from tunesmith.errors import UserError
+from tunesmith.formatting.sandbox import (GEN_CLOSE, GEN_OPEN, RenderLimit, TemplateRefusal, compile_template,
+                                          render_capped, split_generation)
 
 # Private-use characters: never produced by a template, vanishingly rare in data.
 _OPEN, _CLOSE = "\ue000", "\ue001"
-MAX_RENDER_CHARS = 4_000_000
+_ANCHOR = 16  # characters of template text before a content that a search must also find
+_GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
 
 # Strings that end an assistant turn in the templates people use. Only those that are special
 # tokens of the model's tokenizer (plus its eos) are looked for after an assistant message.
 KNOWN_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>",
-                     "<|end_of_text|>", "<｜end▁of▁sentence｜>", "<|end_of_role|>")
+                     "<|end_of_text|>", "<｜end▁of▁sentence｜>")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,9 @@ class Span:
 class Rendered:
     text: str
     spans: tuple[Span, ...]
+    """Content spans of the messages found verbatim in `text` (a rewritten message has none)."""
+    blocks: tuple[tuple[int, int], ...] = ()
+    """[start, end) of each `{% generation %}` block, in order (empty for templates without them)."""
 
 
 class ChatTemplate:
@@ -52,41 +58,54 @@ class ChatTemplate:
         self.source = source
         self.name = name
         self.special_tokens = dict(special_tokens or {})
-        self._template = _compile(source, name)
+        self.has_generation_blocks = bool(_GENERATION_TAG.search(source))
+        self._template = compile_template(source, name)
         self._skeletons: dict[str, str] = {}
 
-    def render(self, messages: list[dict], *, add_generation_prompt: bool = False) -> str:
-        try:
-            text = self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         **self.special_tokens)
-        except UserError:
-            raise
-        except Exception as err:  # a template error is about the template the user chose
-            raise UserError(f"chat template {self.name}: {type(err).__name__}: {err}") from None
-        if len(text) > MAX_RENDER_CHARS:
-            raise UserError(f"chat template {self.name}: rendered more than {MAX_RENDER_CHARS} characters")
+    def render(self, messages: list[dict], *, add_generation_prompt: bool = False,
+               tools: list[dict] | None = None) -> str:
+        """The text the model sees, generation markers removed."""
+        text = self._render_marked(messages, add_generation_prompt, tools)
+        if self.has_generation_blocks:
+            text = text.replace(GEN_OPEN, "").replace(GEN_CLOSE, "")
         return text
 
-    def render_with_spans(self, messages: list[dict]) -> Rendered:
-        """Render once and locate each message's content in the text.
+    def render_with_spans(self, messages: list[dict], *, tools: list[dict] | None = None) -> Rendered:
+        """Render once and locate each message's content (and each generation block) in the text.
 
         The "skeleton" (the same conversation with each content replaced by a marker) depends only
         on the messages' shape, so it is rendered once per shape; substituting the contents back
         must reproduce the real render exactly, or the spans are found by search instead.
         """
-        text = self.render(messages)
-        shape = json.dumps([{k: v for k, v in m.items() if k != "content"} for m in messages], sort_keys=True,
-                           default=str)
+        text, blocks = self._render_marked(messages, False, tools), ()
+        if self.has_generation_blocks:
+            text, blocks = split_generation(text)
+        shape = json.dumps([[{k: v for k, v in m.items() if k != "content"} for m in messages], tools],
+                           sort_keys=True, default=str)
         skeleton = self._skeletons.get(shape)
         if skeleton is None:
             marked = [dict(m, content=f"{_OPEN}{i}{_CLOSE}") for i, m in enumerate(messages)]
-            skeleton = self.render(marked)
+            skeleton = self.render(marked, tools=tools)
             if len(self._skeletons) < 4096:
                 self._skeletons[shape] = skeleton
         spans = _spans_from_skeleton(skeleton, messages, text)
-        if spans is None:  # the template rewrites content (e.g. drops reasoning): search instead
-            spans = _spans_by_search(text, messages)
-        return Rendered(text=text, spans=tuple(spans))
+        if spans is None:  # the template rewrites some content (trims it, drops reasoning): search
+            spans = _spans_by_search(text, messages, skeleton)
+        return Rendered(text=text, spans=tuple(spans), blocks=blocks)
+
+    def _render_marked(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None) -> str:
+        variables = dict(self.special_tokens, messages=messages, add_generation_prompt=add_generation_prompt,
+                         tools=tools)
+        try:
+            return render_capped(self._template, variables)
+        except UserError:
+            raise
+        except TemplateRefusal as err:
+            raise UserError(f"chat template {self.name} refused the conversation: {err}") from None
+        except RenderLimit as err:
+            raise UserError(f"chat template {self.name}: {err}") from None
+        except Exception as err:  # a template error is about the template the user chose
+            raise UserError(f"chat template {self.name}: {type(err).__name__}: {err}") from None
 
 
 def _spans_from_skeleton(skeleton: str, messages: list[dict], text: str) -> list[Span] | None:
@@ -114,25 +133,51 @@ def _spans_from_skeleton(skeleton: str, messages: list[dict], text: str) -> list
     return spans if "".join(out) == text else None
 
 
-def _spans_by_search(text: str, messages: list[dict]) -> list[Span]:
-    spans, cursor = [], 0
-    for index, message in enumerate(messages):
-        content = message["content"]
-        found = text.find(content, cursor) if content else -1
+def _spans_by_search(text: str, messages: list[dict], skeleton: str) -> list[Span]:
+    """Each content found in order, right after the template text the skeleton puts before it
+    (its last `_ANCHOR` characters), so a short answer is not "found" inside a role name or an
+    earlier message. A content the template dropped or rewrote gets no span.
+
+    >>> [(s.message, s.start) for s in _spans_by_search("<u>hi</s><a>hi</s>", [{"content": "hi"}] * 2,
+    ...                                                  "<u>\ue0000\ue001</s><a>\ue0001\ue001</s>")]
+    [(0, 3), (1, 12)]
+    """
+    spans, cursor, seen = [], 0, set()
+    for literal, index in _skeleton_pieces(skeleton, len(messages)):
+        content = messages[index]["content"]
+        if index in seen or not isinstance(content, str) or not content:
+            continue
+        seen.add(index)
+        anchor = literal[-_ANCHOR:]
+        found = text.find(anchor + content, cursor)
         if found == -1:
-            continue  # dropped or rewritten by the template: it has no span, so it cannot train
-        spans.append(Span(index, found, found + len(content)))
-        cursor = found + len(content)
+            continue
+        start = found + len(anchor)
+        spans.append(Span(index, start, start + len(content)))
+        cursor = start + len(content)
     return spans
 
 
+def _skeleton_pieces(skeleton: str, count: int) -> list[tuple[str, int]]:
+    """(template text before the marker, message index) for each content marker in a skeleton."""
+    pieces, cursor = [], 0
+    while (start := skeleton.find(_OPEN, cursor)) != -1:
+        end = skeleton.find(_CLOSE, start)
+        marker = skeleton[start + 1 : end] if end != -1 else ""
+        if not marker.isdigit() or int(marker) >= count:
+            break
+        pieces.append((skeleton[cursor:start], int(marker)))
+        cursor = end + 1
+    return pieces
+
+
 def end_of_turn_length(text: str, position: int, markers: tuple[str, ...]) -> int:
-    """Length of whitespace plus an end-of-turn marker starting at `position`, or 0 if none.
+    """Length of spaces plus an end-of-turn marker starting at `position`, or 0 if none.
 
     >>> end_of_turn_length("yo<|im_end|>\\n", 2, ("<|im_end|>",))
     10
     """
-    rest = text[position:]
+    rest = text[position : position + 64]
     stripped = rest.lstrip(" ")
     for marker in markers:
         if stripped.startswith(marker):
@@ -145,28 +190,3 @@ def template_from_file(path: str | Path) -> str:
     if not file.is_file():
         raise UserError(f"chat template file not found: {path}")
     return file.read_text(encoding="utf-8")
-
-
-def _raise_exception(message: str) -> None:
-    raise UserError(f"chat template refused the conversation: {message}")
-
-
-def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-
-@lru_cache(maxsize=32)
-def _compile(source: str, name: str):
-    import jinja2
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols],
-                                        undefined=jinja2.Undefined)
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    try:
-        return env.from_string(source)
-    except jinja2.TemplateSyntaxError as err:
-        raise UserError(f"chat template {name}:{err.lineno}: invalid Jinja: {err.message}") from None

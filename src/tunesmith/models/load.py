@@ -80,11 +80,41 @@ def torch_dtype(setting: str, device: str) -> Any:
     return getattr(torch, setting)
 
 
-def load_model(ref: ModelRef, *, dtype: str = "auto", device: str = "cpu") -> Any:
+def attention_implementation(setting: str, device: str) -> str:
+    """The `attn_implementation` for a `model.attention` setting on this device, or a UserError.
+
+    Packed training needs a kernel that keeps packed conversations apart. transformers does it
+    for all four from `position_ids` (a block-diagonal mask for sdpa, eager and flex; varlen for
+    flash), so what is refused here is what cannot train on this device at all.
+
+    >>> attention_implementation("auto", "cpu")
+    'sdpa'
+    """
+    if setting == "auto":
+        return "sdpa"
+    if setting == "flash_attention_2":
+        if device != "cuda":
+            raise UserError("model.attention: flash_attention_2 needs a CUDA GPU; use sdpa or eager on CPU")
+        from transformers.utils import is_flash_attn_2_available
+
+        if not is_flash_attn_2_available():
+            raise UserError("model.attention: flash_attention_2 needs the flash-attn package "
+                            "(pip install flash-attn --no-build-isolation); or use sdpa")
+    if setting == "flex_attention" and device == "cpu":
+        import torch
+
+        # Checked on torch 2.13: flex_attention raises NotImplementedError on a CPU backward pass.
+        raise UserError(f"model.attention: flex_attention cannot train on CPU (torch {torch.__version__} has no "
+                        "FlexAttention backward pass there); use sdpa or eager")
+    return setting
+
+
+def load_model(ref: ModelRef, *, dtype: str = "auto", device: str = "cpu", attention: str = "auto") -> Any:
+    """The model of `ref` on `device`, with the `model.attention` kernel (checked for the device)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(ref.path, revision=ref.revision, dtype=torch_dtype(dtype, device),
-                                                 attn_implementation="sdpa")
+                                                 attn_implementation=attention_implementation(attention, device))
     return model.to(device)
 
 

@@ -47,8 +47,9 @@ class Prepared:
         return self.splits["train"].summary["system_prompt"]
 
 
-def prepare(config: Config, console: Any) -> Prepared:
-    """Check and process the data; no weights are loaded."""
+def prepare(config: Config, console: Any, *, print_warnings: bool = True) -> Prepared:
+    """Check and process the data; no weights are loaded. `print_warnings=False` leaves the audit's
+    warnings to the caller (`inspect` prints them under its audit table)."""
     ref = _resolve(config, console, fetch=False)
     keys: dict[str, str] = {}
     done: dict[str, SplitData] = {}
@@ -69,8 +70,8 @@ def prepare(config: Config, console: Any) -> Prepared:
     for split, data in done.items():
         if data.cached:
             console.print(f"{split}: {data.report.rows} rows from the processed-data cache")
-        for note in warnings_for(data.report, split):
-            console.print(f"[yellow]warning:[/] {note}")
+        for note in warnings_for(data.report, split) if print_warnings else ():
+            console.print(f"[yellow]warning:[/] {note}", soft_wrap=True)
     return Prepared(config, ref, tokenizer, template, markers, done, test)
 
 

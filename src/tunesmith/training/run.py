@@ -35,6 +35,7 @@ def train(config: Config | str | Path, *, console: Any = None) -> RunResult:
     final = _finalize(config)
     if final.run_dir().exists():  # say so now, not after the data has been processed
         raise UserError(f"run folder {final.run_dir()} already exists; choose another name (--set name=...)")
+    _check_attention(config)
     prepared = prepare(config, console)
     prepared.config = final
     run_dir = create_run_dir(final.run_dir())
@@ -43,9 +44,10 @@ def train(config: Config | str | Path, *, console: Any = None) -> RunResult:
 
 
 def _execute(p: Prepared, run_dir: Path, console: Any) -> RunResult:
+    from tunesmith.models.load import attention_implementation
     from tunesmith.training.callbacks import MetricsWriter, ProgressBar
     from tunesmith.training.hardware import pick_device, pick_precision
-    from tunesmith.training.trainer import build_trainer
+    from tunesmith.training.trainer import build_trainer, dataset_rows
 
     started = time.time()
     (run_dir / "config.yaml").write_text(config_to_yaml(p.config), encoding="utf-8")
@@ -55,13 +57,14 @@ def _execute(p: Prepared, run_dir: Path, console: Any) -> RunResult:
     precision = pick_precision(p.config.train.precision, device)
     model = _load_trainable_model(p, device, console)
     metrics_writer = MetricsWriter(run_dir / "metrics.jsonl")
-    rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in p.splits["train"].examples]
-    eval_rows = [{"input_ids": e.input_ids, "labels": e.labels}
-                 for e in (p.splits["validation"].examples if "validation" in p.splits else [])]
-    console.print(f"Training on {device} ({precision}): {len(rows)} rows, "
+    rows = _rows(p, "train")
+    train_rows, eval_rows = dataset_rows(rows, p.config), dataset_rows(_rows(p, "validation"), p.config)
+    attention = attention_implementation(p.config.model.attention, device)
+    console.print(f"Training on {device} ({precision}, {attention}): {_batching(p.config, rows, train_rows)}, "
                   f"{p.splits['train'].report.trainable_tokens:,} trained tokens per epoch")
-    trainer = build_trainer(model, p.config, run_dir / "checkpoints", rows, eval_rows, device=device,
-                            precision=precision, callbacks=[metrics_writer, ProgressBar(console)])
+    trainer = build_trainer(model, p.config, run_dir / "checkpoints", train_rows, eval_rows,
+                            pad_id=p.tokenizer.pad_token_id or 0, device=device, precision=precision,
+                            callbacks=[metrics_writer, ProgressBar(console)])
     trainer.train()
     _remove_if_empty(run_dir / "checkpoints")  # Trainer makes its output folder even when it saves nothing
     _save_adapter(p, model, run_dir)
@@ -76,10 +79,37 @@ def _execute(p: Prepared, run_dir: Path, console: Any) -> RunResult:
     return RunResult(run_dir=run_dir, status="completed", metrics=metrics, artifacts=artifacts)
 
 
+def _check_attention(config: Config) -> None:
+    """Refuse an attention kernel this machine cannot train with before any data or model work."""
+    from tunesmith.models.load import attention_implementation
+    from tunesmith.training.hardware import pick_device
+
+    try:
+        attention_implementation(config.model.attention, pick_device())
+    except UserError as err:
+        raise UserError(f"{config.origin('model.attention')}: {err}") from None
+
+
+def _rows(p: Prepared, split: str) -> list[dict]:
+    examples = p.splits[split].examples if split in p.splits else []
+    return [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
+
+
+def _batching(config: Config, rows: list[dict], train_rows: list[dict]) -> str:
+    """How sequences become micro-batches, e.g. '420 sequences in 98 bins of <=256 tokens (93% full), ...'."""
+    from tunesmith.formatting.packing import summarize
+
+    if config.train.packing == "none":
+        return f"{len(rows)} sequences, {config.train.batch_size} padded rows per micro-batch"
+    summary = summarize(rows, train_rows, config.template.max_length)
+    return (f"{summary.rows} sequences in {summary.bins} bins of <={summary.capacity} tokens "
+            f"({summary.fill:.0%} full), {config.train.batch_size} bins per micro-batch")
+
+
 def _load_trainable_model(p: Prepared, device: str, console: Any) -> Any:
     from tunesmith.models.load import add_lora, count_parameters, load_model
 
-    model = load_model(p.ref, dtype=p.config.model.dtype, device=device)
+    model = load_model(p.ref, dtype=p.config.model.dtype, device=device, attention=p.config.model.attention)
     lora = p.config.lora
     model = add_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules,
                      seed=p.config.train.seed)

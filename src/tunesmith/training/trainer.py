@@ -1,9 +1,9 @@
-"""transformers' Trainer, wired for packed batches and a loss computed only where tokens train.
+"""transformers' Trainer, wired for packed (or padded) batches and a loss computed only where tokens train.
 
 The subclass changes one thing: the output head runs only at positions whose next token is
 trained (a 49k-vocabulary head is a large share of a small model's compute), and the summed loss
-is divided by the trained-token count of the whole optimizer step, so batch size and gradient
-accumulation do not change the result.
+is divided by the trained-token count of the whole optimizer step, so batch size, gradient
+accumulation and packing do not change the result (`tests/unit/test_grad_parity.py`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,18 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
 from tunesmith.config.schema import Config
-from tunesmith.formatting.collate import collate_packed
+from tunesmith.formatting.collate import collator_for
 from tunesmith.formatting.encode import IGNORE_INDEX
+from tunesmith.formatting.packing import pack
 
 
 class PackedTrainer(Trainer):
-    """Trainer whose loss is token-normalized over the optimizer step (see module docstring)."""
+    """Trainer whose loss is token-normalized over the optimizer step (see module docstring).
+
+    `num_items_in_batch` is the Trainer's count of trained labels over every micro-batch of the
+    step: exactly the targets below, since padding and every sequence start are -100 (so it is the
+    same count whether the Trainer looks at `labels` or `labels[:, 1:]`).
+    """
 
     loss_is_scaled_for_ga = True
 
@@ -38,6 +44,10 @@ class PackedTrainer(Trainer):
                                 reduction="sum")
         count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
         loss = total / torch.as_tensor(count, device=total.device).clamp(min=1)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
+            # the count was summed over processes and DDP averages gradients over them: undo the average
+            # (what Trainer.compute_loss does too; single-process runs never get here)
+            loss = loss * self.args.world_size
         return (loss, outputs) if return_outputs else loss
 
 
@@ -74,16 +84,29 @@ def training_arguments(config: Config, output_dir: Path, *, device: str, precisi
         use_cpu=device == "cpu",
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        include_num_input_tokens_seen="all",
+        # padded rows: count real tokens (the attention mask); packed rows have no padding to leave out
+        include_num_input_tokens_seen="all" if t.packing == "bins" else "non_padding",
     )
 
 
+def dataset_rows(rows: list[dict], config: Config) -> list[dict]:
+    """What the Trainer's sampler shuffles: packed bins (`packing: bins`) or the rows themselves.
+
+    Bins are built in a fixed order (best-fit decreasing, ties by input order), and the Trainer
+    shuffles them with `train.seed`, so the data order of a run is reproducible.
+    """
+    if config.train.packing == "bins":
+        return pack(rows, config.template.max_length)
+    return rows
+
+
 def build_trainer(model: Any, config: Config, output_dir: Path, train_rows: list[dict], eval_rows: list[dict],
-                  *, device: str, precision: str, callbacks: list[Any]) -> PackedTrainer:
+                  *, pad_id: int, device: str, precision: str, callbacks: list[Any]) -> PackedTrainer:
+    """The Trainer of a run; `train_rows`/`eval_rows` are what `dataset_rows` returns."""
     from transformers.trainer_callback import PrinterCallback
 
     args = training_arguments(config, output_dir, device=device, precision=precision, has_eval=bool(eval_rows))
     trainer = PackedTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows or None,
-                            data_collator=collate_packed, callbacks=callbacks)
+                            data_collator=collator_for(config.train.packing, pad_id), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl report instead
     return trainer

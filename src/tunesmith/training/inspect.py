@@ -1,0 +1,133 @@
+"""`inspect`: the first rows of a split exactly as training will see them, trained tokens highlighted.
+
+It answers "which tokens will actually train?" before any compute is spent. The rows, the masks
+and the audit come from `prepare`, the very function a training run starts with (same cache, same
+bad-row policy, same checks), and no weights are loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from itertools import groupby, islice
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import Config
+from tunesmith.errors import UserError
+from tunesmith.formatting.encode import Example
+from tunesmith.formatting.prepare import SplitReport, warnings_for
+from tunesmith.formatting.view import (CONTEXT_STYLE, TRAINED_STYLE, AuditLine, RowView, audit_lines, html_page,
+                                       rich_text, row_header, view_example)
+from tunesmith.training.prepare import Prepared, prepare
+
+SPLITS = ("train", "validation")
+
+
+@dataclass(frozen=True)
+class InspectResult:
+    """What `inspect` showed: the rows it rendered and the audit of the whole split."""
+
+    split: str
+    rows: list[RowView]
+    report: SplitReport
+    audit: list[AuditLine]
+    warnings: list[str]
+    html_path: Path | None
+
+
+def inspect(config: Config, *, rows: int = 3, split: str = "train", console: Any,
+            html_path: str | Path | None = None) -> InspectResult:
+    """Print the first `rows` examples of `split` with their trained tokens highlighted, then the
+    split's audit; write the same as a self-contained HTML page when `html_path` is given."""
+    _check_request(config, rows, split)
+    prepared = prepare(config, console, print_warnings=False)
+    data = prepared.splits[split]
+    views = [view_example(prepared.tokenizer, example, part=part) for example, part in first_rows(data.examples, rows)]
+    audit = audit_lines(data.report)
+    warnings = warnings_for(data.report, split)
+    console.print(f"\n{_setting(prepared)}", markup=False, highlight=False, soft_wrap=True)
+    _print_rows(console, views, shown=min(rows, data.report.rows), of=data.report.rows)
+    _print_audit(console, split, audit, warnings)
+    written = None
+    if html_path is not None:
+        title = f"tunesmith inspect: {split}, first {min(rows, data.report.rows)} of {data.report.rows} rows"
+        page = html_page(views, title=title, subtitle=_setting(prepared), audit=audit, warnings=warnings)
+        written = write_text_atomically(Path(html_path), page)
+        console.print(f"Wrote {written}", markup=False, highlight=False, soft_wrap=True)
+    return InspectResult(split, views, data.report, audit, warnings, written)
+
+
+def _check_request(config: Config, rows: int, split: str) -> None:
+    """Refuse a request that cannot be met before any data is read."""
+    if rows < 0:
+        raise UserError(f"--rows: expected 0 or more rows, got {rows}")
+    if split not in SPLITS:
+        raise UserError(f"--split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    if not getattr(config.data, split):
+        raise UserError(f"data.{split} is not set in the config; there is no {split} split to inspect")
+
+
+def first_rows(examples: list[Example], rows: int) -> list[tuple[Example, str | None]]:
+    """The examples of the first `rows` rows, each with which of its row's sequences it is.
+
+    A row is one Example, or one per trained turn when the template rewrites history; a row's
+    Examples are consecutive and share its `file:line`.
+
+    >>> from tunesmith.formatting.encode import Example
+    >>> ex = [Example([1], [1], 1, False, s, True) for s in ("a:1", "a:2", "a:2", "a:3")]
+    >>> [(e.source_id, part) for e, part in first_rows(ex, 2)]
+    [('a:1', None), ('a:2', 'sequence 1 of 2'), ('a:2', 'sequence 2 of 2')]
+    """
+    out: list[tuple[Example, str | None]] = []
+    for _, run in islice(groupby(examples, key=lambda e: e.source_id), rows):
+        group = list(run)
+        out += [(e, f"sequence {k} of {len(group)}" if len(group) > 1 else None) for k, e in enumerate(group, 1)]
+    return out
+
+
+def _setting(p: Prepared) -> str:
+    """What decides the masks, in one line: model, template, train_on, max_length."""
+    t = p.config.template
+    return (f"model {p.config.model.name}; template: {p.template.name}; train_on: {t.train_on}; "
+            f"max_length: {t.max_length}")
+
+
+def _print_rows(console: Any, views: list[RowView], *, shown: int, of: int) -> None:
+    """Each row's header, then its text; a console without colour marks trained spans ⟦ like this ⟧."""
+    from rich.text import Text
+
+    plain = console.color_system is None or console.no_color
+    legend = Text("Legend: ")
+    legend.append("trained" if not plain else "⟦trained⟧", style=TRAINED_STYLE)
+    legend.append(" ")
+    legend.append("context, not trained", style=CONTEXT_STYLE)
+    legend.append(f"; ↵ is a trained newline. First {shown} of {of} rows:")
+    console.print(legend, soft_wrap=True)
+    for row in views:
+        console.print(f"\n── {row_header(row)}", style="bold", markup=False, highlight=False, soft_wrap=True)
+        console.print(rich_text(row, marks=plain), soft_wrap=True)
+
+
+def _print_audit(console: Any, split: str, audit: list[AuditLine], warnings: list[str]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"Audit of the {split} split (every row)", show_header=False, show_edge=False)
+    table.add_column(justify="left")
+    table.add_column(justify="right")
+    for line in audit:
+        style = "bold red" if line.alert else None
+        table.add_row(line.label, line.shown, style=style)
+    console.print()
+    console.print(table)
+    for note in warnings:
+        console.print(f"warning: {note}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+
+def write_text_atomically(path: Path, text: str) -> Path:
+    """Write through a temporary file and a rename, so a reader never sees half a page."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
