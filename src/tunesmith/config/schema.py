@@ -32,6 +32,9 @@ class ModelConfig(Section):
     revision: str | None = None
     """Hub revision (branch, tag or commit) when `name` is a hub id."""
 
+    load_in_8bit: bool = False
+    """`method: lora` on a base model quantized to 8 bits (bitsandbytes LLM.int8, CUDA only)."""
+
 
 FormatName = Literal["auto", "messages", "sharegpt", "alpaca", "qa", "prompt_completion", "text", "tokens"]
 ColumnKey = Literal["messages", "tools", "id", "conversations", "from", "value", "system", "instruction", "input",
@@ -114,6 +117,12 @@ class LoraConfig(Section):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     """Module names to adapt, or `all-linear` for every linear layer except the output head."""
 
+    rslora: bool = False
+    """Rank-stabilized LoRA: scale the update by alpha / sqrt(r) instead of alpha / r."""
+
+    dora: bool = False
+    """DoRA: learn a magnitude per output feature as well as the low-rank direction (slower)."""
+
 
 class TrainConfig(Section):
     epochs: float = Field(1.0, gt=0)
@@ -156,6 +165,57 @@ class TrainConfig(Section):
     logging_steps: int = Field(1, gt=0)
     """Write a line to metrics.jsonl every this many optimizer steps."""
 
+    optimizer: Literal["adamw", "adamw_fused", "adamw_8bit", "paged_adamw_8bit", "sgd", "adafactor"] = "adamw"
+    """`adamw` (torch), `adamw_fused` (CUDA), `adamw_8bit` and `paged_adamw_8bit` (bitsandbytes, CUDA),
+    `sgd`, `adafactor`."""
+
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: much less memory, about a third more compute."""
+
+    save_steps: int | None = Field(None, gt=0)
+    """Write a checkpoint every this many optimizer steps (and always at the end). None: only at the end."""
+
+    keep_checkpoints: int = Field(2, ge=1)
+    """Keep the newest this many checkpoints, plus the best by eval loss when there is a validation split."""
+
+    eval_steps: int | None = Field(None, gt=0)
+    """Eval loss on the validation split every this many steps. None: once per epoch."""
+
+    early_stopping_patience: int | None = Field(None, gt=0)
+    """Stop when eval loss has not improved for this many evaluations (needs a validation split)."""
+
+    load_best_at_end: bool = False
+    """At the end, keep the weights of the checkpoint with the lowest eval loss (needs a validation split)."""
+
+
+class TrackingConfig(Section):
+    backends: list[Literal["mlflow", "wandb", "tensorboard"]] = []
+    """Experiment trackers to log to, besides metrics.jsonl (always written). Each is an optional extra."""
+
+    project: str = "tunesmith"
+    """MLflow experiment / W&B project name."""
+
+    mlflow_uri: str | None = None
+    """MLflow tracking URI (a server URL or a local store path). Default: MLFLOW_TRACKING_URI, else ./mlruns."""
+
+    wandb_mode: Literal["online", "offline"] = "offline"
+    """W&B mode. `offline` writes to the run folder's wandb/ and syncs later with `wandb sync`."""
+
+
+class DistributedConfig(Section):
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
+    """How several processes share the work: DDP (a full copy per GPU), FSDP2 (sharded parameters, gradients
+    and optimizer state), or DeepSpeed ZeRO."""
+
+    zero_stage: Literal[1, 2, 3] = 2
+    """DeepSpeed ZeRO stage (strategy: deepspeed)."""
+
+    cpu_offload: bool = False
+    """FSDP / ZeRO: keep sharded parameters and optimizer state in CPU memory."""
+
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """Process-group backend. `auto`: nccl on CUDA, gloo on CPU."""
+
 
 class EvalConfig(Section):
     metrics: list[Literal["exact", "json_exact", "json_valid"]] = ["exact"]
@@ -183,8 +243,9 @@ class Config(Section):
     output_dir: str = "runs"
     """Where run folders are created (relative to the working directory)."""
 
-    method: Literal["lora"] = "lora"
-    """`lora` trains a small adapter on the frozen base model."""
+    method: Literal["lora", "qlora", "full"] = "lora"
+    """`lora` trains a small adapter on the frozen base model; `qlora` the same on a 4-bit NF4 base
+    (bitsandbytes, CUDA only); `full` trains every weight."""
 
     model: ModelConfig = ModelConfig()
     data: DataConfig
@@ -192,6 +253,8 @@ class Config(Section):
     lora: LoraConfig = LoraConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
     """Where each key was set ("run.yaml:12" or "--set a.b=c"), for errors found after loading."""
