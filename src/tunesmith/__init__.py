@@ -15,11 +15,12 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["__version__", "train", "RunResult"]
 
 
-def train(config: Any, *, console: Any = None) -> "RunResult":
-    """Run one fine-tuning job described by `config` (a `Config` or a YAML path)."""
+def train(config: Any, *, console: Any = None, resume: bool = False) -> "RunResult":
+    """Run one fine-tuning job described by `config` (a `Config` or a YAML path); `resume=True`
+    continues its run folder (or the run folder `config` is) from the newest complete checkpoint."""
     from tunesmith.training.run import train as _train
 
-    return _train(config, console=console)
+    return _train(config, console=console, resume=resume)
 
 
 def __getattr__(name: str) -> Any:

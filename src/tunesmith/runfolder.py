@@ -31,12 +31,17 @@ def create_run_dir(path: Path) -> Path:
 
 
 @contextmanager
-def run_folder_guard(path: Path) -> Iterator[None]:
-    """Remove the run folder on a user error; mark it failed on any other error."""
+def run_folder_guard(path: Path, *, keep: bool = False) -> Iterator[None]:
+    """Remove the run folder on a user error, unless `keep` (a resumed run) or it holds a checkpoint
+    (work worth resuming); mark it failed on any other error."""
     try:
         yield
-    except UserError:
-        shutil.rmtree(path, ignore_errors=True)
+    except UserError as err:
+        checkpoints = path / "checkpoints"
+        if keep or (checkpoints.is_dir() and any(checkpoints.glob("step-*"))):
+            write_manifest(path, "failed", {"error": f"{type(err).__name__}: {err}"})
+        else:
+            shutil.rmtree(path, ignore_errors=True)
         raise
     except BaseException as err:
         status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"

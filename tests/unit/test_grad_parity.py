@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from tunesmith.config import load_config
 from tunesmith.formatting.packing import pack
-from tunesmith.models.load import add_lora
+from tunesmith.training.methods import add_adapter
 from tunesmith.training.trainer import build_trainer, dataset_rows
 
 CAPACITY = 64
@@ -39,7 +39,7 @@ def chat_rows(lengths):
 def lora_model(model_dir):
     """The tiny model with a LoRA adapter whose B is random too, so A gets a gradient as well."""
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
-    model = add_lora(base, r=4, alpha=8, dropout=0.0, target_modules="all-linear", seed=0)
+    model = add_adapter(base, load_config(None, ["data.train=x.jsonl", "lora.r=4", "lora.alpha=8", "train.seed=0"]))
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, param in model.named_parameters():

@@ -2,7 +2,8 @@
 
 Verb modules register their parsers here without importing torch; a verb's handler (and the
 heavy libraries it needs) is imported only when that verb runs, so `--help` is instant.
-Exit codes: 0 done, 2 the user's input is wrong, 1 our fault, 130 interrupted.
+Exit codes: 0 done, 2 the user's input is wrong, 1 our fault, 130 interrupted (Ctrl-C), 143 stopped by
+SIGTERM after writing a checkpoint (`tunesmith train RUN_DIR --resume` continues).
 """
 
 from __future__ import annotations

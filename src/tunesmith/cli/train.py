@@ -16,8 +16,19 @@ DEMO_REQUEST = "Please set the garage lights to 65% brightness"
 def register(verbs: argparse._SubParsersAction) -> None:
     train = verbs.add_parser("train", help="fine-tune as a config file says",
                              description="Fine-tune as CONFIG says; results go to output_dir/name/.")
-    train.add_argument("config", help="YAML config file")
+    train.add_argument("config", help="YAML config file (with --resume: or a run folder)")
     add_set_option(train)
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run (output_dir/name, or the run folder given) from its newest complete "
+                            "checkpoint; refuses changed data or template")
+    train.add_argument("--nproc", type=int, metavar="N",
+                       help="train in N processes on this machine (one per GPU) through torchrun; "
+                            "distributed.strategy picks DDP, FSDP2 or DeepSpeed ZeRO")
+    train.add_argument("--nnodes", type=int, default=1, metavar="M", help="machines in the run (default 1)")
+    train.add_argument("--node-rank", type=int, default=0, metavar="R",
+                       help="this machine's place among them, 0 to M-1; node 0 writes the run folder")
+    train.add_argument("--rdzv", metavar="HOST:PORT", help="address of node 0, which every node can reach "
+                                                           "(needed with --nnodes > 1)")
     train.set_defaults(handler="tunesmith.cli.train:run_train")
 
     quick = verbs.add_parser("quickstart", help="the embedded default model, end to end, on this machine",
@@ -34,13 +45,27 @@ def quickstart_config_path() -> Path:
 def run_train(args: argparse.Namespace) -> int:
     from tunesmith.cli.common import make_console, quiet_libraries
     from tunesmith.config import load_config
+    from tunesmith.errors import UserError
+    from tunesmith.training.launch import launch_options
 
-    config = _named(load_config(args.config, args.overrides), Path(args.config).stem)
+    launch = launch_options(args.nproc, args.nnodes, args.node_rank, args.rdzv)
+    if args.resume:
+        quiet_libraries()  # the resume module imports transformers
+        from tunesmith.training.resume import load_run_config
+
+        config = load_run_config(args.config, args.overrides)
+    elif Path(args.config).is_dir():
+        raise UserError(f"{args.config} is a folder; to continue a run: tunesmith train {args.config} --resume")
+    else:
+        config = _named(load_config(args.config, args.overrides), Path(args.config).stem)
     quiet_libraries()
+    from tunesmith.training.resume import INTERRUPTED_EXIT_CODE
     from tunesmith.training.run import train
 
     console = make_console()
-    result = train(config, console=console)
+    result = train(config, console=console, resume=args.resume, launch=launch)
+    if result.status == "interrupted":
+        return INTERRUPTED_EXIT_CODE
     console.print(f"[green]Done.[/] Run folder: {result.run_dir}")
     return 0
 

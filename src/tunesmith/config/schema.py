@@ -196,7 +196,9 @@ class TrackingConfig(Section):
     """MLflow experiment / W&B project name."""
 
     mlflow_uri: str | None = None
-    """MLflow tracking URI (a server URL or a local store path). Default: MLFLOW_TRACKING_URI, else ./mlruns."""
+    """MLflow tracking URI (a server URL, a sqlite `.db` path, or a folder for mlflow.db). Default:
+    MLFLOW_TRACKING_URI, else sqlite ./mlflow.db. Put credentials in MLFLOW_TRACKING_USERNAME/PASSWORD,
+    not in this URL: the URL is written to config.yaml."""
 
     wandb_mode: Literal["online", "offline"] = "offline"
     """W&B mode. `offline` writes to the run folder's wandb/ and syncs later with `wandb sync`."""

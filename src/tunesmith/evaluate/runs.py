@@ -26,11 +26,16 @@ class LoadedRun:
     config: Any
 
 
+def weights_folder(run_dir: Path) -> Path:
+    """adapter/ of a LoRA/QLoRA run, model/ of a full fine-tune."""
+    for name in ("adapter", "model"):
+        if (run_dir / name / RUN_META).is_file():
+            return run_dir / name
+    raise UserError(f"{run_dir} is not a finished tunesmith run (no adapter/{RUN_META} or model/{RUN_META})")
+
+
 def read_run_meta(run_dir: Path) -> dict:
-    path = run_dir / "adapter" / RUN_META
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a finished tunesmith run (no adapter/{RUN_META})")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads((weights_folder(run_dir) / RUN_META).read_text(encoding="utf-8"))
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
@@ -40,7 +45,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 
     from tunesmith.config import load_config
     from tunesmith.formatting.template import ChatTemplate
-    from tunesmith.models.load import load_adapter, load_model, resolve_model
+    from tunesmith.models.load import ModelRef, load_adapter, load_model, resolve_model
 
     folder = Path(run_dir)
     if not folder.is_dir():
@@ -48,9 +53,12 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     meta = read_run_meta(folder)
     config = load_config(folder / "config.yaml")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    ref = resolve_model(config.model.name, revision=config.model.revision)
-    base = load_model(ref, dtype=config.model.dtype, device=device)
-    model = load_adapter(base, folder / "adapter")
-    tokenizer = AutoTokenizer.from_pretrained(folder / "adapter")
+    weights = weights_folder(folder)
+    if weights.name == "model":  # a full fine-tune: the folder is the whole model
+        model = load_model(ModelRef(str(weights), str(weights), "local"), dtype=config.model.dtype, device=device)
+    else:
+        ref = resolve_model(config.model.name, revision=config.model.revision)
+        model = load_adapter(load_model(ref, dtype=config.model.dtype, device=device), weights)
+    tokenizer = AutoTokenizer.from_pretrained(weights)
     template = ChatTemplate(meta["chat_template"], name=meta["template_name"], special_tokens=meta["special_tokens"])
     return LoadedRun(folder, model, tokenizer, template, meta, config)

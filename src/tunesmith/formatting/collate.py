@@ -41,11 +41,18 @@ def collate_packed(features: list[dict[str, Any]]) -> dict[str, Any]:
         labels.extend(feature["labels"])
         positions.extend(feature.get("position_ids", range(n)))
     labels = [IGNORE_INDEX if p == 0 else label for label, p in zip(labels, positions)]
-    return {
+    batch = {
         "input_ids": torch.tensor([ids], dtype=torch.long),
         "labels": torch.tensor([labels], dtype=torch.long),
         "position_ids": torch.tensor([positions], dtype=torch.long),
     }
+    return batch | _sources(features)
+
+
+def _sources(features: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The `file:line` of every row in the batch, when the features carry them (for error messages)."""
+    sources = [s for f in features for s in f.get("sources", ())]
+    return {"sources": sources} if sources else {}
 
 
 def collate_padded(features: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any]:
@@ -64,11 +71,12 @@ def collate_padded(features: list[dict[str, Any]], pad_id: int = 0) -> dict[str,
         ids.append([*feature["input_ids"], *[pad_id] * (width - n)])
         labels.append([IGNORE_INDEX, *feature["labels"][1:]][:n] + [IGNORE_INDEX] * (width - n))
         mask.append([1] * n + [0] * (width - n))
-    return {
+    batch = {
         "input_ids": torch.tensor(ids, dtype=torch.long),
         "labels": torch.tensor(labels, dtype=torch.long),
         "attention_mask": torch.tensor(mask, dtype=torch.long),
     }
+    return batch | _sources(features)
 
 
 def collator_for(packing: str, pad_id: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:

@@ -72,12 +72,15 @@ def _concatenate(rows: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, list[
     ids: list[int] = []
     labels: list[int] = []
     positions: list[int] = []
+    sources: list[str] = []
     for row in rows:
         ids.extend(row["input_ids"])
         labels.append(IGNORE_INDEX)
         labels.extend(row["labels"][1:])
         positions.extend(range(len(row["input_ids"])))
-    return {"input_ids": ids, "labels": labels, "position_ids": positions}
+        sources.extend(row.get("sources", ()))
+    packed: dict[str, list] = {"input_ids": ids, "labels": labels, "position_ids": positions}
+    return packed | ({"sources": sources} if sources else {})
 
 
 @dataclass(frozen=True)

@@ -109,24 +109,25 @@ def attention_implementation(setting: str, device: str) -> str:
     return setting
 
 
-def load_model(ref: ModelRef, *, dtype: str = "auto", device: str = "cpu", attention: str = "auto") -> Any:
-    """The model of `ref` on `device`, with the `model.attention` kernel (checked for the device)."""
+def load_model(ref: ModelRef, *, dtype: str = "auto", device: str = "cpu", attention: str = "auto",
+               quantization: Any = None) -> Any:
+    """The model of `ref` on `device`, with the `model.attention` kernel (checked for the device).
+
+    `quantization` (a transformers `BitsAndBytesConfig`) loads the weights quantized, straight onto
+    the GPU: a quantized model is placed at load and never moved afterwards.
+    """
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(ref.path, revision=ref.revision, dtype=torch_dtype(dtype, device),
-                                                 attn_implementation=attention_implementation(attention, device))
+    kwargs: dict[str, Any] = {"revision": ref.revision, "dtype": torch_dtype(dtype, device),
+                              "attn_implementation": attention_implementation(attention, device)}
+    if quantization is not None:
+        import torch
+
+        placement = {"": torch.cuda.current_device()} if device == "cuda" else None
+        return AutoModelForCausalLM.from_pretrained(ref.path, quantization_config=quantization,
+                                                    device_map=placement, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
     return model.to(device)
-
-
-def add_lora(model: Any, *, r: int, alpha: float, dropout: float, target_modules: Any, seed: int) -> Any:
-    """Wrap `model` with a fresh LoRA adapter (peft); only adapter weights train."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)  # adapter init is part of what the seed fixes
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                        task_type="CAUSAL_LM", bias="none")
-    return get_peft_model(model, config)
 
 
 def load_adapter(base: Any, adapter_dir: Path) -> Any:

@@ -31,7 +31,12 @@ class MetricsWriter(TrainerCallback):
         self.last_tokens = 0
         self.losses: list[float] = []
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last_time, self.last_tokens = time.perf_counter(), int(state.num_input_tokens_seen)  # resumed: not 0
+
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:  # under --nproc, rank 0 alone writes (the logged loss is all ranks')
+            return
         logs = dict(logs or {})
         now = time.perf_counter()
         record: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
@@ -60,6 +65,7 @@ class ProgressBar(TrainerCallback):
         self.task = None
         self.loss = math.nan
         self.started = 0.0
+        self.first_tokens = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -70,6 +76,7 @@ class ProgressBar(TrainerCallback):
         self.progress.start()
         self.task = self.progress.add_task("train", total=state.max_steps, loss="-", rate="-")
         self.started = time.perf_counter()
+        self.first_tokens = state.num_input_tokens_seen  # a resumed run starts with the tokens seen before
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
@@ -77,7 +84,7 @@ class ProgressBar(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        rate = f"{state.num_input_tokens_seen / elapsed:,.0f}"
+        rate = f"{(state.num_input_tokens_seen - self.first_tokens) / elapsed:,.0f}"
         loss = "-" if math.isnan(self.loss) else f"{self.loss:.3f}"
         self.progress.update(self.task, completed=state.global_step, loss=loss, rate=rate)
 

@@ -5,6 +5,12 @@ A checkpoint folder is written under a temporary name and renamed to `step-N` on
 is on disk with its sha256 in `manifest.json`; a folder without a manifest that verifies is never
 resumed from. torch's own `torch.save` would pickle; these helpers store tensors in safetensors and
 everything else in JSON, so a checkpoint can be inspected and loaded without executing code.
+
+`CheckpointMixin` puts this format under transformers' Trainer: it overrides the Trainer's save and
+load hooks, so `train(resume_from_checkpoint=...)` restores a run through the Trainer's own code.
+A checkpoint `step-N/` holds the weights (adapter_model.safetensors for LoRA, model.safetensors for
+full fine-tuning), optimizer.*, scheduler.*, rng.*, scaler.* (fp16), trainer_state.json,
+tunesmith.json (data position, eval loss, config and input fingerprints) and manifest.json.
 """
 
 from __future__ import annotations
@@ -198,3 +204,180 @@ def prune(root: Path, *, keep_last: int, best: Path | None) -> list[Path]:
     for folder in removed:
         shutil.rmtree(folder, ignore_errors=True)
     return removed
+
+
+# --- the Trainer's checkpoint hooks --------------------------------------------------------------------
+
+TRAINER_STATE = "trainer_state.json"  # the name transformers' `train(resume_from_checkpoint=...)` reads
+META = "tunesmith.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    path = folder / META
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def eval_losses(log_history: list[dict[str, Any]]) -> dict[int, float]:
+    """Eval loss by step from a TrainerState log history (the latest one when a step has two)."""
+    return {int(entry["step"]): float(entry["eval_loss"]) for entry in log_history if "eval_loss" in entry}
+
+
+def best_checkpoint(root: Path, log_history: list[dict[str, Any]], *, extra: int | None = None) -> Path | None:
+    """The checkpoint (of `root`, plus step `extra` being written) with the lowest eval loss; ties: earliest."""
+    losses = eval_losses(log_history)
+    steps = {step for step, _ in checkpoint_steps(root)} | ({extra} if extra is not None else set())
+    scored = sorted((losses[step], step) for step in steps if step in losses)
+    return root / f"step-{scored[0][1]}" if scored else None
+
+
+class CheckpointMixin:
+    """Trainer hooks that write and read checkpoints in this module's format, so that the Trainer's
+    own resume (`train(resume_from_checkpoint=...)`, skipping consumed batches) restores the exact
+    state: weights, optimizer, LR scheduler, grad scaler, RNG, TrainerState and callback states.
+
+    Mixed in before `transformers.Trainer`. `keep_checkpoints`, `load_best_at_end` and
+    `checkpoint_meta` (written into every checkpoint's tunesmith.json) are set by the run.
+    """
+
+    keep_checkpoints: int = 2
+    load_best_at_end: bool = False
+    checkpoint_meta: dict[str, Any] = {}
+    best_loaded: tuple[Path, float] | None = None
+    checkpoints_skipped: bool = False
+    stopper: Any = None  # resume.StopOnSignal while training; its `signal` is set when one arrived
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return Path(self.args.output_dir)
+
+    # saving
+
+    def _save_checkpoint(self, model, trial):
+        step = self.state.global_step
+        if self.hp_search_backend is None and trial is None:
+            self.store_flos()
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            # sharded weights and optimizer state need a collective save this format does not do yet
+            self.checkpoints_skipped = True
+            return
+        if not self.args.should_save:
+            return
+        root = self.checkpoint_root
+        with atomic_checkpoint(root, step) as work:
+            self._save_weights(work)
+            self._save_optimizer_and_scheduler(str(work))
+            self._save_scaler(str(work))
+            self._save_rng_state(str(work))
+            best = best_checkpoint(root, self.state.log_history, extra=step)
+            self.state.best_model_checkpoint = str(best) if best else None
+            self._store_callback_states()
+            self.state.save_to_json(str(work / TRAINER_STATE))
+            (work / META).write_text(json.dumps(self._meta(step), indent=2), encoding="utf-8")
+        prune(root, keep_last=self.keep_checkpoints, best=best)
+
+    def _save_weights(self, folder: Path) -> None:
+        """Adapter weights for a PEFT model, the whole model otherwise (safetensors either way)."""
+        model = self.accelerator.unwrap_model(self.model)
+        model.save_pretrained(str(folder))  # safetensors by default (PEFT and transformers alike)
+
+    def _save_optimizer_and_scheduler(self, output_dir):
+        save_state(self.optimizer.state_dict(), Path(output_dir), "optimizer")
+        save_state(self.lr_scheduler.state_dict(), Path(output_dir), "scheduler")
+
+    def _save_scaler(self, output_dir):
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None:
+            save_state(scaler.state_dict(), Path(output_dir), "scaler")
+
+    def _save_rng_state(self, output_dir):
+        save_state(rng_state(), Path(output_dir), "rng")
+
+    def _store_callback_states(self) -> None:
+        """Callback states (early stopping's patience counter, the control flags) into TrainerState."""
+        from transformers.trainer_callback import ExportableState
+
+        states: dict[str, Any] = {}
+        for callback in self.callback_handler.callbacks + [self.control]:
+            if isinstance(callback, ExportableState):
+                states.setdefault(type(callback).__name__, []).append(callback.state())
+        self.state.stateful_callbacks = {k: v[0] if len(v) == 1 else v for k, v in states.items()}
+
+    def _meta(self, step: int) -> dict[str, Any]:
+        """Where in the data the run is, and what it was trained on (checked on resume)."""
+        loader = getattr(self.callback_handler, "train_dataloader", None)
+        batches = len(loader) if loader is not None else None
+        accumulation = self.args.gradient_accumulation_steps
+        position: dict[str, Any] = {"global_step": step, "epoch": self.state.epoch, "micro_batches_per_epoch": batches}
+        if batches:
+            updates = -(-batches // accumulation)
+            position |= {"epochs_done": step // updates, "micro_batches_done_in_epoch": (step % updates) * accumulation}
+        return {"step": step, "data_position": position, "eval_loss": eval_losses(self.state.log_history).get(step),
+                **self.checkpoint_meta}
+
+    # resuming
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        folder = Path(resume_from_checkpoint)
+        if not is_complete(folder, verify=False):
+            raise ValueError(f"{folder} is not a complete checkpoint (no manifest)")
+        self._load_weights(folder, model if model is not None else self.model)
+
+    def _load_weights(self, folder: Path, model: Any) -> None:
+        """Copy a checkpoint's weights into the model in place (parameters keep their identity)."""
+        from transformers.trainer_utils import _is_peft_model
+
+        from tunesmith.errors import UserError
+
+        model = self.accelerator.unwrap_model(model)
+        try:
+            if not _is_peft_model(model):
+                super()._load_from_checkpoint(str(folder), model)
+                return
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            adapter = model.active_adapters[0]
+            result = set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)), adapter_name=adapter)
+            missing = [k for k in result.missing_keys if f".{adapter}." in k]
+            if result.unexpected_keys or missing:
+                raise ValueError(f"unexpected {result.unexpected_keys[:2]}, missing {missing[:2]}")
+        except (RuntimeError, ValueError, KeyError) as err:
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+            detail = next((line for line in lines if "mismatch" in line), lines[0])
+            raise UserError(f"checkpoint {folder.name} does not fit the model this config builds (method, model and "
+                            f"lora settings must stay as they were): {detail}") from None
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        if checkpoint is None:
+            return
+        self.optimizer.load_state_dict(load_state(Path(checkpoint), "optimizer"))
+        self.lr_scheduler.load_state_dict(load_state(Path(checkpoint), "scheduler"))
+
+    def _load_scaler(self, checkpoint):
+        scaler = getattr(self.accelerator, "scaler", None)
+        if checkpoint is not None and scaler is not None and (Path(checkpoint) / "scaler.json").is_file():
+            scaler.load_state_dict(load_state(Path(checkpoint), "scaler"))
+
+    def _load_rng_state(self, checkpoint):
+        if checkpoint is not None:
+            set_rng_state(load_state(Path(checkpoint), "rng"))
+
+    # the end
+
+    def _finalize_training(self, trial, num_train_samples, start_time):
+        """Checkpoint the last step (unless already written), then restore the best weights if asked."""
+        if not (self.checkpoint_root / f"step-{self.state.global_step}" / MANIFEST).is_file() \
+                and not self.checkpoints_skipped:
+            self._save_checkpoint(self.model_wrapped, trial)
+        if self.load_best_at_end and getattr(self.stopper, "signal", None) is None:  # not when stopped by a signal
+            self._load_best_model()
+        return super()._finalize_training(trial, num_train_samples, start_time)
+
+    def _load_best_model(self):
+        best = best_checkpoint(self.checkpoint_root, self.state.log_history)
+        if best is None or not is_complete(best):
+            return
+        self._load_weights(best, self.model)
+        self.best_loaded = (best, eval_losses(self.state.log_history)[int(best.name.split("-")[1])])
+

@@ -15,6 +15,7 @@ from tunesmith.config import Config, config_to_yaml, load_config
 from tunesmith.errors import UserError
 from tunesmith.runfolder import create_run_dir, run_folder_guard, write_json, write_manifest
 from tunesmith.training.prepare import Prepared, prepare
+from tunesmith.training.tracking import check_tracking, setup_tracking
 
 
 @dataclass
@@ -27,72 +28,164 @@ class RunResult:
     artifacts: dict[str, str] = field(default_factory=dict)
 
 
-def train(config: Config | str | Path, *, console: Any = None) -> RunResult:
-    """Fine-tune as `config` says and return where the results are."""
+def train(config: Config | str | Path, *, console: Any = None, resume: bool = False, launch: Any = None) -> RunResult:
+    """Fine-tune as `config` says and return where the results are. `resume=True` continues the run
+    that `config` names (or the run folder `config` is) from its newest complete checkpoint.
+    `launch` (training/launch.py, `--nproc`): torchrun workers train; this process checks, creates
+    the run folder, then evaluates and seals it."""
     console = console or _default_console()
+    if resume and launch is not None:
+        raise UserError("--resume continues a run in one process; leave out --nproc")
+    if resume:
+        return _resume(config, console)
     if not isinstance(config, Config):
         config = load_config(config)
     final = _finalize(config)
-    if final.run_dir().exists():  # say so now, not after the data has been processed
+    main_node = launch is None or launch.main_node  # other nodes of a multi-node run make no folder
+    if main_node and final.run_dir().exists():  # say so now, not after the data has been processed
         raise UserError(f"run folder {final.run_dir()} already exists; choose another name (--set name=...)")
     _check_attention(config)
+    _check_eval_settings(config)
+    check_tracking(config)
+    if launch is not None:
+        launch.check(final)  # the distributed settings against this machine
     prepared = prepare(config, console)
     prepared.config = final
+    if not main_node:  # rank 0, on node 0, writes the run folder
+        return launch.run(prepared, None, console)
     run_dir = create_run_dir(final.run_dir())
     with run_folder_guard(run_dir):
+        if launch is not None:
+            return launch.run(prepared, run_dir, console)
         return _execute(prepared, run_dir, console)
 
 
-def _execute(p: Prepared, run_dir: Path, console: Any) -> RunResult:
+def execute_worker(config_path: Path, run_dir: Path, console: Any) -> RunResult:
+    """One torchrun worker's share of a run whose folder the launching process made and will seal
+    (training/launch.py): prepare again (from the processed-data cache) and train; rank 0 saves."""
+    prepared = prepare(load_config(config_path), console, print_warnings=False)
+    return _execute(prepared, run_dir, console, worker=True)
+
+
+def _resume(reference: Config | str | Path, console: Any) -> RunResult:
+    """Continue a run from its newest complete checkpoint (training/resume.py); its folder is kept
+    whatever happens."""
+    from tunesmith.training import resume as rs
+
+    config = rs.load_run_config(reference)
+    final = _finalize(config)
+    checkpoint = rs.find_checkpoint(final.run_dir())
+    _check_attention(config)
+    _check_eval_settings(config)
+    check_tracking(config)
+    changed = rs.changed_settings(checkpoint, final)
+    prepared = prepare(config, console)
+    prepared.config = final
+    rs.check_same_inputs(checkpoint, rs.fingerprints(prepared), changed)
+    for line in rs.describe_resume(checkpoint, changed, rs.discard_after(checkpoint)):
+        console.print(line, soft_wrap=True)
+    with run_folder_guard(final.run_dir(), keep=True), rs.config_kept_on_error(final.run_dir()):
+        return _execute(prepared, final.run_dir(), console, resume_from=checkpoint)
+
+
+def _check_eval_settings(config: Config) -> None:
+    from tunesmith.training.resume import check_settings
+
+    check_settings(config)
+
+
+def _execute(p: Prepared, run_dir: Path, console: Any, resume_from: Path | None = None, *,
+             worker: bool = False) -> RunResult:
     from tunesmith.models.load import attention_implementation
     from tunesmith.training.callbacks import MetricsWriter, ProgressBar
     from tunesmith.training.hardware import pick_device, pick_precision
+    from tunesmith.training.launch import gathered_state_dict
+    from tunesmith.training.resume import fingerprints, fit, trim_metrics
     from tunesmith.training.trainer import build_trainer, dataset_rows
 
     started = time.time()
-    (run_dir / "config.yaml").write_text(config_to_yaml(p.config), encoding="utf-8")
-    write_json(run_dir / "data_report.json", _data_report(p))
-    _write_quarantine(p, run_dir)
+    if not worker:  # a torchrun worker's launcher wrote them (training/launch.py)
+        write_inputs(p, run_dir)
     device = pick_device()
     precision = pick_precision(p.config.train.precision, device)
-    model = _load_trainable_model(p, device, console)
+    model = _load_trainable_model(p, device, precision, console)
     metrics_writer = MetricsWriter(run_dir / "metrics.jsonl")
+    if resume_from is not None:  # records after the checkpoint were logged by the run that died
+        metrics_writer.losses = trim_metrics(run_dir / "metrics.jsonl", int(resume_from.name.split("-")[1]))
     rows = _rows(p, "train")
     train_rows, eval_rows = dataset_rows(rows, p.config), dataset_rows(_rows(p, "validation"), p.config)
     attention = attention_implementation(p.config.model.attention, device)
     console.print(f"Training on {device} ({precision}, {attention}): {_batching(p.config, rows, train_rows)}, "
                   f"{p.splits['train'].report.trainable_tokens:,} trained tokens per epoch")
-    trainer = build_trainer(model, p.config, run_dir / "checkpoints", train_rows, eval_rows,
-                            pad_id=p.tokenizer.pad_token_id or 0, device=device, precision=precision,
-                            callbacks=[metrics_writer, ProgressBar(console)])
-    trainer.train()
+    with setup_tracking(p.config, run_dir) as tracking_callbacks:  # MLflow, W&B, TensorBoard if chosen
+        trainer = build_trainer(model, p.config, run_dir / "checkpoints", train_rows, eval_rows,
+                                pad_id=p.tokenizer.pad_token_id or 0, device=device, precision=precision,
+                                callbacks=[metrics_writer, ProgressBar(console), *tracking_callbacks])
+        stopped = fit(trainer, meta=fingerprints(p), resume_from=resume_from, console=console)
+    state = gathered_state_dict(trainer) if worker and not stopped else None  # every rank: FSDP/ZeRO gather
+    if worker and not trainer.is_world_process_zero():  # rank 0 alone writes into the run folder
+        return RunResult(run_dir=run_dir, status="interrupted" if stopped else "trained")
+    if stopped:
+        return _interrupted(run_dir, trainer.state.global_step, stopped)
     _remove_if_empty(run_dir / "checkpoints")  # Trainer makes its output folder even when it saves nothing
-    _save_adapter(p, model, run_dir)
+    _save_adapter(p, model, run_dir, state)
     metrics: dict[str, Any] = {"train_loss_first": _first(metrics_writer.losses),
                                "train_loss_last": _last(metrics_writer.losses),
                                "train_seconds": round(time.time() - started, 1), "device": device,
                                "precision": precision}
+    if worker:  # the launching process evaluates and seals the folder
+        return RunResult(run_dir=run_dir, status="trained", metrics=metrics)
+    return finish_run(p, model, run_dir, metrics, console)
+
+
+def write_inputs(p: Prepared, run_dir: Path) -> None:
+    """What a run was asked to do, written first: config.yaml, data_report.json, quarantine.jsonl."""
+    (run_dir / "config.yaml").write_text(config_to_yaml(p.config), encoding="utf-8")
+    write_json(run_dir / "data_report.json", _data_report(p))
+    _write_quarantine(p, run_dir)
+
+
+def finish_run(p: Prepared, model: Any, run_dir: Path, metrics: dict[str, Any], console: Any) -> RunResult:
+    """The end of every run: evaluate the trained `model` on the test split (if any), then seal the
+    folder with manifest.json. After `--nproc`, `model` is the saved weights loaded back."""
     if p.test:
         metrics["eval"] = _evaluate(p, model, run_dir, console)
     write_manifest(run_dir, "completed", {"metrics": metrics})
-    artifacts = {"adapter": str(run_dir / "adapter"), "metrics": str(run_dir / "metrics.jsonl")}
+    weights = "model" if p.config.method == "full" else "adapter"
+    artifacts = {weights: str(run_dir / weights), "metrics": str(run_dir / "metrics.jsonl")}
     return RunResult(run_dir=run_dir, status="completed", metrics=metrics, artifacts=artifacts)
 
 
-def _check_attention(config: Config) -> None:
-    """Refuse an attention kernel this machine cannot train with before any data or model work."""
-    from tunesmith.models.load import attention_implementation
-    from tunesmith.training.hardware import pick_device
+def _interrupted(run_dir: Path, step: int, signal_name: str) -> RunResult:
+    """A run stopped by a signal after writing a checkpoint: sealed as interrupted, resumable."""
+    metrics = {"stopped_by": signal_name, "step": step}
+    write_manifest(run_dir, "interrupted", {"metrics": metrics, "resume": f"tunesmith train {run_dir} --resume"})
+    return RunResult(run_dir=run_dir, status="interrupted", metrics=metrics,
+                     artifacts={"checkpoints": str(run_dir / "checkpoints")})
 
+
+def _check_attention(config: Config) -> None:
+    """Refuse what this machine cannot train with (attention kernel, method, quantization,
+    optimizer, precision) before any data or model work."""
+    from tunesmith.models.load import attention_implementation
+    from tunesmith.training.hardware import pick_device, pick_precision
+    from tunesmith.training.methods import check_method
+
+    device = pick_device()
     try:
-        attention_implementation(config.model.attention, pick_device())
+        attention_implementation(config.model.attention, device)
     except UserError as err:
         raise UserError(f"{config.origin('model.attention')}: {err}") from None
+    try:
+        pick_precision(config.train.precision, device)
+    except UserError as err:
+        raise UserError(f"{config.origin('train.precision')}: {err}") from None
+    check_method(config, device)
 
 
 def _rows(p: Prepared, split: str) -> list[dict]:
     examples = p.splits[split].examples if split in p.splits else []
-    return [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
+    return [{"input_ids": e.input_ids, "labels": e.labels, "sources": [e.source_id]} for e in examples]
 
 
 def _batching(config: Config, rows: list[dict], train_rows: list[dict]) -> str:
@@ -106,27 +199,28 @@ def _batching(config: Config, rows: list[dict], train_rows: list[dict]) -> str:
             f"({summary.fill:.0%} full), {config.train.batch_size} bins per micro-batch")
 
 
-def _load_trainable_model(p: Prepared, device: str, console: Any) -> Any:
-    from tunesmith.models.load import add_lora, count_parameters, load_model
+def _load_trainable_model(p: Prepared, device: str, precision: str, console: Any) -> Any:
+    from tunesmith.training.methods import trainable_model
 
-    model = load_model(p.ref, dtype=p.config.model.dtype, device=device, attention=p.config.model.attention)
-    lora = p.config.lora
-    model = add_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules,
-                     seed=p.config.train.seed)
-    trainable, total = count_parameters(model)
-    console.print(f"LoRA r={lora.r}: {trainable:,} trainable of {total:,} parameters "
-                  f"({100 * trainable / total:.2f}%)")
-    return model
+    loaded = trainable_model(p.config, p.ref, device=device, precision=precision)
+    console.print(loaded.summary)
+    return loaded.model
 
 
-def _save_adapter(p: Prepared, model: Any, run_dir: Path) -> None:
-    """adapter/: PEFT files, the tokenizer, the exact template, and what inference needs to know."""
-    adapter = run_dir / "adapter"
-    model.save_pretrained(str(adapter))
+def _save_adapter(p: Prepared, model: Any, run_dir: Path, state: dict[str, Any] | None = None) -> None:
+    """adapter/ (LoRA, QLoRA: PEFT files) or model/ (full: the whole model), each with the tokenizer,
+    the exact template, and what inference needs to know. Non-finite weights are never written."""
+    from tunesmith.training.guards import check_finite_weights
+
+    if state is None:  # a gathered `state` (FSDP, DeepSpeed) was checked where it was gathered
+        check_finite_weights(model)
+    adapter = run_dir / ("model" if p.config.method == "full" else "adapter")
+    model.save_pretrained(str(adapter), state_dict=state)
     p.tokenizer.chat_template = p.template.source
     p.tokenizer.save_pretrained(str(adapter))
     write_json(adapter / "tunesmith.json", {
         "base_model": p.config.model.name,
+        "method": p.config.method,
         "template_name": p.template.name,
         "chat_template": p.template.source,
         "special_tokens": p.template.special_tokens,

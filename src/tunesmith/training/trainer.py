@@ -19,9 +19,14 @@ from tunesmith.config.schema import Config
 from tunesmith.formatting.collate import collator_for
 from tunesmith.formatting.encode import IGNORE_INDEX
 from tunesmith.formatting.packing import pack
+from tunesmith.training.checkpoints import CheckpointMixin
+from tunesmith.training.guards import is_finite, non_finite_gradients, non_finite_loss
+from tunesmith.training.launch import launched_arguments
+from tunesmith.training.methods import optimizer_name
+from tunesmith.training import tracking
 
 
-class PackedTrainer(Trainer):
+class PackedTrainer(CheckpointMixin, Trainer):
     """Trainer whose loss is token-normalized over the optimizer step (see module docstring).
 
     `num_items_in_batch` is the Trainer's count of trained labels over every micro-batch of the
@@ -32,6 +37,7 @@ class PackedTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs.pop("sources", None)  # row names, recorded by training_step
         labels = inputs.pop("labels")
         targets = labels[:, 1:]
         keep = _pad_false(targets != IGNORE_INDEX)
@@ -48,7 +54,26 @@ class PackedTrainer(Trainer):
             # the count was summed over processes and DDP averages gradients over them: undo the average
             # (what Trainer.compute_loss does too; single-process runs never get here)
             loss = loss * self.args.world_size
+        if model.training and not is_finite(loss.detach()):
+            raise non_finite_loss(self.state.global_step + 1, float(loss), getattr(self, "_step_sources", []))
         return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """Remember the rows (`file:line`) of every micro-batch of the optimizer step, so a
+        non-finite loss or gradient can name them."""
+        if getattr(self, "_sources_step", None) != self.state.global_step:
+            self._sources_step, self._step_sources = self.state.global_step, []
+        self._step_sources.extend(inputs.get("sources", ()))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The step's gradient norm (transformers computes it while clipping); non-finite stops the
+        run before the optimizer applies it. With fp16 loss scaling an inf norm is the scaler's
+        normal overflow signal (the step is skipped, the scale lowered), so only the loss is checked."""
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if norm is not None and not self.args.fp16 and not is_finite(norm):
+            raise non_finite_gradients(self.state.global_step + 1, float(norm), getattr(self, "_step_sources", []))
+        return norm
 
 
 def _pad_false(mask: Any) -> Any:
@@ -72,10 +97,20 @@ def training_arguments(config: Config, output_dir: Path, *, device: str, precisi
         warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
+        optim=optimizer_name(config),
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         logging_steps=t.logging_steps,
-        eval_strategy="epoch" if has_eval else "no",
-        save_strategy="no",
-        report_to=[],
+        logging_nan_inf_filter=False,  # a NaN loss stops the run (training/guards.py), never hidden in the logs
+        eval_strategy=("steps" if t.eval_steps else "epoch") if has_eval else "no",
+        eval_steps=t.eval_steps if has_eval else None,
+        metric_for_best_model="eval_loss" if has_eval else None,  # tracked for early stopping and the best checkpoint
+        greater_is_better=False if has_eval else None,
+        # checkpoints (training/checkpoints.py): every save_steps, and at the end whatever the setting
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        report_to=tracking.report_to(config),  # MLflow / W&B / TensorBoard: training/tracking.py
+        run_name=config.name,
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -86,6 +121,7 @@ def training_arguments(config: Config, output_dir: Path, *, device: str, precisi
         fp16=precision == "fp16",
         # padded rows: count real tokens (the attention mask); packed rows have no padding to leave out
         include_num_input_tokens_seen="all" if t.packing == "bins" else "non_padding",
+        **launched_arguments(config, device),  # DDP / FSDP2 / DeepSpeed under --nproc: training/launch.py
     )
 
 
@@ -105,8 +141,16 @@ def build_trainer(model: Any, config: Config, output_dir: Path, train_rows: list
     """The Trainer of a run; `train_rows`/`eval_rows` are what `dataset_rows` returns."""
     from transformers.trainer_callback import PrinterCallback
 
+    from tunesmith.training.resume import checkpoint_callbacks
+
+    t = config.train
     args = training_arguments(config, output_dir, device=device, precision=precision, has_eval=bool(eval_rows))
+    callbacks = callbacks + checkpoint_callbacks(
+        early_stopping_patience=t.early_stopping_patience if eval_rows else None,
+        save_on_best=bool(eval_rows) and t.load_best_at_end)
     trainer = PackedTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows or None,
                             data_collator=collator_for(config.train.packing, pad_id), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl report instead
+    trainer.keep_checkpoints = t.keep_checkpoints
+    trainer.load_best_at_end = bool(eval_rows) and t.load_best_at_end
     return trainer

@@ -1,0 +1,402 @@
+"""Several processes, one run: `tunesmith train CONFIG --nproc N [--nnodes M --node-rank R --rdzv HOST:PORT]`.
+
+The launching process does everything that can fail on the user's input before any worker starts:
+the config, the data, the template (`prepare`) and the distributed settings against this machine
+(`check_launch`), so a mistake is reported once, as one line, not once per process. It creates
+the run folder and writes config.yaml and data_report.json into it; then torchrun
+(`python -m torch.distributed.run`, never a home-made launcher) starts the workers
+(`training/worker.py`). Each worker loads the run folder's config.yaml, prepares again (the
+processed-data cache makes that quick) and trains; `distributed.strategy` picks DDP, FSDP2 or
+DeepSpeed ZeRO through `distributed_arguments`, merged into the Trainer's arguments.
+
+Rank 0 alone writes into the run folder (metrics.jsonl, adapter/); every other rank writes
+nothing. When the workers are done, the launching process evaluates the saved weights on one device
+and writes manifest.json: evaluation never runs on a sharded model, and the process that created
+the folder is the one that seals it.
+
+Workers report how they ended through small JSON files in a temporary folder outside the run
+folder. A worker's `UserError` becomes the launcher's `UserError` (the run folder is removed, as in
+a single-process run); any other failure becomes a `TunesmithError` naming the rank (manifest.json
+says failed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import Config
+from tunesmith.errors import TunesmithError, UserError
+
+STRATEGIES_NEEDING_CUDA = ("fsdp", "deepspeed")
+REPORT = "rank-{rank}.json"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where the workers of a run go: `nproc` on this machine, node `node_rank` of `nnodes`."""
+
+    nproc: int
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv: str | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nnodes
+
+    @property
+    def main_node(self) -> bool:
+        """The node of rank 0: it creates, writes and seals the run folder."""
+        return self.node_rank == 0
+
+    def check(self, config: Config) -> None:
+        """Refuse distributed settings this machine cannot run, before any data or model work."""
+        import torch
+
+        from tunesmith.training.hardware import pick_device
+
+        device = pick_device()
+        check_launch(config, self, device=device, gpu_count=torch.cuda.device_count() if device == "cuda" else 0,
+                     deepspeed_installed=deepspeed_installed())
+
+    def run(self, prepared: Any, run_dir: Path, console: Any) -> Any:
+        """Train in torchrun workers; on the main node, then evaluate and seal `run_dir` (a RunResult)."""
+        return run_workers(self, prepared, run_dir, console)
+
+
+def launch_options(nproc: int | None, nnodes: int = 1, node_rank: int = 0, rdzv: str | None = None) -> Launch | None:
+    """The `--nproc/--nnodes/--node-rank/--rdzv` options checked, or None for a single-process run.
+
+    >>> launch_options(None) is None
+    True
+    >>> launch_options(2).world_size
+    2
+    >>> launch_options(4, nnodes=2, node_rank=1, rdzv="10.0.0.1:29500").main_node
+    False
+    """
+    if nproc is None:
+        if nnodes != 1 or node_rank != 0 or rdzv is not None:
+            raise UserError("--nnodes, --node-rank and --rdzv go with --nproc N (processes on this machine)")
+        return None
+    if nproc < 1:
+        raise UserError(f"--nproc {nproc}: must be at least 1")
+    if nnodes < 1:
+        raise UserError(f"--nnodes {nnodes}: must be at least 1")
+    if not 0 <= node_rank < nnodes:
+        raise UserError(f"--node-rank {node_rank}: must be between 0 and {nnodes - 1} (--nnodes {nnodes})")
+    if nnodes > 1 and rdzv is None:
+        raise UserError(f"--nnodes {nnodes}: needs --rdzv HOST:PORT, the address of node 0 (where rank 0 runs) "
+                        "that every node can reach")
+    if rdzv is not None:
+        host, _, port = rdzv.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UserError(f"--rdzv {rdzv}: expected HOST:PORT, e.g. 10.0.0.1:29500")
+    return Launch(nproc, nnodes, node_rank, rdzv)
+
+
+def deepspeed_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+def check_launch(config: Config, launch: Launch, *, device: str, gpu_count: int, deepspeed_installed: bool) -> None:
+    """Every distributed setting this machine cannot run, refused with the key that set it.
+
+    `device` is where training would run ("cuda" or "cpu"), `gpu_count` the CUDA GPUs on this node.
+    """
+    from tunesmith.training.methods import quantized_bits
+
+    d = config.distributed
+    strategy = f"{config.origin('distributed.strategy')}: distributed.strategy: {d.strategy}"
+    backend = f"{config.origin('distributed.backend')}: distributed.backend: {d.backend}"
+    if d.backend == "nccl" and device != "cuda":
+        raise UserError(f"{backend} needs CUDA GPUs and this machine has none; use backend: gloo (or auto)")
+    if device == "cuda" and launch.nproc > gpu_count:
+        raise UserError(f"--nproc {launch.nproc}: this machine has {gpu_count} CUDA GPU"
+                        f"{'' if gpu_count == 1 else 's'}; start at most one process per GPU (--nproc {gpu_count})")
+    if d.strategy in STRATEGIES_NEEDING_CUDA and device != "cuda":
+        raise UserError(f"{strategy} trains only on CUDA GPUs and this machine has none: accelerate runs "
+                        "neither FSDP nor DeepSpeed on CPU processes (it would quietly fall back to plain DDP); "
+                        "on CPU use distributed.strategy: ddp")
+    if d.cpu_offload and d.strategy == "ddp":
+        raise UserError(f"{config.origin('distributed.cpu_offload')}: distributed.cpu_offload needs "
+                        "distributed.strategy: fsdp or deepspeed (DDP keeps a whole copy of the model on every GPU)")
+    bits = quantized_bits(config)
+    sharded = d.strategy == "fsdp" or (d.strategy == "deepspeed" and d.zero_stage == 3)
+    if bits and sharded:
+        key = "method" if config.method == "qlora" else "model.load_in_8bit"
+        what = "method: qlora (a 4-bit base)" if bits == 4 else "model.load_in_8bit (an 8-bit base)"
+        shard = "FSDP2" if d.strategy == "fsdp" else "ZeRO-3"
+        raise UserError(f"{config.origin(key)}: {what} cannot be sharded by {shard}: the quantized weights are "
+                        f"stored as integers, which {shard} cannot split across processes; use "
+                        "distributed.strategy: ddp, or deepspeed with zero_stage 1 or 2")
+    if d.strategy == "deepspeed":
+        if not deepspeed_installed:
+            raise UserError(f"{strategy} needs the deepspeed package: pip install deepspeed")
+        if d.backend == "gloo":
+            raise UserError(f"{backend} does not go with strategy: deepspeed, which communicates over nccl; "
+                            "use backend: auto")
+        if d.cpu_offload and config.train.optimizer not in ("adamw", "adamw_fused"):
+            raise UserError(f"{config.origin('train.optimizer')}: train.optimizer: {config.train.optimizer} cannot "
+                            "run with distributed.cpu_offload under DeepSpeed, which steps its own CPU AdamW on "
+                            "the offloaded state; use train.optimizer: adamw")
+
+
+# --- TrainingArguments ------------------------------------------------------------------------------
+
+
+def distributed_arguments(config: Config, device: str, world_size: int) -> dict[str, Any]:
+    """TrainingArguments keys for `config.distributed` in a run of `world_size` processes on `device`.
+
+    DDP: the process-group backend and no search for unused parameters (every trainable weight is
+    used in every step). FSDP2: `fsdp=True` and an `fsdp_config` of version 2 that shards every
+    transformer layer (accelerate finds them from the model's `_no_split_modules`). DeepSpeed: a
+    generated ZeRO config (`deepspeed_config`). One DDP process needs nothing.
+    """
+    d = config.distributed
+    backend = process_group_backend(config, device)
+    if d.strategy == "ddp":
+        if world_size <= 1:
+            return {}
+        return {"ddp_backend": backend, "ddp_find_unused_parameters": False}
+    if d.strategy == "fsdp":
+        return {"ddp_backend": backend, "fsdp": True, "fsdp_config": fsdp_config(config)}
+    return {"deepspeed": deepspeed_config(config)}
+
+
+def process_group_backend(config: Config, device: str) -> str:
+    """`distributed.backend`, with `auto` resolved: nccl on CUDA, gloo on CPU.
+
+    >>> from tunesmith.config import load_config
+    >>> process_group_backend(load_config(None, ["data.train=x.jsonl"]), "cpu")
+    'gloo'
+    """
+    if config.distributed.backend != "auto":
+        return config.distributed.backend
+    return "nccl" if device == "cuda" else "gloo"
+
+
+def fsdp_config(config: Config) -> dict[str, Any]:
+    """transformers' `fsdp_config` for FSDP2: full sharding (parameters re-sharded after forward),
+    one FSDP unit per transformer layer, a full (unsharded) state dict for saving."""
+    return {
+        "version": 2,
+        "reshard_after_forward": True,  # full_shard
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "cpu_offload": config.distributed.cpu_offload,
+        "state_dict_type": "FULL_STATE_DICT",
+        "cpu_ram_efficient_loading": False,
+    }
+
+
+def deepspeed_config(config: Config) -> dict[str, Any]:
+    """A DeepSpeed config for ZeRO `distributed.zero_stage`, "auto" where transformers fills in the
+    run's own values (batch sizes, clipping, precision, bucket sizes from the hidden size).
+
+    With `cpu_offload`, the optimizer state (stage 1-3) and the parameters (stage 3) live in CPU
+    memory, and DeepSpeed's own AdamW steps them there (a torch optimizer cannot). Stage 3 gathers
+    the whole weights when saving, so adapter/ is written as in any other run.
+    """
+    d = config.distributed
+    zero: dict[str, Any] = {"stage": d.zero_stage, "overlap_comm": True, "contiguous_gradients": True,
+                            "reduce_bucket_size": "auto"}
+    if d.cpu_offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if d.zero_stage == 3:
+        zero |= {"stage3_prefetch_bucket_size": "auto", "stage3_param_persistence_threshold": "auto",
+                 "stage3_gather_16bit_weights_on_model_save": True}
+        if d.cpu_offload:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "train_batch_size": "auto",
+        "gradient_clipping": "auto",
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "zero_optimization": zero,
+        "steps_per_print": 2**31 - 1,  # our progress bar and metrics.jsonl report instead
+        "wall_clock_breakdown": False,
+    }
+    if d.cpu_offload:
+        ds["optimizer"] = {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
+                                                       "weight_decay": "auto"}}
+    return ds
+
+
+def launched_world_size() -> int:
+    """The number of processes when this process is a torchrun worker, else 0."""
+    if "LOCAL_RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0
+    return int(os.environ["WORLD_SIZE"])
+
+
+def launched_arguments(config: Config, device: str) -> dict[str, Any]:
+    """`distributed_arguments` for this process: none unless torchrun started it (`--nproc`)."""
+    world_size = launched_world_size()
+    return distributed_arguments(config, device, world_size) if world_size else {}
+
+
+def gathered_state_dict(trainer: Any) -> dict[str, Any] | None:
+    """The whole trained weights where they are sharded (FSDP, DeepSpeed): a collective, so every
+    rank calls it; rank 0 then saves from it. None where each rank holds whole weights (DDP)."""
+    from accelerate.utils import DistributedType
+
+    if trainer.accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return None
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    if trainer.is_world_process_zero():
+        _check_finite(state)
+    return state
+
+
+def _check_finite(state: dict[str, Any]) -> None:
+    import torch
+
+    from tunesmith.training.guards import NonFiniteError
+
+    bad = [name for name, t in state.items() if torch.is_floating_point(t) and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise NonFiniteError(f"refusing to save: {len(bad)} weight tensors hold NaN/inf (first: {bad[0]})")
+
+
+# --- starting the workers and collecting how they ended ---------------------------------------------
+
+
+def torchrun_command(launch: Launch, *, config_path: Path, run_dir: Path, reports: Path) -> list[str]:
+    """`python -m torch.distributed.run ... -m tunesmith.training.worker ...` for this node."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launch.nproc}",
+               f"--nnodes={launch.nnodes}", "--max-restarts=0",
+               f"--log-dir={reports / 'torchrun'}"]  # not a torchelastic_* folder left in the temp dir
+    if launch.nnodes == 1 and launch.rdzv is None:
+        command.append("--standalone")  # a rendezvous on a free local port
+    else:
+        command += ["--rdzv-backend=static", f"--rdzv-endpoint={launch.rdzv}", f"--node-rank={launch.node_rank}"]
+    return command + ["-m", "tunesmith.training.worker", "--config", str(config_path), "--run-dir", str(run_dir),
+                      "--reports", str(reports)]
+
+
+def worker_environment(launch: Launch) -> dict[str, str]:
+    """This process's environment plus thread counts that share the cores instead of oversubscribing them."""
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // launch.nproc))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def run_workers(launch: Launch, prepared: Any, run_dir: Path | None, console: Any) -> Any:
+    """Start this node's workers and wait; on the main node, then evaluate and seal `run_dir`."""
+    from tunesmith.config import config_to_yaml
+    from tunesmith.training.run import RunResult, finish_run, write_inputs
+
+    started = time.time()
+    reports = Path(tempfile.mkdtemp(prefix="tunesmith-launch-"))
+    try:
+        if launch.main_node:
+            assert run_dir is not None
+            write_inputs(prepared, run_dir)
+            config_path = run_dir / "config.yaml"
+        else:  # the run folder is on node 0; this node's workers only need the config
+            run_dir = prepared.config.run_dir()
+            config_path = reports / "config.yaml"
+            config_path.write_text(config_to_yaml(prepared.config), encoding="utf-8")
+        console.print(f"Starting {launch.nproc} worker process{'es' if launch.nproc > 1 else ''}"
+                      + (f" on node {launch.node_rank} of {launch.nnodes}" if launch.nnodes > 1 else "")
+                      + f" ({launch.world_size} in all, distributed.strategy: {prepared.config.distributed.strategy})")
+        command = torchrun_command(launch, config_path=config_path, run_dir=run_dir, reports=reports)
+        returncode = _wait(subprocess.Popen(command, env=worker_environment(launch)))
+        outcome = read_reports(reports)
+        failure = worker_failure(outcome, returncode, launch)
+        if failure is not None:
+            _show_traceback(outcome, console)
+            raise failure
+        if not launch.main_node:
+            return RunResult(run_dir=run_dir, status="trained")
+        if 0 not in outcome or "metrics" not in outcome[0]:
+            raise TunesmithError("the workers finished but rank 0 did not report its results")
+        if outcome[0]["status"] == "interrupted":  # stopped by a signal; rank 0 wrote a checkpoint and the manifest
+            return RunResult(run_dir=run_dir, status="interrupted", metrics=outcome[0]["metrics"])
+        metrics = dict(outcome[0]["metrics"], processes=launch.world_size,
+                       strategy=prepared.config.distributed.strategy, train_seconds=round(time.time() - started, 1))
+        model = _trained_model(run_dir) if prepared.test else None
+        return finish_run(prepared, model, run_dir, metrics, console)
+    finally:
+        shutil.rmtree(reports, ignore_errors=True)
+
+
+def _wait(process: subprocess.Popen) -> int:
+    """The exit code of torchrun; Ctrl-C reaches the workers too (same process group), so wait for them."""
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        raise
+
+
+def write_report(reports: Path, rank: int, record: dict[str, Any]) -> None:
+    """A worker's outcome, written atomically (the launcher may read it while others still run)."""
+    from tunesmith.runfolder import write_json
+
+    write_json(reports / REPORT.format(rank=rank), dict(record, rank=rank))
+
+
+def read_reports(reports: Path) -> dict[int, dict[str, Any]]:
+    found: dict[int, dict[str, Any]] = {}
+    for path in sorted(reports.glob("rank-*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        found[int(record["rank"])] = record
+    return found
+
+
+def worker_failure(outcome: dict[int, dict[str, Any]], returncode: int, launch: Launch) -> TunesmithError | None:
+    """The one error to raise for how the workers ended, or None when they all succeeded.
+
+    A user error any rank reported wins (the same mistake usually stops every rank); then the
+    first failure by rank; then torchrun's own exit code when no worker could say what happened
+    (killed, e.g. for memory).
+    """
+    errors = {rank: r for rank, r in sorted(outcome.items()) if "error" in r}
+    user = [r for r in errors.values() if r.get("user_error")]
+    if user:
+        return UserError(user[0]["error"])
+    if errors:
+        rank, record = next(iter(errors.items()))
+        more = len(errors) - 1
+        others = f" ({more} other rank{'s' if more > 1 else ''} failed too)" if more else ""
+        return TunesmithError(f"training failed in worker rank {rank} of {launch.world_size}: "
+                              f"{record['error']}{others}")
+    if returncode != 0:
+        return TunesmithError(f"training failed: the worker processes stopped (torchrun exit code {returncode}) "
+                              "without reporting an error; see the output above (a worker killed for memory "
+                              "ends like this)")
+    return None
+
+
+def _show_traceback(outcome: dict[int, dict[str, Any]], console: Any) -> None:
+    """The traceback of the first rank that failed unexpectedly (the others usually repeat it)."""
+    for rank, record in sorted(outcome.items()):
+        if record.get("traceback"):
+            console.print(f"[rank {rank}] {record['traceback'].rstrip()}", markup=False)
+            return
+
+
+def _trained_model(run_dir: Path) -> Any:
+    """The saved weights loaded back on one device, for the evaluation of a distributed run."""
+    from tunesmith.evaluate.runs import load_run
+
+    return load_run(run_dir).model

@@ -1,0 +1,145 @@
+"""One code path for every method: what differs between LoRA, QLoRA and full fine-tuning is how the
+model is loaded and which of its weights train, decided here from the config.
+
+- `lora`: the base in `model.dtype` (or 8-bit with `model.load_in_8bit`), frozen; a PEFT adapter
+  (rsLoRA and DoRA as options) trains.
+- `qlora`: the base quantized to 4-bit NF4 with double quantization (bitsandbytes), frozen; an
+  adapter trains in the compute dtype.
+- `full`: every weight trains; the result is a whole model folder, not an adapter.
+
+`check_method` refuses what cannot run here before any data is read or a run folder exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tunesmith.config import Config
+from tunesmith.errors import UserError
+
+BITSANDBYTES_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
+OPTIMIZERS = {"adamw": "adamw_torch", "adamw_fused": "adamw_torch_fused", "sgd": "sgd", "adafactor": "adafactor",
+              **BITSANDBYTES_OPTIMIZERS}
+
+
+def quantized_bits(config: Config) -> int | None:
+    """4 for QLoRA, 8 for LoRA on an 8-bit base, else None (no quantization)."""
+    if config.method == "qlora":
+        return 4
+    return 8 if config.model.load_in_8bit else None
+
+
+def check_method(config: Config, device: str) -> None:
+    """Refuse a method, quantization or optimizer this machine cannot run, naming the key."""
+    if config.model.load_in_8bit and config.method != "lora":
+        raise UserError(f"{config.origin('model.load_in_8bit')}: model.load_in_8bit goes with method: lora, "
+                        f"not method: {config.method}")
+    needs: list[tuple[str, str]] = []  # (config key, what needs bitsandbytes)
+    if config.method == "qlora":
+        needs.append(("method", "method: qlora (4-bit NF4 base)"))
+    if config.model.load_in_8bit:
+        needs.append(("model.load_in_8bit", "model.load_in_8bit"))
+    if config.train.optimizer in BITSANDBYTES_OPTIMIZERS:
+        needs.append(("train.optimizer", f"train.optimizer: {config.train.optimizer}"))
+    if not needs:
+        return
+    key, what = needs[0]
+    if device != "cuda":
+        raise UserError(f"{config.origin(key)}: {what} needs a CUDA GPU (bitsandbytes kernels) and this machine "
+                        "has none; on CPU use method: lora or full with train.optimizer: adamw")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError(f"{config.origin(key)}: {what} needs bitsandbytes: pip install bitsandbytes") from None
+
+
+def optimizer_name(config: Config) -> str:
+    """transformers' `optim` name for `train.optimizer`.
+
+    >>> from tunesmith.config import load_config
+    >>> optimizer_name(load_config(None, ["data.train=x.jsonl", "train.optimizer=paged_adamw_8bit"]))
+    'paged_adamw_8bit'
+    """
+    return OPTIMIZERS[config.train.optimizer]
+
+
+@dataclass(frozen=True)
+class Trainable:
+    """A model ready to train and what trains in it."""
+
+    model: Any
+    trainable: int
+    total: int
+    summary: str
+
+
+def trainable_model(config: Config, ref: Any, *, device: str, precision: str) -> Trainable:
+    """Load the base as the method says and mark what trains; `summary` is the line printed."""
+    from tunesmith.models.load import count_parameters, load_model
+
+    bits = quantized_bits(config)
+    model = load_model(ref, dtype=config.model.dtype, device=device, attention=config.model.attention,
+                       quantization=_quantization(bits, precision) if bits else None)
+    if config.method == "full":
+        model.requires_grad_(True)
+        if config.train.gradient_checkpointing:
+            model.config.use_cache = False
+        trainable, total = count_parameters(model)
+        return Trainable(model, trainable, total, f"full fine-tuning: {trainable:,} trainable of {total:,} "
+                                                  "parameters (100%)")
+    if bits:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.train.gradient_checkpointing)
+    elif config.train.gradient_checkpointing:
+        model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+    model = add_adapter(model, config)
+    trainable, total = count_parameters(model)
+    lora = config.lora
+    kind = "DoRA" if lora.dora else "LoRA"
+    base = {4: " on a 4-bit NF4 base", 8: " on an 8-bit base"}.get(bits or 0, "")
+    scale = f"alpha/sqrt(r) = {lora.alpha / lora.r ** 0.5:g}" if lora.rslora else f"alpha/r = {lora.alpha / lora.r:g}"
+    summary = (f"{kind} r={lora.r}{base} ({scale}): {trainable:,} trainable of {total:,} parameters "
+               f"({100 * trainable / total:.2f}%)")
+    return Trainable(model, trainable, total, summary)
+
+
+def add_adapter(model: Any, config: Config) -> Any:
+    """A fresh LoRA/rsLoRA/DoRA adapter on `model`; only adapter weights train. Seeded."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    lora = config.lora
+    torch.manual_seed(config.train.seed)  # adapter init is part of what the seed fixes
+    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                             target_modules=lora.target_modules, use_rslora=lora.rslora, use_dora=lora.dora,
+                             task_type="CAUSAL_LM", bias="none")
+    return get_peft_model(model, peft_config)
+
+
+def _quantization(bits: int, precision: str) -> Any:
+    """bitsandbytes settings: NF4 + double quantization computing in the run's precision, or int8."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
+
+
+def expected_lora_parameters(model: Any, config: Config) -> int:
+    """What a LoRA adapter on `model` must have: r * (in + out) per adapted linear layer (plus one
+    magnitude per output feature with DoRA). Used to check the printed count is exact."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    total = 0
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            base = module.get_base_layer()
+            total += config.lora.r * (base.in_features + base.out_features)
+            if config.lora.dora:
+                total += base.out_features
+    return total

@@ -1,0 +1,321 @@
+"""Resuming a run, and stopping one so that it can be resumed.
+
+`--resume` continues from the newest checkpoint whose manifest verifies, through the Trainer's own
+resume path (checkpoints.CheckpointMixin), so data order, LR schedule and RNG carry on exactly. It
+refuses when the processed data or the template differ from what the checkpoint was trained on
+(the fingerprints stored in each checkpoint's tunesmith.json); other changed settings are listed
+and the run goes on with the new values.
+
+SIGTERM (a scheduler's preemption, `kill`) makes a running `train` finish its optimizer step, write
+a checkpoint there and return with status "interrupted" (the CLI exits with 143).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import EarlyStoppingCallback, TrainerCallback
+
+from tunesmith.config import Config, load_config
+from tunesmith.errors import UserError
+from tunesmith.runfolder import MANIFEST
+from tunesmith.training import checkpoints as ck
+
+INTERRUPTED_EXIT_CODE = 143  # 128 + SIGTERM, what shells and schedulers expect of a terminated job
+_IGNORED_KEYS = {"name", "output_dir"}  # where the run lives, not how it trains
+
+
+# --- which run, which checkpoint ---------------------------------------------------------------------
+
+
+def load_run_config(reference: Config | str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The config to resume with: a Config, a config file, or a run folder (its config.yaml, placed
+    where the folder is now)."""
+    if isinstance(reference, Config):
+        config = reference
+    elif Path(reference).is_dir():
+        folder = Path(reference).expanduser().resolve()
+        if not (folder / "config.yaml").is_file():
+            raise UserError(f"{folder} is not a run folder (no config.yaml in it)")
+        config = load_config(folder / "config.yaml", overrides)
+        config = config.model_copy(update={"output_dir": str(folder.parent), "name": folder.name})
+    else:
+        config = load_config(reference, overrides)
+    if config.name is None:
+        raise UserError("--resume needs to know the run: give its folder (tunesmith train runs/NAME --resume) "
+                        "or its name (--set name=NAME)")
+    return config
+
+
+def find_checkpoint(run_dir: Path) -> Path:
+    """The newest complete checkpoint of a run folder, or a UserError saying why there is none."""
+    if not run_dir.is_dir():
+        raise UserError(f"nothing to resume: run folder {run_dir} does not exist")
+    manifest = run_dir / MANIFEST
+    if manifest.is_file() and json.loads(manifest.read_text(encoding="utf-8")).get("status") == "completed":
+        raise UserError(f"run {run_dir} already completed; nothing to resume")
+    found = ck.newest_complete(run_dir / "checkpoints")
+    if found is None or not (found / ck.TRAINER_STATE).is_file():
+        raise UserError(f"no complete checkpoint in {run_dir / 'checkpoints'} to resume from; "
+                        "start a new run under another name")
+    return found
+
+
+def discard_after(checkpoint: Path) -> list[str]:
+    """Remove what a resume from `checkpoint` must never use: newer checkpoints (damaged, since
+    `checkpoint` is the newest that verifies) and half-written temporaries. Returns their names."""
+    root = checkpoint.parent
+    step = int(checkpoint.name.split("-")[1])
+    doomed = [p for s, p in ck.checkpoint_steps(root) if s > step]
+    doomed += [p for p in root.iterdir() if p.is_dir() and p.name.startswith(".step-")]
+    for folder in doomed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return sorted(p.name for p in doomed)
+
+
+# --- what the checkpoint was trained on --------------------------------------------------------------
+
+
+def fingerprints(prepared: Any) -> dict[str, Any]:
+    """What every checkpoint records about its inputs: the config, and digests of the template and,
+    per training split, of its source files and processed examples."""
+    from tunesmith.data.load import source_specs
+    from tunesmith.training.prepare import _fingerprint
+
+    config = prepared.config
+    data = {}
+    for split, processed in prepared.splits.items():
+        files = [[spec.reference, _fingerprint(config, split, spec.reference)]
+                 for spec in source_specs(config.data, split)]
+        data[split] = {"files": files, "examples": examples_digest(processed.examples)}
+    template = {"source": prepared.template.source, "special_tokens": prepared.template.special_tokens}
+    return {"config": config.model_dump(mode="json"),
+            "fingerprints": {"template": _digest(json.dumps(template, sort_keys=True).encode()), "data": data}}
+
+
+def examples_digest(examples: list[Any]) -> str:
+    """sha256 over every example's token ids and labels, in order."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for example in examples:
+        ids = np.asarray(example.input_ids, dtype=np.int64)
+        digest.update(np.int64(len(ids)).tobytes() + ids.tobytes())
+        digest.update(np.asarray(example.labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_same_inputs(checkpoint: Path, current: dict[str, Any], changed: dict[str, tuple[Any, Any]]) -> None:
+    """Refuse to resume when the template or the training data differ from the checkpoint's."""
+    saved = ck.read_meta(checkpoint).get("fingerprints")
+    now = current["fingerprints"]
+    where = f"cannot resume from {checkpoint.name}"
+    if saved is None:
+        raise UserError(f"{where}: it records no data fingerprints (not written by this version of tunesmith)")
+    if saved["template"] != now["template"]:
+        keys = [k for k in changed if k.startswith("template.chat_template")] or ["the template source"]
+        raise UserError(f"{where}: the chat template changed since it was written ({', '.join(keys)}); "
+                        "resume with the same template or start a new run")
+    for split in sorted(set(saved["data"]) | set(now["data"])):
+        old, new = saved["data"].get(split), now["data"].get(split)
+        if old is None or new is None:
+            raise UserError(f"{where}: data.{split} was {'added' if old is None else 'removed'} since it was written")
+        if [d for _, d in old["files"]] != [d for _, d in new["files"]]:
+            files = [ref for (ref, d), (_, e) in zip(new["files"], old["files"]) if d != e] or \
+                [ref for ref, _ in new["files"]]
+            raise UserError(f"{where}: data.{split} changed since it was written ({', '.join(files)}); "
+                            "resume with the same data or start a new run")
+        if old["examples"] != new["examples"]:
+            keys = [k for k in changed if k.startswith(("data.", "template.", "model.", "train.seed"))]
+            cause = f" by {', '.join(keys)}" if keys else ""
+            raise UserError(f"{where}: the processed data.{split} differs from what it was trained on{cause}; "
+                            "resume with the same settings or start a new run")
+
+
+def changed_settings(checkpoint: Path, config: Config) -> dict[str, tuple[Any, Any]]:
+    """Config keys whose value differs from the config the checkpoint was trained with (the run
+    folder's config.yaml if it records none): {key: (old, new)}."""
+    saved = ck.read_meta(checkpoint).get("config")
+    path = checkpoint.parent.parent / "config.yaml"
+    if saved is None and path.is_file():
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    old, new = _flatten(saved or {}), _flatten(config.model_dump(mode="json"))
+    return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key) and key not in _IGNORED_KEYS}
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat |= _flatten(value, name + ".")
+        else:
+            flat[name] = value
+    return flat
+
+
+@contextmanager
+def config_kept_on_error(run_dir: Path) -> Iterator[None]:
+    """Put the run folder's config.yaml back if the resumed run fails: a resume refused (say, for a
+    changed lora.r) must not leave its settings behind for the next --resume to pick up."""
+    path = run_dir / "config.yaml"
+    before = path.read_bytes() if path.is_file() else None
+    try:
+        yield
+    except BaseException:
+        if before is not None:
+            path.write_bytes(before)
+        raise
+
+
+def trim_metrics(path: Path, step: int) -> list[float]:
+    """Drop metrics.jsonl records after `step` (logged by the run that died after its checkpoint);
+    return the train losses that remain."""
+    if not path.is_file():
+        return []
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)
+    return [float(record["loss"]) for record in map(json.loads, kept) if "loss" in record]
+
+
+# --- callbacks and the training call -------------------------------------------------------------------
+
+
+def checkpoint_callbacks(*, early_stopping_patience: int | None, save_on_best: bool) -> list[TrainerCallback]:
+    """Early stopping (if asked) and the callback that keeps checkpoints in step with evaluations."""
+    callbacks: list[TrainerCallback] = [SaveAfterEval(save_on_best=save_on_best)]
+    if early_stopping_patience:
+        callbacks.insert(0, EarlyStopping(early_stopping_patience=early_stopping_patience))
+    return callbacks
+
+
+class EarlyStopping(EarlyStoppingCallback):
+    """transformers' early stopping with the patience of this run's config and, on a resume, the
+    count of evaluations without improvement the checkpoint recorded. (No warning about
+    `load_best_model_at_end`: CheckpointMixin restores the best weights when asked.)"""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if isinstance(saved, dict):
+            self.early_stopping_patience_counter = saved.get("attributes", {}).get("early_stopping_patience_counter", 0)
+        return control
+
+
+class SaveAfterEval(TrainerCallback):
+    """Save again after an evaluation when its step already has a checkpoint (an epoch-end eval runs
+    after the step's save, and a resume must see the state after it); with `save_on_best`, also
+    save whenever eval loss reaches a new best, so the best weights always have a checkpoint."""
+
+    def __init__(self, save_on_best: bool = False):
+        self.save_on_best = save_on_best
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        loss = (metrics or {}).get("eval_loss")
+        if (Path(args.output_dir) / f"step-{state.global_step}").is_dir():
+            control.should_save = True
+        elif self.save_on_best and loss is not None and (state.best_metric is None or loss < state.best_metric):
+            control.should_save = True
+        return control
+
+
+class StopOnSignal(TrainerCallback):
+    """After a stop signal, end the current optimizer step with a checkpoint and stop training."""
+
+    def __init__(self):
+        self.signal: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.signal is not None:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+@contextmanager
+def _catch_sigterm(stop: StopOnSignal) -> Iterator[None]:
+    def handler(signum, frame):
+        stop.signal = signum
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def fit(trainer: Any, *, meta: dict[str, Any], resume_from: Path | None, console: Any) -> str | None:
+    """`trainer.train()`, resumed from a checkpoint if given, stoppable by SIGTERM. Returns the
+    signal's name when one stopped it (a checkpoint of the last step is then on disk), else None."""
+    from rich.markup import escape
+
+    stop = StopOnSignal()
+    trainer.checkpoint_meta, trainer.stopper = meta, stop
+    trainer.add_callback(stop)
+    with _catch_sigterm(stop):
+        try:
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        finally:
+            trainer.remove_callback(stop)
+    if trainer.checkpoints_skipped and trainer.is_world_process_zero():
+        console.print("[yellow]note:[/] no checkpoints were written: FSDP and DeepSpeed runs cannot be resumed yet")
+    if trainer.best_loaded is not None:
+        best, loss = trainer.best_loaded
+        console.print(f"Kept the weights of the best checkpoint, {best.name} (eval loss {loss:.4f})")
+    if stop.signal is None:
+        return None
+    name = signal.Signals(stop.signal).name
+    run_dir = Path(trainer.args.output_dir).parent
+    if trainer.checkpoints_skipped:
+        console.print(f"[yellow]Stopped by {name}[/] after step {trainer.state.global_step}, without a checkpoint")
+    elif trainer.is_world_process_zero():
+        console.print(f"[yellow]Stopped by {name}[/] after step {trainer.state.global_step}; checkpoint written. "
+                      f"Continue with: tunesmith train {escape(str(run_dir))} --resume", soft_wrap=True)
+    return name
+
+
+def describe_resume(checkpoint: Path, changed: dict[str, tuple[Any, Any]], discarded: list[str]) -> list[str]:
+    """The lines printed when a run resumes."""
+    from rich.markup import escape
+
+    meta = ck.read_meta(checkpoint)
+    position = meta.get("data_position", {})
+    lines = [f"Resuming from {escape(str(checkpoint))} (step {meta.get('step')}, "
+             f"epoch {position.get('epoch') or 0:.2f})"]
+    if discarded:
+        lines.append(f"[yellow]note:[/] ignored and removed incomplete checkpoints: {escape(', '.join(discarded))}")
+    if changed:
+        settings = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
+        lines.append(f"[yellow]note:[/] settings changed since the run started, continuing with the new values: "
+                     f"{escape(settings)}")
+    return lines
+
+
+def check_settings(config: Config) -> None:
+    """Refuse eval-loss features without a validation split, before any work."""
+    if config.data.validation:
+        return
+    for key in ("early_stopping_patience", "load_best_at_end"):
+        if getattr(config.train, key):
+            raise UserError(f"{config.origin(f'train.{key}')}: train.{key} needs a validation split "
+                            "(data.validation) to measure eval loss on")
