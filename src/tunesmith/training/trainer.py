@@ -98,8 +98,8 @@ def training_arguments(config: Config, output_dir: Path, *, device: str, precisi
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         optim=optimizer_name(config),
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         logging_steps=t.logging_steps,
         logging_nan_inf_filter=False,  # a NaN loss stops the run (training/guards.py), never hidden in the logs
         eval_strategy=("steps" if t.eval_steps else "epoch") if has_eval else "no",
