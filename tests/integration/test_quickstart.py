@@ -63,6 +63,14 @@ def test_training_loss_falls(quickstart):
     assert manifest["status"] == "completed" and "adapter/adapter_model.safetensors" in manifest["artifacts"]
 
 
+def test_report_shows_the_eval_table_and_no_overfitting_warning(quickstart):
+    run, _ = quickstart
+    html = (run / "report.html").read_text(encoding="utf-8")
+    assert (run / "loss.png").is_file() and 'id="eval-table"' in html and 'data-metric="json_exact"' in html
+    assert 'data-kind="overfitting"' not in html and "overfitting:" not in html
+    assert "report.html" in json.loads((run / "manifest.json").read_text())["artifacts"]
+
+
 def test_chat_answers_a_new_request_with_valid_json(quickstart):
     run, _ = quickstart
     done = tunesmith("chat", str(run), "--max-new-tokens", "200", stdin=NEW_REQUEST + "\n")

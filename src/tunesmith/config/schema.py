@@ -7,9 +7,9 @@ prints. Models are frozen and forbid unknown keys, so a typo is an error, never 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -220,8 +220,17 @@ class DistributedConfig(Section):
 
 
 class EvalConfig(Section):
-    metrics: list[Literal["exact", "json_exact", "json_valid"]] = ["exact"]
-    """Generation metrics on the test split: string exact match, parsed-JSON match, JSON validity."""
+    metrics: list[Union[Literal["exact", "normalized", "contains", "regex", "json_exact", "json_valid", "json_fields",
+                                "rouge_l"],
+                        Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]]] = ["exact"]
+    """Generation metrics on the test split: `exact` (same text), `normalized` (same after lowercasing and
+    dropping punctuation, articles and extra spaces), `contains` (the reference appears in the answer),
+    `regex` (the answer matches `eval.regex`), `json_exact` (same parsed JSON), `json_valid` (a JSON
+    object), `json_fields` (share of the reference's JSON leaf fields the answer has equal), `rouge_l`
+    (ROUGE-L F1 over words), or your own as `module:function` (function(prediction, reference) -> 0..1)."""
+
+    regex: str | None = None
+    """Pattern for the `regex` metric (Python `re.search` on the answer)."""
 
     compare_base: bool = True
     """Also evaluate the base model, to show what the fine-tune changed."""
@@ -234,6 +243,19 @@ class EvalConfig(Section):
 
     limit: int | None = Field(None, gt=0)
     """Evaluate at most this many test rows (the first ones)."""
+
+    @model_validator(mode="after")
+    def _regex_is_usable(self) -> "EvalConfig":
+        import re
+
+        if "regex" in self.metrics and not self.regex:
+            raise ValueError("the regex metric needs eval.regex (the pattern answers must match)")
+        if self.regex:
+            try:
+                re.compile(self.regex)
+            except re.error as err:
+                raise ValueError(f"eval.regex is not a valid regular expression: {err}") from None
+        return self
 
 
 class Config(Section):

@@ -1,4 +1,5 @@
-"""Talk to a finished run: one answer, or an interactive multi-turn chat that streams tokens.
+"""Talk to a finished run (or a merged model folder, or a base model alone): one answer, or an
+interactive multi-turn chat that streams tokens and stops at the end-of-turn token.
 
 The prompt is rendered with the run's own training template and, unless told otherwise, the
 system prompt every training row shared, so the model sees at inference what it saw in training.
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tunesmith.evaluate.generate import generate, stop_token_ids
-from tunesmith.evaluate.runs import LoadedRun, load_run
+from tunesmith.evaluate.runs import LoadedRun, open_model
 
 
 def start_messages(run: LoadedRun, system: str | None) -> list[dict]:
@@ -21,7 +22,7 @@ def start_messages(run: LoadedRun, system: str | None) -> list[dict]:
 
 def answer_once(run_dir: str | Path, request: str, *, system: str | None = None, max_new_tokens: int = 256) -> str:
     """The tuned model's greedy answer to one user message."""
-    run = load_run(run_dir)
+    run = open_model(run_dir)
     messages = [*start_messages(run, system), {"role": "user", "content": request}]
     prompt = run.template.render(messages, add_generation_prompt=True)
     stops = stop_token_ids(run.tokenizer, run.meta["end_of_turn"])
@@ -29,11 +30,12 @@ def answer_once(run_dir: str | Path, request: str, *, system: str | None = None,
 
 
 def chat(run_dir: str | Path, *, console: Any, system: str | None = None, max_new_tokens: int = 512,
-         stdin: TextIO | None = None) -> None:
-    """Read user turns line by line (until EOF or /exit), stream each answer, keep the history."""
+         stdin: TextIO | None = None) -> list[dict]:
+    """Read user turns line by line (until EOF or /exit), stream each answer, keep the history
+    (returned at the end: the messages of the last conversation)."""
     from transformers import TextStreamer
 
-    run = load_run(run_dir)
+    run = open_model(run_dir)
     stdin = stdin or sys.stdin
     history = start_messages(run, system)
     stops = stop_token_ids(run.tokenizer, run.meta["end_of_turn"])
@@ -45,7 +47,7 @@ def chat(run_dir: str | Path, *, console: Any, system: str | None = None, max_ne
             console.print("[bold cyan]you>[/] ", end="")
         line = stdin.readline()
         if not line or line.strip() == "/exit":
-            return
+            return history
         if line.strip() == "/reset":
             history = start_messages(run, system)
             continue

@@ -29,3 +29,80 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: 
         new_tokens = generated[:, batch["input_ids"].shape[1] :]
         outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     return outputs
+
+
+def read_prompt_rows(reference: str) -> list[Any]:
+    """Every row of a chat file (any supported format) as a Conversation, without the training
+    checks (a row may end with a user turn and have no answer yet); an unreadable row is a UserError."""
+    from tunesmith.data.formats import FormatOptions, detect_format, to_sample
+    from tunesmith.data.sources import open_source
+    from tunesmith.data.types import Conversation, RowError
+    from tunesmith.errors import UserError
+
+    options = FormatOptions()
+    fmt: str | None = None
+    rows: list[Conversation] = []
+    for raw in open_source(reference).rows():
+        if raw.data is None:
+            raise UserError(str(raw.issue) if raw.issue else f"{raw.where}: unreadable row")
+        try:
+            if fmt is None:
+                fmt, _ = detect_format(raw.data, raw.where, options)
+            sample = to_sample(raw.data, raw.where, fmt, options)
+        except RowError as err:
+            raise UserError(str(err.issue)) from None
+        if not isinstance(sample, Conversation) or not sample.messages:
+            raise UserError(f"{raw.where}: not a chat row (format {fmt}); generate needs conversations")
+        rows.append(sample)
+    if not rows:
+        raise UserError(f"{reference}: the file has no rows")
+    return rows
+
+
+def prompt_messages(conversation: Any, system: str | None = None) -> list[dict]:
+    """The conversation up to (not including) its last assistant turn when it ends with one, else
+    all of it; `system` is put first when the conversation has no system message."""
+    messages = conversation.as_dicts()
+    if messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    if system and not any(m["role"] == "system" for m in messages):
+        messages = [{"role": "system", "content": system}, *messages]
+    return messages
+
+
+def generate_file(target: str, in_path: str, out_path: str, *, max_new_tokens: int = 256, batch_size: int = 16,
+                  console: Any = None) -> int:
+    """Answer every row of `in_path` greedily with `target` (run folder, model folder or built-in
+    name), writing one JSON line per row to `out_path` (through a temporary file and a rename):
+    {"id", "line", "answer"}. Returns the number of rows."""
+    import json
+    import os
+    from pathlib import Path
+
+    from tunesmith.evaluate.runs import open_model
+
+    conversations = read_prompt_rows(in_path)  # bad input fails before weights load
+    run = open_model(target)
+    system = run.meta.get("system_prompt")
+    prompts = []
+    for conversation in conversations:
+        tools = [dict(tool) for tool in conversation.tools] or None
+        prompts.append(run.template.render(prompt_messages(conversation, system), add_generation_prompt=True,
+                                           tools=tools))
+    stops = stop_token_ids(run.tokenizer, run.meta["end_of_turn"])
+    if console is not None:
+        with console.status(f"Generating {len(prompts)} answers"):
+            answers = generate(run.model, run.tokenizer, prompts, max_new_tokens=max_new_tokens, stop_ids=stops,
+                               batch_size=batch_size)
+    else:
+        answers = generate(run.model, run.tokenizer, prompts, max_new_tokens=max_new_tokens, stop_ids=stops,
+                           batch_size=batch_size)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for conversation, answer in zip(conversations, answers):
+            record = {"id": conversation.id or None, "line": conversation.source.line, "answer": answer.strip()}
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(tmp, out)
+    return len(conversations)

@@ -62,3 +62,43 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     tokenizer = AutoTokenizer.from_pretrained(weights)
     template = ChatTemplate(meta["chat_template"], name=meta["template_name"], special_tokens=meta["special_tokens"])
     return LoadedRun(folder, model, tokenizer, template, meta, config)
+
+
+def open_model(target: str | Path) -> LoadedRun:
+    """What `generate` and `chat` accept: a finished run folder (adapter/ or model/), a merged or any
+    Hugging Face model folder, or a built-in model name (`smollm2-135m-instruct`).
+
+    A run uses its training template and end-of-turn markers; a model folder with a tunesmith.json
+    (a merged export) uses the ones recorded there; any other model its own chat template.
+    """
+    folder = Path(target).expanduser()
+    if folder.is_dir() and any((folder / name / RUN_META).is_file() for name in ("adapter", "model")):
+        return load_run(folder)
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise UserError(f"{target} is neither a finished tunesmith run (adapter/ or model/) "
+                        "nor a model folder (config.json)")
+    return _load_plain_model(str(target))
+
+
+def _load_plain_model(name: str) -> LoadedRun:
+    import torch
+
+    from tunesmith.formatting.encode import build_template, end_of_turn_markers
+    from tunesmith.formatting.template import ChatTemplate
+    from tunesmith.models.load import load_model, load_tokenizer, resolve_model
+
+    ref = resolve_model(name)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = load_tokenizer(ref)
+    recorded = Path(ref.path) / RUN_META
+    if recorded.is_file():  # a merged run: keep its training template
+        meta = json.loads(recorded.read_text(encoding="utf-8"))
+        template = ChatTemplate(meta["chat_template"], name=meta["template_name"],
+                                special_tokens=meta["special_tokens"])
+    else:
+        template = build_template(tokenizer, "model")
+        meta = {"template_name": template.name, "chat_template": template.source,
+                "special_tokens": template.special_tokens, "end_of_turn": list(end_of_turn_markers(tokenizer)),
+                "system_prompt": None}
+    model = load_model(ref, device=device)
+    return LoadedRun(Path(ref.path), model, tokenizer, template, meta, None)

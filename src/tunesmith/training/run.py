@@ -150,10 +150,24 @@ def finish_run(p: Prepared, model: Any, run_dir: Path, metrics: dict[str, Any], 
     folder with manifest.json. After `--nproc`, `model` is the saved weights loaded back."""
     if p.test:
         metrics["eval"] = _evaluate(p, model, run_dir, console)
+    _write_report(run_dir, console)  # before the manifest, so it lists report.html and loss.png
     write_manifest(run_dir, "completed", {"metrics": metrics})
     weights = "model" if p.config.method == "full" else "adapter"
     artifacts = {weights: str(run_dir / weights), "metrics": str(run_dir / "metrics.jsonl")}
     return RunResult(run_dir=run_dir, status="completed", metrics=metrics, artifacts=artifacts)
+
+
+def _write_report(run_dir: Path, console: Any) -> None:
+    """report.html and loss.png (tunesmith.report). A failure here is printed, never fatal: the
+    trained weights are already saved and the report can be written again from the folder."""
+    from tunesmith.report import write_report
+
+    try:
+        path = write_report(run_dir, status="completed")
+    except Exception as err:  # noqa: BLE001 - a report bug must not lose a finished run
+        console.print(f"[yellow]warning:[/] report.html not written: {type(err).__name__}: {err}", soft_wrap=True)
+        return
+    console.print(f"Report: {path}", soft_wrap=True)
 
 
 def _interrupted(run_dir: Path, step: int, signal_name: str) -> RunResult:
