@@ -95,3 +95,18 @@ def test_adapter_loads_with_plain_peft_and_stops_at_end_of_turn(quickstart):
     assert new[-1].item() == tokenizer.convert_tokens_to_ids("<|im_end|>") and len(new) < 200
     answer = json.loads(tokenizer.decode(new, skip_special_tokens=True))
     assert answer["intent"] == "unlock_door"
+
+
+def test_eval_of_the_finished_run_matches_the_quick_start(quickstart):
+    """`tunesmith eval` on the run reproduces the quick start's accuracy (greedy decoding, the same
+    template and prompts), adds loss/perplexity, and the tuned model's loss is below the base's."""
+    run, _ = quickstart
+    before = json.loads((run / "eval" / "results.json").read_text())
+    done = tunesmith("eval", str(run))
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = json.loads((run / "eval" / "results.json").read_text())
+    for model in ("base", "tuned"):
+        assert after[model]["json_exact"] == pytest.approx(before[model]["json_exact"], abs=2 / 60)
+    assert after["tuned"]["loss"] < after["base"]["loss"]
+    assert after["difference"]["json_exact"] == pytest.approx(after["tuned"]["json_exact"] - after["base"]["json_exact"])
+    assert (run / "report.html").is_file()
