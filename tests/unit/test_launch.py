@@ -13,16 +13,8 @@ import pytest
 from tunesmith.cli.main import main
 from tunesmith.config import load_config
 from tunesmith.errors import TunesmithError, UserError
-from tunesmith.training.launch import (
-    Launch,
-    check_launch,
-    deepspeed_config,
-    distributed_arguments,
-    launch_options,
-    launched_arguments,
-    torchrun_command,
-    worker_failure,
-)
+from tunesmith.training.launch import Launch, check_launch, launch_options, torchrun_command, worker_failure
+from tunesmith.training.strategies import deepspeed_config, distributed_arguments, launched_arguments
 
 
 def config(*overrides: str):

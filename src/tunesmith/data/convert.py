@@ -14,6 +14,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import IO, Any
 
 from tunesmith.data.check import FileStream, has_error
@@ -122,6 +123,23 @@ class ConvertSummary:
     """(reference, detected format, why) per input file."""
 
 
+def good_samples(references: list[str], options: FormatOptions, summary: Any) -> Iterator[Sample]:
+    """The good samples of every file, in order. Counts rows into `summary.rows`, collects the errors
+    of bad rows and of empty files into `summary.bad`, and each file's detected format into
+    `summary.files` (what `convert` and `split` both report)."""
+    for reference in references:
+        stream = FileStream(reference, options)
+        for _, sample, issues in stream:
+            summary.rows += 1
+            if sample is None:
+                summary.bad += [issue for issue in issues if issue.severity == "error"]
+                continue
+            yield sample
+        if stream.rows == 0:
+            summary.bad.append(stream.empty_file_issue())
+        summary.files.append((reference, stream.format or "unknown", stream.reason))
+
+
 def convert_files(references: list[str], out_path: str | Path, options: FormatOptions, *,
                   keep_good: bool = False) -> ConvertSummary:
     """Convert every file to one normalized JSONL file, atomically.
@@ -130,19 +148,10 @@ def convert_files(references: list[str], out_path: str | Path, options: FormatOp
     """
     summary = ConvertSummary(Path(out_path), written=False)
     with AtomicFiles([summary.out_path]) as files:
-        for reference in references:
-            stream = FileStream(reference, options)
-            for _, sample, issues in stream:
-                summary.rows += 1
-                if sample is None:
-                    summary.bad += [issue for issue in issues if issue.severity == "error"]
-                    continue
-                if keep_good or not summary.bad:  # once a row is bad the output is lost: stop writing it
-                    files.write(summary.out_path, jsonl_line(sample_to_row(sample)))
-                summary.rows_written += 1
-            if stream.rows == 0:
-                summary.bad.append(stream.empty_file_issue())
-            summary.files.append((reference, stream.format or "unknown", stream.reason))
+        for sample in good_samples(references, options, summary):
+            if keep_good or not summary.bad:  # once a row is bad the output is lost: stop writing it
+                files.write(summary.out_path, jsonl_line(sample_to_row(sample)))
+            summary.rows_written += 1
         if keep_good or not has_error(summary.bad):
             files.commit()
             summary.written = True

@@ -15,8 +15,8 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.data.check import FileStream, has_error
-from tunesmith.data.convert import AtomicFiles, jsonl_line, sample_to_row
+from tunesmith.data.check import has_error
+from tunesmith.data.convert import AtomicFiles, good_samples, jsonl_line, sample_to_row
 from tunesmith.data.formats import FormatOptions
 from tunesmith.data.types import Issue
 from tunesmith.data.validate import near_key
@@ -57,6 +57,8 @@ class SplitSummary:
     rows: int = 0
     bad: list[Issue] = field(default_factory=list)
     paths: dict[str, Path] = field(default_factory=dict)
+    files: list[tuple[str, str, str]] = field(default_factory=list)
+    """(reference, detected format, why) per input file."""
 
 
 def split_files(references: list[str], out_dir: str | Path, *, validation: float, test: float,
@@ -68,19 +70,11 @@ def split_files(references: list[str], out_dir: str | Path, *, validation: float
     summary = SplitSummary(Path(out_dir), written=False)
     summary.paths = {name: summary.out_dir / f"{name}.jsonl" for name in SPLITS if fractions[name] > 0}
     with AtomicFiles(list(summary.paths.values())) as files:
-        for reference in references:
-            stream = FileStream(reference, options)
-            for _, sample, issues in stream:
-                summary.rows += 1
-                if sample is None:
-                    summary.bad += [issue for issue in issues if issue.severity == "error"]
-                    continue
-                name = assign(position(near_key(sample), seed), validation=validation, test=test)
-                if keep_good or not summary.bad:  # once a row is bad the output is lost: stop writing it
-                    files.write(summary.paths[name], jsonl_line(sample_to_row(sample)))
-                summary.counts[name] += 1
-            if stream.rows == 0:
-                summary.bad.append(stream.empty_file_issue())
+        for sample in good_samples(references, options, summary):
+            name = assign(position(near_key(sample), seed), validation=validation, test=test)
+            if keep_good or not summary.bad:  # once a row is bad the output is lost: stop writing it
+                files.write(summary.paths[name], jsonl_line(sample_to_row(sample)))
+            summary.counts[name] += 1
         if keep_good or not has_error(summary.bad):
             files.commit()
             summary.written = True

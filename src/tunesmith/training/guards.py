@@ -9,7 +9,7 @@ default of quietly replacing a NaN loss in the logs (`logging_nan_inf_filter`) i
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from tunesmith.errors import TunesmithError
 
@@ -55,9 +55,13 @@ def is_finite(value: Any) -> bool:
 
 def check_finite_weights(model: Any) -> None:
     """Raise before saving if any trainable weight is NaN/inf (the guard should make this impossible)."""
+    check_finite_tensors(((n, p) for n, p in model.named_parameters() if p.requires_grad), what="trainable weight")
+
+
+def check_finite_tensors(named: Iterable[tuple[str, Any]], *, what: str) -> None:
+    """Raise `NonFiniteError` naming the first of `named`'s floating-point tensors holding NaN/inf."""
     import torch
 
-    bad = [name for name, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+    bad = [name for name, t in named if torch.is_floating_point(t) and not bool(torch.isfinite(t).all())]
     if bad:
-        raise NonFiniteError(f"refusing to save: {len(bad)} trainable weight tensors hold NaN/inf "
-                             f"(first: {bad[0]})")
+        raise NonFiniteError(f"refusing to save: {len(bad)} {what} tensors hold NaN/inf (first: {bad[0]})")

@@ -99,7 +99,7 @@ def _execute(p: Prepared, run_dir: Path, console: Any, resume_from: Path | None 
     from tunesmith.models.load import attention_implementation
     from tunesmith.training.callbacks import MetricsWriter, ProgressBar
     from tunesmith.training.hardware import pick_device, pick_precision
-    from tunesmith.training.launch import gathered_state_dict
+    from tunesmith.training.strategies import gathered_state_dict
     from tunesmith.training.resume import fingerprints, fit, trim_metrics
     from tunesmith.training.trainer import build_trainer, dataset_rows
 

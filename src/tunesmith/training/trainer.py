@@ -19,11 +19,11 @@ from tunesmith.config.schema import Config
 from tunesmith.formatting.collate import collator_for
 from tunesmith.formatting.encode import IGNORE_INDEX
 from tunesmith.formatting.packing import pack
+from tunesmith.training import tracking
 from tunesmith.training.checkpoints import CheckpointMixin
 from tunesmith.training.guards import is_finite, non_finite_gradients, non_finite_loss
-from tunesmith.training.launch import launched_arguments
 from tunesmith.training.methods import optimizer_name
-from tunesmith.training import tracking
+from tunesmith.training.strategies import launched_arguments
 
 
 class PackedTrainer(CheckpointMixin, Trainer):
@@ -121,7 +121,7 @@ def training_arguments(config: Config, output_dir: Path, *, device: str, precisi
         fp16=precision == "fp16",
         # padded rows: count real tokens (the attention mask); packed rows have no padding to leave out
         include_num_input_tokens_seen="all" if t.packing == "bins" else "non_padding",
-        **launched_arguments(config, device),  # DDP / FSDP2 / DeepSpeed under --nproc: training/launch.py
+        **launched_arguments(config, device),  # DDP / FSDP2 / DeepSpeed under --nproc: training/strategies.py
     )
 
 
