@@ -15,12 +15,12 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast setup clean browser
+.PHONY: demo test test-fast setup clean browser golang llamacpp
 
 demo: $(STAMP)
 	$(VENV)/bin/tunesmith quickstart
 
-test: $(STAMP) browser
+test: $(STAMP) browser golang
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 # Unit tests only (no embedded model): seconds.
@@ -28,6 +28,39 @@ test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not integration"
 
 setup: $(STAMP)
+
+# Real llama.cpp for the GGUF export tests (tests/integration/test_gguf_llamacpp.py): llama-cpp-python built
+# from the registry's source distribution (about 6 minutes on 2 cores), the wheel cached in WHEEL_CACHE so
+# later set-ups only install it. Opt-in: `make test` runs those tests when it is installed; CI builds it.
+LLAMA_CPP_VERSION := 0.3.36
+WHEEL_CACHE ?= $(if $(TUNESMITH_CACHE),$(TUNESMITH_CACHE),$(HOME)/.cache/tunesmith)/wheels
+
+llamacpp: $(STAMP)
+	@if $(PY) -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$(LLAMA_CPP_VERSION)')" 2>/dev/null; then \
+	  echo "llama-cpp-python $(LLAMA_CPP_VERSION) is installed"; \
+	else \
+	  if ! ls $(WHEEL_CACHE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
+	    echo "Building llama-cpp-python $(LLAMA_CPP_VERSION) from source (about 6 minutes, once; cached in $(WHEEL_CACHE))"; \
+	    mkdir -p $(WHEEL_CACHE); \
+	    CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) wheel -q --no-deps --no-binary llama-cpp-python \
+	      "llama-cpp-python==$(LLAMA_CPP_VERSION)" -w $(WHEEL_CACHE); \
+	  fi; \
+	  $(PIP) install -q $(WHEEL_CACHE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl; \
+	fi
+
+# Go, for tests/unit/test_ollama.py: the Modelfile's TEMPLATE rendered by Go's own text/template (what Ollama
+# runs). Installed with apt-get where possible; without it that one test is skipped and says why.
+golang:
+	@if command -v go >/dev/null 2>&1; then \
+	  :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "Installing golang-go (apt-get) to check Ollama templates with Go's text/template"; \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends golang-go >/dev/null 2>&1 \
+	    || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends golang-go)) \
+	    || echo "WARNING: apt-get could not install golang-go; the real-Go Modelfile test is skipped"; \
+	else \
+	  echo "go not found: the real-Go Modelfile test is skipped (Debian: apt-get install -y golang-go)"; \
+	fi
 
 # Headless Chromium for tests/integration/test_report_browser.py (report.html in a real browser):
 # installed with apt-get (Debian's `chromium`) as root or through passwordless sudo. Where that is not

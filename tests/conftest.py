@@ -15,19 +15,25 @@ FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
 
 
 def pytest_collection_modifyitems(config, items):
-    """GPU tests run only where CUDA is; everywhere else they are reported as skipped."""
+    """GPU tests run only where CUDA is, llama.cpp tests only where llama-cpp-python is installed
+    (`make llamacpp` builds it once); elsewhere they are reported as skipped, with the reason."""
+    import importlib.util
+
     try:
         import torch
 
         has_cuda = torch.cuda.is_available()
     except ImportError:  # pragma: no cover
         has_cuda = False
-    if has_cuda:
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    has_llama_cpp = importlib.util.find_spec("llama_cpp") is not None
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    no_llama_cpp = pytest.mark.skip(reason="needs llama-cpp-python: `make llamacpp` builds it from source once "
+                                           "(about 6 minutes, cached); CI does")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(no_gpu)
+        if "llamacpp" in item.keywords and not has_llama_cpp:
+            item.add_marker(no_llama_cpp)
 
 
 @pytest.fixture(scope="session")

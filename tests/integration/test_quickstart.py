@@ -1,6 +1,6 @@
 """The quick start as a new user runs it, through the CLI: the numbers the README promises.
 
-One real run (about 4 minutes on 2 CPU cores) backs every test in this module.
+One real run (about 4 minutes on 2 CPU cores, shared with test_gguf_llamacpp.py) backs every test here.
 """
 
 from __future__ import annotations
@@ -28,11 +28,8 @@ def tunesmith(*args: str, stdin: str | None = None) -> subprocess.CompletedProce
 
 
 @pytest.fixture(scope="module")
-def quickstart(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    out = tmp_path_factory.mktemp("quickstart")
-    done = tunesmith("quickstart", "--set", f"output_dir={out}", "--set", "name=qs")
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out / "qs", done
+def quickstart(quickstart_run) -> tuple[Path, subprocess.CompletedProcess]:
+    return quickstart_run  # tests/integration/conftest.py: one run for every module that needs it
 
 
 def test_prints_the_base_vs_tuned_table_and_a_demo_answer(quickstart):

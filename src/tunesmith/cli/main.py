@@ -15,7 +15,8 @@ import sys
 from tunesmith import __version__
 from tunesmith.errors import TunesmithError, UserError
 
-VERB_MODULES = ("tunesmith.cli.train", "tunesmith.cli.evaluate", "tunesmith.cli.data", "tunesmith.cli.inspect")
+VERB_MODULES = ("tunesmith.cli.train", "tunesmith.cli.evaluate", "tunesmith.cli.data", "tunesmith.cli.inspect",
+                "tunesmith.cli.export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,251 @@
+"""Merge a run's LoRA/QLoRA adapter into its base: RUN/merged/, a plain Hugging Face model folder.
+
+The merge runs in float32 and is checked before anything is written: the merged model's logits
+must equal the adapter model's on a few prompts rendered with the training template. The folder
+appears whole or not at all (written beside it, then renamed) and records the sha256 of the adapter
+it came from, so merging again is a no-op and a changed adapter is noticed, never silently mixed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from tunesmith.errors import TunesmithError, UserError
+from tunesmith.evaluate.runs import RUN_META, read_run_meta, weights_folder
+from tunesmith.runfolder import sha256_file, write_json
+
+MERGED = "merged"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+DTYPES = ("float32", "bfloat16", "float16")
+LOGITS_TOLERANCE = 1e-4
+"""Largest |merged - adapter| logit allowed, both in float32, per unit of the largest |logit| (absolute
+below 1): (W + BA)x and Wx + B(Ax) differ by rounding only, which grows with the logits (SmolLM2-135M:
+2e-4 at logits up to 47), while a wrong merge moves logits by whole units."""
+
+PROBES: tuple[tuple[dict, ...], ...] = (
+    ({"role": "user", "content": "Hello! What can you help me with today?"},),
+    ({"role": "user", "content": "Name three colours."}, {"role": "assistant", "content": "Red, green and blue."}),
+    ({"role": "user", "content": "What is 12 times 7?"}, {"role": "assistant", "content": "84."},
+     {"role": "user", "content": "And that divided by 4?"}),
+)
+"""Conversations the merged and the adapter model must score alike (the run's system prompt goes first)."""
+
+Log = Callable[[str], None]
+
+
+def merge_run(run_dir: Path, *, dtype: str | None = None, log: Log = print) -> Path:
+    """Merge adapter/ into the base and write RUN/merged/; return the folder holding the whole model.
+
+    `dtype` (float32, bfloat16, float16) is what the weights are saved in; default the run's
+    `model.dtype` when it names one, else float32. A full fine-tune has nothing to merge: RUN/model.
+    """
+    run_dir = Path(run_dir)
+    _refuse_merged_folder(run_dir)
+    weights = weights_folder(run_dir)
+    if weights.name == "model":
+        log(f"{run_dir.name} is a full fine-tune: nothing to merge, {weights} is the whole model")
+        return weights
+    adapter_file = weights / ADAPTER_WEIGHTS
+    if not adapter_file.is_file():
+        raise UserError(f"{weights} has no {ADAPTER_WEIGHTS}; is the run finished?")
+    digest = sha256_file(adapter_file)
+    target = run_dir / MERGED
+    if target.exists():
+        return _existing_merge(target, adapter_file, digest, dtype, log)
+
+    config = _run_config(run_dir)
+    save_dtype = _save_dtype(dtype, config)
+    meta = read_run_meta(run_dir)
+    _warn_quantized_base(meta, config, log)
+    log(f"merging {weights} into {config.model.name} (float32)")
+    model, tokenizer = _adapter_model(run_dir, config, log)
+    prompts = probe_prompts(meta)
+    before = probe_logits(model, tokenizer, prompts)
+    model = model.merge_and_unload()
+    difference = max_difference(before, probe_logits(model, tokenizer, prompts))
+    allowed = allowed_difference(before)
+    if not difference <= allowed:  # also catches NaN
+        raise TunesmithError(f"merge check failed: merged and adapter logits differ by up to {difference:.3g} "
+                             f"(allowed {allowed:.3g}) on {len(prompts)} prompts; nothing was written")
+    log(f"checked: merged logits equal the adapter model's within {difference:.2g} (allowed {allowed:.2g}) "
+        f"on {len(prompts)} prompts")
+    record = {**meta, "method": meta.get("method") or config.method, "merged_from": "adapter",
+              "adapter_sha256": digest, "dtype": save_dtype, "merge_max_logit_difference": difference}
+    _write_atomically(target, model, tokenizer, record, save_dtype)
+    log(f"wrote {target} ({save_dtype} safetensors, tokenizer with the training template)")
+    return target
+
+
+def model_folder_for_export(run_dir: Path, *, log: Log = print) -> Path:
+    """The folder with the whole model: RUN/model for a full fine-tune, else RUN/merged (merged first if absent)."""
+    return merge_run(Path(run_dir), log=log)
+
+
+def merged_logits_difference(run_dir: Path, merged_dir: Path | None = None) -> float:
+    """Largest |logit| difference, in float32, between the run's adapter model and a merged folder
+    (default RUN/merged) on the probe prompts: what `merge_run` checks, measured from disk."""
+    from tunesmith.models.load import ModelRef, load_model
+
+    run_dir = Path(run_dir)
+    folder = Path(merged_dir) if merged_dir is not None else run_dir / MERGED
+    meta = read_run_meta(run_dir)
+    model, tokenizer = _adapter_model(run_dir, _run_config(run_dir), lambda message: None)
+    prompts = probe_prompts(meta)
+    before = probe_logits(model, tokenizer, prompts)
+    del model
+    merged = load_model(ModelRef(str(folder), str(folder), "local"), dtype="float32", device=_device())
+    return max_difference(before, probe_logits(merged, tokenizer, prompts))
+
+
+def probe_prompts(meta: dict) -> list[str]:
+    """The probe conversations rendered with the training template, after the run's system prompt."""
+    from tunesmith.formatting.template import ChatTemplate
+
+    template = ChatTemplate(meta["chat_template"], name=meta["template_name"], special_tokens=meta["special_tokens"])
+    system = [{"role": "system", "content": meta["system_prompt"]}] if meta.get("system_prompt") else []
+    prompts = []
+    for probe in PROBES:
+        messages = [*system, *probe]
+        try:
+            prompts.append(template.render(messages, add_generation_prompt=messages[-1]["role"] != "assistant"))
+        except UserError:  # a template that refuses this shape (e.g. no system role): the others suffice
+            continue
+    if not prompts:
+        raise UserError(f"chat template {meta['template_name']} refused every probe conversation; "
+                        "the merge cannot be checked")
+    return prompts
+
+
+def probe_logits(model: Any, tokenizer: Any, prompts: list[str]) -> list[Any]:
+    """Float32 logits (on the CPU) of each prompt, tokenized as in training (no added special tokens)."""
+    import torch
+
+    model.eval()
+    logits = []
+    with torch.inference_mode():
+        for text in prompts:
+            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(model.device)
+            logits.append(model(input_ids=ids).logits.float().cpu())
+    return logits
+
+
+def max_difference(first: list[Any], second: list[Any]) -> float:
+    """Largest absolute element difference between two lists of same-shaped tensors (NaN if any is NaN)."""
+    return max(float((a - b).abs().max()) for a, b in zip(first, second, strict=True))
+
+
+def allowed_difference(logits: list[Any]) -> float:
+    """`LOGITS_TOLERANCE` scaled by the largest |logit| (float32 rounding is relative), at least absolute."""
+    return LOGITS_TOLERANCE * max(1.0, max(float(x.abs().max()) for x in logits))
+
+
+def _refuse_merged_folder(run_dir: Path) -> None:
+    recorded = run_dir / RUN_META
+    if run_dir.name == MERGED or (recorded.is_file() and "merged_from" in _read_json(recorded)):
+        raise UserError(f"{run_dir} is already a merged model; give the run folder ({run_dir.parent}) instead")
+
+
+def _existing_merge(target: Path, adapter_file: Path, digest: str, dtype: str | None, log: Log) -> Path:
+    """RUN/merged is there: fine if it came from this very adapter (and dtype), an error otherwise."""
+    recorded = _read_json(target / RUN_META)
+    if recorded.get("adapter_sha256") != digest:
+        raise UserError(f"{target} was not merged from the current {adapter_file} (the adapter changed, or the "
+                        f"folder is incomplete); delete {target} and merge again")
+    if dtype is not None and recorded.get("dtype") != dtype:
+        raise UserError(f"{target} holds {recorded.get('dtype')} weights, not {dtype}; "
+                        f"delete {target} to merge again as {dtype}")
+    log(f"already merged: {target} (adapter sha256 {digest[:12]}, {recorded.get('dtype')})")
+    return target
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _run_config(run_dir: Path) -> Any:
+    from tunesmith.config import load_config
+
+    return load_config(run_dir / "config.yaml")
+
+
+def _save_dtype(dtype: str | None, config: Any) -> str:
+    if dtype is None:
+        return config.model.dtype if config.model.dtype in DTYPES else "float32"
+    if dtype not in DTYPES:
+        raise UserError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    return dtype
+
+
+def _warn_quantized_base(meta: dict, config: Any, log: Log) -> None:
+    """Merging into 4- or 8-bit weights would round the update away: the base is loaded unquantized instead."""
+    method = meta.get("method") or config.method
+    bits = "4-bit" if method == "qlora" else "8-bit" if config.model.load_in_8bit else None
+    if bits:
+        log(f"warning: this run trained its adapter against a {bits} quantized base; the merge loads the base "
+            "de-quantized, at full precision, so the merged model differs slightly from the "
+            f"{bits} model the adapter was trained with")
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _adapter_model(run_dir: Path, config: Any, log: Log) -> tuple[Any, Any]:
+    """Base (float32, unquantized) + the run's adapter, and the run's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.models.load import load_adapter, load_model, resolve_model
+
+    weights = weights_folder(run_dir)
+    ref = resolve_model(config.model.name, revision=config.model.revision, log=log)
+    model = load_adapter(load_model(ref, dtype="float32", device=_device()), weights)
+    return model, AutoTokenizer.from_pretrained(weights)
+
+
+def _generation_config(model: Any, tokenizer: Any, markers: list[str]) -> Any:
+    """The base's generation settings, stopping at every end-of-turn token the run trained.
+
+    A marker counts when it is one token of the vocabulary (SmolLM2's `<|endoftext|>` is also its
+    unk token, so comparing with the unk id would drop it)."""
+    settings = copy.deepcopy(model.generation_config)
+    ids = [tokenizer.convert_tokens_to_ids(m) for m in markers]
+    ids = [i for m, i in zip(markers, ids) if isinstance(i, int) and tokenizer.convert_ids_to_tokens(i) == m]
+    existing = settings.eos_token_id
+    existing = [] if existing is None else [existing] if isinstance(existing, int) else list(existing)
+    settings.eos_token_id = list(dict.fromkeys([*ids, *existing]))
+    if settings.pad_token_id is None and tokenizer.pad_token_id is not None:
+        settings.pad_token_id = tokenizer.pad_token_id
+    return settings
+
+
+def _write_atomically(target: Path, model: Any, tokenizer: Any, record: dict, dtype: str) -> None:
+    """Save into a hidden sibling, then rename it into place; on any failure remove it again."""
+    import torch
+
+    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)  # left by a killed earlier attempt of this same process id
+    staging.mkdir()
+    try:
+        model.to(getattr(torch, dtype))
+        model.generation_config = _generation_config(model, tokenizer, record["end_of_turn"])
+        model.save_pretrained(staging)  # transformers 5 writes safetensors only
+        if not any(staging.glob("*.safetensors")):
+            raise TunesmithError(f"saving the merged model wrote no .safetensors file into {staging}")
+        tokenizer.chat_template = record["chat_template"]
+        tokenizer.save_pretrained(staging)
+        write_json(staging / RUN_META, record)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,545 @@
+"""An Ollama Modelfile for a run's GGUF: FROM, the training template as Ollama's Go TEMPLATE, stop
+markers, and the training system prompt.
+
+Jinja cannot be translated in general. Instead the training template is rendered with marker
+contents and the text around each marker read off: what wraps a system, user and assistant turn,
+the generation prompt, the text after a final assistant turn, and what the template writes when a
+conversation has no system message (a default system prompt). Those pieces become a Go template
+over `.Messages`, which must then reproduce the Jinja render exactly on several conversations; a
+template that does more (rewrites earlier turns, writes today's date) is refused, before any file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from tunesmith.errors import TunesmithError, UserError
+from tunesmith.evaluate.runs import read_run_meta
+
+MODELFILE = "Modelfile"
+EXPORT = "export"
+_OPEN, _CLOSE = "\ue020", "\ue021"  # private-use: marker contents no template produces
+_MARKED = re.compile(f"{_OPEN}(\\d+){_CLOSE}")
+_NAME_PART = r"[a-z0-9_][a-z0-9_.-]{0,79}"
+_VALID_NAME = re.compile(rf"^(?:{_NAME_PART}/)?{_NAME_PART}(?::{_NAME_PART})?$", re.IGNORECASE)
+
+# Conversations the Go template must render exactly as the training template does. Contents have
+# newlines, quotes, braces and a reasoning block, so rewriting or escaping shows.
+_SYSTEM = "You are terse.\nAnswer in one line."
+_USER = ('Say "hi" {{ twice }}', "Now in French, please.")
+_ASSISTANT = ("<think>\nA greeting, twice.\n</think>\n\nhi hi", "salut {salut}")
+_VERIFY_SHAPES = (("user", "assistant"), ("user",), ("user", "assistant", "user"),
+                  ("user", "assistant", "user", "assistant"))
+
+
+@dataclass(frozen=True)
+class TurnWrappers:
+    """The text a chat template writes around each turn, read off a marked render."""
+
+    header: str
+    """Before everything (the BOS token the template writes), or empty."""
+    default_system: str
+    """What the template writes first when the conversation has no system message (a default prompt)."""
+    system: tuple[str, str] | None
+    """(prefix, suffix) of a system message; None when the template refuses the system role."""
+    user: tuple[str, str]
+    assistant: tuple[str, str]
+    generation_prompt: str
+    """After the last message when it is not the assistant's (add_generation_prompt)."""
+    closing: str
+    """After the last message when it is the assistant's (no generation prompt), e.g. an eos token."""
+
+
+def write_modelfile(run_dir: Path, gguf_path: Path, *, name: str | None = None,
+                    log: Callable[[str], None] = print) -> Path:
+    """Write RUN/export/Modelfile for `gguf_path` and print the `ollama create` command; return its path.
+
+    `name` (default: the run folder's name, made a valid Ollama name) goes into the printed command.
+    """
+    run_dir, gguf_path = Path(run_dir), Path(gguf_path)
+    meta = read_run_meta(run_dir)
+    if not gguf_path.is_file():
+        raise UserError(f"GGUF file not found: {gguf_path}")
+    model_name = ollama_name(name) if name is not None else default_ollama_name(run_dir.name)
+    template = ollama_template(meta, header=not _gguf_adds_bos(gguf_path))
+    target = run_dir / EXPORT / MODELFILE
+    text = modelfile_text(meta, template, from_path=_relative_from(gguf_path, target.parent), name=model_name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{MODELFILE}.tmp")
+    staging.write_text(text, encoding="utf-8")
+    os.replace(staging, target)
+    log(f"wrote {target}")
+    log(f"create the Ollama model with: {shlex.join(create_command(target, model_name))}")
+    return target
+
+
+def create_command(modelfile: Path, name: str) -> list[str]:
+    """`ollama create NAME -f Modelfile` as an argv list (Ollama reads FROM relative to the Modelfile)."""
+    return ["ollama", "create", name, "-f", str(modelfile)]
+
+
+def ollama_name(name: str) -> str:
+    """`name` if Ollama accepts it as a model name ([namespace/]model[:tag]), else a UserError."""
+    if not _VALID_NAME.match(name):
+        raise UserError(f"{name!r} is not a valid Ollama model name: use letters, digits, '_', '-' and '.', "
+                        "starting with a letter, digit or '_' (optionally namespace/ before and :tag after)")
+    return name
+
+
+def default_ollama_name(folder_name: str) -> str:
+    """A run folder's name made a valid Ollama model name.
+
+    >>> default_ollama_name("My Run (v2)!")
+    'my-run-v2'
+    """
+    name = re.sub(r"[^a-z0-9_.-]+", "-", folder_name.lower())
+    name = re.sub(r"^[^a-z0-9_]+", "", name)[:80].rstrip("-.")
+    return name or "tunesmith-model"
+
+
+def modelfile_text(meta: dict, template: str, *, from_path: str, name: str) -> str:
+    """The Modelfile: FROM, TEMPLATE, one `PARAMETER stop` per end-of-turn marker, SYSTEM if trained with one."""
+    lines = [f"# Ollama Modelfile written by tunesmith; training template: {_one_line(meta['template_name'])}",
+             f"# ollama create {name} -f {MODELFILE}",
+             f"FROM {from_path}",
+             f'TEMPLATE """{template}"""']
+    for marker in meta["end_of_turn"]:
+        if '"' in marker or not marker.isprintable():
+            raise UserError(f"end-of-turn marker {marker!r} cannot be written as an Ollama stop parameter")
+        lines.append(f'PARAMETER stop "{marker}"')
+    system = meta.get("system_prompt")
+    if system:
+        _check_modelfile_value("the training system prompt", system)
+        lines.append(f'SYSTEM """{system}"""')
+    return "\n".join(lines) + "\n"
+
+
+def ollama_template(meta: dict, *, header: bool = True) -> str:
+    """The Go TEMPLATE equivalent to the run's training template, checked to render the same text as
+    the Jinja on several conversations; a UserError when Ollama's TEMPLATE cannot represent it.
+
+    `header=False` leaves out a leading BOS token the template writes (the GGUF tokenizer adds one).
+    """
+    from tunesmith.formatting.template import ChatTemplate
+
+    chat = ChatTemplate(meta["chat_template"], name=meta["template_name"], special_tokens=meta["special_tokens"])
+    _refuse_dated(chat)
+    wrappers = chat_wrappers(chat, meta["end_of_turn"])
+    source = go_template(wrappers)
+    for messages, prompt in _verify_conversations(wrappers.system is not None):
+        expected = chat.render(messages, add_generation_prompt=prompt)
+        if render_go_template(source, messages) != expected:
+            raise _unrepresentable(chat, f"a {len(messages)}-message conversation renders differently (the "
+                                         "template rewrites or moves contents, e.g. drops earlier reasoning)")
+    return source if header else go_template(wrappers, header=False)
+
+
+def chat_wrappers(chat: Any, markers: list[str] | tuple[str, ...]) -> TurnWrappers:
+    """Read the turn wrappers off renders of a `ChatTemplate` with marker contents.
+
+    Between two contents stands one turn's suffix and the next one's prefix; the suffix is what
+    every continuation after that role starts with, cut after its end-of-turn marker when it has
+    one (a generation prompt and the next user turn may share more, like Phi-3's `<|`).
+    """
+    system = _pieces(chat, ("system", "user", "assistant", "user", "assistant"), False)
+    has_system = system is not None
+    lead = ("system",) if has_system else ()
+    full = system or _pieces(chat, ("user", "assistant", "user", "assistant"), False)
+    asked = _pieces(chat, (*lead, "user", "assistant", "user"), True)
+    unasked = _pieces(chat, (*lead, "user", "assistant", "user"), False)
+    bare = _pieces(chat, ("user", "assistant"), False)
+    if full is None or asked is None or unasked is None or bare is None:
+        raise _unrepresentable(chat, "it refuses a plain user/assistant conversation or rewrites its contents")
+    between = dict(zip(["su", "ua", "au"] if has_system else ["ua", "au"], full[1:4]))
+    assistant_end, user_asked, user_unasked = full[-1], asked[-1], unasked[-1]
+    user_suffix = _suffix([between["ua"], user_asked, user_unasked], markers)
+    assistant_suffix = _suffix([between["au"], assistant_end], markers)
+    user_prefix = between["au"][len(assistant_suffix):]
+    first_user = bare[0]
+    if not first_user.endswith(user_prefix) or (has_system and not between["su"].endswith(user_prefix)):
+        raise _unrepresentable(chat, "a user turn is written differently depending on what precedes it")
+    before_user = first_user[: len(first_user) - len(user_prefix)]
+    bos = str(chat.special_tokens.get("bos_token") or "")
+    starts = [before_user, system[0]] if system else [before_user]
+    header = bos if bos and "bos_token" in chat.source and all(s.startswith(bos) for s in starts) else ""
+    wrapped_system = None
+    if system is not None:
+        wrapped_system = (system[0][len(header):], between["su"][: len(between["su"]) - len(user_prefix)])
+    return TurnWrappers(header=header, default_system=before_user[len(header):], system=wrapped_system,
+                        user=(user_prefix, user_suffix),
+                        assistant=(between["ua"][len(user_suffix):], assistant_suffix),
+                        generation_prompt=user_asked[len(user_suffix):],
+                        closing=assistant_end[len(assistant_suffix):])
+
+
+def go_template(w: TurnWrappers, *, header: bool = True) -> str:
+    """Ollama's TEMPLATE (Go text/template over .Messages) for these wrappers. Every literal is a Go
+    string, so braces, quotes and control characters in the template's text need no other care."""
+    lines = []
+    if header and w.header:
+        lines.append(f"{{{{- {_go_string(w.header)} }}}}")
+    lines.append("{{- range $i, $m := .Messages }}")
+    lines.append("{{- $last := eq (len (slice $.Messages $i)) 1 }}")
+    if w.default_system:
+        lines.append(f'{{{{- if and (eq $i 0) (ne .Role "system") }}}}{_print(w.default_system)}{{{{ end }}}}')
+    roles = [("system", w.system), ("user", w.user), ("assistant", w.assistant)]
+    keyword = "if"
+    for role, wrapper in roles:
+        if wrapper is not None:
+            lines.append(f'{{{{- {keyword} eq .Role "{role}" }}}}{_print(wrapper[0])}{{{{ .Content }}}}'
+                         f"{_print(wrapper[1])}")
+            keyword = "else if"
+    lines.append("{{- end }}")
+    ending = ""
+    if w.closing:
+        ending = (f'{{{{ if eq .Role "assistant" }}}}{_print(w.closing)}'
+                  f"{{{{ else }}}}{_print(w.generation_prompt)}{{{{ end }}}}")
+    elif w.generation_prompt:
+        ending = f'{{{{ if ne .Role "assistant" }}}}{_print(w.generation_prompt)}{{{{ end }}}}'
+    if ending:
+        lines.append(f"{{{{- if $last }}}}{ending}{{{{ end }}}}")
+    lines.append("{{- end }}")
+    return "\n".join(lines)
+
+
+def render_go_template(source: str, messages: list[dict], *, system: str = "") -> str:
+    """Render a Go text/template as Ollama would for these messages: enough of Go's semantics for
+    the templates `go_template` writes (range, if/else if, :=, eq/ne/and/len/slice, fields,
+    strings, trim markers). Used to check a TEMPLATE without Go."""
+    data = {"Messages": [{"Role": m["role"], "Content": m["content"]} for m in messages], "System": system}
+    out: list[str] = []
+    nodes, stop = _go_parse(_go_lex(source), [0])
+    if stop is not None:
+        raise TunesmithError(f"Go template: unexpected {{{{ {stop[0]} }}}}")
+    _go_run(nodes, data, [{"$": data}], out)
+    return "".join(out)
+
+
+def _pieces(chat: Any, roles: tuple[str, ...], prompt: bool) -> list[str] | None:
+    """The template's text around each marker content, in order; None if it refuses the conversation
+    or does not write each content once, in order."""
+    messages = [{"role": role, "content": f"{_OPEN}{i}{_CLOSE}"} for i, role in enumerate(roles)]
+    try:
+        text = chat.render(messages, add_generation_prompt=prompt)
+    except UserError:
+        return None
+    parts = _MARKED.split(text)
+    if [int(i) for i in parts[1::2]] != list(range(len(roles))):
+        return None
+    return parts[::2]
+
+
+def _suffix(continuations: list[str], markers: list[str] | tuple[str, ...]) -> str:
+    """What all continuations after a turn's content share, cut after the first end-of-turn marker
+    (and the whitespace after it) when there is one.
+
+    >>> _suffix(["<|end|>\\n<|user|>\\n", "<|end|>\\n<|endoftext|>"], ["<|end|>"])
+    '<|end|>\\n'
+    """
+    common = os.path.commonprefix(continuations)
+    ends = [common.find(m) + len(m) for m in markers if m and m in common]
+    if not ends:
+        return common
+    cut = min(ends)
+    while cut < len(common) and common[cut] in " \t\r\n":
+        cut += 1
+    return common[:cut]
+
+
+def _verify_conversations(has_system: bool) -> list[tuple[list[dict], bool]]:
+    """(messages, add_generation_prompt) pairs: 2-, 3- and 4-turn chats, with and without a system message."""
+    cases = []
+    for shape in _VERIFY_SHAPES:
+        texts = {"user": iter(_USER), "assistant": iter(_ASSISTANT)}
+        messages = [{"role": role, "content": next(texts[role])} for role in shape]
+        prompt = shape[-1] != "assistant"
+        cases.append((messages, prompt))
+        if has_system:
+            cases.append(([{"role": "system", "content": _SYSTEM}, *messages], prompt))
+    return cases
+
+
+def _refuse_dated(chat: Any) -> None:
+    """A template that writes today's date (strftime_now) renders differently every day; Ollama's
+    `currentDate` has another format, so no TEMPLATE can match it."""
+    from tunesmith.formatting.sandbox import compile_template, render_capped
+
+    dated = "\ue022"
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    variables = dict(chat.special_tokens, messages=messages, add_generation_prompt=False, tools=None,
+                     strftime_now=lambda fmt: dated)  # shadows the sandbox's global of that name
+    try:
+        text = render_capped(compile_template(chat.source, chat.name), variables)
+    except Exception:  # a refusal here is reported by the render checks that follow
+        return
+    if dated in text:
+        raise _unrepresentable(chat, "it writes today's date into every prompt (strftime_now); train with a "
+                                     "template without the date to export to Ollama")
+
+
+def _unrepresentable(chat: Any, reason: str) -> UserError:
+    return UserError(f"chat template {chat.name}: Ollama's TEMPLATE cannot represent it: {reason}")
+
+
+def _gguf_adds_bos(path: Path) -> bool:
+    """Whether the GGUF's tokenizer adds BOS itself (then the TEMPLATE must not write it again)."""
+    try:
+        from gguf import GGUFReader
+
+        field = GGUFReader(str(path)).fields.get("tokenizer.ggml.add_bos_token")
+        return bool(field is not None and field.parts[field.data[0]][0])
+    except Exception:  # not readable as GGUF (or no gguf package): assume it does not
+        return False
+
+
+def _relative_from(gguf_path: Path, folder: Path) -> str:
+    """FROM value: the GGUF relative to the Modelfile's folder, './' first when it lies inside it."""
+    relative = Path(os.path.relpath(gguf_path.resolve(), folder.resolve())).as_posix()
+    _check_modelfile_value("the GGUF path", relative)
+    return relative if relative.startswith("../") else f"./{relative}"
+
+
+def _check_modelfile_value(what: str, value: str) -> None:
+    """Ollama's Modelfile parser ends a value at `\"\"\"` and drops characters that are not printable."""
+    if '"""' in value or any(not (ch.isprintable() or ch in "\n\t") for ch in value):
+        raise UserError(f"{what} holds '\"\"\"' or unprintable characters, which an Ollama Modelfile cannot carry")
+
+
+def _print(text: str) -> str:
+    return f"{{{{ {_go_string(text)} }}}}" if text else ""
+
+
+def _go_string(text: str) -> str:
+    """A Go interpreted string literal for `text`; non-printable characters as escapes.
+
+    >>> print(_go_string('a "b"\\n{{c}}'))
+    "a \\"b\\"\\n{{c}}"
+    """
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch in "\n\t\r":
+            out.append({"\n": "\\n", "\t": "\\t", "\r": "\\r"}[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif 0xD800 <= ord(ch) <= 0xDFFF:
+            raise TunesmithError(f"template text holds a lone surrogate {ch!r}")
+        else:
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
+    return '"' + "".join(out) + '"'
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+# --- Go text/template, the subset `go_template` writes -----------------------------------------------
+
+_GO_TOKEN = re.compile(r"""\s*(?:("(?:\\.|[^"\\])*")|(`[^`]*`)|(\()|(\))|(:=|=)|(,)|(-?\d+)"""
+                       r"""|(\$[\w]*(?:\.\w+)*)|((?:\.\w+)+|\.)|([A-Za-z_]\w*))""")
+_GO_ESCAPE = re.compile(r"\\(?:x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|[abfnrtv\\'\"])")
+_GO_SIMPLE = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+
+
+def _go_lex(source: str) -> list[tuple[str, str]]:
+    """("text", literal) and ("action", body) items, with `{{-` / `-}}` whitespace trimming applied."""
+    items, pos = [], 0
+    while (start := source.find("{{", pos)) != -1:
+        text, begin = source[pos:start], start + 2
+        if source[begin : begin + 2] in ("- ", "-\n", "-\t", "-\r"):
+            text, begin = text.rstrip(" \t\r\n"), begin + 1
+        end = _go_action_end(source, begin)
+        body, pos = source[begin:end], end + 2
+        if body[-2:] in (" -", "\n-", "\t-", "\r-"):
+            body = body[:-1]
+            while pos < len(source) and source[pos] in " \t\r\n":
+                pos += 1
+        items.append(("text", text))
+        if not body.strip().startswith("/*"):  # a comment writes nothing
+            items.append(("action", body.strip()))
+    items.append(("text", source[pos:]))
+    return items
+
+
+def _go_action_end(source: str, pos: int) -> int:
+    """Index of the `}}` closing the action that starts at `pos` (quoted strings may hold braces)."""
+    while pos < len(source):
+        if source[pos] == '"':
+            pos += 1
+            while pos < len(source) and source[pos] != '"':
+                pos += 2 if source[pos] == "\\" else 1
+        elif source[pos] == "`":
+            pos = source.index("`", pos + 1)
+        elif source.startswith("}}", pos):
+            return pos
+        pos += 1
+    raise TunesmithError("Go template: unclosed action")
+
+
+def _go_parse(items: list[tuple[str, str]], at: list[int]) -> tuple[list, tuple[str, str] | None]:
+    """Nodes up to the next `end`/`else` (returned as the stop) or the end of the items."""
+    nodes: list = []
+    while at[0] < len(items):
+        kind, body = items[at[0]]
+        at[0] += 1
+        if kind == "text":
+            nodes.append(("text", body))
+        elif body == "end" or body == "else" or body.startswith("else if "):
+            return nodes, (body, body[len("else if "):] if body.startswith("else if ") else "")
+        elif body.startswith("if "):
+            branches, otherwise, condition = [], [], body[3:]
+            while True:
+                inner, stop = _go_parse(items, at)
+                branches.append((condition, inner))
+                if stop is None:
+                    raise TunesmithError("Go template: {{ if }} without {{ end }}")
+                if stop[0] == "end":
+                    break
+                if stop[0] == "else":
+                    otherwise, stop = _go_parse(items, at)
+                    if stop is None or stop[0] != "end":
+                        raise TunesmithError("Go template: {{ else }} without {{ end }}")
+                    break
+                condition = stop[1]
+            nodes.append(("if", branches, otherwise))
+        elif body.startswith("range "):
+            match = re.fullmatch(r"range\s+(?:(\$\w+)\s*,\s*(\$\w+)\s*:=\s*)?(.+)", body, re.S)
+            inner, stop = _go_parse(items, at)
+            if match is None or stop is None or stop[0] != "end":
+                raise TunesmithError(f"Go template: unsupported {{{{ {body} }}}}")
+            nodes.append(("range", match.group(1), match.group(2), match.group(3), inner))
+        elif match := re.fullmatch(r"(\$\w+)\s*(:?=)\s*(.+)", body, re.S):
+            nodes.append(("set", match.group(1), match.group(2) == ":=", match.group(3)))
+        else:
+            nodes.append(("print", body))
+    return nodes, None
+
+
+def _go_run(nodes: list, dot: Any, scopes: list[dict], out: list[str]) -> None:
+    for node in nodes:
+        if node[0] == "text":
+            out.append(node[1])
+        elif node[0] == "print":
+            out.append(_go_text(_go_eval(node[1], dot, scopes)))
+        elif node[0] == "set":
+            _, name, declare, expression = node
+            frame = scopes[-1] if declare else next((f for f in reversed(scopes) if name in f), None)
+            if frame is None:
+                raise TunesmithError(f"Go template: assignment to undeclared {name}")
+            frame[name] = _go_eval(expression, dot, scopes)
+        elif node[0] == "if":
+            for condition, body in node[1]:
+                if _go_truth(_go_eval(condition, dot, scopes)):
+                    _go_run(body, dot, [*scopes, {}], out)
+                    break
+            else:
+                _go_run(node[2], dot, [*scopes, {}], out)
+        else:  # range
+            _, key, value, expression, body = node
+            for index, element in enumerate(_go_eval(expression, dot, scopes)):
+                frame = {key: index, value: element} if key else {}
+                _go_run(body, element, [*scopes, frame], out)
+
+
+def _go_eval(expression: str, dot: Any, scopes: list[dict]) -> Any:
+    tokens, pos = [], 0
+    while pos < len(expression.rstrip()):
+        match = _GO_TOKEN.match(expression, pos)
+        if match is None:
+            raise TunesmithError(f"Go template: cannot read {expression[pos:]!r}")
+        tokens.append((match.lastindex, match.group(match.lastindex)))
+        pos = match.end()
+    value, rest = _go_command(tokens, dot, scopes)
+    if rest:
+        raise TunesmithError(f"Go template: unsupported expression {expression!r}")
+    return value
+
+
+def _go_command(tokens: list, dot: Any, scopes: list[dict]) -> tuple[Any, list]:
+    """Evaluate `fn arg...` or a single operand; return it and the tokens from the closing parenthesis on."""
+    operands, rest = [], tokens
+    while rest and rest[0][0] != 4:
+        kind, text = rest[0]
+        if kind == 3:
+            value, rest = _go_command(rest[1:], dot, scopes)
+            if not rest:
+                raise TunesmithError("Go template: unclosed parenthesis")
+            operands.append(value)  # `rest` starts at the closing parenthesis, skipped below
+        elif kind in (1, 2):
+            operands.append(_go_unquote(text) if kind == 1 else text[1:-1])
+        elif kind == 7:
+            operands.append(int(text))
+        elif kind == 8:
+            name, *fields = text.split(".")
+            frame = next((f for f in reversed(scopes) if name in f), None)
+            if frame is None:
+                raise TunesmithError(f"Go template: undefined variable {name}")
+            operands.append(_go_fields(frame[name], fields))
+        elif kind == 9:
+            operands.append(_go_fields(dot, [f for f in text.split(".") if f]))
+        elif kind == 10:
+            operands.append(("function", text))
+        else:
+            raise TunesmithError(f"Go template: unsupported {text!r}")
+        rest = rest[1:]
+    if operands and isinstance(operands[0], tuple) and operands[0][0] == "function":
+        return _go_call(operands[0][1], operands[1:]), rest
+    if len(operands) != 1:
+        raise TunesmithError("Go template: expected one value")
+    return operands[0], rest
+
+
+def _go_call(name: str, args: list) -> Any:
+    if name == "eq":
+        return any(args[0] == other for other in args[1:])
+    if name == "ne":
+        return args[0] != args[1]
+    if name in ("and", "or"):
+        for arg in args:  # Go returns the first argument that decides, else the last
+            if _go_truth(arg) != (name == "and"):
+                return arg
+        return args[-1]
+    if name == "not":
+        return not _go_truth(args[0])
+    if name == "len":
+        return len(args[0])
+    if name == "slice":
+        return args[0][args[1] if len(args) > 1 else None : args[2] if len(args) > 2 else None]
+    if name in ("true", "false"):
+        return name == "true"
+    raise TunesmithError(f"Go template: unsupported function {name}")
+
+
+def _go_fields(value: Any, fields: list[str]) -> Any:
+    for field in fields:
+        if not isinstance(value, dict) or field not in value:
+            raise TunesmithError(f"Go template: no field {field}")
+        value = value[field]
+    return value
+
+
+def _go_truth(value: Any) -> bool:
+    return value not in (None, False, 0, "") and not (isinstance(value, (list, dict)) and not value)
+
+
+def _go_text(value: Any) -> str:
+    if value is None:
+        return "<no value>"
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _go_unquote(literal: str) -> str:
+    def one(match: re.Match) -> str:
+        code = match.group(0)[1:]
+        if code[0] in "xuU":
+            return chr(int(code[1:], 16))
+        return _GO_SIMPLE.get(code, code)
+
+    return _GO_ESCAPE.sub(one, literal[1:-1])
+
