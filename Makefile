@@ -15,12 +15,12 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast setup clean browser golang llamacpp
+.PHONY: demo test test-fast setup clean browser golang llamacpp sshd
 
 demo: $(STAMP)
 	$(VENV)/bin/tunesmith quickstart
 
-test: $(STAMP) browser golang
+test: $(STAMP) browser golang sshd
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 # Unit tests only (no embedded model): seconds.
@@ -60,6 +60,21 @@ golang:
 	    || echo "WARNING: apt-get could not install golang-go; the real-Go Modelfile test is skipped"; \
 	else \
 	  echo "go not found: the real-Go Modelfile test is skipped (Debian: apt-get install -y golang-go)"; \
+	fi
+
+# OpenSSH's server for tests/integration/test_remote_ssh.py (`tunesmith remote` against a real sshd on 127.0.0.1,
+# started by the tests themselves with temporary keys and port; nothing runs as a service). Installed with
+# apt-get where possible; without it those tests are skipped and say why.
+sshd:
+	@if [ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1; then \
+	  :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "Installing openssh-server (apt-get) for the remote-training tests"; \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssh-server >/dev/null 2>&1 \
+	    || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssh-server)) \
+	    || echo "WARNING: apt-get could not install openssh-server; the remote-training tests are skipped"; \
+	else \
+	  echo "sshd not found: the remote-training tests are skipped (Debian: apt-get install -y openssh-server)"; \
 	fi
 
 # Headless Chromium for tests/integration/test_report_browser.py (report.html in a real browser):

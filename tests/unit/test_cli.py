@@ -10,7 +10,7 @@ import pytest
 
 from tunesmith.cli.main import build_parser, main
 
-VERBS = ["train", "quickstart", "eval", "generate", "chat", "data", "inspect", "merge", "export", "push"]
+VERBS = ["train", "quickstart", "eval", "generate", "chat", "data", "inspect", "merge", "export", "push", "remote", "plan", "doctor"]
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ from tunesmith import __version__
 from tunesmith.errors import TunesmithError, UserError
 
 VERB_MODULES = ("tunesmith.cli.train", "tunesmith.cli.evaluate", "tunesmith.cli.data", "tunesmith.cli.inspect",
-                "tunesmith.cli.export")
+                "tunesmith.cli.export", "tunesmith.cli.remote", "tunesmith.cli.plan")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,88 @@
+"""`tunesmith doctor`: what this machine can run, and what that means for a config."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import Config
+
+
+def _version(module: str) -> str | None:
+    if importlib.util.find_spec(module) is None:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version({"flash_attn": "flash-attn"}.get(module, module))
+    except PackageNotFoundError:
+        return "installed"
+
+
+def _free_gb(path: Path) -> float | None:
+    path = path.expanduser()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return round(shutil.disk_usage(path).free / 2**30, 1)
+    except OSError:
+        return None
+
+
+def diagnose(config: Config | None = None) -> dict[str, Any]:
+    """Facts about this environment and, for `config`, what they mean (`advice`)."""
+    import torch
+
+    from tunesmith.training.hardware import cpu_has_native_bf16
+
+    facts: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda,
+                             "cuda_available": torch.cuda.is_available(), "gpus": []}
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        props = torch.cuda.get_device_properties(i)
+        facts["gpus"].append({"name": props.name, "memory_gb": round(props.total_memory / 2**30, 1),
+                              "capability": f"{props.major}.{props.minor}"})
+    facts["bf16"] = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_native_bf16()
+    facts["fp16"] = torch.cuda.is_available()
+    facts["bitsandbytes"] = _version("bitsandbytes")
+    facts["flash_attn"] = _version("flash_attn")
+    facts["flex_attention"] = importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+    facts["transformers"] = _version("transformers")
+    facts["peft"] = _version("peft")
+    facts["cpu_cores"] = len(__import__("os").sched_getaffinity(0))
+    cache = Path("~/.cache/tunesmith")
+    facts["free_disk_gb"] = {"cache": _free_gb(cache), "runs": _free_gb(Path(config.output_dir if config else "runs"))}
+    facts["advice"] = advice(facts, config)
+    return facts
+
+
+def advice(facts: dict[str, Any], config: Config | None) -> list[str]:
+    """What the facts mean for the user's config (or in general)."""
+    notes: list[str] = []
+    gpu = facts["cuda_available"]
+    if not gpu:
+        notes.append("no CUDA GPU: training runs on CPU (fine for the embedded 135M model; slow beyond ~1B); "
+                     "qlora, load_in_8bit and 8-bit optimizers are not available")
+    if not facts["bf16"]:
+        notes.append("no native bf16: precision auto trains in fp32" + (" (fp16 with loss scaling on this GPU)" if gpu else ""))
+    if gpu and not facts["bitsandbytes"]:
+        notes.append("bitsandbytes is missing: method qlora and 8-bit optimizers need `pip install bitsandbytes`")
+    if gpu and not facts["flash_attn"]:
+        notes.append("flash-attn is not installed: attention auto uses sdpa (packed batches build a T x T mask; "
+                     "flash_attention_2 avoids it for long packed micro-batches)")
+    for where, free in facts["free_disk_gb"].items():
+        if free is not None and free < 5:
+            notes.append(f"only {free} GB free for the {where} folder; checkpoints and merged models need more")
+    if config is not None:
+        if config.method == "qlora" and not (gpu and facts["bitsandbytes"]):
+            notes.append(f"your config's method qlora cannot run here: it needs a CUDA GPU with bitsandbytes")
+        if config.model.attention == "flash_attention_2" and not facts["flash_attn"]:
+            notes.append("your config asks for flash_attention_2, which is not installed here")
+        if config.train.optimizer in ("adamw_8bit", "paged_adamw_8bit") and not (gpu and facts["bitsandbytes"]):
+            notes.append(f"your config's optimizer {config.train.optimizer} needs a CUDA GPU with bitsandbytes")
+        if config.train.precision == "fp16" and not gpu:
+            notes.append("your config's precision fp16 needs a CUDA GPU")
+    if not notes:
+        notes.append("everything tunesmith uses is available")
+    return notes

@@ -1,0 +1,642 @@
+"""Peak-memory estimates for a run, from the model's config and the data's real token counts.
+
+Nothing is estimated by rule of thumb where it can be counted:
+
+- Parameters: the model is built from its config on the meta device (no memory), the real PEFT
+  adapter is attached there, and parameters are counted.
+- Activations: one forward pass runs on the meta device with the real micro-batch shape, under a
+  `saved_tensors_hooks` that records every tensor autograd keeps for the backward pass (each
+  storage once, parameters left out). Mixed precision and 4-bit bases are emulated on meta
+  (`_Emulation`): matmul inputs are cast as autocast / bitsandbytes would, so the copies they save
+  are counted. Attention kernels do not run on meta, so what they save is recorded from their
+  contract (q, k, v, output, log-sum-exp; the T x T weights for `eager`), and the packed
+  block-diagonal mask is added.
+- Logits: tunesmith runs the output head only at positions whose next token trains
+  (training/trainer.py), so the loss term scales with trained tokens: the float32 log-softmax, its
+  gradient and the gradient of the logits live together at the start of the backward pass.
+- Weights, gradients, optimizer states: bytes per trained parameter by dtype and optimizer.
+
+Peak = weights + optimizer states + max(activations + logits + the head's gradient at the start of
+the backward pass, all gradients + the optimizer step's temporaries at its end): gradients grow
+while activations are freed, so the two never peak together. On CPU the process also pays for
+glibc's allocator (freed blocks it keeps): `CPU_ALLOCATOR_OVERHEAD`, measured, see below.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tunesmith.config import Config
+from tunesmith.errors import UserError
+
+METHODS = ("full", "lora", "qlora")
+CPU_ALLOCATOR_OVERHEAD = 0.65
+"""Resident memory glibc keeps on CPU beyond the live tensors, as a share of the activation phase
+(activations + logits). Activations and the forward pass's temporaries are mid-sized blocks that
+glibc serves from its heap once its dynamic mmap threshold has risen (up to 32 MiB); the holes the
+temporaries leave are not all reused, nor returned. Measured on the embedded model, fp32, 512
+tokens per micro-batch: peak RSS above the idle process minus the live tensors was 0.87x the
+activation phase for LoRA and 0.46x for full fine-tuning (whose gradients and optimizer states,
+of the same sizes, fill the holes). With MALLOC_MMAP_THRESHOLD_=131072 the extra all but vanishes
+(live tensors within 5% of the peak)."""
+CUDA_CONTEXT_BYTES = 600 * 2**20
+"""CUDA context and kernels: memory a GPU process uses outside `torch.cuda.memory_allocated`."""
+CUDA_HEADROOM = 0.08
+"""Share of a GPU kept free for the caching allocator's fragmentation when recommending settings."""
+NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
+"""4-bit NF4 with double quantization: half a byte, an 8-bit absmax per 64 values, an fp32 absmax
+per 256 of those."""
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """The largest micro-batch the data gives, and what one epoch holds."""
+
+    rows: int  # tensor rows of the micro-batch (1 when packed: bins are concatenated)
+    tokens: int  # positions in the micro-batch, padding included
+    trained: int  # positions whose next token trains (where the output head runs)
+    longest: int  # the longest attention span (a bin, or the padded width)
+    sequences: int  # training sequences per epoch (bins when packed, else rows)
+    epoch_tokens: int
+    epoch_trained: int
+    max_length: int
+    mean_sequence: float  # mean conversation length (for attention FLOPs)
+    mean_micro_tokens: float = 0.0
+
+
+@dataclass
+class MemoryEstimate:
+    """Predicted peak memory of a run, by part (bytes)."""
+
+    method: str
+    device_kind: str
+    parts: dict[str, int]
+    total_bytes: int
+    trainable: int
+    total_parameters: int
+    batch: MicroBatch
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["total_gb"] = round(self.total_bytes / 2**30, 3)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# models on the meta device
+
+
+def hf_config_for(config: Config) -> Any:
+    """The model's transformers config, read from its folder or the hub (no weights)."""
+    from transformers import AutoConfig
+
+    from tunesmith.models.load import resolve_model
+
+    try:
+        ref = resolve_model(config.model.name, revision=config.model.revision)
+    except UserError as err:
+        raise UserError(f"{config.origin('model.name')}: model.name: {err}") from None
+    return AutoConfig.from_pretrained(ref.path, revision=ref.revision)
+
+
+def meta_model(hf_config: Any, *, method: str = "lora", r: int = 16, alpha: float = 32,
+               target_modules: list[str] | str = "all-linear", dora: bool = False, dtype: Any = None,
+               attention: str = "sdpa") -> Any:
+    """The model of `hf_config` on the meta device, with the real PEFT adapter for lora/qlora."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype or torch.float32,
+                                                 attn_implementation=attention)
+    if method == "full":
+        model.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    peft_config = LoraConfig(r=r, lora_alpha=alpha, target_modules=target_modules, use_dora=dora,
+                             task_type="CAUSAL_LM", bias="none")
+    return get_peft_model(model, peft_config)
+
+
+def parameter_counts(hf_config: Any, *, method: str = "lora", r: int = 16, target_modules: list[str] | str = "all-linear",
+                     dora: bool = False) -> tuple[int, int]:
+    """(trainable, total) parameters, counted on a meta-device model with the real adapter."""
+    model = meta_model(hf_config, method=method, r=r, target_modules=target_modules, dora=dora)
+    return _counts(model)
+
+
+def _counts(model: Any) -> tuple[int, int]:
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():  # tied weights are one parameter; .parameters() yields it once
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return trainable, total
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+def micro_batch(config: Config, *, console: Any = None, max_length: int | None = None,
+                batch_size: int | None = None) -> MicroBatch:
+    """The largest micro-batch of the training split as tunesmith will build it (templated,
+    tokenized, cut to max_length and packed by the real pipeline; no model weights loaded)."""
+    from tunesmith.training.prepare import prepare
+
+    config = _with(config, {"template.max_length": max_length} if max_length else {})
+    prepared = prepare(config, console or _QuietConsole(), print_warnings=False)
+    rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in prepared.splits["train"].examples]
+    return shape_of(rows, config, batch_size=batch_size)
+
+
+def shape_of(rows: list[dict], config: Config, *, batch_size: int | None = None) -> MicroBatch:
+    """A `MicroBatch` from encoded rows (`input_ids`, `labels`) under the config's packing."""
+    from tunesmith.formatting.packing import pack
+
+    b = batch_size or config.train.batch_size
+    length = config.template.max_length
+    sequences = pack(rows, length) if config.train.packing == "bins" else rows
+    sizes = [len(s["input_ids"]) for s in sequences]
+    # trained positions: labels that are not -100 after each sequence's first (the collator masks it)
+    trained = [sum(1 for x in s["labels"][1:] if x != -100) for s in sequences]
+    top = sorted(range(len(sequences)), key=lambda i: -sizes[i])[:b]
+    top_trained = sum(sorted(trained, reverse=True)[:b])
+    if config.train.packing == "bins":
+        tokens, n_rows, longest = sum(sizes[i] for i in top), 1, max(sizes, default=0)
+    else:
+        longest = max(sizes, default=0)
+        tokens, n_rows = longest * min(b, len(sizes)), min(b, len(sizes))
+    n = max(len(rows), 1)
+    return MicroBatch(rows=n_rows, tokens=max(tokens, 1), trained=max(top_trained, 1), longest=longest,
+                      sequences=len(sequences), epoch_tokens=sum(sizes), epoch_trained=sum(trained),
+                      max_length=length, mean_sequence=sum(len(r["input_ids"]) for r in rows) / n,
+                      mean_micro_tokens=sum(sizes) / max(math.ceil(len(sizes) / b), 1))
+
+
+def scaled_batch(batch: MicroBatch, *, batch_size_from: int, batch_size_to: int,
+                 max_length: int | None = None) -> MicroBatch:
+    """`batch` with another micro-batch size (and max_length): tokens scale with the bins per
+    micro-batch; a shorter max_length caps every bin (rows are cut)."""
+    scale = batch_size_to / batch_size_from
+    tokens, trained, longest = batch.tokens * scale, batch.trained * scale, batch.longest
+    if max_length and max_length < batch.max_length:
+        cut = max_length / batch.max_length
+        tokens, trained, longest = tokens * cut, trained * cut, min(longest, max_length)
+    return MicroBatch(rows=batch.rows if batch.rows == 1 else batch_size_to, tokens=max(int(tokens), 1),
+                      trained=max(int(trained), 1), longest=longest, sequences=batch.sequences,
+                      epoch_tokens=batch.epoch_tokens, epoch_trained=batch.epoch_trained,
+                      max_length=max_length or batch.max_length, mean_sequence=batch.mean_sequence,
+                      mean_micro_tokens=batch.mean_micro_tokens * scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# activations on the meta device
+
+
+class _Tally:
+    """Bytes of the distinct storages autograd saves for backward (parameters left out)."""
+
+    def __init__(self, excluded: set[int]):
+        self.excluded = excluded
+        self.sizes: dict[int, int] = {}
+        self.owner: dict[int, str] = {}
+        self.where = "other"
+
+    def add(self, tensor: Any, nbytes: int | None = None) -> None:
+        key = tensor.untyped_storage()._cdata
+        if key in self.excluded:
+            return
+        size = nbytes if nbytes is not None else tensor.untyped_storage().nbytes()
+        if size > self.sizes.get(key, -1):
+            self.sizes[key] = size
+            self.owner.setdefault(key, self.where)
+
+    def extra(self, nbytes: int) -> None:
+        self.sizes[-len(self.sizes) - 1] = nbytes
+        self.owner[-len(self.sizes)] = self.where
+
+    def by_owner(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for key, size in self.sizes.items():
+            out[self.owner.get(key, self.where)] = out.get(self.owner.get(key, self.where), 0) + size
+        return out
+
+
+_TALLY: _Tally | None = None
+_KERNEL = "sdpa"
+
+
+def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: Any = None,
+               dropout: float = 0.0, **kwargs: Any) -> tuple[Any, None]:
+    """Stand-in attention for the meta pass: records what the real kernel saves for backward."""
+    import torch
+
+    tally = _TALLY
+    b, h, t, d = query.shape
+    if _KERNEL == "eager":
+        from transformers.models.llama.modeling_llama import eager_attention_forward
+
+        return eager_attention_forward(module, query, key, value, attention_mask, scaling=scaling or 1.0,
+                                       dropout=dropout, **kwargs)
+    kv_heads = key.shape[1]
+    out = torch.empty(b, t, h, value.shape[-1], dtype=query.dtype, device=query.device)
+    if tally is not None:
+        # sdpa with a mask (packed bins, padding) repeats k/v to every head; flash attention does not
+        repeat = h // kv_heads if _KERNEL == "sdpa" else 1
+        for x in (query,):
+            tally.add(x)
+        for x in (key, value):
+            tally.extra(x.numel() * x.element_size() * repeat) if repeat > 1 else tally.add(x)
+        tally.extra(out.numel() * out.element_size())
+        tally.extra(b * h * t * 4)  # log-sum-exp, float32
+    # keep the graph connected (q, k, v all get gradients) without saving anything else
+    out = out + (query.sum() + key.sum() + value.sum()) * 0
+    return out, None
+
+
+class _Emulation:
+    """What autocast and bitsandbytes do to matmul inputs, emulated on meta (which has neither):
+    matmul inputs are cast to `dtype` (the copies are what autograd saves); a 4-bit base layer
+    returns its output in its input's dtype, as bitsandbytes' Linear4bit does."""
+
+    def __init__(self, dtype: Any, quantized: set[int]):
+        from torch.overrides import TorchFunctionMode
+
+        import torch
+        import torch.nn.functional as F
+
+        emulation = self
+        self.dtype, self.quantized = dtype, quantized
+        matmuls = {F.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.mm}
+
+        class Mode(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                if func in matmuls and emulation.dtype is not None:
+                    weight = args[1] if len(args) > 1 else kwargs.get("weight")
+                    first = args[0]
+                    cast = [a.to(emulation.dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                            for a in args]
+                    out = func(*cast, **kwargs)
+                    if func is F.linear and id(weight) in emulation.quantized:
+                        out = out.to(first.dtype)
+                    return out
+                return func(*args, **kwargs)
+
+        self.mode = Mode()
+
+
+def activation_bytes(model: Any, batch: MicroBatch, *, checkpointing: bool, attention: str = "sdpa",
+                     compute_dtype: Any = None, quantized: set[int] | None = None) -> dict[str, int]:
+    """Bytes autograd keeps for the backward pass of one micro-batch, from a meta forward pass of
+    the decoder (the output head is counted apart, see `logits_bytes`)."""
+    import torch
+    from transformers import AttentionInterface
+
+    global _TALLY, _KERNEL
+    AttentionInterface.register("tunesmith_plan", _attention)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = inner.get_decoder()
+    layers = _decoder_layers(decoder)
+    excluded = {p.untyped_storage()._cdata for p in model.parameters()}
+    excluded |= {b.untyped_storage()._cdata for b in model.buffers()}
+    tally = _Tally(excluded)
+    hooks = []
+    for index, layer in enumerate(layers):
+        hooks.append(layer.register_forward_pre_hook(lambda m, a, i=index: setattr(tally, "where", f"layer{i}")))
+        hooks.append(layer.register_forward_hook(lambda m, a, o: setattr(tally, "where", "other")))
+    configs = [inner.config, *[getattr(inner.config, k) for k in ("text_config",) if hasattr(inner.config, k)]]
+    saved_impl = [c._attn_implementation for c in configs]
+    for c in configs:
+        c._attn_implementation = "tunesmith_plan"
+    _TALLY, _KERNEL = tally, attention
+    per_row = batch.tokens // batch.rows
+    ids = torch.zeros(batch.rows, per_row, dtype=torch.long, device="meta")
+    emulation = _Emulation(compute_dtype, quantized or set())
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: (tally.add(t), t)[1], lambda t: t), emulation.mode:
+            embeds = inner.get_input_embeddings()(ids)
+            if not embeds.requires_grad:  # LoRA without trained embeddings: the first layer's input
+                embeds = embeds.detach().requires_grad_(checkpointing)
+            hidden = decoder(inputs_embeds=embeds, use_cache=False).last_hidden_state
+    finally:
+        _TALLY = None
+        for c, impl in zip(configs, saved_impl):
+            c._attn_implementation = impl
+        for hook in hooks:
+            hook.remove()
+    del hidden
+    owners = tally.by_owner()
+    per_layer = [owners.get(f"layer{i}", 0) for i in range(len(layers))]
+    other = owners.get("other", 0)
+    element = torch.empty((), dtype=compute_dtype or next(model.parameters()).dtype).element_size()
+    layer_input = batch.tokens * inner.config.get_text_config().hidden_size * element
+    if checkpointing:  # each layer keeps its input; one layer's activations exist again in backward
+        layers_total = len(layers) * layer_input + max(per_layer, default=0)
+    else:
+        layers_total = sum(per_layer)
+    return {"layers": int(layers_total), "other": int(other), "mask": _mask_bytes(batch, attention, element, len(layers))}
+
+
+def _decoder_layers(decoder: Any) -> list[Any]:
+    for name in ("layers", "h", "blocks"):
+        found = getattr(decoder, name, None)
+        if found is not None:
+            return list(found)
+    raise UserError(f"plan: cannot find the decoder layers of {type(decoder).__name__}")
+
+
+def _mask_bytes(batch: MicroBatch, attention: str, element: int, layers: int) -> int:
+    """The attention mask of packed or padded batches: one bool mask, and the float copy sdpa makes
+    of it in every layer (each kept for that layer's backward). Flash attention takes sequence
+    boundaries instead."""
+    if attention.startswith("flash"):
+        return 0
+    per_row = batch.tokens // batch.rows
+    return int(batch.rows * per_row * per_row * (1 + layers * element))
+
+
+def logits_bytes(batch: MicroBatch, vocab: int, compute_element: int) -> int:
+    """At the start of the backward pass: the float32 log-softmax kept by cross-entropy, its
+    gradient, and the gradient of the logits (float32), over the trained positions only."""
+    live = 3 * 4 + (compute_element if compute_element != 4 else 0)
+    return int(batch.trained * vocab * live)
+
+
+# ----------------------------------------------------------------------------------------------
+# the estimate
+
+
+def _dtypes(config: Config, method: str, device_kind: str, bf16: bool | None) -> tuple[Any, Any, str]:
+    """(weight dtype, compute dtype, precision) as the trainer would pick them."""
+    import torch
+
+    if device_kind == "cuda":
+        if bf16 is None:
+            bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        auto = torch.bfloat16 if bf16 else torch.float32
+        precision = {"auto": "bf16" if bf16 else "fp16"}.get(config.train.precision, config.train.precision)
+    else:
+        from tunesmith.training.hardware import cpu_has_native_bf16
+
+        auto = torch.float32
+        precision = {"auto": "bf16" if cpu_has_native_bf16() else "fp32"}.get(config.train.precision,
+                                                                              config.train.precision)
+    weight = auto if config.model.dtype == "auto" else getattr(torch, config.model.dtype)
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    if weight != torch.float32 and compute == torch.float32:
+        compute = weight
+    return weight, compute, precision
+
+
+def estimate_memory(config: Config, *, method: str | None = None, device_kind: str = "cpu",
+                    batch: MicroBatch | None = None, hf_config: Any = None, bf16: bool | None = None,
+                    console: Any = None) -> MemoryEstimate:
+    """Predicted peak memory of training `config` (with `method` instead of its own, if given) on
+    `device_kind` ("cpu": resident memory above the idle process; "cuda": what
+    `torch.cuda.max_memory_allocated` reports). No weights are allocated."""
+    import torch
+
+    method = method or config.method
+    if method not in METHODS:
+        raise UserError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    hf_config = hf_config or hf_config_for(config)
+    batch = batch or micro_batch(config, console=console)
+    weight_dtype, compute_dtype, precision = _dtypes(config, method, device_kind, bf16)
+    if method == "qlora":
+        weight_dtype = compute_dtype if compute_dtype != torch.float32 else torch.bfloat16
+    attention = _attention_kernel(config, device_kind)
+    lora = config.lora
+    model = meta_model(hf_config, method="full" if method == "full" else "lora", r=lora.r, alpha=lora.alpha,
+                       target_modules=lora.target_modules, dora=lora.dora, dtype=weight_dtype,
+                       attention="sdpa")
+    trainable, total = _counts(model)
+    quantized = _quantized_weights(model) if (method == "qlora" or config.model.load_in_8bit) else set()
+    if method == "qlora":  # peft's prepare_model_for_kbit_training: every parameter not 4-bit in float32
+        upcast: dict[int, Any] = {}
+        for module in model.modules():
+            for name, p in list(module.named_parameters(recurse=False)):
+                if id(p) not in quantized and p.dtype != torch.float32:
+                    if id(p) not in upcast:  # tied weights stay one parameter
+                        upcast[id(p)] = torch.nn.Parameter(p.to(torch.float32), requires_grad=p.requires_grad)
+                    setattr(module, name, upcast[id(p)])
+    weights, adapter, trained_bytes = _weight_bytes(model, quantized, bits=4 if method == "qlora" else 8)
+    state_bytes, step_temp = _optimizer_bytes(model, config.train.optimizer, device_kind)
+    emulate = compute_dtype if compute_dtype != torch.float32 else None  # autocast is on in bf16/fp16 runs
+    act = activation_bytes(model, batch, checkpointing=config.train.gradient_checkpointing, attention=attention,
+                           compute_dtype=emulate, quantized=quantized)
+    vocab = hf_config.get_text_config().vocab_size
+    element = torch.empty((), dtype=compute_dtype).element_size()
+    logits = logits_bytes(batch, vocab, element)
+    head = model.get_output_embeddings() if not hasattr(model, "get_base_model") else \
+        model.get_base_model().get_output_embeddings()
+    head_grad = sum(p.numel() * p.element_size() for p in head.parameters() if p.requires_grad)
+    parts = {
+        "weights": weights,
+        "adapter": adapter,
+        "gradients": trained_bytes,
+        "optimizer": state_bytes,
+        "activations": act["layers"] + act["other"] + act["mask"],
+        "logits": logits,
+    }
+    forward_phase = parts["activations"] + logits + head_grad
+    step_phase = trained_bytes + step_temp
+    live = weights + adapter + state_bytes + max(forward_phase, step_phase)
+    if device_kind == "cpu":
+        parts["allocator"] = int((parts["activations"] + logits) * CPU_ALLOCATOR_OVERHEAD)
+    total_bytes = live + parts.get("allocator", 0)
+    settings = {"micro_batch": config.train.batch_size, "gradient_accumulation": config.train.gradient_accumulation,
+                "max_length": config.template.max_length, "gradient_checkpointing": config.train.gradient_checkpointing,
+                "precision": precision, "attention": attention, "optimizer": config.train.optimizer,
+                "weight_dtype": str(weight_dtype).removeprefix("torch."), "tokens_per_micro_batch": batch.tokens,
+                "trained_positions_per_micro_batch": batch.trained, "optimizer_step_temporaries": step_temp,
+                "head_gradient": head_grad}
+    return MemoryEstimate(method, device_kind, parts, int(total_bytes), trainable, total, batch, settings)
+
+
+def _attention_kernel(config: Config, device_kind: str) -> str:
+    setting = config.model.attention
+    if setting == "auto":
+        return "sdpa"
+    return setting if setting != "flex_attention" else "flash_attention_2"  # flex keeps O(T) too
+
+
+def _quantized_weights(model: Any) -> set[int]:
+    """ids of the base linear weights bitsandbytes would quantize (every nn.Linear but the head)."""
+    import torch
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = inner.get_output_embeddings()
+    out: set[int] = set()
+    for name, module in inner.named_modules():
+        if type(module) is torch.nn.Linear and module is not head and "lora_" not in name:
+            out.add(id(module.weight))
+    return out
+
+
+def _weight_bytes(model: Any, quantized: set[int], bits: int) -> tuple[int, int, int]:
+    """(frozen or full weights, adapter weights, gradient bytes)."""
+    seen: set[int] = set()
+    weights = adapter = grads = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        if id(p) in quantized:
+            size = int(p.numel() * (NF4_BYTES_PER_PARAM if bits == 4 else 1 + 4 / 4096))
+        else:
+            size = p.numel() * p.element_size()
+        if p.requires_grad:
+            grads += p.numel() * p.element_size()
+        if p.requires_grad and hasattr(model, "get_base_model"):
+            adapter += size
+        else:
+            weights += size
+    return weights, adapter, grads
+
+
+def _optimizer_bytes(model: Any, optimizer: str, device_kind: str) -> tuple[int, int]:
+    """(optimizer state bytes, temporaries of one optimizer step) for the trained parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    sizes = [p.numel() * p.element_size() for p in params]
+    total = sum(sizes)
+    if optimizer in ("adamw", "adamw_fused"):
+        # torch AdamW: exp_avg and exp_avg_sq like each parameter. The step's temporaries: foreach
+        # (the CUDA default) makes a sqrt of every exp_avg_sq at once; the per-tensor loop (CPU)
+        # two of the largest parameter; fused none
+        if optimizer == "adamw_fused":
+            temp = 0
+        elif device_kind == "cuda":
+            temp = total
+        else:
+            temp = 2 * max(sizes, default=0)
+        return 2 * total, temp
+    if optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        # bitsandbytes: 8-bit states (+ an fp32 absmax per 2048) for tensors of >= 4096 values,
+        # float32 states for smaller ones
+        state = sum(2 * (p.numel() + 4 * math.ceil(p.numel() / 2048)) if p.numel() >= 4096 else 8 * p.numel()
+                    for p in params)
+        return state, 0
+    if optimizer == "adafactor":
+        state = sum((p.shape[0] + p.shape[-1]) * 4 if p.dim() >= 2 else p.numel() * 4 for p in params)
+        return state, max(sizes, default=0)
+    return 0, 0  # sgd without momentum
+
+
+def peak_memory_for_config(config: Config) -> int:
+    """Predicted peak GPU memory (bytes, as `torch.cuda.max_memory_allocated` reports) of `config`
+    with its own method; for `tunesmith remote check` and other scripts."""
+    return estimate_memory(config, device_kind="cuda").total_bytes
+
+
+def _with(config: Config, overrides: dict[str, Any]) -> Config:
+    """`config` with dotted keys replaced (a new validated Config)."""
+    if not overrides:
+        return config
+    data = config.model_dump()
+    for key, value in overrides.items():
+        node = data
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    new = Config.model_validate(data)
+    return new.with_origins(dict(config._origins))
+
+
+class _QuietConsole:
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------------------------
+# recommended settings and time
+
+
+def recommend(config: Config, *, target_bytes: int, device_kind: str, methods: tuple[str, ...] | None = None,
+              batch: MicroBatch | None = None, hf_config: Any = None, bf16: bool | None = None) -> dict[str, Any]:
+    """Settings that fit `target_bytes`: the config's method first (QLoRA only on CUDA), without
+    gradient checkpointing if possible (faster), the largest micro-batch up to the config's, the
+    config's max_length if anything fits with it; gradient accumulation keeps the effective batch
+    (micro-batch x accumulation) of the config."""
+    hf_config = hf_config or hf_config_for(config)
+    batch = batch or micro_batch(config)
+    usable = target_bytes * (1 - CUDA_HEADROOM) - CUDA_CONTEXT_BYTES if device_kind == "cuda" else target_bytes
+    order = [config.method, *[m for m in ("lora", "qlora", "full") if m != config.method]]
+    order = [m for m in order if (methods is None or m in methods) and (m != "qlora" or device_kind == "cuda")]
+    effective = config.train.batch_size * config.train.gradient_accumulation
+    lengths = [config.template.max_length]
+    while lengths[-1] // 2 >= 256:
+        lengths.append(lengths[-1] // 2)
+    for length in lengths:
+        for method in order:
+            for checkpointing in (False, True):
+                micro = config.train.batch_size
+                while micro >= 1:
+                    trial = _with(config, {"train.batch_size": micro, "template.max_length": length,
+                                           "train.gradient_checkpointing": checkpointing})
+                    shaped = scaled_batch(batch, batch_size_from=config.train.batch_size, batch_size_to=micro,
+                                          max_length=length)
+                    found = estimate_memory(trial, method=method, device_kind=device_kind, batch=shaped,
+                                            hf_config=hf_config, bf16=bf16)
+                    if found.total_bytes <= usable:
+                        return {"fits": True, "method": method, "micro_batch": micro,
+                                "gradient_accumulation": max(1, math.ceil(effective / micro)), "max_length": length,
+                                "gradient_checkpointing": checkpointing, "peak_bytes": found.total_bytes,
+                                "target_bytes": int(target_bytes),
+                                "note": "" if length == config.template.max_length else
+                                f"rows longer than {length} tokens are cut"}
+                    micro //= 2
+    return {"fits": False, "target_bytes": int(target_bytes), "method": None,
+            "note": "nothing fits: try a smaller model, QLoRA on a GPU, or more memory"}
+
+
+CPU_EFFICIENCY = 0.5
+"""Share of the measured matmul rate a CPU training step reaches (attention, norms, the optimizer)."""
+
+
+def cpu_flops_per_second(seconds: float = 1.0) -> float:
+    """float32 matmul rate of this machine, measured for about `seconds`."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        done += 1
+    return done * 2 * 1024 ** 3 / (time.perf_counter() - started)
+
+
+def time_estimate(config: Config, estimate: MemoryEstimate, hf_config: Any, *, flops_per_second: float,
+                  step_seconds: float | None = None) -> dict[str, Any]:
+    """Optimizer steps and seconds per epoch: from a measured step time if given, else from the
+    model's FLOPs (6N per token for full fine-tuning, 4N for adapters, +2N with checkpointing,
+    attention, and the head at trained positions only) at `flops_per_second`."""
+    text = hf_config.get_text_config()
+    batch = estimate.batch
+    micro_steps = math.ceil(batch.sequences / config.train.batch_size)
+    steps = math.ceil(micro_steps / config.train.gradient_accumulation)
+    head = text.hidden_size * text.vocab_size
+    body = estimate.total_parameters - estimate.trainable * (estimate.method != "full") - head * 2
+    passes = (6 if estimate.method == "full" else 4) + (2 if config.train.gradient_checkpointing else 0)
+    heads = getattr(text, "num_attention_heads", 1)
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    attention = 6 * text.num_hidden_layers * heads * head_dim * batch.mean_sequence
+    flops = batch.epoch_tokens * (passes * max(body, 0) + attention) + batch.epoch_trained * 6 * head
+    if step_seconds is not None:
+        seconds, source = step_seconds * steps, "measured warm-up"
+    else:
+        seconds, source = flops / flops_per_second, f"{flops_per_second / 1e12:.2f} TFLOP/s effective"
+    return {"steps_per_epoch": steps, "seconds_per_epoch": round(seconds, 1), "epoch_tflops": round(flops / 1e12, 2),
+            "source": source}

@@ -1,0 +1,112 @@
+"""A short real warm-up: a few training steps of a config, timed, with the peak memory they used.
+
+`tunesmith plan --measure` calls `warm_up` for the step time; the memory test runs it in a fresh
+process (`python -m tunesmith.plan.measure CONFIG --set ...`) so that the peak resident set it
+reports is this run's alone. This is the one part of `plan/` that loads real weights: only when
+the user asks for a measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import Config
+
+
+def _status(field: str) -> int:
+    """A /proc/self/status memory field in bytes (Linux), 0 where there is none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM (the peak resident set) to the current resident set (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def warm_up(config: Config, *, steps: int = 4, console: Any = None) -> dict[str, Any]:
+    """Train `steps` optimizer steps of `config` in a scratch folder and report the mean step time
+    (the first step, which pays for lazy initialization, left out) and the peak memory above what
+    the process held before the model was loaded (CUDA: `max_memory_allocated`)."""
+    import torch
+    import transformers  # noqa: F401 - imported before the baseline: libraries are not the run's memory
+    from transformers import Trainer, TrainerCallback  # noqa: F401
+
+    from tunesmith.plan.estimate import _QuietConsole, _with
+    from tunesmith.training.hardware import pick_device, pick_precision
+    from tunesmith.training.methods import check_method, trainable_model
+    from tunesmith.training.prepare import prepare
+    from tunesmith.training.trainer import build_trainer, dataset_rows
+
+    config = _with(config, {"train.max_steps": steps, "train.save_steps": None, "tracking.backends": [],
+                            "data.validation": None, "data.test": None})
+    device = pick_device()
+    precision = pick_precision(config.train.precision, device)
+    check_method(config, device)
+    prepared = prepare(config, console or _QuietConsole(), print_warnings=False)
+    rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in prepared.splits["train"].examples]
+    train_rows = dataset_rows(rows, config)
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter() - self.started)
+
+    baseline = _status("VmRSS")
+    reset = _reset_peak_rss()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        cuda_baseline = torch.cuda.memory_allocated()
+    model = trainable_model(config, prepared.ref, device=device, precision=precision).model
+    with tempfile.TemporaryDirectory(prefix="tunesmith-plan-") as scratch:
+        trainer = build_trainer(model, config, Path(scratch), train_rows, [], pad_id=prepared.tokenizer.pad_token_id or 0,
+                                device=device, precision=precision, callbacks=[Timer()])
+        trainer.train()
+        peak_rss = _status("VmHWM")
+    result: dict[str, Any] = {
+        "device": device, "precision": precision, "steps": len(times),
+        "step_seconds": sum(times[1:]) / max(len(times) - 1, 1) if len(times) > 1 else (times[0] if times else None),
+        "baseline_rss_bytes": baseline, "peak_rss_bytes": peak_rss,
+        "peak_rss_above_idle_bytes": peak_rss - baseline if reset else None,
+    }
+    if device == "cuda":
+        result["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated() - cuda_baseline
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m tunesmith.plan.measure CONFIG [--steps N] [--set k=v ...]`: one JSON line."""
+    import argparse
+
+    from tunesmith.cli.common import quiet_libraries
+    from tunesmith.config import load_config
+
+    parser = argparse.ArgumentParser(prog="python -m tunesmith.plan.measure")
+    parser.add_argument("config")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    result = warm_up(load_config(args.config, args.overrides), steps=args.steps)
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
