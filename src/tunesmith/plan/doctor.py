@@ -76,7 +76,7 @@ def advice(facts: dict[str, Any], config: Config | None) -> list[str]:
             notes.append(f"only {free} GB free for the {where} folder; checkpoints and merged models need more")
     if config is not None:
         if config.method == "qlora" and not (gpu and facts["bitsandbytes"]):
-            notes.append(f"your config's method qlora cannot run here: it needs a CUDA GPU with bitsandbytes")
+            notes.append("your config's method qlora cannot run here: it needs a CUDA GPU with bitsandbytes")
         if config.model.attention == "flash_attention_2" and not facts["flash_attn"]:
             notes.append("your config asks for flash_attention_2, which is not installed here")
         if config.train.optimizer in ("adamw_8bit", "paged_adamw_8bit") and not (gpu and facts["bitsandbytes"]):
