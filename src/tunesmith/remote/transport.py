@@ -8,7 +8,6 @@ tar stream extracted with tarfile's "data" filter (no absolute paths, no links o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import tarfile
@@ -19,6 +18,7 @@ from typing import IO, Any
 
 from tunesmith.errors import TunesmithError, UserError
 from tunesmith.remote.host import SshSettings
+from tunesmith.runfolder import sha256_file
 
 AGENT_PATH = Path(__file__).with_name("agent.py")
 REFUSED = 3  # the agent's exit code for "your request cannot be done" (a UserError here)
@@ -27,14 +27,6 @@ SSH_FAILED = 255
 
 def agent_source() -> str:
     return AGENT_PATH.read_text(encoding="utf-8")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
