@@ -50,7 +50,7 @@ MODULES = ("json", "os", "os.path", "collections", "itertools", "functools", "re
 WARMUP = 2
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 LEARNING_RATE = 2e-4
-TOKENS_PER_STEP = 1024  # tunesmith: 2 bins of 512; TRL packing: 2 rows of 512; TRL padded: rows sized to match
+TOKENS_PER_STEP = 1024  # tunesmith: 2 micro-batches of one 512 bin; TRL packing: 2 rows of 512; TRL padded: rows to match
 
 
 # ---------------------------------------------------------------- data
@@ -113,7 +113,10 @@ def run_tunesmith(train: Path, out: Path, max_length: int) -> tuple[dict, object
         "name": "bench", "output_dir": str(out / "runs"), "model": {"name": "smollm2-135m-instruct"},
         "data": {"train": str(train)}, "template": {"train_on": "assistant", "max_length": max_length},
         "lora": {**LORA, "target_modules": "all-linear"},
-        "train": {"epochs": 1, "packing": "bins", "batch_size": TOKENS_PER_STEP // max_length,
+        # the same tokens per optimizer step as TRL, in micro-batches of one bin: activations of 512 tokens
+        # at a time, so no gradient checkpointing is needed to stay under TRL's memory (TRL's default is on)
+        "train": {"epochs": 1, "packing": "bins", "batch_size": 1,
+                  "gradient_accumulation": TOKENS_PER_STEP // max_length,
                   "learning_rate": LEARNING_RATE, "lr_scheduler": "linear", "warmup_ratio": 0.0,
                   "weight_decay": 0.0, "optimizer": "adamw", "logging_steps": 1, "seed": 0},
     }))
@@ -274,7 +277,11 @@ def main() -> None:
             f"{args.max_length}, AdamW (torch), lr {LEARNING_RATE}, linear schedule, one epoch of {args.rows} "
             f"stdlib-docstring instruction rows; eval loss on {args.eval_rows} held-out rows, computed the same "
             f"way for all. {machine()}; median of {args.rounds} round(s), trainers alternating in separate "
-            f"processes. Tokens/s counts non-padding tokens after {WARMUP} warm-up steps.\n\n"
+            f"processes. Tokens/s counts non-padding tokens after {WARMUP} warm-up steps. Each optimizer step "
+            f"is {TOKENS_PER_STEP} tokens: tunesmith as 2 accumulated micro-batches of one packed bin (its `segments` "
+            f"attention, no gradient checkpointing); TRL packing as 2 rows of {args.max_length}; TRL's defaults as "
+            f"padded rows, as many as make {TOKENS_PER_STEP} tokens on average; both TRL modes with TRL's default "
+            f"gradient checkpointing. Peak RSS is the whole training process's (`ru_maxrss`).\n\n"
             f"{table(results)}\n\n```bash\n{COMMAND} --rows {args.rows} --rounds {args.rounds}\n```\n")
     print(text)
     if not args.no_write:

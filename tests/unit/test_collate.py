@@ -15,13 +15,13 @@ from tunesmith.formatting.packing import pack
 from tunesmith.models.load import attention_implementation
 from tunesmith.training.trainer import PackedTrainer
 
-CPU_KERNELS = ("sdpa", "eager")  # flex_attention: tests/integration/test_packing_embedded.py (compiles ~1 min)
+CPU_KERNELS = ("segments", "sdpa", "eager")  # flex_attention: tests/integration/test_packing_embedded.py (compiles ~1 min)
 
 
 @pytest.fixture(scope="module", params=CPU_KERNELS)
 def model(request, tiny_model_dir):
     loaded = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
-                                                  attn_implementation=request.param)
+                                                  attn_implementation=attention_implementation(request.param, "cpu"))
     return loaded.train()  # training mode, as in a run (dropout is 0 in this config)
 
 
@@ -134,8 +134,9 @@ def test_kernels_that_cannot_train_on_cpu_are_refused_before_any_work(setting, r
     assert not (tmp_path / "refused").exists()
 
 
-def test_auto_attention_is_sdpa():
-    assert attention_implementation("auto", "cpu") == "sdpa"
+def test_auto_attention_is_segments_on_cpu_and_sdpa_on_gpu():
+    assert attention_implementation("auto", "cpu") == "segments"
+    assert attention_implementation("auto", "cuda") == "sdpa"
     assert attention_implementation("eager", "cpu") == "eager"
 
 

@@ -87,3 +87,26 @@ def test_sandbox_blocks_attribute_escape():
     sneaky = ChatTemplate("{{ messages.__class__.__mro__ }}", name="sneaky.jinja")
     with pytest.raises(UserError):
         sneaky.render([{"role": "user", "content": "x"}])
+
+
+def test_labels_by_bisection_equal_the_token_by_token_sweep():
+    """`_labels` finds each range's tokens by bisection; on any left-to-right offsets (zero-width
+    tokens, tokens straddling range edges, added markers) it must equal the plain sweep."""
+    import random
+
+    from tunesmith.formatting.encode import _labels, _labels_by_sweep
+
+    rng = random.Random(7)
+    for _ in range(2000):
+        offsets, position = [], 0
+        for _ in range(rng.randint(0, 30)):
+            width = rng.choice((0, 1, 1, 2, 3, 5))
+            offsets.append((position, position + width))
+            position += width
+        ids = [rng.randint(0, 9) for _ in offsets]
+        cuts = sorted(rng.sample(range(position + 2), min(position + 2, 2 * rng.randint(0, 3))))
+        ranges = [(cuts[i], cuts[i + 1]) for i in range(0, len(cuts) - 1, 2) if cuts[i] < cuts[i + 1]]
+        added = frozenset(rng.sample(range(10), 3))
+        assert _labels(ids, offsets, ranges, added) == _labels_by_sweep(ids, offsets, ranges, added), (offsets, ranges)
+    backwards = [(0, 2), (5, 7), (2, 5)]  # offsets that go back: the sweep itself answers
+    assert _labels([1, 2, 3], backwards, [(2, 5)]) == _labels_by_sweep([1, 2, 3], backwards, [(2, 5)], frozenset())

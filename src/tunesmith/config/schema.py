@@ -25,8 +25,9 @@ class ModelConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weight dtype at load. `auto`: bfloat16 on a GPU that supports it, float32 on CPU."""
 
-    attention: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2"] = "auto"
-    """Attention kernel. `auto`: sdpa. Packed batches need one that keeps packed conversations apart;
+    attention: Literal["auto", "segments", "sdpa", "eager", "flex_attention", "flash_attention_2"] = "auto"
+    """Attention kernel. `auto`: `segments` on CPU (sdpa run once per packed conversation, no
+    whole-row mask), sdpa on a GPU. Packed batches need one that keeps packed conversations apart;
     all of these do (transformers builds the mask from position_ids)."""
 
     revision: str | None = None

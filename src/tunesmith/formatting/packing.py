@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from dataclasses import dataclass
+from collections.abc import Sequence as SequenceABC
 from typing import Mapping, Sequence
 
 from tunesmith.formatting.encode import IGNORE_INDEX
@@ -34,7 +35,8 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
     """
     bins: list[list[int]] = []
     room: list[tuple[int, int]] = []  # (room left, bin number) of bins not yet full, kept sorted
-    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+    # longest first, ties in input order (the sort is stable, `reverse` included)
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True):
         size = lengths[index]
         if size > capacity:
             raise ValueError(f"item {index} has length {size}, more than the bin capacity {capacity}")
@@ -64,8 +66,30 @@ def pack(rows: Sequence[Mapping[str, Sequence[int]]], capacity: int) -> list[dic
     >>> pack(rows, capacity=6)[0]["labels"]
     [-100, 7, 8, 9, -100, 5]
     """
-    groups = best_fit_decreasing([len(r["input_ids"]) for r in rows], capacity)
-    return [_concatenate([rows[i] for i in group]) for group in groups]
+    return list(PackedBins(rows, capacity))
+
+
+class PackedBins(SequenceABC):
+    """`pack(rows, capacity)` as a sequence whose bins are concatenated when read: what the
+    Trainer's data loader indexes. The grouping is computed once, up front; the 3 concatenated
+    lists of every bin (millions of ids for a large split) are built one micro-batch at a time.
+
+    >>> bins = PackedBins([{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}, {"input_ids": [4], "labels": [4]}], 4)
+    >>> len(bins), bins[0]["position_ids"], [b["input_ids"] for b in bins]
+    (1, [0, 1, 2, 0], [[1, 2, 3, 4]])
+    """
+
+    def __init__(self, rows: Sequence[Mapping[str, Sequence[int]]], capacity: int):
+        self.rows, self.capacity = rows, capacity
+        self.groups = best_fit_decreasing([len(r["input_ids"]) for r in rows], capacity)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return _concatenate([self.rows[i] for i in self.groups[index]])
 
 
 def _concatenate(rows: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, list[int]]:
@@ -114,5 +138,6 @@ class PackingSummary:
 def summarize(rows: Sequence[Mapping[str, Sequence[int]]], bins: Sequence[Mapping[str, Sequence[int]]],
               capacity: int) -> PackingSummary:
     """Counts of a packing: rows, bins, tokens, capacity."""
-    return PackingSummary(rows=len(rows), bins=len(bins), tokens=sum(len(b["input_ids"]) for b in bins),
+    # a bin holds its rows' tokens exactly, so the rows are counted (no bin is built for it)
+    return PackingSummary(rows=len(rows), bins=len(bins), tokens=sum(len(r["input_ids"]) for r in rows),
                           capacity=capacity)

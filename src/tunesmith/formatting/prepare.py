@@ -8,6 +8,7 @@ no token trains.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +47,8 @@ def encode_split(samples: list[Sample], template: ChatTemplate, tokenizer: Any, 
     """Encode every sample and flatten their Examples; rows that would train nothing are an error
     naming the first and the template. A per-turn Example that trains nothing (its turn cut away
     by max_length) is left out: it would only cost compute, and the report counts the cut turn."""
-    rows = [_encode_row(s, template, tokenizer, train_on=train_on, max_length=max_length, markers=markers)
-            for s in samples]
+    rows = encode_rows(samples, template, tokenizer,
+                       {"train_on": train_on, "max_length": max_length, "markers": markers})
     empty = [row[0].source_id for row in rows if row and sum(e.n_trainable for e in row) == 0]
     if empty:
         raise UserError(f"{empty[0]}: {len(empty)} of {len(rows)} {split} rows train no token "
@@ -64,6 +65,51 @@ def encode_split(samples: list[Sample], template: ChatTemplate, tokenizer: Any, 
         double_bos=sum(any(e.double_bos for e in row) for row in rows),
     )
     return examples, report
+
+
+PARALLEL_ROWS = 4096
+"""From this many rows a split is encoded in forked worker processes (below it, forking costs more)."""
+
+_job: tuple[list[Sample], ChatTemplate, Any, dict[str, Any]] | None = None
+"""What forked workers encode: set in the parent just before the fork, so nothing but the
+results crosses between processes."""
+
+
+def encode_rows(samples: list[Sample], template: ChatTemplate, tokenizer: Any, options: dict[str, Any],
+                workers: int | None = None) -> list[list[Example]]:
+    """Each sample's Examples, in order. Rendering and tokenizing are independent per row, so a
+    large split is cut into pieces encoded by one forked process per CPU (Linux; elsewhere, or
+    with one CPU, in this process). The first row a template refuses raises its UserError here."""
+    global _job
+    from tunesmith.data.stats import default_workers
+
+    workers = default_workers() if workers is None else workers
+    if workers < 2 or len(samples) < PARALLEL_ROWS or sys.platform != "linux":
+        return [_encode_row(s, template, tokenizer, **options) for s in samples]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = -(-len(samples) // (8 * workers))  # a few pieces per worker evens out long rows
+    pieces = [(start, min(start + size, len(samples))) for start in range(0, len(samples), size)]
+    _job = (samples, template, tokenizer, options)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=_ignore_interrupts) as pool:
+            return [row for piece in pool.map(_encode_piece, pieces) for row in piece]
+    finally:
+        _job = None
+
+
+def _ignore_interrupts() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+def _encode_piece(bounds: tuple[int, int]) -> list[list[Example]]:
+    assert _job is not None
+    samples, template, tokenizer, options = _job
+    return [_encode_row(s, template, tokenizer, **options) for s in samples[bounds[0]:bounds[1]]]
 
 
 def _encode_row(sample: Sample, template: ChatTemplate, tokenizer: Any, **options: Any) -> list[Example]:

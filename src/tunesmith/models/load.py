@@ -84,12 +84,19 @@ def attention_implementation(setting: str, device: str) -> str:
     """The `attn_implementation` for a `model.attention` setting on this device, or a UserError.
 
     Packed training needs a kernel that keeps packed conversations apart. transformers does it
-    for all four from `position_ids` (a block-diagonal mask for sdpa, eager and flex; varlen for
-    flash), so what is refused here is what cannot train on this device at all.
+    from `position_ids` (a block-diagonal mask for sdpa, eager and flex; varlen for flash), and
+    `segments` (models/attention.py) runs sdpa once per conversation, so what is refused here is
+    what cannot train on this device at all. `auto` is `segments` on CPU (no whole-row mask: the
+    measured lever in docs/benchmarks.md) and sdpa on a GPU, where the per-layer host read of the
+    conversation boundaries would stall the device (flash_attention_2 is varlen there).
 
     >>> attention_implementation("auto", "cpu")
-    'sdpa'
+    'segments'
     """
+    if setting == "segments" or (setting == "auto" and device == "cpu"):
+        from tunesmith.models.attention import register
+
+        return register()
     if setting == "auto":
         return "sdpa"
     if setting == "flash_attention_2":

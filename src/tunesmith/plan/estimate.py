@@ -249,7 +249,8 @@ def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: An
     kv_heads = key.shape[1]
     out = torch.empty(b, t, h, value.shape[-1], dtype=query.dtype, device=query.device)
     if tally is not None:
-        # sdpa with a mask (packed bins, padding) repeats k/v to every head; flash attention does not
+        # sdpa with a mask (packed bins, padding) repeats k/v to every head; flash attention and
+        # `segments` (no mask: grouped-query sdpa) do not
         repeat = h // kv_heads if _KERNEL == "sdpa" else 1
         for x in (query,):
             tally.add(x)
@@ -361,6 +362,8 @@ def _mask_bytes(batch: MicroBatch, attention: str, element: int, layers: int) ->
     if attention.startswith("flash"):
         return 0
     per_row = batch.tokens // batch.rows
+    if attention == "segments":  # the bool mask is built once per forward and never kept
+        return int(batch.rows * per_row * per_row)
     return int(batch.rows * per_row * per_row * (1 + layers * element))
 
 
@@ -465,7 +468,7 @@ def estimate_memory(config: Config, *, method: str | None = None, device_kind: s
 def _attention_kernel(config: Config, device_kind: str) -> str:
     setting = config.model.attention
     if setting == "auto":
-        return "sdpa"
+        return "segments" if device_kind == "cpu" else "sdpa"
     return setting if setting != "flex_attention" else "flash_attention_2"  # flex keeps O(T) too
 
 

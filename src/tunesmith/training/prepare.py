@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tunesmith.bulk import paused_gc
 from tunesmith.config import Config
 from tunesmith.data.load import LoadedSplit, load_split, source_specs
 from tunesmith.data.sources import open_source
@@ -50,6 +51,11 @@ class Prepared:
 def prepare(config: Config, console: Any, *, print_warnings: bool = True) -> Prepared:
     """Check and process the data; no weights are loaded. `print_warnings=False` leaves the audit's
     warnings to the caller (`inspect` prints them under its audit table)."""
+    with paused_gc():  # builds 100k-example lists: see tunesmith/bulk.py
+        return _prepare(config, console, print_warnings=print_warnings)
+
+
+def _prepare(config: Config, console: Any, *, print_warnings: bool) -> Prepared:
     ref = _resolve(config, console, fetch=False)
     keys: dict[str, str] = {}
     done: dict[str, SplitData] = {}

@@ -198,8 +198,11 @@ def _check_attention(config: Config) -> None:
 
 
 def _rows(p: Prepared, split: str) -> list[dict]:
+    from tunesmith.bulk import paused_gc
+
     examples = p.splits[split].examples if split in p.splits else []
-    return [{"input_ids": e.input_ids, "labels": e.labels, "sources": [e.source_id]} for e in examples]
+    with paused_gc():  # see tunesmith/bulk.py
+        return [{"input_ids": e.input_ids, "labels": e.labels, "sources": [e.source_id]} for e in examples]
 
 
 def _batching(config: Config, rows: list[dict], train_rows: list[dict]) -> str:

@@ -9,6 +9,7 @@ accumulation and packing do not change the result (`tests/unit/test_grad_parity.
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from transformers import Trainer, TrainingArguments
 from tunesmith.config.schema import Config
 from tunesmith.formatting.collate import collator_for
 from tunesmith.formatting.encode import IGNORE_INDEX
-from tunesmith.formatting.packing import pack
+from tunesmith.formatting.packing import PackedBins
 from tunesmith.training import tracking
 from tunesmith.training.checkpoints import CheckpointMixin
 from tunesmith.training.guards import is_finite, non_finite_gradients, non_finite_loss
@@ -125,14 +126,14 @@ def training_arguments(config: Config, output_dir: Path, *, device: str, precisi
     )
 
 
-def dataset_rows(rows: list[dict], config: Config) -> list[dict]:
+def dataset_rows(rows: list[dict], config: Config) -> Sequence[dict]:
     """What the Trainer's sampler shuffles: packed bins (`packing: bins`) or the rows themselves.
 
     Bins are built in a fixed order (best-fit decreasing, ties by input order), and the Trainer
     shuffles them with `train.seed`, so the data order of a run is reproducible.
     """
     if config.train.packing == "bins":
-        return pack(rows, config.template.max_length)
+        return PackedBins(rows, config.template.max_length)  # bins concatenated as the loader reads them
     return rows
 
 

@@ -1,0 +1,118 @@
+"""Benchmark: preparing 100,000 Alpaca rows for training, then the same again from the cache.
+
+Timed: what `tunesmith train` does before the model loads, i.e. `prepare()` (read and check every row,
+render it with the model's chat template, tokenize, mask to the answer and its end-of-turn token,
+audit) and packing the examples into bins (`dataset_rows`), in the calling process as a run does
+(module imports done before the clock starts).
+First with a cold processed-data cache, then a second time, which reads the cache. The issue-10 bars:
+under 30 s cold, under 3 s from the cache, on the 2-core machine. Writes its section of
+docs/benchmarks.md (replaced on each run) unless --no-write.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_prepare.py [--rows 100000] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data_check import alpaca_rows, machine  # noqa: E402 - the same seeded rows as the data check
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+SECTION = "## data preparation"
+COMMAND = "HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_prepare.py"
+MAX_LENGTH = 512
+
+
+def write_rows(path: Path, rows: int) -> None:
+    """The seeded rows, with a fresh marker in the first one so the first run really starts cold."""
+    with path.open("w", encoding="utf-8") as handle:
+        for i, row in enumerate(alpaca_rows(rows)):
+            if i == 0:
+                row["output"] += f" {uuid.uuid4().hex}"
+            handle.write(json.dumps(row) + "\n")
+
+
+def prepare_once(config) -> tuple[float, object, list[dict]]:
+    from rich.console import Console
+
+    from tunesmith.training.prepare import prepare
+    from tunesmith.training.run import _rows
+    from tunesmith.training.trainer import dataset_rows
+
+    started = time.perf_counter()
+    prepared = prepare(config, Console(file=io.StringIO()))
+    bins = dataset_rows(_rows(prepared, "train"), config)
+    return time.perf_counter() - started, prepared, bins
+
+
+def run(rows: int) -> dict:
+    from tunesmith.config import load_config
+    from tunesmith.formatting import cache
+    from tunesmith.models.embedded import ensure_embedded_model
+    from tunesmith.training.prepare import _formatting, _key, _resolve
+
+    ensure_embedded_model("smollm2-135m-instruct")
+    import tunesmith.training.trainer  # noqa: F401 - imports (transformers' Trainer: seconds) are not data work
+    with tempfile.TemporaryDirectory(prefix="bench-prepare-") as folder:
+        data = Path(folder) / "alpaca.jsonl"
+        write_rows(data, rows)
+        config_path = Path(folder) / "config.yaml"
+        config_path.write_text(json.dumps({
+            "name": "bench", "output_dir": str(Path(folder) / "runs"), "model": {"name": "smollm2-135m-instruct"},
+            "data": {"train": str(data)}, "template": {"train_on": "assistant", "max_length": MAX_LENGTH},
+            "train": {"packing": "bins"}}))
+        config = load_config(config_path)
+        cold, prepared, bins = prepare_once(config)
+        assert not prepared.splits["train"].cached
+        warm, again, bins_again = prepare_once(config)
+        assert again.splits["train"].cached, "the second run did not read the cache"
+        assert [b["input_ids"] for b in bins_again] == [b["input_ids"] for b in bins], "cache changed the bins"
+        from rich.console import Console
+
+        ref = _resolve(config, Console(file=io.StringIO()), fetch=False)
+        tokenizer, template, markers = _formatting(config, ref)
+        shutil.rmtree(cache.cache_dir() / _key(config, "train", tokenizer, template, markers), ignore_errors=True)
+    report = prepared.splits["train"].report
+    return {"rows": rows, "cold_s": cold, "cached_s": warm, "examples": report.examples, "tokens": report.tokens,
+            "trained": report.trainable_tokens, "bins": len(bins)}
+
+
+def write_section(result: dict) -> None:
+    body = (f"{SECTION}\n\n"
+            f"{result['rows']:,} Alpaca rows (the data check's seeded rows), embedded model's tokenizer and chat "
+            f"template, max length {MAX_LENGTH}: read, check, render, tokenize, mask, audit and pack into "
+            f"{result['bins']:,} bins: **{result['cold_s']:.1f} s** cold, **{result['cached_s']:.2f} s** from the "
+            f"processed-data cache (bars: 30 s and 3 s). {result['tokens']:,} tokens, {result['trained']:,} "
+            f"trained. {machine()}.\n\n```bash\n{COMMAND}"
+            f"{'' if result['rows'] == 100_000 else ' --rows ' + str(result['rows'])}\n```\n")
+    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    text = pattern.sub(body + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + body
+    DOC.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = parser.parse_args()
+    result = run(args.rows)
+    print(json.dumps(result))
+    if not args.no_write:
+        write_section(result)
+        print(f"updated {DOC.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
