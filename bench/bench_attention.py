@@ -5,7 +5,9 @@ layers, stdlib-docstring rows packed into 512-token bins), alternating step by s
 steps, so the ratio is not skewed by the machine warming up or slowing down. Prints tokens/s per
 kernel and their ratio; `--profile` adds torch.profiler's table of the `segments` step.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_attention.py [--steps 6] [--bins-per-step 2] [--profile]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_attention.py [--steps 6] [--bins-per-step 2] [--profile] [--no-write]
+
+Writes its section of docs/benchmarks.md (replaced on each run) unless --no-write.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchdoc  # noqa: E402
 from bench_trl import docstring_rows  # noqa: E402 - the same real instruction rows as the TRL benchmark
 
 KERNELS = ("segments", "sdpa")
+SECTION = "## segments attention against sdpa (CPU)"
 
 
 def main() -> None:
@@ -29,6 +33,7 @@ def main() -> None:
     parser.add_argument("--bins-per-step", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
 
     import torch
@@ -83,12 +88,20 @@ def main() -> None:
             if i >= args.warmup:
                 rates[kernel].append(batch["input_ids"].numel() / seconds)
     tokens = statistics.mean(b["input_ids"].numel() for b in batches[args.warmup:need])
-    print(f"{args.steps} steps of {tokens:.0f} tokens ({per} bins of <= {args.max_length}), {torch.get_num_threads()} "
-          f"threads")
-    for kernel in KERNELS:
-        print(f"{kernel:>9}: {statistics.median(rates[kernel]):.1f} tokens/s (median)")
     ratio = statistics.median(a / b for a, b in zip(rates["segments"], rates["sdpa"]))
-    print(f"segments / sdpa: {ratio:.2f}x")
+    lines = [f"Embedded SmolLM2-135M, LoRA r=16 on all linear layers, fp32, one training step (forward, backward, "
+             f"AdamW) on {per} packed bins of <= {args.max_length} tokens (mean {tokens:.0f} tokens per step) of "
+             f"stdlib-docstring rows; both kernels in one process, alternating step by step, median of "
+             f"{args.steps} steps after {args.warmup} warm-up; {torch.get_num_threads()} threads, {benchdoc.machine()}.", "",
+             "| kernel | tokens/s |", "|---|---:|"]
+    lines += [f"| {kernel} | {statistics.median(rates[kernel]):.1f} |" for kernel in KERNELS]
+    lines += ["", f"segments / sdpa, median of the per-step ratios: **{ratio:.2f}x**", "",
+              "```bash", "HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_attention.py"
+              + ("" if (args.steps, per) == (6, 2) else f" --steps {args.steps} --bins-per-step {per}"), "```"]
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_write:
+        benchdoc.write_section(SECTION, body)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

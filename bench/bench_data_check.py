@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
-import re
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
+import benchdoc
+from benchdoc import machine
+
 SECTION = "## data check"
 COMMAND = "HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_data_check.py"
 WORDS = ("light kitchen garage set turn brightness degrees calendar meeting remind tomorrow please the a "
@@ -35,16 +33,6 @@ def alpaca_rows(count: int, seed: int = 0):
         extra = " ".join(rng.choices(WORDS, k=rng.randint(0, 20))) if rng.random() < 0.4 else ""
         output = " ".join(rng.choices(WORDS, k=rng.randint(5, 60))) + "."
         yield {"instruction": instruction, "input": extra, "output": output}
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
-        model = found.group(1).strip() if found else model
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {model}"
 
 
 def run(rows: int, workers: int | None = None) -> tuple[float, object]:
@@ -65,16 +53,12 @@ def run(rows: int, workers: int | None = None) -> tuple[float, object]:
 
 
 def write_section(rows: int, seconds: float, workers: int) -> None:
-    body = (f"{SECTION}\n\n"
-            f"data check, {rows:,} Alpaca rows, embedded tokenizer: **{seconds:.1f} s** "
-            f"({rows / seconds:,.0f} rows/s) on {machine()}; rows encoded in {workers} worker "
-            f"process{'es' if workers > 1 else ''}. Timed: the `check_files` call (read, check, encode, "
-            f"deduplicate, count every row); loading the tokenizer (a few seconds) is not.\n\n"
-            f"```bash\n{COMMAND}{'' if rows == 100_000 else f' --rows {rows}'}\n```\n")
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    text = pattern.sub(body + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + body
-    DOC.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+    benchdoc.write_section(SECTION, (
+        f"data check, {rows:,} Alpaca rows, embedded tokenizer: **{seconds:.1f} s** "
+        f"({rows / seconds:,.0f} rows/s) on {machine()}; rows encoded in {workers} worker "
+        f"process{'es' if workers > 1 else ''}. Timed: the `check_files` call (read, check, encode, "
+        f"deduplicate, count every row); loading the tokenizer (a few seconds) is not.\n\n"
+        f"```bash\n{COMMAND}{'' if rows == 100_000 else f' --rows {rows}'}\n```"))
 
 
 def main() -> None:
@@ -91,7 +75,7 @@ def main() -> None:
         from tunesmith.data.stats import default_workers
 
         write_section(args.rows, seconds, args.workers or default_workers())
-        print(f"updated {DOC.relative_to(ROOT)}")
+        print("updated docs/benchmarks.md")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import re
 import shutil
 import sys
 import tempfile
@@ -25,10 +24,10 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_data_check import alpaca_rows, machine  # noqa: E402 - the same seeded rows as the data check
+import benchdoc  # noqa: E402
+from bench_data_check import alpaca_rows  # noqa: E402 - the same seeded rows as the data check
+from benchdoc import machine  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## data preparation"
 COMMAND = "HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_prepare.py"
 MAX_LENGTH = 512
@@ -89,17 +88,13 @@ def run(rows: int) -> dict:
 
 
 def write_section(result: dict) -> None:
-    body = (f"{SECTION}\n\n"
-            f"{result['rows']:,} Alpaca rows (the data check's seeded rows), embedded model's tokenizer and chat "
-            f"template, max length {MAX_LENGTH}: read, check, render, tokenize, mask, audit and pack into "
-            f"{result['bins']:,} bins: **{result['cold_s']:.1f} s** cold, **{result['cached_s']:.2f} s** from the "
-            f"processed-data cache (bars: 30 s and 3 s). {result['tokens']:,} tokens, {result['trained']:,} "
-            f"trained. {machine()}.\n\n```bash\n{COMMAND}"
-            f"{'' if result['rows'] == 100_000 else ' --rows ' + str(result['rows'])}\n```\n")
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    text = pattern.sub(body + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + body
-    DOC.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+    benchdoc.write_section(SECTION, (
+        f"{result['rows']:,} Alpaca rows (the data check's seeded rows), embedded model's tokenizer and chat "
+        f"template, max length {MAX_LENGTH}: read, check, render, tokenize, mask, audit, cache and group into "
+        f"{result['bins']:,} bins (each bin's lists are concatenated when the data loader reads it): "
+        f"**{result['cold_s']:.1f} s** cold, **{result['cached_s']:.2f} s** from the processed-data cache (bars: "
+        f"30 s and 3 s). {result['tokens']:,} tokens, {result['trained']:,} trained. {machine()}.\n\n"
+        f"```bash\n{COMMAND}{'' if result['rows'] == 100_000 else ' --rows ' + str(result['rows'])}\n```"))
 
 
 def main() -> None:
@@ -111,7 +106,7 @@ def main() -> None:
     print(json.dumps(result))
     if not args.no_write:
         write_section(result)
-        print(f"updated {DOC.relative_to(ROOT)}")
+        print("updated docs/benchmarks.md")
 
 
 if __name__ == "__main__":

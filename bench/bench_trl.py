@@ -25,7 +25,6 @@ import importlib
 import inspect
 import json
 import os
-import platform
 import random
 import re
 import resource
@@ -36,8 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
+import benchdoc
+
 SECTION = "## LoRA training against TRL (CPU)"
 COMMAND = "HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_trl.py"
 MODES = ("tunesmith", "trl", "trl-packing")
@@ -209,12 +208,6 @@ def worker(mode: str, train: Path, held: Path, out: Path, max_length: int) -> No
 # ---------------------------------------------------------------- driver
 
 
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{os.cpu_count()} cores, {cpu}"
-
-
 def table(results: dict[str, list[dict]]) -> str:
     def median(mode: str, key: str) -> float:
         return statistics.median(r[key] for r in results[mode])
@@ -231,13 +224,6 @@ def table(results: dict[str, list[dict]]) -> str:
                      f"| tunesmith | {rate:,.0f} | 1.00x | {median(mode, 'peak_rss_mb'):,.0f} MiB | "
                      f"{median(mode, 'eval_loss'):.4f} | {int(median(mode, 'steps'))} |")
     return "\n".join(lines)
-
-
-def write_section(text: str) -> None:
-    doc = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"{re.escape(SECTION)}\n.*?(?=\n## |\Z)", re.S)
-    doc = pattern.sub(text.rstrip() + "\n", doc) if pattern.search(doc) else doc.rstrip() + "\n\n" + text
-    DOC.write_text(doc, encoding="utf-8")
 
 
 def main() -> None:
@@ -273,10 +259,10 @@ def main() -> None:
                     raise SystemExit(f"{mode} failed:\n{done.stderr[-4000:]}")
                 results[mode].append(json.loads(line[len("RESULT "):]))
                 print(mode, results[mode][-1], flush=True)
-    text = (f"{SECTION}\n\nEmbedded SmolLM2-135M, LoRA r=16/alpha 32 on all linear layers, max length "
+    text = (f"Embedded SmolLM2-135M, LoRA r=16/alpha 32 on all linear layers, max length "
             f"{args.max_length}, AdamW (torch), lr {LEARNING_RATE}, linear schedule, one epoch of {args.rows} "
             f"stdlib-docstring instruction rows; eval loss on {args.eval_rows} held-out rows, computed the same "
-            f"way for all. {machine()}; median of {args.rounds} round(s), trainers alternating in separate "
+            f"way for all. {benchdoc.machine()}; median of {args.rounds} round(s), trainers alternating in separate "
             f"processes. Tokens/s counts non-padding tokens after {WARMUP} warm-up steps. Each optimizer step "
             f"is {TOKENS_PER_STEP} tokens: tunesmith as 2 accumulated micro-batches of one packed bin (its `segments` "
             f"attention, no gradient checkpointing); TRL packing as 2 rows of {args.max_length}; TRL's defaults as "
@@ -285,7 +271,7 @@ def main() -> None:
             f"{table(results)}\n\n```bash\n{COMMAND} --rows {args.rows} --rounds {args.rounds}\n```\n")
     print(text)
     if not args.no_write:
-        write_section(text)
+        benchdoc.write_section(SECTION, text)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,8 @@ def advice(facts: dict[str, Any], config: Config | None) -> list[str]:
         notes.append("bitsandbytes is missing: method qlora and 8-bit optimizers need `pip install bitsandbytes`")
     if gpu and not facts["flash_attn"]:
         notes.append("flash-attn is not installed: attention auto uses sdpa (packed batches build a T x T mask; "
-                     "flash_attention_2 avoids it for long packed micro-batches)")
+                     "flash_attention_2 avoids it for long packed micro-batches, and model.attention: segments "
+                     "runs sdpa once per packed conversation at one host sync per layer)")
     for where, free in facts["free_disk_gb"].items():
         if free is not None and free < 5:
             notes.append(f"only {free} GB free for the {where} folder; checkpoints and merged models need more")
