@@ -67,3 +67,76 @@ def chat_jsonl(tmp_path) -> Path:
                           {"role": "assistant", "content": f"{i + i}"}]} for i in range(12)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+# Tokens of the template-only fixtures (trl-*: only chat_template.jinja): the special tokens the
+# model's tokenizer has, its bos and eos, as published with each model.
+TEMPLATE_ONLY_TOKENS = {
+    "trl-cohere": (["<|START_OF_TURN_TOKEN|>", "<|END_OF_TURN_TOKEN|>", "<|USER_TOKEN|>", "<|CHATBOT_TOKEN|>",
+                    "<|SYSTEM_TOKEN|>", "<BOS_TOKEN>"], "<BOS_TOKEN>", "<|END_OF_TURN_TOKEN|>"),
+    "trl-lfm2": (["<|startoftext|>", "<|im_start|>", "<|im_end|>", "<|tool_list_start|>", "<|tool_list_end|>",
+                  "<|tool_response_start|>", "<|tool_response_end|>", "<|tool_call_start|>", "<|tool_call_end|>"],
+                 "<|startoftext|>", "<|im_end|>"),
+    "trl-llama3": (["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+                   "<|begin_of_text|>", "<|eot_id|>"),
+    "trl-nemotron_3_super": (["<|im_start|>", "<|im_end|>", "<think>", "</think>", "<tool_call>", "</tool_call>"],
+                             None, "<|im_end|>"),
+    "trl-qwen3_5_nothink": (["<|im_start|>", "<|im_end|>", "<think>", "</think>", "<tool_call>", "</tool_call>",
+                             "<tool_response>", "</tool_response>"], None, "<|im_end|>"),
+    "trl-qwen3_vl": (["<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<|vision_start|>",
+                      "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"], None, "<|im_end|>"),
+}
+
+
+@pytest.fixture(scope="session")
+def template_models(tmp_path_factory) -> dict[str, Path]:
+    """Each chat-template fixture as a model folder with a tokenizer: its own where it ships one, else
+    the embedded SmolLM2 tokenizer given the model's special tokens, bos and eos (from its
+    tokenizer_config.json, or `TEMPLATE_ONLY_TOKENS`), with the folder's generation_config.json."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from tunesmith.models.embedded import ensure_embedded_model
+
+    def content(token):
+        return token.get("content") if isinstance(token, dict) else token
+
+    out = {}
+    for source in sorted(p for p in FIXTURES.iterdir() if p.is_dir()):
+        name = source.name
+        if (source / "tokenizer.json").is_file():
+            out[name] = source
+            continue
+        tokenizer = AutoTokenizer.from_pretrained(ensure_embedded_model("smollm2-135m-instruct"))
+        config_file = source / "tokenizer_config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+        specials, bos, eos = TEMPLATE_ONLY_TOKENS.get(name, ([], None, None))
+        specials = specials or [t["content"] for t in config.get("added_tokens_decoder", {}).values()
+                                if t.get("special")]
+        tokenizer.add_special_tokens({"additional_special_tokens": specials})
+        tokenizer.bos_token = bos or content(config.get("bos_token")) or tokenizer.bos_token
+        tokenizer.eos_token = eos or content(config.get("eos_token")) or "<|im_end|>"
+        template = source / "chat_template.jinja"
+        tokenizer.chat_template = template.read_text(encoding="utf-8") if template.is_file() \
+            else config["chat_template"]
+        out[name] = tmp_path_factory.mktemp("models") / name
+        tokenizer.save_pretrained(out[name])
+        _translate_generation_config(source, out[name], config, tokenizer)
+    return out
+
+
+def _translate_generation_config(source: Path, folder: Path, config: dict, tokenizer) -> None:
+    """The folder's generation_config.json with its eos ids (the real model's) mapped to this tokenizer's."""
+    import json
+
+    file = source / "generation_config.json"
+    if not file.is_file():
+        return
+    generation = json.loads(file.read_text(encoding="utf-8"))
+    ids = generation.get("eos_token_id")
+    names = {int(i): t["content"] for i, t in config.get("added_tokens_decoder", {}).items()}
+    mapped = [tokenizer.convert_tokens_to_ids(names[i]) for i in ([ids] if isinstance(ids, int) else ids or [])
+              if i in names]
+    generation = {"eos_token_id": mapped}
+    (folder / "generation_config.json").write_text(json.dumps(generation), encoding="utf-8")

@@ -103,3 +103,121 @@ def test_slot_values_are_copied_from_the_request(split: str) -> None:
         request, obj = _parts(row)
         for key, value in obj["slots"].items():
             assert str(value).lower() in request.lower(), (key, value, request)
+
+
+# --- smart_home_tools: the tool-calling twin of smart_home ------------------------------
+
+TOOLS_SCRIPT = REPO_ROOT / "scripts" / "make_smart_home_tools.py"
+TOOLS_DIR = REPO_ROOT / "src" / "tunesmith" / "data" / "bundled" / "smart_home_tools"
+TOOLS_SPLITS = {"train": 240, "val": 24, "test": 40}
+JSON_TYPES = {"string": str, "integer": int}
+
+
+def _load_tools_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("make_smart_home_tools", TOOLS_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tool_rows(split: str) -> list[dict]:
+    text = (TOOLS_DIR / f"{split}.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def _call(row: dict) -> dict:
+    """The single function call ({name, arguments}) the assistant makes in one row."""
+    (call,) = row["messages"][2]["tool_calls"]
+    assert call["type"] == "function"
+    return call["function"]
+
+
+def test_tools_regenerating_gives_byte_identical_files(tmp_path: Path) -> None:
+    _load_tools_generator().main(["--out", str(tmp_path)])
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == sorted(f"{s}.jsonl" for s in TOOLS_SPLITS)
+    for split in TOOLS_SPLITS:
+        committed = (TOOLS_DIR / f"{split}.jsonl").read_bytes()
+        assert (tmp_path / f"{split}.jsonl").read_bytes() == committed, split
+
+
+@pytest.mark.parametrize("split", list(TOOLS_SPLITS))
+def test_tools_files_are_well_formed(split: str) -> None:
+    raw = (TOOLS_DIR / f"{split}.jsonl").read_bytes()
+    assert raw.endswith(b"\n") and not raw.endswith(b"\n\n")
+    rows = _tool_rows(split)
+    assert len(rows) == TOOLS_SPLITS[split]
+    for row in rows:
+        assert list(row) == ["tools", "messages"]
+        system, user, assistant = row["messages"]
+        assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
+        assert set(system) == set(user) == {"role", "content"}
+        assert isinstance(user["content"], str) and user["content"]
+        assert list(assistant) == ["role", "content", "tool_calls"] and assistant["content"] == ""
+    assert {row["messages"][0]["content"] for row in rows} == {"Call the tool that does the request."}
+
+
+@pytest.mark.parametrize("split", list(TOOLS_SPLITS))
+def test_tools_rows_offer_three_tools_including_the_called_one(split: str) -> None:
+    for row in _tool_rows(split):
+        names = [tool["function"]["name"] for tool in row["tools"]]
+        assert len(names) == 3 and len(set(names)) == 3, names
+        assert set(names) <= set(SCHEMA)
+        assert _call(row)["name"] in names
+        for tool in row["tools"]:
+            assert tool["type"] == "function"
+            function = tool["function"]
+            assert list(function) == ["name", "description", "parameters"]
+            assert 2 <= len(function["description"].split()) <= 5, function
+            params = function["parameters"]
+            assert params["type"] == "object"
+            # the schema matches the smart_home slots: same keys, same order, same types
+            assert list(params["properties"]) == list(SCHEMA[function["name"]])
+            assert params["required"] == list(params["properties"])
+            for key, prop in params["properties"].items():
+                assert prop == {"type": prop["type"]}
+                assert JSON_TYPES[prop["type"]] is SCHEMA[function["name"]][key]
+
+
+@pytest.mark.parametrize("split", list(TOOLS_SPLITS))
+def test_tools_call_arguments_match_the_schema(split: str) -> None:
+    for row in _tool_rows(split):
+        call = _call(row)
+        assert list(call) == ["name", "arguments"]
+        schema = next(t["function"]["parameters"] for t in row["tools"]
+                      if t["function"]["name"] == call["name"])
+        args = call["arguments"]
+        assert isinstance(args, dict), args  # an object, not a JSON string
+        assert list(args) == list(schema["properties"])
+        assert set(schema["required"]) <= set(args)
+        for key, value in args.items():
+            assert type(value) is JSON_TYPES[schema["properties"][key]["type"]], (key, call)
+
+
+@pytest.mark.parametrize("split", list(TOOLS_SPLITS))
+def test_tools_argument_values_are_copied_from_the_request(split: str) -> None:
+    for row in _tool_rows(split):
+        request = row["messages"][1]["content"].lower()
+        for key, value in _call(row)["arguments"].items():
+            assert str(value).lower() in request, (key, value, request)
+
+
+def test_tools_requests_are_unique_across_splits() -> None:
+    # same rule as make_smart_home.py: ignore case and the trailing "please"/"?"/"."
+    def core(text: str) -> str:
+        text = text.lower()
+        for suffix in (" please?", " please", "?", "."):
+            if text.endswith(suffix):
+                return text[: -len(suffix)]
+        return text
+
+    requests = [core(row["messages"][1]["content"])
+                for split in TOOLS_SPLITS for row in _tool_rows(split)]
+    assert len(requests) == sum(TOOLS_SPLITS.values())
+    assert len(set(requests)) == len(requests)
+
+
+@pytest.mark.parametrize("split", list(TOOLS_SPLITS))
+def test_tools_every_function_called_in_every_split(split: str) -> None:
+    assert {_call(row)["name"] for row in _tool_rows(split)} == set(SCHEMA)

@@ -121,7 +121,7 @@ def test_convert_keeps_weights_tool_calls_names_and_ids(tmp_path):
     assert main(["data", "convert", str(source), str(text), str(tokens), "-o", str(out), "--skip-bad"]) == 0
     written = read_jsonl(out)
     assert written[0]["messages"][1] == {"role": "assistant", "content": "", "weight": 1, "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}
     assert written[0]["messages"][2] == row["messages"][2] and written[0]["id"] == "r1"
     assert written[0]["tools"] == row["tools"] and written[0]["messages"][3]["weight"] == 0
     assert written[1:] == [{"text": "plain", "id": "7"}, {"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}]

@@ -23,7 +23,9 @@ FIXTURES = Path(__file__).parents[1] / "fixtures" / "chat_templates"
 ALL = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
 EOT = {"phi-3-mini-128k-instruct": "<|end|>", "granite-3.1-1b-a400m-instruct": "<|end_of_text|>",
        "llama-3.2-3b-instruct": "<|eot_id|>", "qwen2.5-instruct": "<|im_end|>", "smollm3-3b": "<|im_end|>",
-       "deepseek-r1-distill-qwen-32b": "<｜end▁of▁sentence｜>", "gemma-1-2b-it": "<end_of_turn>"}
+       "deepseek-r1-distill-qwen-32b": "<｜end▁of▁sentence｜>", "gemma-1-2b-it": "<end_of_turn>",
+       "trl-cohere": "<|END_OF_TURN_TOKEN|>", "trl-lfm2": "<|im_end|>", "trl-llama3": "<|eot_id|>",
+       "trl-nemotron_3_super": "<|im_end|>", "trl-qwen3_5_nothink": "<|im_end|>", "trl-qwen3_vl": "<|im_end|>"}
 NO_SYSTEM_ROLE = {"gemma-1-2b-it"}
 
 
@@ -32,48 +34,17 @@ def test_every_fixture_is_covered():
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory) -> dict[str, Path]:
-    """Each fixture as a model folder with a tokenizer: its own, or SmolLM2's plus its special tokens."""
-    from tunesmith.models.embedded import ensure_embedded_model
-
-    out = {}
-    for name in ALL:
-        source = FIXTURES / name
-        if (source / "tokenizer.json").is_file():
-            out[name] = source
-            continue
-        tokenizer = AutoTokenizer.from_pretrained(ensure_embedded_model("smollm2-135m-instruct"))
-        config = _json(source / "tokenizer_config.json")
-        specials = [t["content"] for t in config.get("added_tokens_decoder", {}).values() if t.get("special")]
-        tokenizer.add_special_tokens({"additional_special_tokens": specials})
-        tokenizer.bos_token = _content(config.get("bos_token")) or tokenizer.bos_token
-        tokenizer.eos_token = _content(config.get("eos_token")) or "<|im_end|>"
-        template = source / "chat_template.jinja"
-        tokenizer.chat_template = template.read_text() if template.is_file() else config["chat_template"]
-        out[name] = tmp_path_factory.mktemp("models") / name
-        tokenizer.save_pretrained(out[name])
-    return out
-
-
-@pytest.fixture(scope="module")
-def load(folders):
+def load(template_models):
     cache: dict[str, tuple] = {}
 
     def get(name: str):
         if name not in cache:
-            tokenizer = AutoTokenizer.from_pretrained(folders[name])
-            cache[name] = (tokenizer, build_template(tokenizer, "model"), end_of_turn_markers(tokenizer))
+            tokenizer = AutoTokenizer.from_pretrained(template_models[name])
+            template = build_template(tokenizer, "model")
+            cache[name] = (tokenizer, template, end_of_turn_markers(tokenizer, template))
         return cache[name]
 
     return get
-
-
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def _content(token) -> str | None:
-    return token.get("content") if isinstance(token, dict) else token
 
 
 def conversation(*turns: tuple[str, str], tools: tuple[dict, ...] = ()) -> Conversation:
@@ -102,21 +73,32 @@ def hf_ids(tokenizer, messages: list[dict], **kwargs) -> list[int]:
     return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"]
 
 
+def same_as_transformers(ids: list[int], hf: list[int]) -> bool:
+    """transformers' ids through the last stop token (what follows it, a newline, is left out)."""
+    return hf[: len(ids)] == ids and len(hf) - len(ids) <= 2
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_multi_turn_trains_each_answer_and_its_end_of_turn_only(name, load):
     tokenizer, template, markers = load(name)
     chat = multi_turn(name)
-    [example] = encode(chat, template, tokenizer, train_on="assistant", max_length=4096, markers=markers)
+    try:
+        examples = encode(chat, template, tokenizer, train_on="assistant", max_length=4096, markers=markers)
+    except UserError as err:  # Nemotron opens <think> at inference; its render of a plain answer does not
+        assert name == "trl-nemotron_3_super" and "generation prompt" in str(err)
+        return
     eot = EOT[name]
-    assert trained_runs(tokenizer, example) == [f"Hello! How can I help?{eot}", f"ok ok{eot}"]
-    assert example.eot_trained and not example.double_bos and example.truncated_turns == 0
-    assert example.input_ids == hf_ids(tokenizer, chat.as_dicts())  # one render, as transformers renders
+    runs = [run for example in examples for run in trained_runs(tokenizer, example)]
+    assert runs == [f"Hello! How can I help?{eot}", f"ok ok{eot}"]
+    assert all(e.eot_trained and not e.double_bos and e.truncated_turns == 0 for e in examples)
+    if len(examples) == 1:  # one render, tokenized as transformers does
+        assert same_as_transformers(examples[0].input_ids, hf_ids(tokenizer, chat.as_dicts()))
 
 
 def test_llama_adds_bos_once_and_a_date_preamble_that_does_not_train(load):
     tokenizer, template, markers = load("llama-3.2-3b-instruct")
-    [example] = encode(multi_turn("llama-3.2-3b-instruct"), template, tokenizer, train_on="assistant",
-                       max_length=4096, markers=markers)
+    example = encode(multi_turn("llama-3.2-3b-instruct"), template, tokenizer, train_on="assistant",
+                     max_length=4096, markers=markers)[-1]
     assert example.input_ids[0] == tokenizer.bos_token_id and example.input_ids[1] != tokenizer.bos_token_id
     assert "Cutting Knowledge Date" in tokenizer.decode(example.input_ids)
     assert "Cutting" not in "".join(trained_runs(tokenizer, example))
@@ -147,7 +129,7 @@ def test_qwen_tool_calls_train_as_generated_text_and_the_default_system_prompt_d
     assert trained_runs(tokenizer, example) == [first, "It is 21 degrees in Paris.<|im_end|>"]
     text = tokenizer.decode(example.input_ids)
     assert "You are Qwen, created by Alibaba Cloud" in text and "# Tools" in text
-    assert example.input_ids == hf_ids(tokenizer, chat.as_dicts(), tools=list(chat.tools))
+    assert same_as_transformers(example.input_ids, hf_ids(tokenizer, chat.as_dicts("object"), tools=list(chat.tools)))
 
 
 def test_qwen_adds_its_default_system_prompt_untrained(load):
@@ -162,8 +144,8 @@ def test_llama_tool_call_trains_the_json_call(load):
     """Llama 3.2 writes a tool-call turn as a JSON object instead of its content."""
     tokenizer, template, markers = load("llama-3.2-3b-instruct")
     chat = tool_conversation("")
-    [example] = encode(chat, template, tokenizer, train_on="assistant", max_length=4096, markers=markers)
-    assert trained_runs(tokenizer, example) == ['{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>',
+    examples = encode(chat, template, tokenizer, train_on="assistant", max_length=4096, markers=markers)
+    assert [run for e in examples for run in trained_runs(tokenizer, e)] == ['{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>',
                                                 "It is 21 degrees in Paris.<|eot_id|>"]
 
 
@@ -171,25 +153,21 @@ REASONING = conversation(("system", "Think first."), ("user", "2+2?"), ("assista
                          ("user", "3+3?"), ("assistant", "<think>\nAdd again.\n</think>\n\n6"))
 
 
-def test_deepseek_rewrites_history_so_each_turn_is_its_own_example(load):
-    """The R1-distill template strips everything up to `</think>` from assistant turns, so the
-    reasoning is not in the render verbatim: one example per turn, the turn rendered last.
+def test_deepseek_drops_reasoning_so_it_is_refused_unless_dropped(load):
+    """This R1-distill revision strips everything up to `</think>` from every assistant turn, the
+    final one included, and its generation prompt is `<｜Assistant｜>` alone: the reasoning in the
+    data could never train. That is refused, naming the way out; with `template.drop: [reasoning]`
+    the answers train, one example, as the model generates them at inference."""
+    from tunesmith.formatting.encode import build_template as build
 
-    What trains is that turn as the template renders a final turn: this revision of the template
-    strips reasoning from the final turn too, and its generation prompt is `<｜Assistant｜>` alone
-    (later DeepSeek revisions force `<think>\\n` there; this one does not), so a turn trains on the
-    text after `</think>` plus `<｜end▁of▁sentence｜>`. The reasoning never trains: with this
-    template the model cannot see it at inference either.
-    """
     tokenizer, template, markers = load("deepseek-r1-distill-qwen-32b")
-    first, second = encode(REASONING, template, tokenizer, train_on="assistant", max_length=4096, markers=markers)
+    with pytest.raises(UserError, match=r"drops the <think> reasoning of assistant messages\[2\].*template.drop"):
+        encode(REASONING, template, tokenizer, train_on="assistant", max_length=4096, markers=markers)
+    dropping = build(tokenizer, "model", drop=("reasoning",))
+    examples = encode(REASONING, dropping, tokenizer, train_on="assistant", max_length=4096, markers=markers)
     eos = "<｜end▁of▁sentence｜>"
-    assert trained_runs(tokenizer, first) == [f"\n\n4{eos}"]
-    assert trained_runs(tokenizer, second) == [f"\n\n6{eos}"]
-    messages = REASONING.as_dicts()
-    assert first.input_ids == hf_ids(tokenizer, messages[:3]) and second.input_ids == hf_ids(tokenizer, messages)
-    assert "Add again" not in tokenizer.decode(second.input_ids)  # history as the template rewrites it
-    assert first.eot_trained and second.eot_trained
+    assert [run for e in examples for run in trained_runs(tokenizer, e)] == [f"4{eos}", f"6{eos}"]
+    assert "Add" not in "".join(tokenizer.decode(e.input_ids) for e in examples)
 
 
 def test_deepseek_without_reasoning_is_one_example(load):
@@ -199,11 +177,15 @@ def test_deepseek_without_reasoning_is_one_example(load):
     assert len(trained_runs(tokenizer, example)) == 2
 
 
-def test_deepseek_split_rows_are_counted_once_in_the_report(load):
-    tokenizer, template, markers = load("deepseek-r1-distill-qwen-32b")
-    examples, report = encode_split([REASONING, multi_turn("deepseek")], template, tokenizer, train_on="assistant",
+def test_qwen35_history_rewriting_makes_one_example_per_turn_and_the_report_counts_rows(load):
+    """Qwen3.5 writes the think block only after the last user message: an earlier turn, rendered as
+    the final one at inference, has it; in the whole conversation it does not. So each turn is its
+    own example, and the report still counts one row."""
+    tokenizer, template, markers = load("trl-qwen3_5_nothink")
+    examples, report = encode_split([multi_turn("qwen")], template, tokenizer, train_on="assistant",
                                     max_length=4096, markers=markers, split="train")
-    assert (report.rows, report.examples, len(examples)) == (2, 3, 3)
+    assert (report.rows, report.examples, len(examples)) == (1, 2, 2)
+    assert all("<think>\n\n</think>\n\n" in tokenizer.decode(e.input_ids) for e in examples)
     assert report.tokens == sum(len(e.input_ids) for e in examples)
 
 
@@ -239,7 +221,7 @@ def _assert_inside_transformers_assistant_mask(tokenizer, chat, example):
     """Every trained token lies in a generation block as transformers computes them."""
     out = tokenizer.apply_chat_template(chat.as_dicts(), tokenize=True, return_dict=True,
                                         return_assistant_tokens_mask=True)
-    assert out["input_ids"] == example.input_ids
+    assert same_as_transformers(example.input_ids, out["input_ids"])
     trained = [i for i, label in enumerate(example.labels) if label != IGNORE_INDEX]
     assert trained and all(out["assistant_masks"][i] for i in trained)
 

@@ -73,7 +73,7 @@ def test_messages_with_parts_tool_calls_weights_names_and_tools():
     assert sample(row) == chat(
         Message("system", "Be brief."),
         user("Weather in Paris?"),
-        Message("assistant", "", 0.0, (ToolCall("weather", '{"city": "Paris", "note": "é"}', "c1"),
+        Message("assistant", "", 0.0, (ToolCall("weather", {"city": "Paris", "note": "é"}, "c1"),
                                        ToolCall("weather", '{"city": "Nice"}', "c2"))),
         Message("tool", "18C", name="weather", tool_call_id="c1"),
         assistant("18C in Paris.", 1.0),
@@ -102,7 +102,7 @@ def test_flat_and_legacy_tool_calls_and_openai_role_aliases():
     ]}
     assert sample(row).messages == (
         Message("system", "Use tools."),
-        Message("assistant", "", tool_calls=(ToolCall("lookup", "{}"),)),
+        Message("assistant", "", tool_calls=(ToolCall("lookup", {}),)),
         Message("assistant", "", tool_calls=(ToolCall("lookup", "{}"),)),
         Message("tool", "none", name="lookup"),
     )
@@ -117,7 +117,9 @@ def test_unknown_role_lists_the_allowed_ones():
 
 @pytest.mark.parametrize("row, code, field", [
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {}}]}]},
-     "unsupported_content", "messages[0].content[1]"),
+     "vision_row", "messages[0].content[1]"),
+    ({"messages": [{"role": "user", "content": [{"type": "file", "file": {}}]}]},
+     "unsupported_content", "messages[0].content[0]"),
     ({"messages": [{"role": "user", "content": [{"text": "a"}]}]}, "missing_key", "messages[0].content[0].type"),
     ({"messages": [{"role": "user", "content": None}]}, "wrong_type", "messages[0].content"),
     ({"messages": [{"role": "user"}]}, "missing_key", "messages[0].content"),
@@ -162,14 +164,14 @@ def test_sharegpt_with_system_tools_function_call_and_observation():
     ]}
     assert sample(row) == chat(
         Message("system", "You call tools."), user("Weather in Paris?"),
-        Message("assistant", "", tool_calls=(ToolCall("weather", '{"city": "Paris"}'),)),
+        Message("assistant", "", tool_calls=(ToolCall("weather", {"city": "Paris"}),)),
         Message("tool", "18C"), assistant("18C."), tools=(WEATHER,))
 
 
 def test_sharegpt_function_call_list():
     row = {"conversations": [{"from": "function_call", "value": [{"name": "a", "arguments": "{}"},
                                                                   {"name": "b", "arguments": {"x": 1}}]}]}
-    assert sample(row).messages[0].tool_calls == (ToolCall("a", "{}"), ToolCall("b", '{"x": 1}'))
+    assert sample(row).messages[0].tool_calls == (ToolCall("a", "{}"), ToolCall("b", {"x": 1}))
 
 
 def test_sharegpt_custom_keys_and_roles():

@@ -72,10 +72,12 @@ def test_inspect_prints_rows_and_audit_and_writes_an_escaped_html_page(tmp_path,
     assert not list(out_html.parent.glob(".*.tmp"))
 
     # The audit covers every row and equals token counts made here from the tokenizer alone.
+    # What follows the last stop token (ChatML's newline) is left out: it trains nothing.
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     conversations = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QUESTIONS]
-    tokens = sum(len(tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"])
-                 for c in conversations)
+    renders = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
+    tokens = sum(len(tokenizer(text[: text.rindex("<|im_end|>") + len("<|im_end|>")],
+                               add_special_tokens=False)["input_ids"]) for text in renders)
     trained = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) + 1 for _, a in QUESTIONS)
     numbers = audit_numbers(page)
     assert (numbers["rows"], numbers["tokens"], numbers["trainable_tokens"]) == (3, tokens, trained)
@@ -123,7 +125,8 @@ def test_a_template_that_drops_the_answers_is_exit_2_naming_the_template(tmp_pat
     config = write_config(tmp_path, model_dir, str(chats), f"template:\n  chat_template: {template}\n")
     assert main(["inspect", str(config), "--html", str(tmp_path / "never.html")]) == 2
     err = capsys.readouterr().err
-    assert f"{chats}:1: 3 of 3 train rows train no token with {template}" in err
+    assert f"{chats}:1: chat template {template} leaves out or rewrites the answer of assistant messages[1]" in err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "never.html").exists()
 
 
@@ -131,8 +134,8 @@ def test_a_row_split_into_one_sequence_per_turn_shows_each(tmp_path, model_dir, 
     """A template that rewrites earlier answers trains each answer in a render where it comes last."""
     template = tmp_path / "rewrites.jinja"
     template.write_text("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' and not "
-                        "loop.last %}(earlier answer){% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}",
-                        encoding="utf-8")
+                        "loop.last %}(earlier answer){% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
+                        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", encoding="utf-8")
     data = tmp_path / "two_turns.jsonl"
     turns = [("user", "First?"), ("assistant", "first answer"), ("user", "Second?"), ("assistant", "second answer")]
     data.write_text(json.dumps({"messages": [{"role": r, "content": c} for r, c in turns]}) + "\n", encoding="utf-8")
@@ -174,6 +177,86 @@ def test_inspect_help_imports_no_torch():
             "print('torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stderr.split() == ["False", "False"] and "--rows N" in done.stdout
+
+
+# ---- --json: the first rows' Examples as JSON lines ----
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_json_writes_each_example_with_its_text_trained_spans_and_prompts(tmp_path, model_dir, chats, capsys):
+    config = write_config(tmp_path, model_dir, str(chats))
+    out_json = tmp_path / "out" / "rows.jsonl"
+    assert main(["inspect", str(config), "--rows", "2", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "⟦Paris<|im_end|>⟧" in out and f"Wrote {out_json}" in out  # the colour view is unchanged
+    records = read_jsonl(out_json)
+    assert not list(out_json.parent.glob(".*.tmp"))
+    assert [r["source"] for r in records] == [f"{chats}:1", f"{chats}:2"]
+    assert all(set(r) == {"source", "input_ids", "labels", "text", "trained", "prompts"} for r in records)
+
+    # Independently of tunesmith: the text is transformers' render, the prompt its generation prompt.
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    examples = prepare(load_config(config), Console(quiet=True)).splits["train"].examples
+    for record, example, (question, answer) in zip(records, examples, QUESTIONS):
+        chat = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        render = tokenizer.apply_chat_template(chat, tokenize=False)  # through its last stop token
+        assert record["text"] == render[: render.rindex("<|im_end|>") + len("<|im_end|>")]
+        assert record["prompts"] == [tokenizer.apply_chat_template(chat[:1], tokenize=False,
+                                                                   add_generation_prompt=True)]
+        assert record["trained"] == [answer + "<|im_end|>"]
+        assert record["text"].startswith(record["prompts"][0] + record["trained"][0])
+        assert (record["input_ids"], record["labels"]) == (example.input_ids, example.labels)
+        trained_ids = [t for t, label in zip(record["input_ids"], record["labels"]) if label != -100]
+        assert tokenizer.decode(trained_ids) == "".join(record["trained"])
+
+
+def test_json_from_the_processed_data_cache_still_has_the_text(tmp_path, model_dir, chats, capsys):
+    config = write_config(tmp_path, model_dir, str(chats))
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    assert main(["inspect", str(config), "--json", str(first)]) == 0
+    assert main(["inspect", str(config), "--json", str(second)]) == 0
+    assert "train: 3 rows from the processed-data cache" in capsys.readouterr().out
+    assert second.read_text(encoding="utf-8") == first.read_text(encoding="utf-8")
+    assert [r["trained"] for r in read_jsonl(second)] == [[a + "<|im_end|>"] for _, a in QUESTIONS]
+
+
+def test_json_has_one_line_per_sequence_of_a_row_split_per_turn(tmp_path, model_dir, capsys):
+    template = tmp_path / "rewrites.jinja"
+    template.write_text("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' and not "
+                        "loop.last %}(earlier answer){% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
+                        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", encoding="utf-8")
+    data = tmp_path / "two_turns.jsonl"
+    turns = [("user", "First?"), ("assistant", "first answer"), ("user", "Second?"), ("assistant", "second answer")]
+    data.write_text(json.dumps({"messages": [{"role": r, "content": c} for r, c in turns]}) + "\n", encoding="utf-8")
+    config = write_config(tmp_path, model_dir, str(data), f"template:\n  chat_template: {template}\n")
+    assert main(["inspect", str(config), "--json", str(tmp_path / "turns.jsonl")]) == 0
+    records = read_jsonl(tmp_path / "turns.jsonl")
+    assert [r["source"] for r in records] == [f"{data}:1"] * 2
+    examples = prepare(load_config(config), Console(quiet=True)).splits["train"].examples
+    assert [(r["input_ids"], r["labels"]) for r in records] == [(e.input_ids, e.labels) for e in examples]
+    first, second = sorted(records, key=lambda r: r["trained"][0] != "first answer<|im_end|>")
+    assert first["trained"] == ["first answer<|im_end|>"] and second["trained"] == ["second answer<|im_end|>"]
+    assert first["text"].endswith("first answer<|im_end|>") and "(earlier answer)" in second["text"]
+    assert first["prompts"] == ["<|im_start|>user\nFirst?<|im_end|>\n<|im_start|>assistant\n"]
+    assert second["prompts"] == ["<|im_start|>user\nFirst?<|im_end|>\n<|im_start|>assistant\n(earlier answer)"
+                                 "<|im_end|>\n<|im_start|>user\nSecond?<|im_end|>\n<|im_start|>assistant\n"]
+
+
+def test_json_of_the_validation_split_raw_text_and_zero_rows(tmp_path, model_dir, chats, capsys):
+    text = tmp_path / "docs.jsonl"
+    text.write_text(json.dumps({"text": "Plain words to learn."}) + "\n", encoding="utf-8")
+    config = write_config(tmp_path, model_dir, str(chats), f"  validation: {text}\n")
+    assert main(["inspect", str(config), "--split", "validation", "--json", str(tmp_path / "val.jsonl")]) == 0
+    [record] = read_jsonl(tmp_path / "val.jsonl")
+    assert record["source"] == f"{text}:1" and record["prompts"] == []
+    assert record["text"] == "Plain words to learn.<|im_end|>"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert record["trained"] == [tokenizer.decode(record["input_ids"][1:])]  # every token after the first
+    assert record["trained"][0].endswith("learn.<|im_end|>")
+    assert main(["inspect", str(config), "--rows", "0", "--json", str(tmp_path / "none.jsonl")]) == 0
+    assert (tmp_path / "none.jsonl").read_text(encoding="utf-8") == ""
 
 
 # ---- the pure view helpers ----

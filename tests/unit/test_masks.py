@@ -37,13 +37,14 @@ def trained_text(tokenizer, example) -> str:
 def test_assistant_turns_and_their_end_of_turn_train_nothing_else(tokenizer):
     template = build_template(tokenizer, "model")
     markers = end_of_turn_markers(tokenizer)
-    [example] = encode(MULTI_TURN, template, tokenizer, train_on="assistant", max_length=4096, markers=markers)
+    examples = encode(MULTI_TURN, template, tokenizer, train_on="assistant", max_length=4096, markers=markers)
     eot = "<|end|>" if "<|end|>" in markers else "<|end_of_text|>"
-    assert trained_text(tokenizer, example).replace(" ", "") == f"Hello!HowcanIhelp?{eot}okok{eot}"
-    assert example.eot_trained
-    # the same ids as the tokenizer's own apply_chat_template: one render, nothing tokenized apart
-    assert example.input_ids == tokenizer.apply_chat_template(MULTI_TURN.as_dicts(), tokenize=True,
-                                                              return_dict=True)["input_ids"]
+    assert "".join(trained_text(tokenizer, e) for e in examples).replace(" ", "") == f"Hello!HowcanIhelp?{eot}okok{eot}"
+    assert all(e.eot_trained for e in examples)
+    # the last example is the whole conversation as the tokenizer's own apply_chat_template tokenizes it
+    hf = tokenizer.apply_chat_template(MULTI_TURN.as_dicts(), tokenize=True, return_dict=True)["input_ids"]
+    ids = examples[-1].input_ids
+    assert hf[: len(ids)] == ids and len(hf) - len(ids) <= 2  # what follows the last stop is left out
 
 
 def test_last_and_weights(tokenizer):
@@ -58,19 +59,20 @@ def test_last_and_weights(tokenizer):
 
 def test_truncation_is_reported(tokenizer):
     template = build_template(tokenizer, "model")
-    [example] = encode(MULTI_TURN, template, tokenizer, train_on="assistant", max_length=12,
-                     markers=end_of_turn_markers(tokenizer))
-    assert example.truncated and len(example.input_ids) == 12
-    assert example.truncated_turns == 2  # both answers lie past token 12: each is cut wholly
+    examples = encode(MULTI_TURN, template, tokenizer, train_on="assistant", max_length=12,
+                      markers=end_of_turn_markers(tokenizer))
+    assert all(e.truncated and len(e.input_ids) == 12 for e in examples)
+    assert sum(e.truncated_turns for e in examples) == 2  # both answers lie past token 12: each is cut wholly
 
 
-def test_template_that_drops_assistant_text_trains_nothing():
+def test_template_that_drops_assistant_text_is_refused():
     from tunesmith.formatting.prepare import encode_split
 
     tokenizer = AutoTokenizer.from_pretrained(FIXTURES / "phi-3-mini-128k-instruct")
     broken = ChatTemplate("{% for m in messages %}{% if m.role != 'assistant' %}{{ m.content }}{% endif %}{% endfor %}",
                           name="broken.jinja")
-    with pytest.raises(UserError, match=r"mem.jsonl:1: 1 of 1 train rows train no token with broken.jinja"):
+    with pytest.raises(UserError, match=r"^mem.jsonl:1: chat template broken.jinja leaves out or rewrites the answer "
+                                        r"of assistant messages\[2\]"):
         encode_split([MULTI_TURN], broken, tokenizer, train_on="assistant", max_length=512,
                      markers=end_of_turn_markers(tokenizer), split="train")
 
@@ -87,26 +89,3 @@ def test_sandbox_blocks_attribute_escape():
     sneaky = ChatTemplate("{{ messages.__class__.__mro__ }}", name="sneaky.jinja")
     with pytest.raises(UserError):
         sneaky.render([{"role": "user", "content": "x"}])
-
-
-def test_labels_by_bisection_equal_the_token_by_token_sweep():
-    """`_labels` finds each range's tokens by bisection; on any left-to-right offsets (zero-width
-    tokens, tokens straddling range edges, added markers) it must equal the plain sweep."""
-    import random
-
-    from tunesmith.formatting.encode import _labels, _labels_by_sweep
-
-    rng = random.Random(7)
-    for _ in range(2000):
-        offsets, position = [], 0
-        for _ in range(rng.randint(0, 30)):
-            width = rng.choice((0, 1, 1, 2, 3, 5))
-            offsets.append((position, position + width))
-            position += width
-        ids = [rng.randint(0, 9) for _ in offsets]
-        cuts = sorted(rng.sample(range(position + 2), min(position + 2, 2 * rng.randint(0, 3))))
-        ranges = [(cuts[i], cuts[i + 1]) for i in range(0, len(cuts) - 1, 2) if cuts[i] < cuts[i + 1]]
-        added = frozenset(rng.sample(range(10), 3))
-        assert _labels(ids, offsets, ranges, added) == _labels_by_sweep(ids, offsets, ranges, added), (offsets, ranges)
-    backwards = [(0, 2), (5, 7), (2, 5)]  # offsets that go back: the sweep itself answers
-    assert _labels([1, 2, 3], backwards, [(2, 5)]) == _labels_by_sweep([1, 2, 3], backwards, [(2, 5)], frozenset())

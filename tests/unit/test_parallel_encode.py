@@ -48,7 +48,8 @@ def test_workers_give_the_examples_of_one_process_in_order(tokenizer, monkeypatc
 def test_a_refused_row_in_a_worker_is_the_same_one_line_error(tokenizer, monkeypatch):
     monkeypatch.setattr(prepare, "PARALLEL_ROWS", 50)
     template = ChatTemplate("{% for m in messages %}{% if m.content == 'bad' %}{{ raise_exception('no bad rows') }}"
-                            "{% endif %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}", name="strict.jinja")
+                            "{% endif %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}"
+                            "{% if add_generation_prompt %}<|assistant|>{% endif %}", name="strict.jinja")
     rows = samples(120)
     for i in (77, 101):  # the first refused row is the one named, wherever the pieces finish
         rows[i] = Conversation((Message("user", "bad"), Message("assistant", "x")), Provenance("mem.jsonl", i + 1))

@@ -42,7 +42,8 @@ def test_changing_any_input_misses(setup, tmp_path):
     assert not run(data, model, "template.max_length=64").cached
     assert not run(data, model, "template.train_on=all").cached
     template = tmp_path / "plain.jinja"
-    template.write_text("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}", encoding="utf-8")
+    template.write_text("{% for m in messages %}{{ m.role }}: {{ m.content }}{{ eos_token }}\n{% endfor %}"
+                        "{% if add_generation_prompt %}assistant: {% endif %}", encoding="utf-8")
     assert not run(data, model, f"template.chat_template={template}").cached
     other_tokenizer = tmp_path / "other-model"
     shutil.copytree(model, other_tokenizer)

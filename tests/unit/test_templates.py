@@ -46,6 +46,9 @@ EXPECTED = {
     "chatml": ("<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n"
                "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nSay ok<|im_end|>\n"
                "<|im_start|>assistant\nok<|im_end|>\n", "ok<|im_end|>\n", "<|im_end|>"),
+    "chatml_tools": ("<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n"
+                     "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nSay ok<|im_end|>\n"
+                     "<|im_start|>assistant\nok<|im_end|>\n", "ok<|im_end|>\n", "<|im_end|>"),
     "llama3": ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe terse.<|eot_id|>"
                "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
                "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
@@ -66,7 +69,8 @@ EXPECTED = {
 
 
 def test_every_builtin_has_an_expected_rendering():
-    assert set(EXPECTED) == set(BUILTIN_NAMES) == {"chatml", "llama3", "mistral", "gemma", "phi3", "alpaca"}
+    assert set(EXPECTED) == set(BUILTIN_NAMES) == {"chatml", "chatml_tools", "llama3", "mistral", "gemma", "phi3",
+                                                   "alpaca"}
 
 
 @pytest.mark.parametrize("name", BUILTIN_NAMES)
@@ -79,12 +83,13 @@ def test_builtin_renders_a_multi_turn_conversation_exactly(name, smol_path):
     # what inference prompts with, then the answer and what follows it, is exactly the training text
     prompt = template.render(messages[:4], add_generation_prompt=True)
     assert prompt + answer == full
-    [example] = encode(CHAT, template, tokenizer, train_on="assistant", max_length=512,
-                       markers=end_of_turn_markers(tokenizer))
-    trained = tokenizer.decode([t for t, label in zip(example.input_ids, example.labels) if label != IGNORE_INDEX])
+    examples = encode(CHAT, template, tokenizer, train_on="assistant", max_length=512,
+                      markers=end_of_turn_markers(tokenizer, template))
+    trained = "".join(tokenizer.decode([t for t, label in zip(e.input_ids, e.labels) if label != IGNORE_INDEX])
+                      for e in examples)
     # Mistral's answer follows "[/INST] ": the byte-level tokenizer joins that space to the answer's first token.
     assert trained == (f" Hello!{eot} ok{eot}" if name == "mistral" else f"Hello!{eot}ok{eot}")
-    assert example.eot_trained
+    assert all(e.eot_trained for e in examples)
 
 
 @pytest.mark.parametrize("name", ["llama3", "gemma", "phi3", "chatml"])
@@ -132,7 +137,7 @@ def test_builtin_chatml_matches_qwens_template_given_a_system_prompt(smol_path):
 def test_no_model_template_points_to_the_builtins(smol_path):
     tokenizer = AutoTokenizer.from_pretrained(smol_path)
     tokenizer.chat_template = None
-    with pytest.raises(UserError, match="no chat template of its own.*chatml, llama3, mistral, gemma, phi3, alpaca"):
+    with pytest.raises(UserError, match="no chat template of its own.*chatml, chatml_tools, llama3, mistral, gemma, phi3, alpaca"):
         build_template(tokenizer, "model")
 
 
@@ -183,7 +188,7 @@ def test_double_bos_is_detected_and_reported():
 
 
 def test_truncated_assistant_turns_are_counted_partly_and_wholly():
-    tokenizer = AutoTokenizer.from_pretrained(FIXTURES / "phi-3-mini-128k-instruct")
+    tokenizer = AutoTokenizer.from_pretrained(FIXTURES / "granite-3.1-1b-a400m-instruct")
     template, markers = build_template(tokenizer, "model"), end_of_turn_markers(tokenizer)
     chat = conversation(("user", "Hi"), ("assistant", "one two three four five six"), ("user", "More"),
                         ("assistant", "seven eight"))
@@ -226,7 +231,7 @@ def test_a_template_that_marks_no_assistant_token_stops_training_before_the_mode
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     config = load_config(None, [f"data.train={data}", f"model.name={model}", f"output_dir={tmp_path / 'runs'}",
                                 "name=never", f"template.chat_template={drops}"])
-    with pytest.raises(UserError, match=rf"chat.jsonl:1: 4 of 4 train rows train no token with {drops}"):
+    with pytest.raises(UserError, match=rf"chat.jsonl:1: chat template {drops} leaves out or rewrites the answer"):
         tunesmith.train(config)
     assert not (tmp_path / "runs" / "never").exists()
     with pytest.raises(OSError):  # loading weights would have failed differently: there are none

@@ -26,6 +26,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
                          help="which split to show (default train)")
     inspect.add_argument("--html", metavar="OUT.html",
                          help="also write the rows and the audit as a self-contained HTML page")
+    inspect.add_argument("--json", metavar="OUT.jsonl",
+                         help="also write the first rows as JSON lines, one per training sequence: source, "
+                              "input_ids, labels, text, trained (each trained span's text), prompts (each "
+                              "turn's generation prompt)")
     add_set_option(inspect)
     inspect.set_defaults(handler="tunesmith.cli.inspect:run_inspect")
 
@@ -38,5 +42,6 @@ def run_inspect(args: argparse.Namespace) -> int:
     quiet_libraries()
     from tunesmith.training.inspect import inspect
 
-    inspect(config, rows=args.rows, split=args.split, console=make_console(), html_path=args.html)
+    inspect(config, rows=args.rows, split=args.split, console=make_console(), html_path=args.html,
+            json_path=args.json)
     return 0

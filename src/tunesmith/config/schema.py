@@ -104,6 +104,15 @@ class TemplateConfig(Section):
     max_length: int = Field(1024, gt=8)
     """Longest tokenized conversation; longer rows are cut and counted in the data report."""
 
+    variables: dict[str, Union[bool, int, float, str]] = {}
+    """Extra variables the chat template reads, e.g. `enable_thinking: false`; every render gets them, at
+    training and at inference (they are saved with the adapter)."""
+
+    drop: list[Literal["reasoning", "tools"]] = []
+    """Message fields to leave out before rendering: `reasoning` (reasoning_content/thinking fields and a
+    leading <think>...</think> in answers) or `tools` (the tool schemas). Without this, a row whose reasoning or
+    tools the template does not render is refused rather than trained without them."""
+
 
 class LoraConfig(Section):
     r: int = Field(16, gt=0)
@@ -222,13 +231,14 @@ class DistributedConfig(Section):
 
 class EvalConfig(Section):
     metrics: list[Union[Literal["exact", "normalized", "contains", "regex", "json_exact", "json_valid", "json_fields",
-                                "rouge_l"],
+                                "rouge_l", "tool_call", "tool_name"],
                         Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]]] = ["exact"]
     """Generation metrics on the test split: `exact` (same text), `normalized` (same after lowercasing and
     dropping punctuation, articles and extra spaces), `contains` (the reference appears in the answer),
     `regex` (the answer matches `eval.regex`), `json_exact` (same parsed JSON), `json_valid` (a JSON
     object), `json_fields` (share of the reference's JSON leaf fields the answer has equal), `rouge_l`
-    (ROUGE-L F1 over words), or your own as `module:function` (function(prediction, reference) -> 0..1)."""
+    (ROUGE-L F1 over words), `tool_call` (the same `<tool_call>` JSON calls: names and arguments), `tool_name`
+    (the same tools called), or your own as `module:function` (function(prediction, reference) -> 0..1)."""
 
     regex: str | None = None
     """Pattern for the `regex` metric (Python `re.search` on the answer)."""

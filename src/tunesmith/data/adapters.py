@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith.data.chat_messages import messages, tool_call
 from tunesmith.data.types import ROLES, Conversation, Message, Provenance, Role, TextSample, TokenSample, ToolCall
-from tunesmith.data.values import as_dict, as_list, decoded, fail, kind, short, text, weight
+from tunesmith.data.values import as_dict, as_list, decoded, fail, kind, message_weight, short, text
 
 if TYPE_CHECKING:
     from tunesmith.data.formats import FormatOptions
@@ -76,6 +76,7 @@ class Fields:
         fail(self.where, "wrong_type", self.key("id"), f"expected a string or an integer, got {kind(value)}")
 
     def tools(self) -> tuple[dict, ...]:
+        """A list of tool schemas, or its JSON text (a CSV cell; LLaMA-Factory's ShareGPT rows)."""
         value = self.get("tools")
         if value is None or value == "":
             return ()
@@ -119,10 +120,11 @@ def sharegpt_turn(item: Any, f: Fields, roles: Mapping[str, str], field: str) ->
     if not isinstance(speaker, str) or speaker not in roles:
         fail(f.where, "unknown_role", f"{field}.{who}", f"unknown speaker {short(speaker)} (known: {', '.join(roles)})",
              f"map it to one of {', '.join(ROLES)} with data.roles")
-    turn_weight = weight(item.get("weight"), f.where, f"{field}.weight")
+    role = "assistant" if roles[speaker] == FUNCTION_CALL else roles[speaker]
+    turn_weight = message_weight(item, role, f.where, field)
     if roles[speaker] == FUNCTION_CALL:
         return Message("assistant", "", turn_weight, function_calls(item[what], f.where, f"{field}.{what}"))
-    return Message(roles[speaker], text(item[what], f.where, f"{field}.{what}"), turn_weight)
+    return Message(role, text(item[what], f.where, f"{field}.{what}"), turn_weight)
 
 
 def function_calls(value: Any, where: Provenance, field: str) -> tuple[ToolCall, ...]:

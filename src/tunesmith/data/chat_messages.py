@@ -1,8 +1,10 @@
 """OpenAI chat messages (role, content, tool_calls, ...) to `Message`s.
 
-Shared by the `messages` and `prompt_completion` adapters. Keys a message has beyond the ones read
-here (OpenAI's `refusal`, `audio`, `annotations`, or anyone's extras) are ignored: no chat template
-renders them.
+Shared by the `messages` and `prompt_completion` adapters. Also read: reasoning under any of
+`REASONING_KEYS`, and LLaMA-Factory v1's `{"type": "text", "value"}` parts and `loss_weight`.
+Keys a message has beyond the ones read here (OpenAI's `refusal`, `audio`, `annotations`, or
+anyone's extras) are ignored: no chat template renders them. Image, audio and video parts are
+refused (`vision_row`): they must never train as text.
 """
 
 from __future__ import annotations
@@ -11,11 +13,18 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from tunesmith.data.types import ROLES, Message, Provenance, ToolCall
-from tunesmith.data.values import as_dict, as_list, fail, kind, optional_str, short, text, weight
+from tunesmith.data.types import REASONING_KEYS, ROLES, Message, Provenance, ToolCall
+from tunesmith.data.values import as_dict, as_list, fail, kind, message_weight, optional_str, short, text
 
 # OpenAI's newer `developer` and legacy `function` roles, under the names templates know.
 MESSAGE_ROLES: Mapping[str, str] = {**{role: role for role in ROLES}, "developer": "system", "function": "tool"}
+# Content part types of other media (OpenAI, Anthropic-style and LLaMA-Factory names), by medium.
+MEDIA_PARTS: Mapping[str, str] = {
+    "image": "image", "image_url": "image", "input_image": "image",
+    "video": "video", "video_url": "video",
+    "audio": "audio", "audio_url": "audio", "input_audio": "audio",
+}
+VISION_HINT = "vision models are not supported; remove the images or the rows"
 
 
 def messages(value: Any, where: Provenance, field: str) -> tuple[Message, ...]:
@@ -33,10 +42,24 @@ def message(item: Any, where: Provenance, field: str) -> Message:
         fail(where, "unknown_role", f"{field}.role", f"unknown role {short(role)}",
              f"expected one of {', '.join(MESSAGE_ROLES)}")
     calls = tool_calls(item, where, field)
-    return Message(MESSAGE_ROLES[role], content(item, where, field, bool(calls)),
-                   weight(item.get("weight"), where, f"{field}.weight"), calls,
+    role = MESSAGE_ROLES[role]
+    return Message(role, content(item, where, field, bool(calls)), message_weight(item, role, where, field), calls,
                    optional_str(item.get("name"), where, f"{field}.name"),
-                   optional_str(item.get("tool_call_id"), where, f"{field}.tool_call_id"))
+                   optional_str(item.get("tool_call_id"), where, f"{field}.tool_call_id"),
+                   reasoning(item, where, field))
+
+
+def reasoning(item: dict, where: Provenance, field: str) -> str | None:
+    """The first of `REASONING_KEYS` that holds text; null and "" mean none (and the next key is read)."""
+    for key in REASONING_KEYS:
+        value = item.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            fail(where, "wrong_type", f"{field}.{key}", f"expected a string, got {kind(value)}")
+        if value:
+            return value
+    return None
 
 
 def content(item: dict, where: Provenance, field: str, has_calls: bool) -> str:
@@ -61,12 +84,16 @@ def text_part(part: Any, where: Provenance, field: str) -> str:
         fail(where, "wrong_type", field, f"expected a content part {{type, text}}, got {kind(part)}")
     if "type" not in part:
         fail(where, "missing_key", f"{field}.type", "missing")
-    if part["type"] != "text":
-        fail(where, "unsupported_content", field, f"content part of type {short(part['type'])} is not supported",
-             "only text parts can be trained; drop images and audio from the data")
-    if "text" not in part:
+    kind_ = part["type"]
+    if isinstance(kind_, str) and kind_ in MEDIA_PARTS:
+        fail(where, "vision_row", field, f"{MEDIA_PARTS[kind_]} content is not supported yet", VISION_HINT)
+    if kind_ != "text":
+        fail(where, "unsupported_content", field, f"content part of type {short(kind_)} is not supported",
+             "only text parts can be trained")
+    key = "value" if "text" not in part and "value" in part else "text"  # LLaMA-Factory v1 says value
+    if key not in part:
         fail(where, "missing_key", f"{field}.text", "missing")
-    return text(part["text"], where, f"{field}.text")
+    return text(part[key], where, f"{field}.{key}")
 
 
 def tool_calls(item: dict, where: Provenance, field: str) -> tuple[ToolCall, ...]:
@@ -95,8 +122,8 @@ def tool_call(value: Any, where: Provenance, field: str) -> ToolCall:
                     optional_str(call.get("id"), where, f"{field}.id"))
 
 
-def arguments(function: dict, where: Provenance, field: str) -> str:
-    """JSON text, as OpenAI sends it; an object is serialized (non-ASCII kept as is)."""
+def arguments(function: dict, where: Provenance, field: str) -> str | dict:
+    """As given: JSON text (as OpenAI sends it) or an object, which must be writable as JSON."""
     if "arguments" not in function:
         fail(where, "missing_key", field, "missing", 'a call without arguments takes "arguments": {}')
     value = function["arguments"]
@@ -104,7 +131,8 @@ def arguments(function: dict, where: Provenance, field: str) -> str:
         return value
     if isinstance(value, dict):
         try:
-            return json.dumps(value, ensure_ascii=False)
-        except (TypeError, ValueError) as err:
+            json.dumps(value, ensure_ascii=False)
+            return value
+        except (TypeError, ValueError, RecursionError) as err:
             fail(where, "bad_tool_call", field, f"arguments cannot be written as JSON: {err}")
     fail(where, "bad_tool_call", field, f"expected an object or its JSON text, got {kind(value)}")

@@ -1,7 +1,8 @@
 """Any supported data format to tunesmith's normalized JSONL, and the atomic writer it uses.
 
 The output holds everything the normalized sample holds and nothing else: conversations as
-`{"messages": [...], "tools"?, "id"?}` (OpenAI form, tool call arguments as JSON text), raw text
+`{"messages": [...], "tools"?, "id"?}` (OpenAI form, tool call arguments as the data gave them,
+JSON text or an object; reasoning as `reasoning_content`), raw text
 as `{"text"}`, pre-tokenized rows as `{"input_ids", "labels"?}`. Reading a converted file back
 gives the same samples. Bad rows are never written; by default a file with bad rows produces no
 output at all, so a half-converted dataset cannot be mistaken for a whole one.
@@ -48,6 +49,8 @@ def _message_to_dict(message: Message) -> dict[str, Any]:
     out: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.weight is not None:
         out["weight"] = int(message.weight) if message.weight in (0, 1) else message.weight
+    if message.reasoning is not None:
+        out["reasoning_content"] = message.reasoning
     if message.tool_calls:
         out["tool_calls"] = [_tool_call_to_dict(call) for call in message.tool_calls]
     if message.name is not None:
@@ -58,7 +61,7 @@ def _message_to_dict(message: Message) -> dict[str, Any]:
 
 
 def _tool_call_to_dict(call: ToolCall) -> dict[str, Any]:
-    """OpenAI form with `arguments` kept as the exact JSON text the data gave."""
+    """OpenAI form with `arguments` kept exactly as the data gave them (JSON text or an object)."""
     out: dict[str, Any] = {"type": "function", "function": {"name": call.name, "arguments": call.arguments}}
     if call.id is not None:
         out = {"id": call.id, **out}

@@ -3,7 +3,8 @@
 The message transform only: a row in, a `Conversation`, `TextSample` or `TokenSample` out; tokens
 are `formatting/`'s business. `detect_format` guesses from a row's keys when `data.format` is
 `auto`; naming the format is better (TRL guesses from one example, and a guess can be wrong).
-The adapters themselves live in `data/adapters.py`.
+The adapters themselves live in `data/adapters.py`. Rows supervised training must not read as
+text are refused whatever the format: KTO rows (`kto_row`) and rows with images (`vision_row`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from tunesmith.data.adapters import ADAPTERS, FUNCTION_CALL, Fields
-from tunesmith.data.values import fail
+from tunesmith.data.chat_messages import VISION_HINT
+from tunesmith.data.values import decoded, fail
 from tunesmith.data.sources import iter_rows
 from tunesmith.data.types import ROLES, Conversation, Provenance, RowError, Sample
 from tunesmith.errors import UserError
@@ -34,6 +36,10 @@ _DETECTION: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("text", ("text",)),
 )
 _SHOWN_KEYS = 20
+MEDIA_KEYS: Mapping[str, str] = MappingProxyType({"images": "image", "image": "image", "videos": "video",
+                                                 "audios": "audio"})
+"""Row keys of LLaMA-Factory's (and others') multimodal rows; the text holds `<image>` placeholders."""
+_KTO_LABELS = {"true", "false"}  # CSV cells
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ def detect_format(row: dict, where: Provenance, options: FormatOptions) -> tuple
     >>> detect_format({"instruction": "a", "output": "b"}, Provenance("f.jsonl", 1), FormatOptions())
     ('alpaca', 'keys instruction and output')
     """
+    refuse_unsupported(row, where, options)
     if options.format != "auto":
         return options.format, "set by data.format"
     f = Fields(row, where, options)
@@ -96,7 +103,24 @@ def to_sample(row: dict, where: Provenance, fmt: str, options: FormatOptions) ->
     """
     if fmt not in ADAPTERS:
         raise ValueError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    refuse_unsupported(row, where, options)
     return ADAPTERS[fmt](Fields(row, where, options))
+
+
+def refuse_unsupported(row: dict, where: Provenance, options: FormatOptions) -> None:
+    """`RowError` for a KTO row (TRL's unpaired preference: `completion` and a bool `label`) or a
+    row with images, videos or audio: read as supervised text, both would train the wrong thing."""
+    label = row.get("label")
+    if isinstance(label, str):
+        label = label.strip().lower() if label.strip().lower() in _KTO_LABELS else None
+    if isinstance(label, (bool, str)) and Fields(row, where, options).has("completion"):
+        fail(where, "kto_row", "label", "this is a KTO row (an answer marked good or bad); supervised training "
+             "would train every answer as if it were good",
+             "use a preference objective (method kto, coming) or drop the rows with label false and the label column")
+    for key, medium in MEDIA_KEYS.items():
+        value = decoded(row.get(key), list)  # a CSV cell "[]" is no images
+        if value is not None and not (isinstance(value, (str, list, tuple, dict)) and not value):
+            fail(where, "vision_row", key, f"{medium} content is not supported yet", VISION_HINT)
 
 
 def load_conversations(reference: str, data_format: str = "auto") -> list[Conversation]:

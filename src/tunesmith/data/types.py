@@ -7,6 +7,7 @@ row into a `Sample`: a `Conversation` (chat), a `TextSample` (raw text, every to
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
@@ -26,26 +27,67 @@ class Provenance:
         return f"{self.file}:{self.line}"
 
 
+ARGUMENT_FORMS: tuple[str, ...] = ("given", "object", "string")
+"""How `as_dict` writes tool-call arguments: as the data gave them, as an object, or as JSON text."""
+
+
 @dataclass(frozen=True)
 class ToolCall:
-    """One function call an assistant message makes. `arguments` is JSON text, as OpenAI sends it."""
+    """One function call an assistant message makes.
+
+    `arguments` is exactly what the data gave: JSON text (as OpenAI sends it, kept even when it is
+    not valid JSON) or an object (as many datasets and templates have it). Not hashable when it is
+    an object; nothing hashes calls, messages or conversations (`Conversation.tools` holds dicts too).
+    """
 
     name: str
-    arguments: str
+    arguments: str | dict[str, Any]
     id: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        """OpenAI form; `arguments` parsed back to an object where it is JSON (what templates expect)."""
-        import json
-
+    @property
+    def arguments_object(self) -> dict[str, Any] | None:
+        """The arguments as an object: a given object as is, JSON text parsed; None when the text
+        is not a JSON object."""
+        if isinstance(self.arguments, dict):
+            return self.arguments
         try:
-            arguments: Any = json.loads(self.arguments)
-        except ValueError:
-            arguments = self.arguments
-        call: dict[str, Any] = {"type": "function", "function": {"name": self.name, "arguments": arguments}}
+            parsed = json.loads(self.arguments)
+        except (ValueError, RecursionError):
+            return None
+        return parsed if isinstance(parsed, dict) else None
+
+    @property
+    def arguments_text(self) -> str:
+        """The arguments as JSON text: given text as is, an object serialized (non-ASCII kept)."""
+        if isinstance(self.arguments, dict):
+            return json.dumps(self.arguments, ensure_ascii=False)
+        return self.arguments
+
+    def as_dict(self, arguments: str = "given") -> dict[str, Any]:
+        """OpenAI form. `arguments`: "given" as the data gave them, "object" parsed where the text is
+        a JSON object (other text stays text), "string" as JSON text.
+
+        >>> ToolCall("f", '{"a": 1}').as_dict("object")["function"]
+        {'name': 'f', 'arguments': {'a': 1}}
+        """
+        if arguments == "given":
+            value: Any = self.arguments
+        elif arguments == "object":
+            value = self.arguments_object
+            value = self.arguments if value is None else value
+        elif arguments == "string":
+            value = self.arguments_text
+        else:
+            raise ValueError(f"arguments must be one of {', '.join(ARGUMENT_FORMS)}, not {arguments!r}")
+        call: dict[str, Any] = {"type": "function", "function": {"name": self.name, "arguments": value}}
         if self.id is not None:
             call["id"] = self.id
         return call
+
+
+REASONING_KEYS: tuple[str, ...] = ("reasoning_content", "thinking", "reasoning")
+"""Where a message carries its reasoning (Qwen3/DeepSeek, gpt-oss and others): read in this order,
+all written by `Message.as_dict`, since each template reads its own."""
 
 
 @dataclass(frozen=True)
@@ -59,12 +101,17 @@ class Message:
     """For a tool message: the tool's name. Otherwise an optional participant name."""
     tool_call_id: str | None = None
     """For a tool message: the id of the call it answers, when the data gives one."""
+    reasoning: str | None = None
+    """For an assistant message: the reasoning (thinking) before its answer, when the data gives it."""
 
-    def as_dict(self) -> dict[str, Any]:
-        """The `{"role", "content", ...}` form chat templates expect; optional keys only when set."""
+    def as_dict(self, arguments: str = "given") -> dict[str, Any]:
+        """The `{"role", "content", ...}` form chat templates expect; optional keys only when set.
+        Reasoning goes under every key of `REASONING_KEYS`; `arguments` as in `ToolCall.as_dict`."""
         out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.reasoning is not None:
+            out.update(dict.fromkeys(REASONING_KEYS, self.reasoning))
         if self.tool_calls:
-            out["tool_calls"] = [call.as_dict() for call in self.tool_calls]
+            out["tool_calls"] = [call.as_dict(arguments) for call in self.tool_calls]
         if self.name is not None:
             out["name"] = self.name
         if self.tool_call_id is not None:
@@ -82,9 +129,9 @@ class Conversation:
     prompt_messages: int | None = None
     """For prompt/completion rows: how many leading messages are the prompt (`train_on: completion`)."""
 
-    def as_dicts(self) -> list[dict[str, Any]]:
-        """Messages in the form chat templates expect."""
-        return [m.as_dict() for m in self.messages]
+    def as_dicts(self, arguments: str = "given") -> list[dict[str, Any]]:
+        """Messages in the form chat templates expect; `arguments` as in `ToolCall.as_dict`."""
+        return [m.as_dict(arguments) for m in self.messages]
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,9 @@ IGNORE_INDEX = -100
 
 # JSON may spell half a UTF-16 pair ("\\ud800"); Python keeps it, but no tokenizer can encode it.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# A template variable a data generator left in, e.g. "Dear {{name}},".
+_PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_][A-Za-z0-9_.]*\s*\}\}")
+_IMAGE_PLACEHOLDER = "<image>"  # LLaMA-Factory's multimodal rows mark each image so
 
 
 def check_sample(sample: Sample) -> list[Issue]:
@@ -49,11 +52,12 @@ def _surrogate_issue(sample: Sample, field: str) -> Issue:
 def _check_surrogates(conv: Conversation) -> list[Issue]:
     """Lone surrogates in anything a template may render: content, names, tool calls."""
     for index, m in enumerate(conv.messages):
-        for key, value in (("content", m.content), ("name", m.name or ""), ("tool_call_id", m.tool_call_id or "")):
+        for key, value in (("content", m.content), ("reasoning", m.reasoning or ""), ("name", m.name or ""),
+                           ("tool_call_id", m.tool_call_id or "")):
             if not value.isascii() and _SURROGATE.search(value):  # isascii is O(1): most text skips the search
                 return [_surrogate_issue(conv, f"messages[{index}].{key}")]
         for number, call in enumerate(m.tool_calls):
-            if _SURROGATE.search(call.name + call.arguments + (call.id or "")):
+            if _SURROGATE.search(call.name + call.arguments_text + (call.id or "")):
                 return [_surrogate_issue(conv, f"messages[{index}].tool_calls[{number}]")]
     if conv.tools and _SURROGATE.search(json.dumps(list(conv.tools), ensure_ascii=False, default=repr)):
         return [_surrogate_issue(conv, "tools")]
@@ -72,9 +76,21 @@ def _check_conversation(conv: Conversation) -> list[Issue]:
 
 
 def _check_message(conv: Conversation, index: int, message: Message) -> list[Issue]:
-    """Rules about one message on its own: empty content, weights outside assistant turns."""
+    """Rules about one message on its own: empty content, weights or reasoning outside assistant
+    turns, image placeholders, template variables left in an answer."""
     issues = []
     field = f"messages[{index}]"
+    if _IMAGE_PLACEHOLDER in message.content:
+        issues.append(_issue(conv, "vision_row", "error", f"{field}.content",
+                             f"an {_IMAGE_PLACEHOLDER} placeholder: image content is not supported yet",
+                             "vision models are not supported; remove the images or the rows"))
+    if message.role == "assistant" and "{{" in message.content and (found := _PLACEHOLDER.search(message.content)):
+        issues.append(_issue(conv, "template_placeholder", "warning", f"{field}.content",
+                             f"unreplaced placeholder {found.group()} in the answer",
+                             "the model would learn to write it; fill it in or remove the row"))
+    if message.reasoning is not None and message.role != "assistant":
+        issues.append(_issue(conv, "reasoning_not_assistant", "error", f"{field}.reasoning",
+                             f"reasoning on a {message.role} message", "only assistant messages have reasoning"))
     if not message.content.strip() and not message.tool_calls:
         if message.role == "assistant":
             issues.append(_issue(conv, "empty_content", "error", f"{field}.content",
@@ -168,8 +184,8 @@ def canonical_content(sample: Sample) -> dict[str, Any]:
         messages = []
         for m in sample.messages:
             item = m.as_dict()
-            if m.tool_calls:  # as_dict parses arguments; keep the exact text the row gave
-                item["tool_calls"] = [[c.name, c.arguments, c.id] for c in m.tool_calls]
+            if m.tool_calls:  # arguments as JSON text: the same key whether given as text or object
+                item["tool_calls"] = [[c.name, c.arguments_text, c.id] for c in m.tool_calls]
             if m.weight is not None:
                 item["weight"] = m.weight
             messages.append(item)
@@ -221,7 +237,8 @@ def near_key(sample: Sample) -> str:
     if isinstance(sample, Conversation):
         # Normalized text holds no control characters, so \x1e and \x1f separate unambiguously.
         form = "\x1e".join("\x1f".join([m.role, normalize_text(m.content),
-                                         *(f"{c.name}\x1d{normalize_text(c.arguments)}" for c in m.tool_calls)])
+                                         *(f"{c.name}\x1d{normalize_text(c.arguments_text)}" for c in m.tool_calls),
+                                         *([] if m.reasoning is None else [f"\x1c{normalize_text(m.reasoning)}"])])
                            for m in sample.messages)
     elif isinstance(sample, TextSample):
         form = normalize_text(sample.text)

@@ -79,3 +79,19 @@ def weight(value: Any, where: Provenance, field: str) -> float | None:
         return float(value)
     fail(where, "bad_weight", field, f"expected 0 or 1, got {short(value)}",
          "weight 1 trains this assistant turn, 0 leaves it out of the loss")
+
+
+def message_weight(item: dict, role: str, where: Provenance, field: str) -> float | None:
+    """A message's `weight`, or LLaMA-Factory's `loss_weight`; both given must agree.
+
+    LLaMA-Factory v1 writes `loss_weight: 0.0` on every system and user message; that is what
+    happens to them anyway, so a 0 `loss_weight` off an assistant message is dropped.
+    """
+    given = weight(item.get("weight"), where, f"{field}.weight")
+    loss = weight(item.get("loss_weight"), where, f"{field}.loss_weight")
+    if given is not None and loss is not None and given != loss:
+        fail(where, "conflicting_weight", f"{field}.loss_weight",
+             f"loss_weight {loss:g} disagrees with weight {given:g}", "give one of them")
+    if loss == 0 and given is None and role != "assistant":
+        return None
+    return given if given is not None else loss

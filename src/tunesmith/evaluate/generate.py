@@ -59,10 +59,16 @@ def read_prompt_rows(reference: str) -> list[Any]:
     return rows
 
 
-def prompt_messages(conversation: Any, system: str | None = None) -> list[dict]:
+def prompt_messages(conversation: Any, system: str | None = None, template: Any = None) -> list[dict]:
     """The conversation up to (not including) its last assistant turn when it ends with one, else
-    all of it; `system` is put first when the conversation has no system message."""
-    messages = conversation.as_dicts()
+    all of it; `system` is put first when the conversation has no system message. With `template`,
+    the messages are as that template is given them in training (tool-call arguments, dropped fields)."""
+    if template is not None:
+        from tunesmith.formatting.encode import template_messages
+
+        messages = template_messages(conversation, template)[0]
+    else:
+        messages = conversation.as_dicts()
     if messages[-1]["role"] == "assistant":
         messages = messages[:-1]
     if system and not any(m["role"] == "system" for m in messages):
@@ -86,9 +92,9 @@ def generate_file(target: str, in_path: str, out_path: str, *, max_new_tokens: i
     system = run.meta.get("system_prompt")
     prompts = []
     for conversation in conversations:
-        tools = [dict(tool) for tool in conversation.tools] or None
-        prompts.append(run.template.render(prompt_messages(conversation, system), add_generation_prompt=True,
-                                           tools=tools))
+        tools = None if "tools" in run.template.drop else [dict(tool) for tool in conversation.tools] or None
+        prompts.append(run.template.render(prompt_messages(conversation, system, run.template),
+                                           add_generation_prompt=True, tools=tools))
     stops = stop_token_ids(run.tokenizer, run.meta["end_of_turn"])
     if console is not None:
         with console.status(f"Generating {len(prompts)} answers"):

@@ -150,9 +150,51 @@ def rouge_l(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+_CALL_BLOCKS = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
+
+
+def tool_calls_in(text: str) -> list[tuple[str, Any]] | None:
+    """The (name, arguments) of each `<tool_call>{"name", "arguments"}</tool_call>` block (Hermes/Qwen
+    JSON style, as `chatml_tools` writes them), arguments parsed when given as JSON text; None when a
+    block is not such a JSON call.
+
+    >>> tool_calls_in('<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>')
+    [('f', {'a': 1})]
+    """
+    calls = []
+    for block in _CALL_BLOCKS.findall(text):
+        call = parse_json(block)
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            return None
+        arguments = call.get("arguments", {})
+        if isinstance(arguments, str):
+            arguments = parse_json(arguments)
+        calls.append((call["name"], arguments))
+    return calls
+
+
+def tool_call(prediction: str, reference: str) -> float:
+    """The prediction calls the same tools with the same arguments as the reference (both as
+    `<tool_call>` JSON blocks; argument key order and spacing ignored), and the reference has a call.
+
+    >>> tool_call('<tool_call>{"name": "f", "arguments": {"a": 1, "b": 2}}</tool_call>',
+    ...           '<tool_call>{"name": "f", "arguments": {"b": 2, "a": 1}}</tool_call>')
+    1.0
+    """
+    expected = tool_calls_in(reference)
+    got = tool_calls_in(prediction)
+    return float(bool(expected) and got == expected)
+
+
+def tool_name(prediction: str, reference: str) -> float:
+    """The prediction calls the reference's tools by name (arguments not compared)."""
+    expected, got = tool_calls_in(reference), tool_calls_in(prediction)
+    return float(bool(expected) and got is not None and [n for n, _ in got] == [n for n, _ in expected])
+
+
 METRICS: dict[str, Metric] = {"exact": exact, "normalized": normalized, "contains": contains,
                               "json_exact": json_exact, "json_valid": json_valid, "json_fields": json_fields,
-                              "rouge_l": rouge_l}
+                              "rouge_l": rouge_l, "tool_call": tool_call, "tool_name": tool_name}
 
 
 def user_metric(entry: str) -> Metric:

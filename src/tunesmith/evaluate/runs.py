@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.errors import UserError
+
+if TYPE_CHECKING:
+    from tunesmith.formatting.template import ChatTemplate
 
 RUN_META = "tunesmith.json"  # inside adapter/: base model, template, end-of-turn markers, system prompt
 
@@ -60,8 +63,18 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         ref = resolve_model(config.model.name, revision=config.model.revision)
         model = load_adapter(load_model(ref, dtype=config.model.dtype, device=device), weights)
     tokenizer = AutoTokenizer.from_pretrained(weights)
-    template = ChatTemplate(meta["chat_template"], name=meta["template_name"], special_tokens=meta["special_tokens"])
+    template = recorded_template(meta)
     return LoadedRun(folder, model, tokenizer, template, meta, config)
+
+
+def recorded_template(meta: dict) -> ChatTemplate:
+    """The training template as a run (or a merged model) recorded it: source, variables, dropped fields, stops."""
+    from tunesmith.formatting.template import ChatTemplate
+
+    template = ChatTemplate(meta["chat_template"], name=meta["template_name"], special_tokens=meta["special_tokens"],
+                            drop=tuple(meta.get("drop", ())))
+    template.probes["stops"] = tuple(meta.get("end_of_turn", ()))
+    return template
 
 
 def open_model(target: str | Path) -> LoadedRun:
@@ -93,12 +106,11 @@ def _load_plain_model(name: str) -> LoadedRun:
     recorded = Path(ref.path) / RUN_META
     if recorded.is_file():  # a merged run: keep its training template
         meta = json.loads(recorded.read_text(encoding="utf-8"))
-        template = ChatTemplate(meta["chat_template"], name=meta["template_name"],
-                                special_tokens=meta["special_tokens"])
+        template = recorded_template(meta)
     else:
         template = build_template(tokenizer, "model")
         meta = {"template_name": template.name, "chat_template": template.source,
-                "special_tokens": template.special_tokens, "end_of_turn": list(end_of_turn_markers(tokenizer)),
+                "special_tokens": template.special_tokens, "end_of_turn": list(end_of_turn_markers(tokenizer, template)),
                 "system_prompt": None}
     model = load_model(ref, device=device)
     return LoadedRun(Path(ref.path), model, tokenizer, template, meta, None)

@@ -1,4 +1,7 @@
-"""Built-in chat templates for models that ship none: chatml, llama3, mistral, gemma, phi3, alpaca.
+"""Built-in chat templates for models that ship none: chatml, chatml_tools, llama3, mistral, gemma, phi3, alpaca.
+
+`chatml_tools` is ChatML with Hermes/Qwen-style tool calls, for ChatML models whose own template has
+no tool format (SmolLM2).
 
 Each is written to the family's published format (special tokens, newlines, where BOS goes, the
 end-of-turn token) and lives as a `.jinja` file in `formatting/templates/`. A built-in only makes
@@ -17,6 +20,7 @@ from tunesmith.errors import UserError
 # The literal special tokens each template writes; "bos"/"eos" mean the tokenizer's own.
 BUILTIN_TOKENS: dict[str, tuple[str, ...]] = {
     "chatml": ("<|im_start|>", "<|im_end|>"),
+    "chatml_tools": ("<|im_start|>", "<|im_end|>"),
     "llama3": ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
     "mistral": ("bos", "eos"),
     "gemma": ("<bos>", "<start_of_turn>", "<end_of_turn>"),

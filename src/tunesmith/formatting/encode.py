@@ -1,30 +1,28 @@
-"""Conversation -> Examples: one render, one tokenization, labels from character spans.
+"""Conversation -> Examples: each trained turn is its generation prompt then what the model generates.
 
-A token trains when any of its characters lies inside a trained range: what an assistant turn
-generates, end-of-turn marker included (see `formatting/turns.py`), so the model learns to stop.
+Every trained assistant turn trains on exactly its inference continuation through the stop token
+(`formatting/turns.py`). The prompt and the continuation are tokenized apart, as at inference (the
+prompt is encoded, then the model emits the continuation's tokens), so no token spans the boundary.
 
-A conversation is one Example, unless the template rewrites history: when an assistant turn that
-should train is not in the full render verbatim (DeepSeek-R1 strips reasoning from earlier turns),
-training it there would teach text the model never sees at inference, or nothing at all. Then the
-conversation becomes one Example per trained assistant turn: the conversation up to and including
-that turn, rendered on its own so the turn is the last one (kept whole, as at inference), with
-only that turn training.
+A conversation is one Example when the full render holds every trained turn as generated and
+each turn's prompt tokenizes there as it does on its own. A turn for which that fails (a template
+that rewrites history: DeepSeek-R1 and Qwen3 drop the reasoning of earlier turns) becomes an
+Example of its own: its generation prompt and its continuation, only it training.
 """
 
 from __future__ import annotations
 
-import weakref
-from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
-from operator import le
 from pathlib import Path
 from typing import Any
 
 from tunesmith.data.types import Conversation, Sample, TextSample
 from tunesmith.errors import UserError
 from tunesmith.formatting.builtin import BUILTIN_NAMES, builtin_source, check_builtin, is_builtin
-from tunesmith.formatting.template import KNOWN_END_OF_TURN, ChatTemplate, template_from_file
-from tunesmith.formatting.turns import Turn, locate_turns
+from tunesmith.formatting.probe import (arguments_form, special_strings, stop_markers, template_stop,
+                                        unknown_special_tokens)
+from tunesmith.formatting.template import ChatTemplate, template_from_file
+from tunesmith.formatting.turns import Turn, check_rendered, inference_turn
 
 IGNORE_INDEX = -100
 
@@ -44,9 +42,11 @@ class Example:
     """The ids start with two BOS tokens (the template writes BOS and the text held one too)."""
 
 
-def build_template(tokenizer: Any, setting: str) -> ChatTemplate:
-    """The template a run uses: the model's own (`model`), a built-in by name, or a `.jinja` file."""
-    specials = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
+def build_template(tokenizer: Any, setting: str, *, variables: dict[str, Any] | None = None,
+                   drop: tuple[str, ...] | list[str] = ()) -> ChatTemplate:
+    """The template a run uses: the model's own (`model`), a built-in by name, or a `.jinja` file.
+    `variables` go to every render (`enable_thinking`); `drop` names message fields left out."""
+    specials = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or "", **(variables or {})}
     if setting == "model":
         source = getattr(tokenizer, "chat_template", None)
         if not isinstance(source, str) or not source:
@@ -54,19 +54,33 @@ def build_template(tokenizer: Any, setting: str) -> ChatTemplate:
                             f"one ({', '.join(BUILTIN_NAMES)}) or a .jinja file")
         folder = Path(str(getattr(tokenizer, "name_or_path", "") or "")).name
         name = f"{folder} (the model's own)" if folder else "the model's own"
-        return ChatTemplate(source, name=name, special_tokens=specials)
-    if is_builtin(setting):
+        template = ChatTemplate(source, name=name, special_tokens=specials, drop=tuple(drop))
+    elif is_builtin(setting):
         check_builtin(setting, tokenizer)
-        return ChatTemplate(builtin_source(setting), name=f"built-in {setting}", special_tokens=specials)
-    return ChatTemplate(template_from_file(setting), name=setting, special_tokens=specials)
+        template = ChatTemplate(builtin_source(setting), name=f"built-in {setting}", special_tokens=specials,
+                                drop=tuple(drop))
+    else:
+        source = template_from_file(setting)
+        missing = unknown_special_tokens(source, tokenizer)
+        if missing:
+            raise UserError(f"chat template {setting} writes {', '.join(missing[:3])}, which the tokenizer does not "
+                            "have as single tokens (they would be split into pieces and trained as text); use "
+                            "the model's own template, or add them to the tokenizer as special tokens")
+        template = ChatTemplate(source, name=setting, special_tokens=specials, drop=tuple(drop))
+    template.probes["tool_hint"] = _tool_hint(tokenizer)
+    return template
 
 
-def end_of_turn_markers(tokenizer: Any) -> tuple[str, ...]:
-    """End-of-turn strings this tokenizer knows as special tokens, eos first."""
-    specials = set(getattr(tokenizer, "all_special_tokens", [])) | set(getattr(tokenizer, "added_tokens_encoder", {}))
-    markers = [m for m in KNOWN_END_OF_TURN if m in specials]
-    eos = getattr(tokenizer, "eos_token", None)
-    return tuple(dict.fromkeys([eos, *markers] if eos else markers))
+def _tool_hint(tokenizer: Any) -> str:
+    if {"<|im_start|>", "<|im_end|>"} <= set(getattr(tokenizer, "get_added_vocab", dict)()):
+        return ("set template.chat_template: chatml_tools (a built-in ChatML template with Hermes/Qwen-style "
+                "<tool_call> JSON calls and tool results)")
+    return "choose a template that renders tool calls and tool results (template.chat_template: a .jinja file)"
+
+
+def end_of_turn_markers(tokenizer: Any, template: ChatTemplate | None = None) -> tuple[str, ...]:
+    """The strings that end an assistant turn (`formatting/probe.py`), eos first."""
+    return stop_markers(tokenizer, template)
 
 
 def trained_messages(conversation: Conversation, train_on: str) -> set[int]:
@@ -90,63 +104,141 @@ def trained_messages(conversation: Conversation, train_on: str) -> set[int]:
     return {i for i, m in enumerate(messages) if m.weight == 1 or (m.weight is None and i in default)}
 
 
+REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
+
+
+def template_messages(conversation: Conversation, template: ChatTemplate) -> tuple[list[dict], list[dict] | None]:
+    """The messages and tools as this template is given them: tool-call arguments in the form it
+    expects (`probe.arguments_form`), the fields of `template.drop` left out."""
+    calls = any(m.tool_calls for m in conversation.messages)
+    form = arguments_form(template) if calls else "given"
+    messages = [m.as_dict(arguments=form) for m in conversation.messages]
+    if "reasoning" in template.drop:
+        for message in messages:
+            for key in REASONING_KEYS:
+                message.pop(key, None)
+            content = message.get("content")
+            if message["role"] == "assistant" and isinstance(content, str) and "</think>" in content:
+                message["content"] = content.split("</think>", 1)[1].lstrip("\n")
+    tools = None if "tools" in template.drop else [dict(tool) for tool in conversation.tools] or None
+    return messages, tools
+
+
 def encode(conversation: Conversation, template: ChatTemplate, tokenizer: Any, *, train_on: str,
-           max_length: int, markers: tuple[str, ...]) -> list[Example]:
-    """Tokenize a conversation and mark which tokens train: one Example, or one per trained
-    assistant turn when the template does not keep those turns verbatim (see the module doc)."""
-    messages = conversation.as_dicts()
-    tools = [dict(tool) for tool in conversation.tools] or None
-    rendered = template.render_with_spans(messages, tools=tools)
-    chosen = trained_messages(conversation, train_on)
-    assistants = sorted(i for i in chosen if messages[i]["role"] == "assistant")
-    turns = locate_turns(template, rendered, messages, assistants, markers, tools=tools)
+           max_length: int, markers: tuple[str, ...], trace: list[dict] | None = None) -> list[Example]:
+    """Tokenize a conversation and mark which tokens train (see the module doc). `trace`, when
+    given, receives what `inspect --json` shows of each Example."""
+    messages, tools = template_messages(conversation, template)
+    full = template.render(messages, tools=tools)
+    check_rendered(template, messages, tools, full)
     source = str(conversation.source)
     if train_on == "all":
-        located = [t for t in turns.values() if t is not None]
-        return [_example(rendered.text, [(0, len(rendered.text))], located, True, tokenizer, max_length, source)]
-    if any(turn is None for turn in turns.values()):
-        return [_final_turn_example(messages[: i + 1], i, template, tokenizer, max_length, markers, tools, source)
-                for i in assistants]
-    located = [t for t in turns.values() if t is not None]
-    ranges = [(t.start, t.end) for t in located]
-    eot_trained = all(t.eot for t in located)
-    return [_example(rendered.text, ranges, located, eot_trained, tokenizer, max_length, source)]
+        example, record = _example(tokenizer, [(full, True, None)], [], max_length, source, full)
+        if trace is not None:
+            trace.append(record)
+        return [example]
+    markers = _with_template_stop(template, tokenizer, markers)
+    chosen = trained_messages(conversation, train_on)
+    indices = sorted(i for i in chosen if messages[i]["role"] == "assistant")
+    turns = [inference_turn(template, messages, i, tools, markers, full=full) for i in indices]
+    shared = [t for t in turns if full.startswith(t.text[: t.end])]
+    alone = [t for t in turns if t not in shared]
+    examples: list[tuple[int, Example, dict]] = []
+    while shared:
+        built = _shared_pieces(tokenizer, full, shared)
+        if isinstance(built, Turn):  # its prompt tokenizes differently on its own: give it its own example
+            shared.remove(built)
+            alone.append(built)
+            continue
+        text = full[: shared[-1].end]
+        examples.append((shared[0].message, *_example(tokenizer, built, shared, max_length, source, text)))
+        break
+    for turn in alone:
+        pieces = [(turn.prompt, False, None), (turn.generated, True, None)]
+        examples.append((turn.message, *_example(tokenizer, pieces, [turn], max_length, source, turn.text[: turn.end])))
+    ordered = sorted(examples, key=lambda item: item[0])
+    if trace is not None:
+        trace += [record for _, _, record in ordered]
+    return [example for _, example, _ in ordered]
 
 
-def _final_turn_example(messages: list[dict], index: int, template: ChatTemplate, tokenizer: Any, max_length: int,
-                        markers: tuple[str, ...], tools: list[dict] | None, source: str) -> Example:
-    """The conversation up to assistant message `index`, rendered with it last; only it trains."""
-    rendered = template.render_with_spans(messages, tools=tools)
-    turn = locate_turns(template, rendered, messages, [index], markers, tools=tools)[index]
-    located = [turn] if turn is not None else []
-    ranges = [(turn.start, turn.end)] if turn is not None else []
-    return _example(rendered.text, ranges, located, turn is not None and turn.eot, tokenizer, max_length, source)
+def _with_template_stop(template: ChatTemplate, tokenizer: Any, markers: tuple[str, ...]) -> tuple[str, ...]:
+    """The caller's stops plus the one the template writes after an answer (found once per template)."""
+    written = template.probes.get("written_stop")
+    if written is None:
+        written = template.probes["written_stop"] = template_stop(template, list(markers),
+                                                                    special_strings(tokenizer)) or ""
+    return (*markers, written) if written and written not in markers else markers
 
 
-def _example(text: str, ranges: list[tuple[int, int]], turns: list[Turn], eot_trained: bool, tokenizer: Any,
-             max_length: int, source: str) -> Example:
-    ids, offsets = _tokenize(tokenizer, text)
-    labels = _labels(ids, offsets, sorted(ranges), _added_ids(tokenizer))
+def _shared_pieces(tokenizer: Any, text: str, turns: list[Turn]) -> list[tuple[str, bool, list[int] | None]] | Turn:
+    """One Example's pieces for several turns of one render, or the first turn whose prompt, tokenized
+    on its own as at inference, does not start with the ids the Example holds before it.
+
+    Each turn's generated text is tokenized on its own (what the model emits after its prompt); the
+    text between two turns takes its ids from the next turn's whole prompt, as inference tokenizes
+    it. What follows the last stop token is left out: nothing after it trains or affects a trained
+    position. A piece is (text, trains, ids or None to tokenize it alone).
+    """
+    first = turns[0]
+    pieces: list[tuple[str, bool, list[int] | None]] = [(text[: first.start], False, None),
+                                                        (first.generated, True, None)]
+    if len(turns) == 1:
+        return pieces
+    held = [token for piece in _encode_pieces(tokenizer, [p for p, _, _ in pieces]) for token in piece]
+    generated = _encode_pieces(tokenizer, [turn.generated for turn in turns[1:]])
+    prompts = _encode_pieces(tokenizer, [text[: turn.start] for turn in turns[1:]])
+    cursor = first.end
+    for turn, prompt, answer in zip(turns[1:], prompts, generated):
+        if prompt[: len(held)] != held:
+            return turn
+        pieces += [(text[cursor : turn.start], False, prompt[len(held):]), (turn.generated, True, answer)]
+        held = [*prompt, *answer]
+        cursor = turn.end
+    return pieces
+
+
+def _example(tokenizer: Any, pieces: list[tuple[str, bool, list[int] | None]], turns: list[Turn], max_length: int,
+             source: str, text: str) -> tuple[Example, dict]:
+    """The Example of `pieces`, and what `inspect --json` shows of it (`text`: the render through the last stop)."""
+    alone = iter(_encode_pieces(tokenizer, [piece for piece, _, given in pieces if given is None]))
+    encoded = [given if given is not None else next(alone) for _, _, given in pieces]
+    ids: list[int] = []
+    labels: list[int] = []
+    turn_ends: list[int] = []
+    for (piece, trains, _), piece_ids in zip(pieces, encoded):
+        ids += piece_ids
+        labels += piece_ids if trains else [IGNORE_INDEX] * len(piece_ids)
+        if trains:
+            turn_ends.append(len(ids))
     truncated = len(ids) > max_length
-    cut_turns = 0
-    if truncated:
-        kept_end = offsets[max_length - 1][1] if max_length > 0 else 0
-        cut_turns = sum(1 for turn in turns if turn.end > kept_end)
-        eot_trained = eot_trained and cut_turns == 0  # a cut turn's end-of-turn is not in the ids
-        ids, labels = ids[:max_length], labels[:max_length]
+    cut_turns = sum(1 for end in turn_ends if end > max_length)
+    ids, labels = ids[:max_length], labels[:max_length]
     if labels:
         labels[0] = IGNORE_INDEX  # the first token is never predicted: keeps packed rows apart
     n_trainable = len(labels) - labels.count(IGNORE_INDEX)
-    return Example(ids, labels, n_trainable, truncated, source, eot_trained, cut_turns, _double_bos(tokenizer, ids))
+    record = {"source": source, "input_ids": ids, "labels": labels, "text": text,
+              "trained": [turn.generated for turn in turns], "prompts": [turn.prompt for turn in turns]}
+    example = Example(ids, labels, n_trainable, truncated, source, cut_turns == 0, cut_turns, _double_bos(tokenizer, ids))
+    return example, record
+
+
+def _encode_pieces(tokenizer: Any, pieces: list[str]) -> list[list[int]]:
+    """Each piece tokenized on its own, straight from the Rust tokenizer when there is one (no Python
+    post-processing: the template already wrote every special token, as `apply_chat_template`)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return [encoding.ids for encoding in backend.encode_batch(pieces, add_special_tokens=False)]
+    return [tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else [] for piece in pieces]
 
 
 def encode_sample(sample: Sample, template: ChatTemplate, tokenizer: Any, *, train_on: str, max_length: int,
-                  markers: tuple[str, ...]) -> list[Example]:
-    """Any sample to its Examples: chat through the template (one Example, or one per trained
-    assistant turn when the template rewrites history), raw text with every token trained (plus
-    eos, so documents end), pre-tokenized rows as given."""
+                  markers: tuple[str, ...], trace: list[dict] | None = None) -> list[Example]:
+    """Any sample to its Examples: chat through the template (see `encode`), raw text with every
+    token trained (plus eos, so documents end), pre-tokenized rows as given."""
     if isinstance(sample, Conversation):
-        return encode(sample, template, tokenizer, train_on=train_on, max_length=max_length, markers=markers)
+        return encode(sample, template, tokenizer, train_on=train_on, max_length=max_length, markers=markers,
+                      trace=trace)
     if isinstance(sample, TextSample):
         ids = tokenizer(sample.text, add_special_tokens=False)["input_ids"]
         if tokenizer.eos_token_id is not None:
@@ -163,13 +255,23 @@ def encode_sample(sample: Sample, template: ChatTemplate, tokenizer: Any, *, tra
     return [Example(ids, labels, n_trainable, truncated, str(sample.source), True)]
 
 
-def generation_prompt(conversation: Conversation, template: ChatTemplate) -> tuple[str, str | None]:
-    """The prompt (all messages before the last assistant turn) and that turn's reference text."""
-    messages = conversation.as_dicts()
+def generation_prompt(conversation: Conversation, template: ChatTemplate,
+                      markers: tuple[str, ...] = ()) -> tuple[str, str | None]:
+    """The prompt (all messages before the last assistant turn) and that turn's reference: its
+    content, or, for a turn that calls tools, the text the template writes for it up to the stop."""
+    messages, tools = template_messages(conversation, template)
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    prompt = template.render(messages[:last], add_generation_prompt=True,
-                             tools=[dict(tool) for tool in conversation.tools] or None)
-    return prompt, messages[last]["content"]
+    prompt = template.render(messages[:last], add_generation_prompt=True, tools=tools)
+    if not messages[last].get("tool_calls"):
+        return prompt, messages[last]["content"]
+    markers = markers or template.probes.get("stops") or (template.special_tokens.get("eos_token") or "",)
+    turn = inference_turn(template, messages[: last + 1], last, tools, tuple(m for m in markers if m))
+    reference = turn.generated
+    for stop in markers:
+        if reference.endswith(stop):
+            reference = reference[: -len(stop)]
+            break
+    return prompt, reference
 
 
 def _double_bos(tokenizer: Any, ids: list[int]) -> bool:
@@ -177,73 +279,3 @@ def _double_bos(tokenizer: Any, ids: list[int]) -> bool:
     if len(ids) < 2 or ids[0] != ids[1]:
         return False
     return ids[0] == tokenizer.bos_token_id
-
-
-def _tokenize(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """Ids and character offsets, straight from the Rust tokenizer when there is one (no Python
-    post-processing: the template already wrote every special token, as `apply_chat_template`)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        encoding = backend.encode(text, add_special_tokens=False)
-        return encoding.ids, encoding.offsets
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return encoded["input_ids"], encoded["offset_mapping"]
-
-
-_ADDED: "weakref.WeakKeyDictionary[Any, frozenset[int]]" = weakref.WeakKeyDictionary()
-
-
-def _added_ids(tokenizer: Any) -> frozenset[int]:
-    """Ids of the tokenizer's added tokens (role markers, end-of-turn, ...), once per tokenizer."""
-    known = _ADDED.get(tokenizer)
-    if known is None:
-        added = getattr(tokenizer, "get_added_vocab", dict)()
-        known = frozenset(added.values()) | frozenset(getattr(tokenizer, "all_special_ids", ()))
-        _ADDED[tokenizer] = known
-    return known
-
-
-def _labels(ids: list[int], offsets: list[tuple[int, int]], ranges: list[tuple[int, int]],
-            added: frozenset[int] = frozenset()) -> list[int]:
-    """Label = token id where the token overlaps a trained character range, else -100.
-
-    An added token (`added`) that starts before the range is the template's marker, not the
-    answer: Phi-3's `<|assistant|>` strips the whitespace to its right, so before an answer that
-    starts with a space its characters run into the answer's span. It never trains.
-
-    Token offsets run left to right, so the tokens of a range are one run found by bisection (a
-    few Python steps per range, not per token); offsets that go backwards anywhere (no tokenizer
-    seen so far) take a token-by-token sweep instead.
-
-    >>> _labels([7, 8, 9], [(0, 2), (2, 4), (4, 6)], [(3, 5)])
-    [-100, 8, 9]
-    >>> _labels([7, 8, 9], [(0, 2), (2, 4), (4, 6)], [(3, 5)], added=frozenset({8}))
-    [-100, -100, 9]
-    """
-    starts = [start for start, _ in offsets]
-    ends = [end for _, end in offsets]
-    if not (all(map(le, starts, starts[1:])) and all(map(le, ends, ends[1:]))):
-        return _labels_by_sweep(ids, offsets, ranges, added)
-    labels = [IGNORE_INDEX] * len(ids)
-    for low, high in ranges:
-        first = bisect_right(ends, low)  # the first token ending after the range starts
-        stop = bisect_left(starts, high, lo=first)  # the first token starting at or after its end
-        if first < stop and starts[first] < low and ids[first] in added:
-            first += 1
-        labels[first:stop] = ids[first:stop]
-    return labels
-
-
-def _labels_by_sweep(ids: list[int], offsets: list[tuple[int, int]], ranges: list[tuple[int, int]],
-                     added: frozenset[int]) -> list[int]:
-    """`_labels` token by token: tokens and (sorted) ranges both advance left to right."""
-    labels = [IGNORE_INDEX] * len(ids)
-    r = 0
-    for i, (start, end) in enumerate(offsets):
-        while r < len(ranges) and ranges[r][1] <= start:
-            r += 1
-        if r < len(ranges) and start < ranges[r][1] and end > ranges[r][0]:
-            if start < ranges[r][0] and ids[i] in added:
-                continue
-            labels[i] = ids[i]
-    return labels

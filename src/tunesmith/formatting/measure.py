@@ -20,5 +20,6 @@ def measure_for(model: str, *, train_on: str, template: str = "model",
     from tunesmith.models.load import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(resolve_model(model, log=log))
-    return partial(encode_sample, template=build_template(tokenizer, template), tokenizer=tokenizer,
-                   train_on=train_on, max_length=10**9, markers=end_of_turn_markers(tokenizer))
+    chat_template = build_template(tokenizer, template)
+    return partial(encode_sample, template=chat_template, tokenizer=tokenizer, train_on=train_on,
+                   max_length=10**9, markers=end_of_turn_markers(tokenizer, chat_template))

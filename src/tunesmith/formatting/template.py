@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tunesmith.errors import UserError
 from tunesmith.formatting.sandbox import (GEN_CLOSE, GEN_OPEN, RenderLimit, TemplateRefusal, compile_template,
@@ -21,10 +22,6 @@ _OPEN, _CLOSE = "\ue000", "\ue001"
 _ANCHOR = 16  # characters of template text before a content that a search must also find
 _GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
 
-# Strings that end an assistant turn in the templates people use. Only those that are special
-# tokens of the model's tokenizer (plus its eos) are looked for after an assistant message.
-KNOWN_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>",
-                     "<|end_of_text|>", "<｜end▁of▁sentence｜>")
 
 
 @dataclass(frozen=True)
@@ -54,10 +51,16 @@ class ChatTemplate:
     ('<user>hi</s><assistant>yo</s>', [(6, 8), (23, 25)])
     """
 
-    def __init__(self, source: str, *, name: str, special_tokens: dict[str, str] | None = None):
+    def __init__(self, source: str, *, name: str, special_tokens: dict[str, Any] | None = None,
+                 drop: tuple[str, ...] | frozenset[str] = ()):
         self.source = source
         self.name = name
         self.special_tokens = dict(special_tokens or {})
+        """Variables every render gets: bos_token, eos_token, and `template.variables` (enable_thinking...)."""
+        self.drop = frozenset(drop)
+        """Message fields left out before rendering (`template.drop`: reasoning, tools)."""
+        self.probes: dict[str, Any] = {}
+        """What `formatting/probe.py` found out about this template, once."""
         self.has_generation_blocks = bool(_GENERATION_TAG.search(source))
         self._template = compile_template(source, name)
         self._skeletons: dict[str, str] = {}
@@ -101,7 +104,8 @@ class ChatTemplate:
         except UserError:
             raise
         except TemplateRefusal as err:
-            raise UserError(f"chat template {self.name} refused the conversation: {err}") from None
+            reason = " ".join(str(err).split())  # one line, whatever the template wrote
+            raise UserError(f"chat template {self.name} refused the conversation: {reason}") from None
         except RenderLimit as err:
             raise UserError(f"chat template {self.name}: {err}") from None
         except Exception as err:  # a template error is about the template the user chose

@@ -1,168 +1,191 @@
-"""Which characters of a rendered conversation an assistant turn trains on.
+"""What an assistant turn trains on: exactly what the model generates for it at inference.
 
-A turn trains on what the assistant generates: its content plus the end-of-turn marker the
-template writes after it (so the model learns to stop). Where that is depends on the template:
+One rule for every template. At inference the model is given `render(messages[:i],
+add_generation_prompt=True)` (the generation prompt) and generates the rest of
+`render(messages[:i+1])` until it emits a stop token. So turn `i` trains on that continuation,
+through the first stop token in it (see `formatting/probe.py` for which strings stop), and on
+nothing else: text the template writes after the stop (ChatML's newline) belongs to the next prompt.
 
-- **content**: the content found verbatim in the render, then spaces and an end-of-turn marker;
-  for a turn with tool calls, everything up to the first end-of-turn marker (the calls the template
-  writes after the content are generated text too);
-- **generation blocks**: a template with `{% generation %}` blocks marks the generated text itself;
-  the block is used, less any leading text its own generation prompt already supplies (SmolLM3
-  wraps "<|im_start|>assistant\\n" inside the block) and whitespace after the end-of-turn marker;
-- **generation prompt**: for the final turn of a render whose content the template rewrote
-  (DeepSeek-R1 drops reasoning up to `</think>`), whatever the render adds after the text
-  `add_generation_prompt=True` gives for the turns before it, up to the end-of-turn marker. A turn
-  with tool calls and no content is found the same way, where it is the final turn of its own
-  render, and used in the full render when that holds the same text up to the turn's end.
+Where a template writes no stop at the end of a turn but the next turn starts with one (formats
+whose turn ends where the next role token starts), that token is the stop and is appended to a
+final turn. Where the generation prompt is not the start of the rendered turn (a template that
+forces a think block at inference that it does not write in its own render), no training text
+matches inference and the row is refused; so are rows whose tools, tool calls, tool results,
+reasoning or answer the template leaves out: training would teach something other than the data.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from tunesmith.errors import UserError
-from tunesmith.formatting.template import ChatTemplate, Rendered, Span, end_of_turn_length
+
+NEXT_USER = {"role": "user", "content": "next"}
 
 
 @dataclass(frozen=True)
 class Turn:
-    """Characters [start, end) that train for assistant message `message`."""
+    """Assistant message `message` as generated at inference: `text[start:end]` follows the prompt
+    `text[:start]` and ends with a stop token. `text` is the turn's own render."""
 
     message: int
     start: int
     end: int
-    eot: bool
-    """The range ends with an end-of-turn marker."""
+    text: str
+
+    @property
+    def prompt(self) -> str:
+        return self.text[: self.start]
+
+    @property
+    def generated(self) -> str:
+        return self.text[self.start : self.end]
 
 
-def locate_turns(template: ChatTemplate, rendered: Rendered, messages: list[dict], indices: list[int],
-                 markers: tuple[str, ...], *, tools: list[dict] | None) -> dict[int, Turn | None]:
-    """The trained range of each assistant message in `indices`; None for one that cannot be found
-    (the template dropped or rewrote it). The last message rendered may also be found through the
-    generation prompt."""
-    spans = {span.message: span for span in rendered.spans}
-    return {index: _locate(template, rendered, messages, index, markers, tools, spans) for index in indices}
+def refuse(template: Any, what: str, way_out: str) -> UserError:
+    return UserError(f"chat template {template.name} {what}; {way_out}")
 
 
-def _locate(template: ChatTemplate, rendered: Rendered, messages: list[dict], index: int, markers: tuple[str, ...],
-            tools: list[dict] | None, spans: dict[int, Span]) -> Turn | None:
-    span = spans.get(index)
-    if rendered.blocks:
-        block = _block_of(rendered, messages, index, span)
-        if block is not None:
-            return _from_block(template, rendered.text, messages, index, block, markers, tools)
-    if span is not None:
-        if messages[index].get("tool_calls"):
-            return _from_tool_calls(rendered, span, markers)
-        tail = end_of_turn_length(rendered.text, span.end, markers)
-        return Turn(index, span.start, span.end + tail, tail > 0)
-    if index == len(messages) - 1:
-        return _from_generation_prompt(template, rendered.text, messages, index, markers, tools)
-    if not messages[index]["content"]:  # tool calls only: nothing to find verbatim, so nothing rewritten
-        return _from_own_render(template, rendered.text, messages, index, markers, tools)
-    return None
+def inference_turn(template: Any, messages: list[dict], index: int, tools: list[dict] | None,
+                   stops: tuple[str, ...], *, full: str | None = None) -> Turn:
+    """Turn `index` as the model generates it; `full` is the render of `messages` when `index` is
+    the last message (saves a render). Refuses (UserError) what cannot be trained faithfully."""
+    prompt = template.render(messages[:index], add_generation_prompt=True, tools=tools)
+    own = full if full is not None and index == len(messages) - 1 else \
+        template.render(messages[: index + 1], tools=tools)
+    if not own.startswith(prompt):
+        at = _common_prefix(prompt, own)
+        raise refuse(template, f"renders assistant messages[{index}] as {own[at:at + 40]!r} where its generation "
+                     f"prompt (what the model is given at inference) has {prompt[at:at + 40]!r}, so no training "
+                     "text matches inference",
+                     "set the template's variables in template.variables (e.g. enable_thinking: false), give the "
+                     "reasoning the template expects, or choose another template.chat_template")
+    end = first_stop(own, len(prompt), stops)
+    if end is None:
+        own, end = _stop_from_next_turn(template, messages, index, tools, stops, own)
+    if end is None:
+        check_generated(template, messages[index], Turn(index, len(prompt), len(own), own))
+        raise refuse(template, f"writes no stop token after assistant messages[{index}] (looked for "
+                     f"{', '.join(stops) or 'an eos token'}), so the model would never learn to stop",
+                     "use a template whose turns end with the tokenizer's eos or end-of-turn token")
+    turn = Turn(index, len(prompt), end, own)
+    check_generated(template, messages[index], turn)
+    return turn
 
 
-def _from_tool_calls(rendered: Rendered, span: Span, markers: tuple[str, ...]) -> Turn:
-    """Content, then the tool calls the template writes after it, up to the first end-of-turn
-    marker before the next message's content."""
-    text, start, end = rendered.text, span.start, span.end
-    limit = min((s.start for s in rendered.spans if s.start >= end and s.message > span.message), default=len(text))
-    found = next_marker(text, end, limit, markers)
-    if found is None:
-        tail = end_of_turn_length(text, end, markers)
-        return Turn(span.message, start, end + tail, tail > 0)
-    if start == end:  # no content: the tool calls start the generated text
-        start += len(text[start:found]) - len(text[start:found].lstrip())
-    return Turn(span.message, start, found, True)
-
-
-def _block_of(rendered: Rendered, messages: list[dict], index: int, span: Span | None) -> tuple[int, int] | None:
-    """The generation block of assistant message `index`: the n-th block for the n-th assistant
-    message when the counts agree, else the block that holds its content."""
-    assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    if len(assistants) == len(rendered.blocks):
-        return rendered.blocks[assistants.index(index)]
-    if span is not None:
-        return next((b for b in rendered.blocks if b[0] <= span.start and span.end <= b[1]), None)
-    return None
-
-
-def _from_block(template: ChatTemplate, text: str, messages: list[dict], index: int, block: tuple[int, int],
-                markers: tuple[str, ...], tools: list[dict] | None) -> Turn:
-    start, end = block
-    prompt = _generation_prompt(template, messages[:index], tools)
-    if prompt is not None:
-        start = max(start, min(common_prefix_length(prompt, text), end))
-    stripped = text[start:end].rstrip()
-    if any(stripped.endswith(marker) for marker in markers):
-        return Turn(index, start, start + len(stripped), True)
-    tail = end_of_turn_length(text, end, markers)  # the marker may follow the block
-    return Turn(index, start, end + tail, tail > 0)
-
-
-def _from_generation_prompt(template: ChatTemplate, text: str, messages: list[dict], index: int,
-                            markers: tuple[str, ...], tools: list[dict] | None) -> Turn | None:
-    prompt = _generation_prompt(template, messages[:index], tools)
-    if prompt is None:
-        return None
-    start = common_prefix_length(prompt, text)
-    found = next_marker(text, start, len(text), markers)
-    if found is not None:
-        return Turn(index, start, found, True)
-    end = len(text.rstrip())
-    return Turn(index, start, end, False) if end > start else None
-
-
-def _from_own_render(template: ChatTemplate, text: str, messages: list[dict], index: int,
-                     markers: tuple[str, ...], tools: list[dict] | None) -> Turn | None:
-    """A turn without content (only tool calls), located where it is the final turn; valid in
-    `text` only if the full render holds that same text up to the turn's end."""
+def _stop_from_next_turn(template: Any, messages: list[dict], index: int, tools: list[dict] | None,
+                         stops: tuple[str, ...], own: str) -> tuple[str, int | None]:
+    """A stop that is the start of the next turn (`<|user|>` in GLM-style formats): in the render
+    with one more user message, the text right after this turn starts with a stop token."""
     try:
-        own = template.render(messages[: index + 1], tools=tools)
+        longer = template.render([*messages[: index + 1], NEXT_USER], tools=tools)
     except UserError:
-        return None
-    turn = _from_generation_prompt(template, own, messages, index, markers, tools)
-    return turn if turn is not None and text[: turn.end] == own[: turn.end] else None
+        return own, None
+    if not longer.startswith(own):
+        return own, None
+    after = longer[len(own):]
+    stop = next((s for s in stops if after.startswith(s)), None)
+    return (own + stop, len(own) + len(stop)) if stop else (own, None)
 
 
-def _generation_prompt(template: ChatTemplate, messages: list[dict], tools: list[dict] | None) -> str | None:
-    """The text before an assistant turn at inference; None where the template cannot render it."""
-    if not messages:
-        return None
-    try:
-        return template.render(messages, add_generation_prompt=True, tools=tools)
-    except UserError:
-        return None
+def first_stop(text: str, start: int, stops: tuple[str, ...]) -> int | None:
+    """End of the first stop string in text[start:], or None.
 
-
-def next_marker(text: str, start: int, limit: int, markers: tuple[str, ...]) -> int | None:
-    """End of the first end-of-turn marker in text[start:limit], or None.
-
-    >>> next_marker("a</s>b<eot>", 0, 11, ("<eot>", "</s>"))
+    >>> first_stop("a</s>b<eot>", 0, ("<eot>", "</s>"))
     5
     """
     best: tuple[int, int] | None = None
-    for marker in markers:
-        found = text.find(marker, start, limit)
+    for stop in stops:
+        found = text.find(stop, start)
         if found != -1 and (best is None or found < best[0]):
-            best = (found, found + len(marker))
+            best = (found, found + len(stop))
     return None if best is None else best[1]
 
 
-def common_prefix_length(a: str, b: str) -> int:
-    """How many leading characters `a` and `b` share.
+def check_generated(template: Any, message: dict, turn: Turn) -> None:
+    """The turn's answer, reasoning and tool calls must be in what it generates."""
+    generated, index = turn.generated, turn.message
+    reasoning = message.get("reasoning_content")
+    if isinstance(reasoning, str) and reasoning.strip() and reasoning.strip() not in generated:
+        raise refuse(template, f"does not render the reasoning of assistant messages[{index}] (its "
+                     "reasoning_content/thinking field), so it would not train",
+                     "set template.drop: [reasoning] to train the answers without it, or choose a template "
+                     "that renders reasoning")
+    content = message.get("content") or ""
+    if isinstance(content, str) and content.strip() and content.strip() not in generated:
+        if "</think>" in content and content.split("</think>")[-1].strip() in generated:
+            raise refuse(template, f"drops the <think> reasoning of assistant messages[{index}] from what the "
+                         "model generates, so it would not train",
+                         "set template.drop: [reasoning] to train the answers without it, or choose a template "
+                         "that keeps reasoning in the final turn")
+        what = "the text before the tool call" if message.get("tool_calls") else "the answer"
+        raise refuse(template, f"leaves out or rewrites {what} of assistant messages[{index}]",
+                     tool_way_out(template) if message.get("tool_calls") else "choose another template")
+    for number, call in enumerate(message.get("tool_calls") or ()):
+        function = call.get("function", call)
+        values = [str(function.get("name", "")), *_leaves(function.get("arguments"))]
+        missing = [v for v in values if not _written(v, generated)]
+        if missing:
+            raise refuse(template, f"does not render tool call {number} of assistant messages[{index}] "
+                         f"(missing {missing[0]!r}), so the call would not train", tool_way_out(template))
 
-    >>> common_prefix_length("<s>user: hi<a>", "<s>user: hi<a>yo"), common_prefix_length("abc", "abd")
-    (14, 2)
-    """
-    if b.startswith(a):
-        return len(a)
-    low, high = 0, min(len(a), len(b))
-    while low < high:  # binary search on equal prefixes: comparisons run in C
-        middle = (low + high + 1) // 2
-        if a[:middle] == b[:middle]:
-            low = middle
-        else:
-            high = middle - 1
-    return low
+
+def check_rendered(template: Any, messages: list[dict], tools: list[dict] | None, text: str) -> None:
+    """Tools, tool calls and tool results of the whole conversation must be in its render."""
+    for tool in tools or ():
+        name = (tool.get("function") or tool).get("name") if isinstance(tool, dict) else None
+        if isinstance(name, str) and name not in text:
+            raise refuse(template, f"does not render the row's tools (tool {name!r} is not in the text), so the "
+                         "model would never see them", tool_way_out(template, drop=True))
+    for index, message in enumerate(messages):
+        for number, call in enumerate(message.get("tool_calls") or ()):
+            name = call.get("function", call).get("name", "")
+            if name and name not in text:
+                raise refuse(template, f"does not render tool call {number} of messages[{index}] ({name!r})",
+                             tool_way_out(template))
+        content = message.get("content")
+        if message["role"] == "tool" and isinstance(content, str) and content.strip() \
+                and not _written(content.strip(), text):
+            raise refuse(template, f"does not render the tool result messages[{index}]", tool_way_out(template))
+
+
+def tool_way_out(template: Any, *, drop: bool = False) -> str:
+    hint = template.probes.get("tool_hint") or "choose a template that renders tool calls and results"
+    return f"{hint}, or, for rows without tool calls, set template.drop: [tools] to leave the schemas out" \
+        if drop else hint
+
+
+def _leaves(value: Any) -> list[Any]:
+    """Scalar values of tool-call arguments (an object, or its JSON text)."""
+    if isinstance(value, str):
+        import json
+
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return [value] if value.strip() else []
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in _leaves(item)]
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in _leaves(item)]
+    if isinstance(value, bool) or value is None:
+        return []
+    return [value]
+
+
+def _written(value: Any, text: str) -> bool:
+    """Whether a value is in the text as written, or JSON-escaped."""
+    import json
+
+    plain = str(value)
+    return plain in text or any(json.dumps(plain, ensure_ascii=a)[1:-1] in text for a in (False, True))
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

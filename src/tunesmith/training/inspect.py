@@ -2,11 +2,14 @@
 
 It answers "which tokens will actually train?" before any compute is spent. The rows, the masks
 and the audit come from `prepare`, the very function a training run starts with (same cache, same
-bad-row policy, same checks), and no weights are loaded.
+bad-row policy, same checks), and no weights are loaded. `--json` also writes the first rows' Examples
+as JSON lines, with the text of each trained span and each turn's generation prompt, for scripts and
+tests to read instead of the highlight.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from itertools import groupby, islice
@@ -15,7 +18,7 @@ from typing import Any
 
 from tunesmith.config import Config
 from tunesmith.errors import UserError
-from tunesmith.formatting.encode import Example
+from tunesmith.formatting.encode import IGNORE_INDEX, Example, encode_sample
 from tunesmith.formatting.prepare import SplitReport, warnings_for
 from tunesmith.formatting.view import (CONTEXT_STYLE, TRAINED_STYLE, AuditLine, RowView, audit_lines, html_page,
                                        rich_text, row_header, view_example)
@@ -34,12 +37,14 @@ class InspectResult:
     audit: list[AuditLine]
     warnings: list[str]
     html_path: Path | None
+    json_path: Path | None = None
 
 
 def inspect(config: Config, *, rows: int = 3, split: str = "train", console: Any,
-            html_path: str | Path | None = None) -> InspectResult:
+            html_path: str | Path | None = None, json_path: str | Path | None = None) -> InspectResult:
     """Print the first `rows` examples of `split` with their trained tokens highlighted, then the
-    split's audit; write the same as a self-contained HTML page when `html_path` is given."""
+    split's audit; write the same as a self-contained HTML page when `html_path` is given, and the
+    first rows' Examples as JSON lines (`json_records`) when `json_path` is given."""
     _check_request(config, rows, split)
     prepared = prepare(config, console, print_warnings=False)
     data = prepared.splits[split]
@@ -55,7 +60,57 @@ def inspect(config: Config, *, rows: int = 3, split: str = "train", console: Any
         page = html_page(views, title=title, subtitle=_setting(prepared), audit=audit, warnings=warnings)
         written = write_text_atomically(Path(html_path), page)
         console.print(f"Wrote {written}", markup=False, highlight=False, soft_wrap=True)
-    return InspectResult(split, views, data.report, audit, warnings, written)
+    json_written = None
+    if json_path is not None:
+        lines = "".join(json.dumps(record, ensure_ascii=False) + "\n"
+                        for record in json_records(prepared, split, rows))
+        json_written = write_text_atomically(Path(json_path), lines)
+        console.print(f"Wrote {json_written}", markup=False, highlight=False, soft_wrap=True)
+    return InspectResult(split, views, data.report, audit, warnings, written, json_written)
+
+
+def json_records(prepared: Prepared, split: str, rows: int) -> list[dict[str, Any]]:
+    """One record per Example of the first `rows` rows of `split`: {source, input_ids, labels,
+    text, trained, prompts}. `text` is the rendered text the Example was tokenized from, `trained`
+    the text of each trained turn as the model generates it (through its stop token), `prompts`
+    each turn's generation prompt.
+
+    The split is read again and its first rows encoded with `prepare`'s own template, tokenizer
+    and markers (a cached split holds ids but no text); an Example that trains nothing is left
+    out, as training leaves it out."""
+    from tunesmith.data.load import load_split, source_specs
+
+    config = prepared.config
+    if rows == 0:
+        return []
+    loaded = load_split(source_specs(config.data, split), split=split, policy=config.data.on_bad_row,
+                        seed=config.train.seed)
+    records: list[dict[str, Any]] = []
+    for sample in loaded.samples[:rows]:
+        trace: list[dict[str, Any]] = []
+        examples = encode_sample(sample, prepared.template, prepared.tokenizer, train_on=config.template.train_on,
+                                 max_length=config.template.max_length, markers=prepared.markers, trace=trace)
+        records += [_record_of(example, trace, prepared.tokenizer) for example in examples if example.n_trainable > 0]
+    return records
+
+
+def _record_of(example: Example, trace: list[dict[str, Any]], tokenizer: Any) -> dict[str, Any]:
+    """The trace record of `example`, matched by its ids and labels (the trace need not be in the
+    Examples' order); raw text and pre-tokenized rows leave none, so theirs is made here."""
+    for number, record in enumerate(trace):
+        if record["input_ids"] == example.input_ids and record["labels"] == example.labels:
+            return trace.pop(number)
+    return _untemplated_record(tokenizer, example)
+
+
+def _untemplated_record(tokenizer: Any, example: Example) -> dict[str, Any]:
+    """The record of a sample no template renders (raw text, pre-tokenized): its ids decoded, and
+    each run of trained ids decoded."""
+    runs = [[token for token, _ in group] for trains, group in
+            groupby(zip(example.input_ids, example.labels), key=lambda pair: pair[1] != IGNORE_INDEX) if trains]
+    return {"source": example.source_id, "input_ids": example.input_ids, "labels": example.labels,
+            "text": tokenizer.decode(example.input_ids),
+            "trained": [tokenizer.decode(ids) for ids in runs], "prompts": []}
 
 
 def _check_request(config: Config, rows: int, split: str) -> None:

@@ -98,7 +98,12 @@ def _formatting(config: Config, ref: Any) -> tuple[Any, Any, tuple[str, ...]]:
     from tunesmith.models.load import load_tokenizer
 
     tokenizer = load_tokenizer(ref)
-    return tokenizer, build_template(tokenizer, config.template.chat_template), end_of_turn_markers(tokenizer)
+    try:
+        template = build_template(tokenizer, config.template.chat_template, variables=config.template.variables,
+                                  drop=tuple(config.template.drop))
+    except UserError as err:
+        raise UserError(f"{config.origin('template.chat_template')}: template.chat_template: {err}") from None
+    return tokenizer, template, end_of_turn_markers(tokenizer, template)
 
 
 def _key(config: Config, split: str, tokenizer: Any, template: Any, markers: tuple[str, ...]) -> str:
@@ -107,6 +112,7 @@ def _key(config: Config, split: str, tokenizer: Any, template: Any, markers: tup
               dict(s.options.roles)) for s in specs]
     return cache.cache_key(split=split, files=files, policy=config.data.on_bad_row, seed=config.train.seed,
                            template=template.source, special_tokens=template.special_tokens,
+                           drop=sorted(template.drop),
                            tokenizer=cache.tokenizer_digest(tokenizer), train_on=config.template.train_on,
                            max_length=config.template.max_length, markers=markers)
 

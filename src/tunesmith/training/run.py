@@ -241,6 +241,7 @@ def _save_adapter(p: Prepared, model: Any, run_dir: Path, state: dict[str, Any] 
         "template_name": p.template.name,
         "chat_template": p.template.source,
         "special_tokens": p.template.special_tokens,
+        "drop": sorted(p.template.drop),
         "end_of_turn": list(p.markers),
         "system_prompt": p.system_prompt,
         "train_on": p.config.template.train_on,
