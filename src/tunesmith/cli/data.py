@@ -82,7 +82,7 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
                                         "name (smollm2-135m-instruct), a local folder or a hub id")
     parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
                         help=f"longest row in tokens, as template.max_length (default {DEFAULT_MAX_LENGTH})")
-    parser.add_argument("--train-on", choices=("assistant", "last", "all"), default="assistant",
+    parser.add_argument("--train-on", choices=("assistant", "last", "all", "completion"), default="assistant",
                         help="which turns train, as template.train_on (default assistant)")
     parser.add_argument("--template", default="model",
                         help="chat template: the model's own (default) or a .jinja file, as template.chat_template")
@@ -149,6 +149,9 @@ def run_check(args: argparse.Namespace) -> int:
         write_json(Path(args.report), report.to_json())
     failed = report.failed(args.fail_on)
     verdict = "[red]the data would stop a run[/]" if failed else "[green]OK to train[/]"
+    if not failed and not args.model:
+        verdict += (" as far as checked without --model (not checked: token counts against max_length, the "
+                    "chat template's render of each row, rows that train no token)")
     counts = report.counts_by_severity
     console.print(f"{_plural(counts['error'], 'error')}, {_plural(counts['warning'], 'warning')}: {verdict}"
                   + (" (--fail-on warning)" if failed and args.fail_on == "warning" else ""))

@@ -231,6 +231,9 @@ def _short(key: str) -> bytes:
 def _token_issues(sample: Sample, measured: Measured | str, max_length: int | None,
                   stats: StatsAccumulator) -> list[Issue]:
     """Rows the template refuses, rows that train nothing, rows max_length cuts, double BOS."""
+    if isinstance(measured, str) and measured.startswith("too long: "):  # the row, not the template
+        reason, _, hint = measured.removeprefix("too long: ").partition("; ")
+        return [Issue("too_long", "error", sample.source, "", reason, hint)]
     if isinstance(measured, str):  # the chat template refused this conversation (e.g. roles out of order)
         return [Issue("render_failed", "error", sample.source, "", measured,
                       "the model's chat template cannot render this row")]
@@ -248,6 +251,6 @@ def _token_issues(sample: Sample, measured: Measured | str, max_length: int | No
                "would be cut")
     if measured.trainable_cut >= measured.trainable:
         return [*issues, Issue("nothing_trains_after_cut", "error", sample.source, "",
-                               f"{message}, and with them every trained token",
-                               "raise max_length or shorten the prompt")]
+                               f"too long: {message}, and with them every trained token (the prompt fills max_length)",
+                               "raise max_length or shorten the prompt; data.on_bad_row: skip leaves such rows out")]
     return [*issues, Issue("too_long", "warning", sample.source, "", message, "raise max_length or shorten the row")]

@@ -33,6 +33,9 @@ def check_sample(sample: Sample) -> list[Issue]:
     if isinstance(sample, TextSample):
         if _SURROGATE.search(sample.text):
             return [_surrogate_issue(sample, "text")]
+        if len(sample.text) > MAX_ROW_CHARS:
+            return [_issue(sample, "too_long", "error", "text", f"the text is {len(sample.text):,} characters, far "
+                           "more than any max_length holds", "split it into documents of a few thousand characters")]
         if not sample.text.strip():
             return [_issue(sample, "empty_text", "error", "text", "the text is empty", "remove the row")]
         return []
@@ -64,9 +67,18 @@ def _check_surrogates(conv: Conversation) -> list[Issue]:
     return []
 
 
+MAX_ROW_CHARS = 1_000_000
+"""Characters of text past which a row fits no max_length (a token covers a few characters): refused
+without a tokenizer, before any render."""
+
+
 def _check_conversation(conv: Conversation) -> list[Issue]:
     if not conv.messages:
         return [_issue(conv, "empty_conversation", "error", "messages", "the conversation has no messages")]
+    size = sum(len(m.content) + len(m.reasoning or "") for m in conv.messages)
+    if size > MAX_ROW_CHARS:
+        return [_issue(conv, "too_long", "error", "messages", f"the row is {size:,} characters, far more than any "
+                       "max_length holds", "shorten or split it, or set data.on_bad_row: skip to leave such rows out")]
     issues: list[Issue] = []
     for index, message in enumerate(conv.messages):
         issues += _check_message(conv, index, message)

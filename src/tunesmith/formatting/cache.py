@@ -32,7 +32,8 @@ class CachedSplit:
 
 
 def cache_dir() -> Path:
-    from tunesmith.models.embedded import cache_root
+    """Processed data: `data/` in the tunesmith cache folder (tunesmith.paths)."""
+    from tunesmith.paths import cache_root
 
     return cache_root() / "data"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data.types import Conversation, Sample, TextSample
+from tunesmith.data.validate import MAX_ROW_CHARS
 from tunesmith.errors import UserError
 from tunesmith.formatting.builtin import BUILTIN_NAMES, builtin_source, check_builtin, is_builtin
 from tunesmith.formatting.probe import (arguments_form, special_strings, stop_markers, template_stop,
@@ -25,6 +26,9 @@ from tunesmith.formatting.template import ChatTemplate, template_from_file
 from tunesmith.formatting.turns import Turn, check_rendered, inference_turn
 
 IGNORE_INDEX = -100
+TOO_LONG = "too long: "
+"""How a row's error starts when the row itself is too long (not the template's fault): data check
+names it too_long and `data.on_bad_row: skip` leaves the row out."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,10 @@ def encode(conversation: Conversation, template: ChatTemplate, tokenizer: Any, *
            max_length: int, markers: tuple[str, ...], trace: list[dict] | None = None) -> list[Example]:
     """Tokenize a conversation and mark which tokens train (see the module doc). `trace`, when
     given, receives what `inspect --json` shows of each Example."""
+    size = sum(len(m.content) + len(m.reasoning or "") for m in conversation.messages)
+    if size > MAX_ROW_CHARS:  # data validation refuses these first; a row that did not pass through it
+        raise UserError(f"{TOO_LONG}the row is {size:,} characters, far more than any max_length holds; shorten or "
+                        "split it, or set data.on_bad_row: skip to leave such rows out")
     messages, tools = template_messages(conversation, template)
     full = template.render(messages, tools=tools)
     check_rendered(template, messages, tools, full)

@@ -14,7 +14,7 @@ from typing import Any
 
 from tunesmith.data.types import Conversation, Sample
 from tunesmith.errors import UserError
-from tunesmith.formatting.encode import Example, encode_sample
+from tunesmith.formatting.encode import IGNORE_INDEX, TOO_LONG, Example, encode_sample
 from tunesmith.formatting.template import ChatTemplate
 
 LOW_TRAINABLE_SHARE = 0.05
@@ -43,12 +43,30 @@ class SplitReport:
 
 
 def encode_split(samples: list[Sample], template: ChatTemplate, tokenizer: Any, *, train_on: str,
-                 max_length: int, markers: tuple[str, ...], split: str) -> tuple[list[Example], SplitReport]:
-    """Encode every sample and flatten their Examples; rows that would train nothing are an error
-    naming the first and the template. A per-turn Example that trains nothing (its turn cut away
-    by max_length) is left out: it would only cost compute, and the report counts the cut turn."""
-    rows = encode_rows(samples, template, tokenizer,
-                       {"train_on": train_on, "max_length": max_length, "markers": markers})
+                 max_length: int, markers: tuple[str, ...], split: str, on_bad_row: str = "fail",
+                 skipped: list[dict] | None = None) -> tuple[list[Example], SplitReport]:
+    """Encode every sample and flatten their Examples. A row too long to train (its prompt alone
+    fills max_length, or its text is far beyond any max_length) is an error naming it, or with
+    `on_bad_row: skip` is left out and recorded in `skipped` ({file, line, issues}); a row that
+    trains nothing for another reason is an error naming the template. A per-turn Example that trains
+    nothing (its turn cut away by max_length) is left out: it would only cost compute, and the report
+    counts the cut turn."""
+    options = {"train_on": train_on, "max_length": max_length, "markers": markers}
+    rows = encode_rows(samples, template, tokenizer, dict(options, on_bad_row=on_bad_row))
+    long = [(sample, row) for sample, row in zip(samples, rows) if isinstance(row, str)
+            or (row and sum(e.n_trainable for e in row) == 0 and all(e.truncated for e in row))]
+    if long:
+        reasons = [row if isinstance(row, str) else _prompt_too_long(sample, template, tokenizer, options)
+                   for sample, row in long]
+        if on_bad_row != "skip":
+            raise UserError(f"{long[0][0].source}: {reasons[0]} ({len(long)} of {len(rows)} {split} rows); raise "
+                            "template.max_length, or set data.on_bad_row: skip to leave such rows out")
+        for (sample, _), reason in zip(long, reasons):
+            if skipped is not None:
+                skipped.append({"file": sample.source.file, "line": sample.source.line, "row": None,
+                                "issues": [{"code": "too_long", "severity": "error", "message": reason}]})
+        kept = {id(sample) for sample, _ in long}
+        rows = [row for sample, row in zip(samples, rows) if id(sample) not in kept]
     empty = [row[0].source_id for row in rows if row and sum(e.n_trainable for e in row) == 0]
     if empty:
         raise UserError(f"{empty[0]}: {len(empty)} of {len(rows)} {split} rows train no token "
@@ -67,6 +85,13 @@ def encode_split(samples: list[Sample], template: ChatTemplate, tokenizer: Any, 
     return examples, report
 
 
+def _prompt_too_long(sample: Sample, template: ChatTemplate, tokenizer: Any, options: dict[str, Any]) -> str:
+    """Why a row trains nothing once cut: its first trained token lies past max_length."""
+    whole = encode_sample(sample, template, tokenizer, **dict(options, max_length=10**9))
+    firsts = [next((i for i, label in enumerate(e.labels) if label != IGNORE_INDEX), len(e.labels)) for e in whole]
+    return f"prompt is {min(firsts, default=0):,} tokens, max_length is {options['max_length']:,}"
+
+
 PARALLEL_ROWS = 4096
 """From this many rows a split is encoded in forked worker processes (below it, forking costs more)."""
 
@@ -76,7 +101,7 @@ results crosses between processes."""
 
 
 def encode_rows(samples: list[Sample], template: ChatTemplate, tokenizer: Any, options: dict[str, Any],
-                workers: int | None = None) -> list[list[Example]]:
+                workers: int | None = None) -> list[list[Example] | str]:
     """Each sample's Examples, in order. Rendering and tokenizing are independent per row, so a
     large split is cut into pieces encoded by one forked process per CPU (Linux; elsewhere, or
     with one CPU, in this process). The first row a template refuses raises its UserError here."""
@@ -106,20 +131,25 @@ def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
 
-def _encode_piece(bounds: tuple[int, int]) -> list[list[Example]]:
+def _encode_piece(bounds: tuple[int, int]) -> list[list[Example] | str]:
     assert _job is not None
     samples, template, tokenizer, options = _job
     return [_encode_row(s, template, tokenizer, **options) for s in samples[bounds[0]:bounds[1]]]
 
 
-def _encode_row(sample: Sample, template: ChatTemplate, tokenizer: Any, **options: Any) -> list[Example]:
-    """One sample's Examples; a template refusing it is an error naming the row."""
+def _encode_row(sample: Sample, template: ChatTemplate, tokenizer: Any, *, on_bad_row: str = "fail",
+                **options: Any) -> list[Example] | str:
+    """One sample's Examples; a template refusing it is an error naming the row. A row too long to
+    encode at all is, with `on_bad_row: skip`, the reason instead (the caller leaves it out)."""
     try:
         return encode_sample(sample, template, tokenizer, **options)
     except UserError as err:
-        if str(err).startswith(str(sample.source)):
+        message = str(err)
+        if on_bad_row == "skip" and message.startswith(TOO_LONG):
+            return message[len(TOO_LONG):].split(";")[0]
+        if message.startswith(str(sample.source)):
             raise
-        raise UserError(f"{sample.source}: {err}") from None
+        raise UserError(f"{sample.source}: {message.removeprefix(TOO_LONG)}") from None
 
 
 def shared_system_prompt(samples: list[Sample]) -> str | None:

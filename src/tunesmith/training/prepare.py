@@ -156,13 +156,19 @@ def _test_conversations(config: Config, console: Any) -> list[Conversation]:
 
 def _process(config: Config, split: str, loaded: LoadedSplit, tokenizer: Any, template: Any,
              markers: tuple[str, ...], console: Any) -> SplitData:
+    skipped: list[dict] = []
     examples, report = encode_split(loaded.samples, template, tokenizer, train_on=config.template.train_on,
-                                    max_length=config.template.max_length, markers=markers, split=split)
+                                    max_length=config.template.max_length, markers=markers, split=split,
+                                    on_bad_row=config.data.on_bad_row, skipped=skipped)
+    if skipped:
+        console.print(f"[yellow]warning:[/] {len(skipped)} {split} rows too long to train skipped "
+                      f"(data.on_bad_row: skip), e.g. {skipped[0]['file']}:{skipped[0]['line']}: "
+                      f"{skipped[0]['issues'][0]['message']}; they are listed in quarantine.jsonl", soft_wrap=True)
     summary = {
         "files": [asdict(f) for f in loaded.files],
         "warnings": [w.as_dict() for w in loaded.warnings],
         "quarantined": [{"file": raw.where.file, "line": raw.where.line, "issues": [i.as_dict() for i in issues],
-                         "row": raw.data} for raw, issues in loaded.quarantined],
+                         "row": raw.data} for raw, issues in loaded.quarantined] + skipped,
         "system_prompt": shared_system_prompt(loaded.samples),
     }
     return SplitData(examples, report, summary, cached=False)
