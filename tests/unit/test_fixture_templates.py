@@ -248,3 +248,44 @@ def test_an_answer_with_leading_space_does_not_train_the_role_marker(name, load)
     [run] = trained_runs(tokenizer, example)
     assert run.strip().startswith("Hello there.") and run.endswith(EOT[name])
     assert "assistant" not in run
+
+
+def test_nemotron_trains_plain_answers_with_thinking_off_through_template_variables(template_models):
+    """Nemotron 3 Super's generation prompt opens `<think>\\n` by default, but it renders an answer
+    without reasoning as `<think></think>answer`: refused (see the matrix). With the variable its
+    template reads, `enable_thinking: false`, the prompt ends `<think></think>` and the answer trains."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.formatting.encode import build_template as build
+
+    tokenizer = AutoTokenizer.from_pretrained(template_models["trl-nemotron_3_super"])
+    default = build(tokenizer, "model")
+    chat = multi_turn("nemotron")
+    with pytest.raises(UserError, match=r"generation prompt.*template.variables \(e.g. enable_thinking: false\)"):
+        encode(chat, default, tokenizer, train_on="assistant", max_length=4096,
+               markers=end_of_turn_markers(tokenizer, default))
+    off = build(tokenizer, "model", variables={"enable_thinking": False})
+    examples = encode(chat, off, tokenizer, train_on="assistant", max_length=4096,
+                      markers=end_of_turn_markers(tokenizer, off))
+    assert [run for e in examples for run in trained_runs(tokenizer, e)] == ["Hello! How can I help?<|im_end|>",
+                                                                           "ok ok<|im_end|>"]
+    prompt = off.render(chat.as_dicts()[:2], add_generation_prompt=True)
+    assert prompt.endswith("<|im_start|>assistant\n<think></think>")
+    assert tokenizer.apply_chat_template(chat.as_dicts()[:2], add_generation_prompt=True, tokenize=False,
+                                         enable_thinking=False) == prompt
+
+
+def test_generation_blocks_are_a_check_that_refuses_a_block_around_the_wrong_text(template_models):
+    """SmolLM3's blocks hold each turn's generated text (the tests above pass through the check); a
+    template whose block marks the user's text instead is refused, naming both."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.formatting.template import ChatTemplate
+
+    tokenizer = AutoTokenizer.from_pretrained(template_models["smollm3-3b"])
+    wrong = ChatTemplate("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'user' %}{% generation %}"
+                         "{{ m.content }}{% endgeneration %}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", name="wrong.jinja")
+    chat = conversation(("user", "Hi there"), ("assistant", "Hello!"))
+    with pytest.raises(UserError, match=r"^chat template wrong.jinja marks 'Hi there' as generated .* 'Hello!"):
+        encode(chat, wrong, tokenizer, train_on="assistant", max_length=512, markers=("<|im_end|>",))

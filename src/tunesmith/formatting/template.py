@@ -73,6 +73,12 @@ class ChatTemplate:
             text = text.replace(GEN_OPEN, "").replace(GEN_CLOSE, "")
         return text
 
+    def generation_blocks(self, messages: list[dict], *, tools: list[dict] | None = None) -> tuple[tuple[int, int], ...]:
+        """[start, end) of each `{% generation %}` block in the render of `messages` (none without such blocks)."""
+        if not self.has_generation_blocks:
+            return ()
+        return split_generation(self._render_marked(messages, False, tools))[1]
+
     def render_with_spans(self, messages: list[dict], *, tools: list[dict] | None = None) -> Rendered:
         """Render once and locate each message's content (and each generation block) in the text.
 

@@ -33,6 +33,8 @@ class Turn:
     start: int
     end: int
     text: str
+    stop: str = ""
+    """The stop token the generated text ends with."""
 
     @property
     def prompt(self) -> str:
@@ -69,9 +71,25 @@ def inference_turn(template: Any, messages: list[dict], index: int, tools: list[
         raise refuse(template, f"writes no stop token after assistant messages[{index}] (looked for "
                      f"{', '.join(stops) or 'an eos token'}), so the model would never learn to stop",
                      "use a template whose turns end with the tokenizer's eos or end-of-turn token")
-    turn = Turn(index, len(prompt), end, own)
+    turn = Turn(index, len(prompt), end, own, next((s for s in stops if own.endswith(s, 0, end)), ""))
     check_generated(template, messages[index], turn)
+    _check_generation_blocks(template, messages[: index + 1], tools, turn)
     return turn
+
+
+def _check_generation_blocks(template: Any, messages: list[dict], tools: list[dict] | None, turn: Turn) -> None:
+    """A template's own `{% generation %}` blocks are a check, not a source of truth: the turn's
+    generated text must lie in the last block of its render (the final turn's)."""
+    if not template.has_generation_blocks:
+        return
+    blocks = template.generation_blocks(messages, tools=tools)
+    body = turn.text[turn.start : turn.end - len(turn.stop)].strip()
+    if blocks and body:
+        start, end = blocks[-1]
+        if body not in turn.text[start:end]:
+            raise refuse(template, f"marks {turn.text[start:end][:40]!r} as generated with {{% generation %}} where "
+                         f"the model generates {body[:40]!r} for assistant messages[{turn.message}]",
+                         "fix the template's generation blocks or remove them")
 
 
 def _stop_from_next_turn(template: Any, messages: list[dict], index: int, tools: list[dict] | None,
