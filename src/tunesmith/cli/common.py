@@ -28,3 +28,52 @@ def quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)(\.|$)")
+
+
+SNIFF_ROWS = 5  # rows read to name a data file's format
+COUNT_CAP = 10_000  # rows counted before saying "at least"
+_CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+def data_file_summary(path: str) -> str | None:
+    """What `path` is if it is a data file rather than a config: "12 rows of format messages: key messages".
+
+    None when it is not one: a .yaml file, a run folder, a missing file, or a .json file whose rows fit
+    no data format (a config written as JSON). Reads at most `COUNT_CAP` rows, so a huge file costs a
+    fraction of a second.
+    """
+    from itertools import islice
+
+    from tunesmith.data.formats import FormatOptions, detect_format
+    from tunesmith.data.sources import open_source
+    from tunesmith.data.types import RowError
+    from tunesmith.errors import UserError
+
+    if path.lower().endswith(_CONFIG_SUFFIXES):
+        return None
+    try:
+        source = open_source(path)
+        rows = list(islice(source.rows(), COUNT_CAP + 1))
+    except (UserError, OSError):
+        return None
+    found = None
+    for row in (r for r in rows[:SNIFF_ROWS] if r.data is not None):
+        try:
+            found = detect_format(row.data, row.where, FormatOptions())
+            break
+        except RowError:
+            continue
+    if found is None and source.kind == "json":
+        return None  # JSON is YAML too: a config written as JSON (a .jsonl, .csv or .parquet never is one)
+    count = f"at least {COUNT_CAP:,} rows" if len(rows) > COUNT_CAP else f"{len(rows):,} row{'s' * (len(rows) != 1)}"
+    return f"{count} of format {found[0]}: {found[1]}" if found else f"{count} in no format tunesmith reads"
+
+
+def refuse_data_file_as_config(path: str) -> None:
+    """Raise a `UserError` saying what to do when a data file is passed where a config is expected."""
+    from tunesmith.errors import UserError
+
+    summary = data_file_summary(path)
+    if summary is not None:
+        raise UserError(f"{path} looks like a data file ({summary}), not a config; pass a YAML config, or train "
+                        f"on it directly: tunesmith train --data {path} --model NAME")

@@ -25,8 +25,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
     gen.add_argument("run_dir", help="a finished run folder, a model folder, or a built-in model name")
     gen.add_argument("input", help="chat rows in any supported format")
     gen.add_argument("output", help="JSONL file to write (replaced atomically)")
-    gen.add_argument("--max-new-tokens", type=int, default=256)
-    gen.add_argument("--batch-size", type=int, default=16)
+    gen.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
+                     help="longest answer per row, in tokens; generation stops earlier at the end-of-turn token "
+                          "(default %(default)s)")
+    gen.add_argument("--batch-size", type=int, default=16, metavar="N",
+                     help="rows generated together (left-padded); larger is faster until memory runs out "
+                          "(default %(default)s)")
     gen.set_defaults(handler="tunesmith.cli.evaluate:run_generate")
 
     ch = verbs.add_parser("chat", help="talk to a tuned model (streams; stops at end-of-turn)",
@@ -34,7 +38,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
                                       "Reads one message per line; /reset clears the history, /exit or EOF quits.")
     ch.add_argument("run_dir", help="a finished run folder, a model folder, or a built-in model name")
     ch.add_argument("--system", help="system prompt (default: the one every training row shared, if any)")
-    ch.add_argument("--max-new-tokens", type=int, default=512)
+    ch.add_argument("--max-new-tokens", type=int, default=512, metavar="N",
+                    help="longest reply, in tokens; a reply stops earlier at the end-of-turn token "
+                         "(default %(default)s)")
     ch.set_defaults(handler="tunesmith.cli.evaluate:run_chat")
 
 

@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import time
 from importlib import resources
 from pathlib import Path
 
 from tunesmith.cli.common import add_set_option
 
+DEFAULT_MODEL = "smollm2-135m-instruct"  # ModelConfig.name's default, named here so --help imports no pydantic
+
 # A request that is in no split of the bundled data: the quick start's closing demonstration.
 DEMO_REQUEST = "Please set the garage lights to 65% brightness"
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
-    train = verbs.add_parser("train", help="fine-tune as a config file says",
-                             description="Fine-tune as CONFIG says; results go to output_dir/name/.")
-    train.add_argument("config", help="YAML config file (with --resume: or a run folder)")
+    train = verbs.add_parser("train", help="fine-tune as a config file says (or on a data file: --data)",
+                             description="Fine-tune as CONFIG says, or on --data FILE with every other setting "
+                                         "at its default (--model NAME, --set KEY=VALUE change them); results go "
+                                         "to output_dir/name/. --help-config lists every config key.")
+    train.add_argument("config", nargs="?", help="YAML config file (with --resume: or a run folder); "
+                                                 "optional with --data")
+    train.add_argument("--data", metavar="FILE",
+                       help="training data (sets data.train): a file in any supported format, a datasets folder, "
+                            "hf:NAME[:SPLIT] or bundled:NAME/FILE; no config file needed")
+    train.add_argument("--model", metavar="NAME",
+                       help="the model to fine-tune (sets model.name): a built-in name, a local Hugging Face model "
+                            f"folder or a hub id; default {DEFAULT_MODEL}")
+    train.add_argument("--help-config", action="store_true",
+                       help="list every config key with its type, default and meaning, and exit")
     add_set_option(train)
     train.add_argument("--resume", action="store_true",
                        help="continue the run (output_dir/name, or the run folder given) from its newest complete "
@@ -44,20 +59,16 @@ def quickstart_config_path() -> Path:
 
 def run_train(args: argparse.Namespace) -> int:
     from tunesmith.cli.common import make_console, quiet_libraries
-    from tunesmith.config import load_config
-    from tunesmith.errors import UserError
+
+    if args.help_config:
+        from tunesmith.config.help import config_help
+
+        print(config_help())
+        return 0
     from tunesmith.training.launch import launch_options
 
-    launch = launch_options(args.nproc, args.nnodes, args.node_rank, args.rdzv)
-    if args.resume:
-        quiet_libraries()  # the resume module imports transformers
-        from tunesmith.training.resume import load_run_config
-
-        config = load_run_config(args.config, args.overrides)
-    elif Path(args.config).is_dir():
-        raise UserError(f"{args.config} is a folder; to continue a run: tunesmith train {args.config} --resume")
-    else:
-        config = _named(load_config(args.config, args.overrides), Path(args.config).stem)
+    launch = launch_options(args.nproc, args.nnodes, args.node_rank, args.rdzv)  # checked before anything is read
+    config = _resolve_config(args)
     quiet_libraries()
     from tunesmith.training.resume import INTERRUPTED_EXIT_CODE
     from tunesmith.training.run import train
@@ -68,6 +79,46 @@ def run_train(args: argparse.Namespace) -> int:
         return INTERRUPTED_EXIT_CODE
     console.print(f"[green]Done.[/] Run folder: {result.run_dir}")
     return 0
+
+
+def _resolve_config(args: argparse.Namespace):
+    """The run's config from CONFIG (or a run folder with --resume), --data, --model and --set."""
+    from tunesmith.cli.common import quiet_libraries, refuse_data_file_as_config
+    from tunesmith.config import load_config
+    from tunesmith.errors import UserError
+
+    if args.config is None and args.data is None:
+        raise UserError("give a CONFIG file, or --data FILE to train on a data file with the default settings "
+                        "(--model NAME, --set KEY=VALUE change them; tunesmith train --help-config lists them)")
+    if args.resume:
+        if args.data is not None or args.model is not None:
+            raise UserError("--resume continues a run with the data and model it started with; --data and "
+                            "--model start a new run")
+        quiet_libraries()  # the resume module imports transformers
+        from tunesmith.training.resume import load_run_config
+
+        return load_run_config(args.config, args.overrides)
+    given = {"data.train": ("--data", args.data), "model.name": ("--model", args.model)}
+    given = {key: flag for key, flag in given.items() if flag[1] is not None}
+    overrides = [*(f"{key}={json.dumps(value)}" for key, (_, value) in given.items()), *args.overrides]
+    if args.config is None:
+        config, stem = load_config(None, overrides), _folder_name(args.data)
+    else:
+        refuse_data_file_as_config(args.config)
+        if Path(args.config).is_dir():
+            raise UserError(f"{args.config} is a folder; to continue a run: tunesmith train {args.config} --resume")
+        config, stem = load_config(args.config, overrides), Path(args.config).stem
+    # Errors found later name the flag, not the --set it became (unless a --set of the user's replaced it).
+    replaced = {item.partition("=")[0].strip() for item in args.overrides}
+    config.with_origins({key: f"{flag} {value}" for key, (flag, value) in given.items()
+                         if not replaced & {key, key.partition(".")[0]}})
+    return _named(config, stem)
+
+
+def _folder_name(reference: str) -> str:
+    """A run-name stem from a data reference: `data/chat.jsonl` -> chat, `hf:org/set:train` -> set-train."""
+    stem = Path(reference.removeprefix("hf:").removeprefix("bundled:")).stem
+    return re.sub(r"[^\w.-]+", "-", stem).strip(".-") or "run"
 
 
 def run_quickstart(args: argparse.Namespace) -> int:

@@ -1,7 +1,9 @@
 """The one typed configuration of a tunesmith run.
 
-Every field is documented once here; the docstrings are what `tunesmith train --help-config`
-prints. Models are frozen and forbid unknown keys, so a typo is an error, never a silent None.
+Every field is documented once here, in the docstring under it: `tunesmith train --help-config`
+(config/help.py) prints each key with its type, its default and the docstring's first sentence (and
+a later one that starts by saying what a `None`/`auto` default means), so that sentence should stand
+alone. Models are frozen and forbid unknown keys, so a typo is an error, never a silent None.
 """
 
 from __future__ import annotations

@@ -57,7 +57,12 @@ class MetricsWriter(TrainerCallback):
 
 
 class ProgressBar(TrainerCallback):
-    """A rich progress bar: step, loss, tokens/s, ETA."""
+    """A rich progress bar: step, loss, tokens/s, ETA.
+
+    The Trainer calls `on_step_end` for step N before it logs step N's loss (`on_log`), so the step
+    count is set in the one and the loss in the other: setting both at step end would show step N
+    with step N-1's loss.
+    """
 
     def __init__(self, console: Any):
         self.console = console
@@ -79,14 +84,14 @@ class ProgressBar(TrainerCallback):
         self.first_tokens = state.num_input_tokens_seen  # a resumed run starts with the tokens seen before
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
+        if logs and "loss" in logs and self.progress is not None:
             self.loss = float(logs["loss"])
+            self.progress.update(self.task, loss=f"{self.loss:.3f}")  # a diverged run shows nan, not "-"
 
     def on_step_end(self, args, state, control, **kwargs):
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         rate = f"{(state.num_input_tokens_seen - self.first_tokens) / elapsed:,.0f}"
-        loss = "-" if math.isnan(self.loss) else f"{self.loss:.3f}"
-        self.progress.update(self.task, completed=state.global_step, loss=loss, rate=rate)
+        self.progress.update(self.task, completed=state.global_step, rate=rate)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:

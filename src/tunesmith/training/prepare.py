@@ -108,8 +108,9 @@ def _formatting(config: Config, ref: Any) -> tuple[Any, Any, tuple[str, ...]]:
 
 def _key(config: Config, split: str, tokenizer: Any, template: Any, markers: tuple[str, ...]) -> str:
     specs = source_specs(config.data, split)
-    files = [(_fingerprint(config, split, s.reference), s.weight, s.options.format, dict(s.options.columns),
-              dict(s.options.roles)) for s in specs]
+    # the reference too: the cached summary names each file and each quarantined row's file as read
+    files = [(s.reference, _fingerprint(config, split, s.reference), s.weight, s.options.format,
+              dict(s.options.columns), dict(s.options.roles)) for s in specs]
     return cache.cache_key(split=split, files=files, policy=config.data.on_bad_row, seed=config.train.seed,
                            template=template.source, special_tokens=template.special_tokens,
                            drop=sorted(template.drop),
