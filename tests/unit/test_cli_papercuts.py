@@ -189,3 +189,16 @@ def test_help_config_defaults_are_the_schemas():
         for part in key.split("."):
             value = value[part]
         assert json.loads(default_text(field)) == value, key
+
+
+def test_inspect_names_a_data_file_passed_as_its_config(tmp_path, capsys):
+    import json
+
+    from tunesmith.cli.main import main
+
+    data = tmp_path / "chats.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                             {"role": "assistant", "content": "Hello"}]}) + "\n", encoding="utf-8")
+    assert main(["inspect", str(data)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "looks like a data file (1 row of format messages" in err

@@ -35,9 +35,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from tunesmith.cli.common import make_console, quiet_libraries
+    from tunesmith.cli.common import make_console, quiet_libraries, refuse_data_file_as_config
     from tunesmith.config import load_config
 
+    refuse_data_file_as_config(args.config)
     config = load_config(args.config, args.overrides)
     quiet_libraries()
     from tunesmith.training.inspect import inspect
