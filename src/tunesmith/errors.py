@@ -21,3 +21,9 @@ class UserError(TunesmithError):
     """
 
     exit_code = 2
+
+
+class DiskFullError(UserError):
+    """The disk (or quota) filled up while writing: the user's environment, not their input, but theirs
+    to fix, so exit code 2 as well. The message says what was being written, how much space is free,
+    what is intact and how to go on."""

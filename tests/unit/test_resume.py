@@ -129,7 +129,9 @@ def test_a_damaged_or_half_written_checkpoint_is_never_resumed_from(finished, tm
     tunesmith.train(run, resume=True, console=console)
     out = printed(console)
     assert "step-6 (step 6" in out
-    assert "ignored and removed incomplete checkpoints: .step-9.tmp-x1, step-8" in out.replace("\n", "")
+    assert "ignored and removed incomplete checkpoints: .step-9.tmp-x1" in out.replace("\n", "")
+    assert "hash mismatch in step-8/adapter_model.safetensors: checkpoint step-8 moved aside to " \
+           "checkpoints/rejected/step-8" in out.replace("\n", "")
     assert adapter_diff(run / "adapter", finished / "adapter") <= 1e-6
     assert not half.exists() and ck.is_complete(run / "checkpoints" / "step-8")  # rewritten by the resumed run
 

@@ -336,15 +336,20 @@ def _scores_from_merges(tokens: list[str], merges: list[str]) -> list[float]:
 
 def write_gguf(plan: ExportPlan, source: Path, *, log: Log = print) -> Path:
     """Write plan.out from the safetensors model folder `source`; through a temporary file that is read back and checked before the rename."""
+    from tunesmith.runfolder import disk_full, ensure_space, is_disk_full
+
     plan.out.parent.mkdir(parents=True, exist_ok=True)
+    written_type = "f16" if plan.quantizer else plan.out_type
+    if not any(source.glob("*.safetensors")):
+        raise UserError(f"{source}: no .safetensors weights to export")
+    then = "; free some space, then export again"
+    needed = _written_size(plan, source, written_type)
+    ensure_space(plan.out.parent, needed, str(plan.out), then=then)
     handle, temp_name = tempfile.mkstemp(prefix=f".{plan.out.name}.", suffix=".tmp", dir=plan.out.parent)
     os.close(handle)
     temp = Path(temp_name)
     base = temp.with_suffix(".f16.tmp") if plan.quantizer else temp
     try:
-        written_type = "f16" if plan.quantizer else plan.out_type
-        if not any(source.glob("*.safetensors")):
-            raise UserError(f"{source}: no .safetensors weights to export")
         count = _write(plan, source, base, written_type, log)
         check_gguf(base, plan, count)
         if plan.quantizer:
@@ -354,10 +359,33 @@ def write_gguf(plan: ExportPlan, source: Path, *, log: Log = print) -> Path:
         os.umask(mask)
         os.chmod(temp, 0o666 & ~mask)  # mkstemp made it private; the export is an ordinary file
         os.replace(temp, plan.out)
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        for leftover in (temp, base):
+            leftover.unlink(missing_ok=True)
+        raise disk_full(str(plan.out), plan.out.parent, needed=needed, then=f"; no partial file was kept{then}") \
+            from None
     finally:
         for leftover in (temp, base):
             leftover.unlink(missing_ok=True)
     return plan.out
+
+
+def _written_size(plan: ExportPlan, source: Path, out_type: str) -> int:
+    """Bytes the GGUF of `out_type` takes at least: its tensors (read from the safetensors headers) and vocabulary."""
+    from safetensors import safe_open
+
+    per_element = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}[out_type]
+    total = sum(len(t.encode()) + 16 for t in plan.vocab.tokens) + sum(len(m) + 8 for m in plan.vocab.merges)
+    for file in sorted(source.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                if name == "lm_head.weight" and plan.config.get("tie_word_embeddings", False):
+                    continue  # not written (see _write)
+                shape = handle.get_slice(name).get_shape()
+                total += int(math.prod(shape) * (4 if len(shape) <= 1 else per_element))
+    return total
 
 
 def _write(plan: ExportPlan, source: Path, path: Path, out_type: str, log: Log) -> int:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 from tunesmith.errors import TunesmithError, UserError
 from tunesmith.evaluate.runs import RUN_META, read_run_meta, weights_folder
-from tunesmith.runfolder import sha256_file, write_json
+from tunesmith.runfolder import disk_full, ensure_space, is_disk_full, sha256_file, write_json
 
 MERGED = "merged"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -230,13 +231,18 @@ def _generation_config(model: Any, tokenizer: Any, markers: list[str]) -> Any:
 
 
 def _write_atomically(target: Path, model: Any, tokenizer: Any, record: dict, dtype: str) -> None:
-    """Save into a hidden sibling, then rename it into place; on any failure remove it again."""
+    """Save into a hidden sibling, then rename it into place; on any failure remove it again. The
+    weights' size is known: it must be free first, and a disk that fills anyway is one line."""
     import torch
 
+    what = f"the merged model {target}"
+    then = f"; free some space, then run again: tunesmith merge {shlex.quote(str(target.parent))}"
+    needed = sum(p.numel() for p in model.parameters()) * torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    ensure_space(target.parent, needed, what, then=then)
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)  # left by a killed earlier attempt of this same process id
-    staging.mkdir()
     try:
+        staging.mkdir()
         model.to(getattr(torch, dtype))
         model.generation_config = _generation_config(model, tokenizer, record["end_of_turn"])
         model.save_pretrained(staging)  # transformers 5 writes safetensors only
@@ -246,6 +252,8 @@ def _write_atomically(target: Path, model: Any, tokenizer: Any, record: dict, dt
         tokenizer.save_pretrained(staging)
         write_json(staging / RUN_META, record)
         os.rename(staging, target)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, Exception) and is_disk_full(err):
+            raise disk_full(what, target.parent, needed=needed, then=f"; nothing of it was kept{then}") from None
         raise

@@ -3,8 +3,10 @@ atomically with a manifest of hashes, and pruned to the last K plus the best.
 
 A checkpoint folder is written under a temporary name and renamed to `step-N` only when every file
 is on disk with its sha256 in `manifest.json`; a folder without a manifest that verifies is never
-resumed from. torch's own `torch.save` would pickle; these helpers store tensors in safetensors and
-everything else in JSON, so a checkpoint can be inspected and loaded without executing code.
+resumed from (training/verify.py checks it). A full disk leaves no partial folder and stops the run
+with one line naming the previous checkpoint, intact, and the `--resume` command. torch's own
+`torch.save` would pickle; these helpers store tensors in safetensors and everything else in JSON,
+so a checkpoint can be inspected and loaded without executing code.
 
 `CheckpointMixin` puts this format under transformers' Trainer: it overrides the Trainer's save and
 load hooks, so `train(resume_from_checkpoint=...)` restores a run through the Trainer's own code.
@@ -18,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -26,10 +27,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tunesmith.runfolder import sha256_file
-
-MANIFEST = "manifest.json"
-_STEP = re.compile(r"^step-(\d+)$")
+from tunesmith.errors import DiskFullError
+from tunesmith.runfolder import disk_full, ensure_space, is_disk_full, tree_size
+from tunesmith.training.verify import (MANIFEST, checkpoint_steps, is_complete, newest_complete,  # noqa: F401
+                                       resume_advice, write_manifest)
 
 
 # --- optimizer, scheduler, RNG <-> safetensors + JSON ------------------------------------------------
@@ -140,59 +141,36 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 @contextmanager
 def atomic_checkpoint(root: Path, step: int) -> Iterator[Path]:
-    """Yield a temporary folder; on success write its manifest and rename it to `step-N`."""
+    """Yield a temporary folder; on success write its manifest and rename it to `step-N`.
+
+    The space the previous checkpoint takes is checked to be free first; a full disk (then or while
+    writing) leaves no partial folder and becomes one DiskFullError line saying what is intact and
+    the `--resume` command."""
     root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".step-{step}.tmp-", dir=root))
+    final = root / f"step-{step}"
+    previous = checkpoint_steps(root)
+    what = f"checkpoint {final}"
+    advice = resume_advice(root, which="previous")
+    needed = tree_size(previous[-1][1]) if previous else None
+    if needed:
+        ensure_space(root, needed, what, then=advice)
+    work = None
     try:
+        work = Path(tempfile.mkdtemp(prefix=f".step-{step}.tmp-", dir=root))
         yield work
         write_manifest(work, step)
-        final = root / f"step-{step}"
         if final.exists():  # a re-run of the same step after a resume: replace it whole
             shutil.rmtree(final)
         os.replace(work, final)
+    except Exception as err:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+        if is_disk_full(err) and not isinstance(err, DiskFullError):
+            raise disk_full(what, root, needed=needed, then=f"; nothing of it was kept{advice}") from None
+        raise
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def write_manifest(folder: Path, step: int, extra: dict[str, Any] | None = None) -> None:
-    files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
-             if p.is_file() and p.name != MANIFEST}
-    manifest = {"step": step, "files": files, **(extra or {})}
-    path = folder / MANIFEST
-    with path.open("w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def is_complete(folder: Path, *, verify: bool = True) -> bool:
-    """A checkpoint is complete when its manifest exists and (if `verify`) every hash matches."""
-    path = folder / MANIFEST
-    if not path.is_file():
-        return False
-    try:
-        files = json.loads(path.read_text(encoding="utf-8"))["files"]
-    except (ValueError, KeyError):
-        return False
-    if not verify:
-        return True
-    return all((folder / name).is_file() and sha256_file(folder / name) == digest for name, digest in files.items())
-
-
-def checkpoint_steps(root: Path) -> list[tuple[int, Path]]:
-    """Finished checkpoints (`step-N` with a manifest), oldest first; temporaries ignored."""
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP.match(p.name))]
-    return sorted((step, p) for step, p in found if (p / MANIFEST).is_file())
-
-
-def newest_complete(root: Path) -> Path | None:
-    """The newest checkpoint whose files all verify; a damaged newer one is skipped."""
-    for _, folder in reversed(checkpoint_steps(root)):
-        if is_complete(folder):
-            return folder
-    return None
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def prune(root: Path, *, keep_last: int, best: Path | None) -> list[Path]:

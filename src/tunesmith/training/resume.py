@@ -1,7 +1,9 @@
 """Resuming a run, and stopping one so that it can be resumed.
 
-`--resume` continues from the newest checkpoint whose manifest verifies, through the Trainer's own
-resume path (checkpoints.CheckpointMixin), so data order, LR schedule and RNG carry on exactly. It
+`--resume` continues from the newest checkpoint whose manifest verifies (training/verify.py), through
+the Trainer's own resume path (checkpoints.CheckpointMixin), so data order, LR schedule and RNG carry
+on exactly. A newer checkpoint that fails its check (a hash mismatch, a missing file) is named and
+moved to checkpoints/rejected/, never deleted. It
 refuses when the processed data or the template differ from what the checkpoint was trained on
 (the fingerprints stored in each checkpoint's tunesmith.json); other changed settings are listed
 and the run goes on with the new values.
@@ -18,6 +20,7 @@ import shutil
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from tunesmith.config import Config, load_config
 from tunesmith.errors import UserError
 from tunesmith.runfolder import MANIFEST
 from tunesmith.training import checkpoints as ck
+from tunesmith.training import verify
 
 INTERRUPTED_EXIT_CODE = 143  # 128 + SIGTERM, what shells and schedulers expect of a terminated job
 _IGNORED_KEYS = {"name", "output_dir"}  # where the run lives, not how it trains
@@ -56,29 +60,46 @@ def load_run_config(reference: Config | str | Path, overrides: list[str] | tuple
 
 
 def find_checkpoint(run_dir: Path) -> Path:
-    """The newest complete checkpoint of a run folder, or a UserError saying why there is none."""
+    """The newest checkpoint of a run folder that verifies, or a UserError saying why there is none.
+    Nothing is moved or removed here (a refused resume leaves the folder as it was): `discard_after`."""
     if not run_dir.is_dir():
         raise UserError(f"nothing to resume: run folder {run_dir} does not exist")
     manifest = run_dir / MANIFEST
     if manifest.is_file() and json.loads(manifest.read_text(encoding="utf-8")).get("status") == "completed":
         raise UserError(f"run {run_dir} already completed; nothing to resume")
-    found = ck.newest_complete(run_dir / "checkpoints")
+    found, failed = verify.newest_verified(run_dir / "checkpoints")
     if found is None or not (found / ck.TRAINER_STATE).is_file():
-        raise UserError(f"no complete checkpoint in {run_dir / 'checkpoints'} to resume from; "
+        why = f" ({'; '.join(reason for _, reason in failed)})" if failed else ""
+        raise UserError(f"no complete checkpoint in {run_dir / 'checkpoints'} to resume from{why}; "
                         "start a new run under another name")
     return found
 
 
-def discard_after(checkpoint: Path) -> list[str]:
-    """Remove what a resume from `checkpoint` must never use: newer checkpoints (damaged, since
-    `checkpoint` is the newest that verifies) and half-written temporaries. Returns their names."""
+@dataclass
+class Discarded:
+    """A checkpoint a resume will not use: `reason` and `moved_to` (under checkpoints/rejected/) for
+    one that failed its check, neither for a half-written temporary, which is removed."""
+
+    name: str
+    reason: str | None = None
+    moved_to: Path | None = None
+
+
+def discard_after(checkpoint: Path) -> list[Discarded]:
+    """Put away what a resume from `checkpoint` must never use: newer checkpoints (they failed their
+    check, since `checkpoint` is the newest that verifies) are moved to checkpoints/rejected/, never
+    deleted; half-written temporaries are removed."""
     root = checkpoint.parent
     step = int(checkpoint.name.split("-")[1])
-    doomed = [p for s, p in ck.checkpoint_steps(root) if s > step]
-    doomed += [p for p in root.iterdir() if p.is_dir() and p.name.startswith(".step-")]
-    for folder in doomed:
+    discarded = []
+    for s, folder in reversed(ck.checkpoint_steps(root)):
+        if s > step:
+            reason = verify.problem(folder) or "newer than the newest checkpoint that verifies"
+            discarded.append(Discarded(folder.name, reason, verify.reject(folder)))
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(".step-")):
         shutil.rmtree(folder, ignore_errors=True)
-    return sorted(p.name for p in doomed)
+        discarded.append(Discarded(folder.name))
+    return discarded
 
 
 # --- what the checkpoint was trained on --------------------------------------------------------------
@@ -294,7 +315,7 @@ def fit(trainer: Any, *, meta: dict[str, Any], resume_from: Path | None, console
     return name
 
 
-def describe_resume(checkpoint: Path, changed: dict[str, tuple[Any, Any]], discarded: list[str]) -> list[str]:
+def describe_resume(checkpoint: Path, changed: dict[str, tuple[Any, Any]], discarded: list[Discarded]) -> list[str]:
     """The lines printed when a run resumes."""
     from rich.markup import escape
 
@@ -302,8 +323,13 @@ def describe_resume(checkpoint: Path, changed: dict[str, tuple[Any, Any]], disca
     position = meta.get("data_position", {})
     lines = [f"Resuming from {escape(str(checkpoint))} (step {meta.get('step')}, "
              f"epoch {position.get('epoch') or 0:.2f})"]
-    if discarded:
-        lines.append(f"[yellow]note:[/] ignored and removed incomplete checkpoints: {escape(', '.join(discarded))}")
+    for item in (d for d in discarded if d.moved_to is not None):
+        where = item.moved_to.relative_to(checkpoint.parent.parent)
+        lines.append(f"[yellow]warning:[/] {escape(str(item.reason))}: checkpoint {escape(item.name)} moved aside to "
+                     f"{escape(str(where))}, not resumed from")
+    removed = [d.name for d in discarded if d.moved_to is None]
+    if removed:
+        lines.append(f"[yellow]note:[/] ignored and removed incomplete checkpoints: {escape(', '.join(removed))}")
     if changed:
         settings = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
         lines.append(f"[yellow]note:[/] settings changed since the run started, continuing with the new values: "

@@ -7,6 +7,8 @@ before the run folder exists; a failure later removes the folder again if it was
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,29 @@ def _check_eval_settings(config: Config) -> None:
 
 def _execute(p: Prepared, run_dir: Path, console: Any, resume_from: Path | None = None, *,
              worker: bool = False) -> RunResult:
+    with _disk_full_reported(run_dir):
+        return _execute_inner(p, run_dir, console, resume_from, worker=worker)
+
+
+@contextmanager
+def _disk_full_reported(run_dir: Path) -> Iterator[None]:
+    """A full disk anywhere in a run (metrics.jsonl, a tracker's files, the manifest) is one line that
+    says where and how to go on; checkpoints and the adapter say it themselves, more precisely."""
+    from tunesmith.errors import DiskFullError
+    from tunesmith.runfolder import disk_full, is_disk_full
+    from tunesmith.training.verify import resume_advice
+
+    try:
+        yield
+    except Exception as err:
+        if isinstance(err, DiskFullError) or not is_disk_full(err):
+            raise
+        name = getattr(err, "filename", None)
+        what = str(name) if name else f"into {run_dir} (training)"
+        raise disk_full(what, run_dir, then=resume_advice(run_dir / "checkpoints")) from None
+
+
+def _execute_inner(p: Prepared, run_dir: Path, console: Any, resume_from: Path | None, *, worker: bool) -> RunResult:
     from tunesmith.models.load import attention_implementation
     from tunesmith.training.callbacks import MetricsWriter, ProgressBar
     from tunesmith.training.hardware import pick_device, pick_precision
@@ -227,11 +252,33 @@ def _load_trainable_model(p: Prepared, device: str, precision: str, console: Any
 def _save_adapter(p: Prepared, model: Any, run_dir: Path, state: dict[str, Any] | None = None) -> None:
     """adapter/ (LoRA, QLoRA: PEFT files) or model/ (full: the whole model), each with the tokenizer,
     the exact template, and what inference needs to know. Non-finite weights are never written."""
+    from tunesmith.runfolder import atomic_folder
     from tunesmith.training.guards import check_finite_weights
+    from tunesmith.training.verify import resume_advice
 
     if state is None:  # a gathered `state` (FSDP, DeepSpeed) was checked where it was gathered
         check_finite_weights(model)
     adapter = run_dir / ("model" if p.config.method == "full" else "adapter")
+    advice = resume_advice(run_dir / "checkpoints", which="last", verb="finish")
+    with atomic_folder(adapter, f"the {adapter.name} {adapter}", needed=_weights_size(p, run_dir),
+                       then=advice) as staging:  # written whole under a temporary name, or not at all
+        _write_weights(p, model, staging, state)
+
+
+def _weights_size(p: Prepared, run_dir: Path) -> int:
+    """What adapter/ (model/) will take at least: the newest checkpoint's weights and the tokenizer files."""
+    from tunesmith.runfolder import tree_size
+    from tunesmith.training.verify import checkpoint_steps
+
+    steps = checkpoint_steps(run_dir / "checkpoints")
+    weights = [f for f in steps[-1][1].glob("*.safetensors") if f.name.startswith(("adapter_model", "model"))] \
+        if steps else []
+    source = Path(p.ref.path)  # a local folder, or the model hub's cache entry, or a hub id (no files)
+    tokenizer = [source / n for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt")]
+    return sum(tree_size(f) for f in [*weights, *tokenizer] if f.is_file())
+
+
+def _write_weights(p: Prepared, model: Any, adapter: Path, state: dict[str, Any] | None) -> None:
     model.save_pretrained(str(adapter), state_dict=state)
     p.tokenizer.chat_template = p.template.source
     p.tokenizer.save_pretrained(str(adapter))
