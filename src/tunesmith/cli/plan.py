@@ -10,7 +10,7 @@ import json
 
 from tunesmith.cli.common import add_set_option
 
-GB = 2**30
+GIB = 2**30  # the one memory unit plan and doctor print: GiB (2^30 bytes); see plan/gpus.py
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -19,11 +19,16 @@ def register(verbs: argparse._SubParsersAction) -> None:
         description="Estimate a run's peak memory by part (weights, adapter, gradients, optimizer, activations, "
                     "logits) from the model's config (built on the meta device: no weights are loaded) and the "
                     "data's real token counts after templating and packing; recommend settings that fit a target "
-                    "memory, and estimate steps and time per epoch.")
+                    "memory, and estimate steps and time per epoch. Memory is in GiB (2^30 bytes) throughout: "
+                    "--vram is GiB, and a --gpu is sized by the memory nvidia-smi reports for it (an H100 80GB: "
+                    "81559 MiB = 79.6 GiB), so --gpu NAME and --vram given that MiB / 1024 are the same target.")
     plan.add_argument("config", help="YAML config file")
     target = plan.add_mutually_exclusive_group()
-    target.add_argument("--vram", type=float, metavar="GB", help="target GPU memory in GB")
-    target.add_argument("--gpu", metavar="NAME", help="a known GPU (T4, L4, A10G, A100-40GB, A100-80GB, H100, ...)")
+    target.add_argument("--vram", type=float, metavar="GIB",
+                        help="target GPU memory in GiB (2^30 bytes): nvidia-smi's memory.total in MiB / 1024")
+    target.add_argument("--gpu", metavar="NAME",
+                        help="a known GPU (T4, L4, A10G, A100-40GB, A100-80GB, H100-80GB, H200, ...), sized by "
+                             "the memory nvidia-smi reports for it, in GiB")
     plan.add_argument("--all-methods", action="store_true", help="estimate full, LoRA and QLoRA side by side")
     plan.add_argument("--measure", action="store_true",
                       help="time a short real warm-up (a few steps; this loads the model) instead of using the "
@@ -67,20 +72,20 @@ def plan(config, *, vram_gb=None, gpu=None, all_methods=False, measure=False) ->
     here_cuda = torch.cuda.is_available()
     if gpu is not None or vram_gb is not None:
         device_kind = "cuda"
-        target = gpu.memory_gb * 1e9 if gpu else vram_gb * GB
+        target = gpu.memory_bytes if gpu else round(vram_gb * GIB)
         bf16 = gpu.bf16 if gpu else True
-        target_name = gpu.name if gpu else f"{vram_gb:g} GB"
+        target_name = gpu.describe() if gpu else f"{vram_gb:g} GiB (--vram)"
     elif here_cuda:
         device_kind, bf16 = "cuda", None
         target = torch.cuda.get_device_properties(0).total_memory
         gpu = match_device_name(torch.cuda.get_device_name(0))
-        target_name = torch.cuda.get_device_name(0)
+        target_name = f"{torch.cuda.get_device_name(0)} ({target / GIB:.1f} GiB as CUDA reports)"
     else:
         import os
 
         device_kind, bf16 = "cpu", None
         target = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        target_name = "this machine's available memory"
+        target_name = f"this machine's available memory ({target / GIB:.1f} GiB)"
     hf_config = est.hf_config_for(config)
     batch = est.micro_batch(config)
     methods = ["full", "lora", "qlora"] if all_methods else [config.method]
@@ -99,7 +104,8 @@ def plan(config, *, vram_gb=None, gpu=None, all_methods=False, measure=False) ->
     else:
         rate = est.cpu_flops_per_second() * est.CPU_EFFICIENCY
     return {
-        "target": {"name": target_name, "device": device_kind, "bytes": int(target)},
+        "target": {"name": target_name, "device": device_kind, "bytes": int(target),
+                   "gib": round(int(target) / GIB, 2)},
         "estimates": {m: e.as_dict() for m, e in estimates.items()},
         "recommended": est.recommend(config, target_bytes=int(target), device_kind=device_kind, batch=batch,
                                      hf_config=hf_config, bf16=bf16, methods=tuple(methods) if all_methods else None),
@@ -115,24 +121,24 @@ def _print_plan(result: dict, console) -> None:
     batch = first["batch"]
     console.print(f"Data: {batch['sequences']} sequences of <= {batch['max_length']} tokens; the largest micro-batch "
                   f"has {batch['tokens']:,} tokens, {batch['trained']:,} of them trained")
-    table = Table(title=f"Predicted peak memory ({result['target']['device']}), GB")
+    table = Table(title=f"Predicted peak memory ({result['target']['device']}), GiB (2^30 bytes)")
     table.add_column("part")
     for method in estimates:
         table.add_column(method, justify="right")
     parts = list(dict.fromkeys(p for e in estimates.values() for p in e["parts"]))
     for part in parts:
-        table.add_row(part, *[f"{e['parts'].get(part, 0) / GB:.2f}" for e in estimates.values()])
-    table.add_row("[bold]peak[/]", *[f"[bold]{e['total_bytes'] / GB:.2f}[/]" for e in estimates.values()])
+        table.add_row(part, *[f"{e['parts'].get(part, 0) / GIB:.2f}" for e in estimates.values()])
+    table.add_row("[bold]peak[/]", *[f"[bold]{e['total_bytes'] / GIB:.2f}[/]" for e in estimates.values()])
     table.add_row("trainable params", *[f"{e['trainable']:,}" for e in estimates.values()])
     console.print(table)
     console.print("peak = weights + adapter + optimizer + the larger of (activations + logits) and (gradients + "
                   "the optimizer step's temporaries)" + (" + allocator" if "allocator" in parts else ""))
     rec, target = result["recommended"], result["target"]
     if rec["fits"]:
-        console.print(f"Fits {target['name']} ({target['bytes'] / GB:.1f} GB): method {rec['method']}, micro-batch "
+        console.print(f"Fits {target['name']}: method {rec['method']}, micro-batch "
                       f"{rec['micro_batch']}, gradient accumulation {rec['gradient_accumulation']}, max_length "
                       f"{rec['max_length']}, gradient checkpointing {'on' if rec['gradient_checkpointing'] else 'off'} "
-                      f"(peak {rec['peak_bytes'] / GB:.2f} GB){'; ' + rec['note'] if rec['note'] else ''}")
+                      f"(peak {rec['peak_bytes'] / GIB:.2f} GiB){'; ' + rec['note'] if rec['note'] else ''}")
     else:
         console.print(f"[red]Nothing fits {target['name']}[/]: {rec['note']}")
     t = result["time"]
@@ -154,12 +160,14 @@ def run_doctor(args: argparse.Namespace) -> int:
     console = make_console()
     console.print(f"torch {facts['torch']} (CUDA {facts['cuda'] or 'none'}), transformers {facts['transformers']}, "
                   f"peft {facts['peft']}, {facts['cpu_cores']} CPU cores")
-    for g in facts["gpus"] or [{"name": "no CUDA GPU", "memory_gb": 0, "capability": "-"}]:
-        console.print(f"GPU: {g['name']}" + (f", {g['memory_gb']} GB, compute {g['capability']}" if g["memory_gb"] else ""))
+    for g in facts["gpus"] or [{"name": "no CUDA GPU", "memory_gib": 0, "capability": "-"}]:
+        console.print(f"GPU: {g['name']}" + (f", {g['memory_gib']} GiB, compute {g['capability']}"
+                                             if g["memory_gib"] else ""))
     console.print(f"bf16: {'yes' if facts['bf16'] else 'no'}, fp16: {'yes' if facts['fp16'] else 'no'}, "
                   f"bitsandbytes: {facts['bitsandbytes'] or 'no'}, flash-attn: {facts['flash_attn'] or 'no'}, "
                   f"flex attention: {'yes' if facts['flex_attention'] else 'no'}")
-    console.print("free disk: " + ", ".join(f"{k} {v} GB" for k, v in facts["free_disk_gb"].items()))
+    console.print(f"cache: {facts['cache_dir']}")
+    console.print("free disk: " + ", ".join(f"{k} {v} GiB" for k, v in facts["free_disk_gib"].items()))
     for note in facts["advice"]:
         console.print(f"- {note}", soft_wrap=True)
     return 0

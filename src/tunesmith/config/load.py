@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from tunesmith.config.redact import redact_config
 from tunesmith.config.schema import Config
 from tunesmith.errors import UserError
 
@@ -40,9 +41,12 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     return config.with_origins(origins)
 
 
-def config_to_yaml(config: Config) -> str:
-    """The resolved config as YAML, every default written out."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+def config_to_yaml(config: Config, *, redact: bool = True) -> str:
+    """The resolved config as YAML, every default written out, secrets shown as <redacted>
+    (config/redact.py): the run folder's config.yaml. `redact=False` only for a config handed to
+    another process of the same run that needs the real values (and is not kept)."""
+    data = redact_config(config) if redact else config.model_dump(mode="json")
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 def _read_yaml(path: Path) -> tuple[dict, dict[Loc, int], str]:

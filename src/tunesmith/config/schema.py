@@ -209,8 +209,9 @@ class TrackingConfig(Section):
 
     mlflow_uri: str | None = None
     """MLflow tracking URI (a server URL, a sqlite `.db` path, or a folder for mlflow.db). Default:
-    MLFLOW_TRACKING_URI, else sqlite ./mlflow.db. Put credentials in MLFLOW_TRACKING_USERNAME/PASSWORD,
-    not in this URL: the URL is written to config.yaml."""
+    MLFLOW_TRACKING_URI, else sqlite ./mlflow.db. A `user:password@` in it is handed to MLflow as
+    MLFLOW_TRACKING_USERNAME/PASSWORD and written nowhere (config.yaml, trackers and model card show
+    `<redacted>`)."""
 
     wandb_mode: Literal["online", "offline"] = "offline"
     """W&B mode. `offline` writes to the run folder's wandb/ and syncs later with `wandb sync`."""

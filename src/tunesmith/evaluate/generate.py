@@ -14,15 +14,17 @@ def stop_token_ids(tokenizer: Any, markers: list[str]) -> list[int]:
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int, stop_ids: list[int],
              batch_size: int = 16) -> list[str]:
-    """Complete each rendered prompt greedily; returns the new text without special tokens."""
+    """Complete each rendered prompt greedily; returns the new text without special tokens.
+
+    Prompts are padded on the left (generation continues from the right edge) through the tokenizer
+    call's own `padding_side` argument: the caller's tokenizer is left as it was."""
     import torch
 
-    tokenizer.padding_side = "left"  # generation continues from the right edge
     outputs: list[str] = []
     model.eval()
     for start in range(0, len(prompts), batch_size):
         batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
-                          add_special_tokens=False).to(model.device)
+                          padding_side="left", add_special_tokens=False).to(model.device)
         with torch.inference_mode():
             generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                        eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunesmith.config.redact import redact_text, redact_tree
 from tunesmith.errors import TunesmithError, UserError
 from tunesmith.evaluate.runs import RUN_META, weights_folder
 
@@ -158,7 +159,7 @@ def _read_config(run: Path) -> dict:
         loaded = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     except (FileNotFoundError, yaml.YAMLError):
         return {}
-    return loaded if isinstance(loaded, dict) else {}
+    return redact_tree(loaded) if isinstance(loaded, dict) else {}  # a run folder from before redaction too
 
 
 # ---------------------------------------------------------------------------------------------- push
@@ -179,8 +180,8 @@ def push_run(run_dir: str | Path, repo_id: str, *, what: str = "adapter", privat
         log(f"{run} is a full fine-tune: pushing model/ (the whole model, not an adapter)")
     url = f"{(endpoint or os.environ.get('HF_ENDPOINT') or DEFAULT_ENDPOINT).rstrip('/')}/{repo_id}"
     source = plan.source.relative_to(run) if plan.source is not None else "."
-    header = (f"{len(plan.files) + 1} files, {human_size(plan.total_bytes)}, from {run}/{source} "
-              f"to {url}{' (private)' if private else ''}")
+    header = redact_text(f"{len(plan.files) + 1} files, {human_size(plan.total_bytes)}, from {run}/{source} "
+                         f"to {url}{' (private)' if private else ''}")  # HF_ENDPOINT may carry credentials
     if dry_run:
         log(f"dry run: would upload {header}")
         for line in plan.listing():
@@ -210,13 +211,13 @@ def push_run(run_dir: str | Path, repo_id: str, *, what: str = "adapter", privat
         if status in (401, 403):
             raise UserError(f"the Hub refused the push to {repo_id} (HTTP {status}): the token needs write access to "
                             f"{repo_id.split('/')[0]} (`hf auth login`, or HF_TOKEN)") from None
-        raise TunesmithError(f"push to {repo_id} failed: {_first_line(err)}") from None
+        raise TunesmithError(redact_text(f"push to {repo_id} failed: {_first_line(err)}")) from None
     except _transport_errors() as err:  # connection refused, DNS, TLS
-        raise TunesmithError(f"push to {repo_id} failed: cannot reach {url}: {err}") from None
+        raise TunesmithError(redact_text(f"push to {repo_id} failed: cannot reach {url}: {err}")) from None
     plan.commit_url = str(getattr(info, "commit_url", "") or url)
     if private:
         log("note: --private applies when the repo is created; an existing repo keeps its visibility")
-    log(f"pushed: {url}")
+    log(redact_text(f"pushed: {url}"))
     return plan
 
 
@@ -248,7 +249,9 @@ def _version() -> str:
 def model_card(run_dir: str | Path, repo_id: str, what: str, *, meta: dict | None = None,
                files: list[str] | None = None, source: Path | None = None) -> str:
     """The README.md pushed with the model: YAML front matter, then what it is, the data, the
-    evaluation (base vs tuned), the chat template, and how to run it."""
+    evaluation (base vs tuned), the chat template, and how to run it. Secrets are redacted from
+    all of it (tunesmith.config.redact, as in config.yaml and the trackers): whatever the run
+    folder holds, the card never shows a token, a URL password or a secret environment value."""
     run = Path(run_dir)
     meta = meta if meta is not None else (_read_json(weights_folder(run) / RUN_META) or {})
     config = _read_config(run)
@@ -272,7 +275,7 @@ def model_card(run_dir: str | Path, repo_id: str, what: str, *, meta: dict | Non
              _template_section(ctx, meta),
              _how_to_run(ctx),
              f"---\n\nMade with tunesmith from the run `{run.name}`.\n"]
-    return "\n".join(part for part in parts if part)
+    return redact_text("\n".join(part for part in parts if part))
 
 
 @dataclass

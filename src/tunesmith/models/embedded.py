@@ -78,12 +78,11 @@ def is_embedded_name(name: str) -> bool:
 
 
 def cache_root() -> pathlib.Path:
-    """Where tunesmith keeps converted models: $TUNESMITH_CACHE, else the XDG cache directory."""
-    if os.environ.get("TUNESMITH_CACHE"):
-        return pathlib.Path(os.environ["TUNESMITH_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / ".cache"
-    return base / "tunesmith"
+    """Where tunesmith keeps converted models (under `models/`): the cache folder `tunesmith.paths`
+    decides ($TUNESMITH_CACHE, else $XDG_CACHE_HOME/tunesmith, else ~/.cache/tunesmith)."""
+    from tunesmith.paths import cache_root as tunesmith_cache
+
+    return tunesmith_cache()
 
 
 def ensure_embedded_model(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Config
+from tunesmith.paths import cache_root
 
 
 def _version(module: str) -> str | None:
@@ -21,7 +22,8 @@ def _version(module: str) -> str | None:
         return "installed"
 
 
-def _free_gb(path: Path) -> float | None:
+def _free_gib(path: Path) -> float | None:
+    """Free disk space where `path` is (or would be created), GiB (2^30 bytes)."""
     path = path.expanduser()
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -41,7 +43,7 @@ def diagnose(config: Config | None = None) -> dict[str, Any]:
                              "cuda_available": torch.cuda.is_available(), "gpus": []}
     for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         props = torch.cuda.get_device_properties(i)
-        facts["gpus"].append({"name": props.name, "memory_gb": round(props.total_memory / 2**30, 1),
+        facts["gpus"].append({"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
                               "capability": f"{props.major}.{props.minor}"})
     facts["bf16"] = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_native_bf16()
     facts["fp16"] = torch.cuda.is_available()
@@ -51,8 +53,10 @@ def diagnose(config: Config | None = None) -> dict[str, Any]:
     facts["transformers"] = _version("transformers")
     facts["peft"] = _version("peft")
     facts["cpu_cores"] = len(__import__("os").sched_getaffinity(0))
-    cache = Path("~/.cache/tunesmith")
-    facts["free_disk_gb"] = {"cache": _free_gb(cache), "runs": _free_gb(Path(config.output_dir if config else "runs"))}
+    cache = cache_root()
+    facts["cache_dir"] = str(cache)
+    facts["free_disk_gib"] = {"cache": _free_gib(cache),
+                              "runs": _free_gib(Path(config.output_dir if config else "runs"))}
     facts["advice"] = advice(facts, config)
     return facts
 
@@ -72,9 +76,9 @@ def advice(facts: dict[str, Any], config: Config | None) -> list[str]:
         notes.append("flash-attn is not installed: attention auto uses sdpa (packed batches build a T x T mask; "
                      "flash_attention_2 avoids it for long packed micro-batches, and model.attention: segments "
                      "runs sdpa once per packed conversation at one host sync per layer)")
-    for where, free in facts["free_disk_gb"].items():
+    for where, free in facts["free_disk_gib"].items():
         if free is not None and free < 5:
-            notes.append(f"only {free} GB free for the {where} folder; checkpoints and merged models need more")
+            notes.append(f"only {free} GiB free for the {where} folder; checkpoints and merged models need more")
     if config is not None:
         if config.method == "qlora" and not (gpu and facts["bitsandbytes"]):
             notes.append("your config's method qlora cannot run here: it needs a CUDA GPU with bitsandbytes")

@@ -81,7 +81,7 @@ class MemoryEstimate:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["total_gb"] = round(self.total_bytes / 2**30, 3)
+        out["total_gib"] = round(self.total_bytes / 2**30, 3)  # GiB (2^30 bytes), the unit plan prints
         return out
 
 

@@ -36,8 +36,10 @@ class Wheel:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("TUNESMITH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tunesmith")
-    return Path(root) / "remote"
+    """Wheels built for remote hosts: `remote/` in the tunesmith cache folder (tunesmith.paths)."""
+    from tunesmith.paths import cache_root
+
+    return cache_root() / "remote"
 
 
 def project_root() -> Path | None:

@@ -188,11 +188,11 @@ def run_workers(launch: Launch, prepared: Any, run_dir: Path | None, console: An
         if launch.main_node:
             assert run_dir is not None
             write_inputs(prepared, run_dir)
-            config_path = run_dir / "config.yaml"
-        else:  # the run folder is on node 0; this node's workers only need the config
+        else:  # the run folder is on node 0
             run_dir = prepared.config.run_dir()
-            config_path = reports / "config.yaml"
-            config_path.write_text(config_to_yaml(prepared.config), encoding="utf-8")
+        # the workers' config, real values (the run folder's copy is redacted), in this 0700 temporary folder
+        config_path = reports / "config.yaml"
+        config_path.write_text(config_to_yaml(prepared.config, redact=False), encoding="utf-8")
         console.print(f"Starting {launch.nproc} worker process{'es' if launch.nproc > 1 else ''}"
                       + (f" on node {launch.node_rank} of {launch.nnodes}" if launch.nnodes > 1 else "")
                       + f" ({launch.world_size} in all, distributed.strategy: {prepared.config.distributed.strategy})")

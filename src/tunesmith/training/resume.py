@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from transformers import EarlyStoppingCallback, TrainerCallback
 
-from tunesmith.config import Config, load_config
+from tunesmith.config import Config, load_config, redact_config
 from tunesmith.errors import UserError
 from tunesmith.runfolder import MANIFEST
 from tunesmith.training import checkpoints as ck
@@ -118,7 +118,7 @@ def fingerprints(prepared: Any) -> dict[str, Any]:
                  for spec in source_specs(config.data, split)]
         data[split] = {"files": files, "examples": examples_digest(processed.examples)}
     template = {"source": prepared.template.source, "special_tokens": prepared.template.special_tokens}
-    return {"config": config.model_dump(mode="json"),
+    return {"config": redact_config(config),
             "fingerprints": {"template": _digest(json.dumps(template, sort_keys=True).encode()), "data": data}}
 
 
@@ -172,7 +172,7 @@ def changed_settings(checkpoint: Path, config: Config) -> dict[str, tuple[Any, A
     path = checkpoint.parent.parent / "config.yaml"
     if saved is None and path.is_file():
         saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-    old, new = _flatten(saved or {}), _flatten(config.model_dump(mode="json"))
+    old, new = _flatten(saved or {}), _flatten(redact_config(config))
     return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
             if old.get(key) != new.get(key) and key not in _IGNORED_KEYS}
 

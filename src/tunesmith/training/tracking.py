@@ -20,9 +20,17 @@ under `tunesmith.` (MLflow params, W&B config, a TensorBoard text), with secrets
 
 Secrets (HF_TOKEN, WANDB_API_KEY, MLFLOW_TRACKING_TOKEN, ...) stay in the environment where the
 libraries read them; nothing here copies one into a param, a tag or a file, and our config params
-are redacted (secret-named keys, URL passwords, any value of a secret environment variable). Both
-MLflow and W&B strip credentials from the git remote URL they record, and no tracker uploads
-checkpoints unless its own variable asks for it (HF_MLFLOW_LOG_ARTIFACTS, WANDB_LOG_MODEL).
+are redacted by the same function as the run folder's config.yaml and the model card
+(`tunesmith.config.redact`: secret-named keys, URL passwords and secret query values, known token
+shapes, any value of a secret environment variable). A `tracking.mlflow_uri` with credentials
+(`https://user:password@host`) reaches MLflow without them: the user and password go to
+MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD for the run (MLflow's own basic-auth variables),
+so MLflow never holds, prints ("View run at ...") or stores a URL with a password; a password
+already redacted (a config.yaml from a run folder, on --resume) is dropped, and the environment's
+MLFLOW_TRACKING_PASSWORD is used. A user without a password (a token as the user) stays in the URL,
+with MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT set so that MLflow does not print it. Both MLflow and
+W&B strip credentials from the git remote URL they record, and no tracker uploads checkpoints
+unless its own variable asks for it (HF_MLFLOW_LOG_ARTIFACTS, WANDB_LOG_MODEL).
 
 This module imports nothing heavy at import time: `check_tracking` runs before any data work.
 """
@@ -39,6 +47,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tunesmith.config.redact import REDACTED, redact_config, redact_text, url_credentials
+from tunesmith.config.redact import secret_values as _secret_values
 from tunesmith.config.schema import Config
 from tunesmith.errors import UserError
 
@@ -49,13 +59,7 @@ INSTALL_HINT = f'pip install "{EXTRA}"'
 _MODULES: dict[str, tuple[str, ...]] = {"mlflow": ("mlflow",), "wandb": ("wandb",), "tensorboard": ("tensorboard",)}
 _SQL_MODULES = ("sqlalchemy", "alembic")
 
-# environment variables whose values are secrets: names like HF_TOKEN, WANDB_API_KEY, *_PASSWORD
-_SECRET_NAME = re.compile(r"(^|_)(TOKEN|API_KEY|APIKEY|SECRET|SECRET_KEY|PASSWORD|PASSWD|ACCESS_KEY|PRIVATE_KEY|"
-                          r"CONNECTION_STRING|CREDENTIALS?)($|_)", re.IGNORECASE)
-_SECRET_KEY = re.compile(r"(^|_)(token|api_key|apikey|secret|password|passwd|credentials?)$", re.IGNORECASE)
 _MLFLOW_KEY = re.compile(r"[^0-9A-Za-z_\-. :/]")
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:\s]*):[^/@\s]*@", re.IGNORECASE)
-REDACTED = "<redacted>"
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -130,12 +134,22 @@ def tracking_env(config: Config, run_dir: Path) -> dict[str, str]:
             tags = json.loads(os.environ.get("MLFLOW_TAGS") or "{}") | tags
         except (ValueError, TypeError):
             pass
-        env |= {"MLFLOW_TRACKING_URI": mlflow_tracking_uri(config), "MLFLOW_EXPERIMENT_NAME": config.tracking.project,
+        uri = mlflow_tracking_uri(config)
+        bare, user, password = url_credentials(uri)
+        if password is not None:  # MLflow's own basic-auth variables, instead of a URL with a password in it
+            uri = bare
+            if user is not None:
+                env["MLFLOW_TRACKING_USERNAME"] = user
+            if password != REDACTED:  # a redacted one (config.yaml on --resume): the environment's is used
+                env["MLFLOW_TRACKING_PASSWORD"] = password
+        elif user is not None:  # a token as the user (https://TOKEN@host): kept, but never printed
+            env["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        env |= {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": redact_text(config.tracking.project),
                 "MLFLOW_FLATTEN_PARAMS": "TRUE", "MLFLOW_TAGS": json.dumps(tags)}
         defaults |= {"HF_MLFLOW_LOG_ARTIFACTS": "FALSE"}
     if "wandb" in backends:
         env |= {"WANDB_MODE": config.tracking.wandb_mode, "WANDB_DIR": str(run_dir),
-                "WANDB_PROJECT": config.tracking.project}
+                "WANDB_PROJECT": redact_text(config.tracking.project)}
         defaults |= {"WANDB_LOG_MODEL": "false", "WANDB_WATCH": "false"}
     if "tensorboard" in backends:
         env |= {"TENSORBOARD_LOGGING_DIR": str(run_dir / "tensorboard")}
@@ -150,6 +164,9 @@ def setup_tracking(config: Config, run_dir: Path) -> Iterator[list[Any]]:
     Trainer is made, MLflow and W&B theirs at train begin). On leaving, the environment is put back,
     and a W&B or MLflow run that was started inside the block and is still open is closed (failed
     if the block raised), so a second run in the same process starts a new one.
+
+    Inside the block sys.argv is redacted too: W&B records the command line (`--set
+    tracking.mlflow_uri=https://user:password@...` would be stored as typed).
     """
     backends = report_to(config)
     if not backends:
@@ -159,6 +176,8 @@ def setup_tracking(config: Config, run_dir: Path) -> Iterator[list[Any]]:
     saved = {key: os.environ.get(key) for key in env}
     before = _open_runs()
     os.environ.update(env)
+    argv = list(sys.argv)
+    sys.argv[:] = [redact_text(arg) for arg in argv]
     failed = True
     try:
         yield [config_params_callback(config, run_dir)]
@@ -167,6 +186,7 @@ def setup_tracking(config: Config, run_dir: Path) -> Iterator[list[Any]]:
         try:
             _close_runs(before, failed)
         finally:
+            sys.argv[:] = argv
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)
@@ -181,23 +201,16 @@ def config_params(config: Config, secrets: list[str] | None = None) -> dict[str,
     >>> p["tunesmith.data.train"], p["tunesmith.train.learning_rate"], p["tunesmith.data.validation"]
     ('a.jsonl', 0.0002, None)
     """
-    secrets = secret_values() if secrets is None else secrets
     flat: dict[str, Any] = {}
 
     def walk(value: Any, key: str) -> None:
         if isinstance(value, dict) and value:
             for k, v in value.items():
                 walk(v, f"{key}.{k}")
-        elif _SECRET_KEY.search(key.rsplit(".", 1)[-1]) and value:
-            flat[key] = REDACTED
-        elif isinstance(value, str):
-            flat[key] = redact(value, secrets)
-        elif isinstance(value, (list, dict)):
-            flat[key] = json.loads(redact(json.dumps(value), secrets))
         else:
             flat[key] = value
 
-    walk(config.model_dump(mode="json"), "tunesmith")
+    walk(redact_config(config, secrets), "tunesmith")
     return flat
 
 
@@ -207,19 +220,16 @@ def _param_text(value: Any) -> str:
 
 def secret_values(environ: dict[str, str] | os._Environ | None = None) -> list[str]:
     """Values of the environment variables that hold secrets (HF_TOKEN, WANDB_API_KEY, ...)."""
-    environ = os.environ if environ is None else environ
-    return sorted({v for k, v in environ.items() if _SECRET_NAME.search(k) and len(v) >= 6}, key=len, reverse=True)
+    return _secret_values(environ)
 
 
-def redact(text: str, secrets: list[str]) -> str:
-    """`text` with every secret value and every password in a URL replaced by <redacted>.
+def redact(text: str, secrets: list[str] | None = None) -> str:
+    """`text` with every secret redacted (`tunesmith.config.redact.redact_text`).
 
     >>> redact("https://me:pw@host/x?k=hf_abcdef", ["hf_abcdef"])
     'https://me:<redacted>@host/x?k=<redacted>'
     """
-    for secret in secrets:
-        text = text.replace(secret, REDACTED)
-    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:{REDACTED}@", text)
+    return redact_text(text, secrets)
 
 
 def config_params_callback(config: Config, run_dir: Path) -> Any:
