@@ -52,12 +52,27 @@ def test_8bit_base_goes_with_lora_only(tmp_path, tiny_model_dir):
         tunesmith.train(config)
 
 
+def lora_count_from_config(model_dir, config) -> int:
+    """r * (in + out) per adapted linear layer (+ out with DoRA), from the model's config.json alone:
+    a wrong choice of adapted modules (one too few, the head too) cannot match it."""
+    c = json.loads((model_dir / "config.json").read_text())
+    h, inter, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    head = c.get("head_dim") or h // c["num_attention_heads"]
+    q, kv = c["num_attention_heads"] * head, c["num_key_value_heads"] * head
+    shapes = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+              "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
+    targets = shapes if config.lora.target_modules == "all-linear" else config.lora.target_modules
+    r, dora = config.lora.r, config.lora.dora
+    return layers * sum(r * (shapes[t][0] + shapes[t][1]) + (shapes[t][1] if dora else 0) for t in targets)
+
+
 @pytest.mark.parametrize("extra", [[], ["lora.rslora=true"], ["lora.dora=true"], ["lora.target_modules=[q_proj,v_proj]"]])
 def test_trainable_count_is_exact_for_every_lora_variant(extra, tmp_path, tiny_model_dir, data):
     config = config_for(data, tiny_model_dir, tmp_path, *extra)
     loaded = trainable_model(config, ModelRef(str(tiny_model_dir), str(tiny_model_dir), "local"), device="cpu",
                              precision="fp32")
-    assert loaded.trainable == expected_lora_parameters(loaded.model, config) > 0
+    assert loaded.trainable == lora_count_from_config(tiny_model_dir, config) > 0
+    assert loaded.trainable == expected_lora_parameters(loaded.model, config)
     assert loaded.trainable == sum(p.numel() for p in loaded.model.parameters() if p.requires_grad)
     assert f"{loaded.trainable:,} trainable" in loaded.summary
     from peft.tuners.lora import LoraLayer
