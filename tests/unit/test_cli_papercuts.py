@@ -202,3 +202,28 @@ def test_inspect_names_a_data_file_passed_as_its_config(tmp_path, capsys):
     assert main(["inspect", str(data)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "looks like a data file (1 row of format messages" in err
+
+
+def test_an_optional_librarys_import_warning_does_not_reach_stderr(tmp_path):
+    """Issue 18.9: bitsandbytes warns through logging when imported on an AVX-512 BF16 CPU; with nothing
+    configured, logging's last resort prints it, making a one-line error two lines. In a fresh process
+    (pytest's own log handlers would hide it), a fake bitsandbytes that warns the same way on import is
+    imported, as peft imports the real one, after the CLI starts a command that fails."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site" / "bitsandbytes"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import logging\nlogging.getLogger('bitsandbytes.backends.cpu.ops').warning("
+        "'Failed to load CPU gemm_4bit_forward from kernels-community: no kernels')\n", encoding="utf-8")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import tunesmith.cli.main as cli\n"
+            "import tunesmith.cli.data as data\n"
+            "real = data.run_check\n"
+            "def check(args):\n    import bitsandbytes\n    return real(args)\n"
+            "data.run_check = check\n"
+            "sys.exit(cli.main(['data', 'check', sys.argv[2]]))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site"), str(tmp_path / "missing.jsonl")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "gemm_4bit_forward" not in done.stderr

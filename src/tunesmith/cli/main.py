@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from tunesmith import __version__
@@ -28,7 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Libraries whose import-time warnings go to stderr through logging's last-resort handler when nothing is
+# configured: bitsandbytes 0.4x logs "Failed to load CPU gemm_4bit_forward ..." on every import on CPUs with
+# AVX-512 BF16 (peft imports it whenever it is installed), which turned each one-line error into two.
+# Their errors still show; their warnings are not the user's business.
+CHATTY_LOGGERS = ("bitsandbytes",)
+
+
+def keep_library_chatter_off_stderr() -> None:
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
+    keep_library_chatter_off_stderr()
     parser = build_parser()
     args = parser.parse_args(argv)
     module_name, _, function_name = args.handler.partition(":")
