@@ -15,7 +15,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -151,6 +153,40 @@ def wait_state(srv: Server, name: str, wanted: set[str], timeout: float = 400) -
         time.sleep(1)
 
 
+def wait_for(what: str, condition, timeout: float = 300, interval: float = 0.05, why=lambda: ""):
+    """Poll `condition` until it holds; the deadline only catches a hang, it orders nothing."""
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{why()}")
+        time.sleep(interval)
+
+
+def job_pid(srv: Server, name: str) -> int:
+    """The supervisor's pid: with start_new_session it is also the process group of the whole run."""
+    job = Path(srv.remote_dir, "jobs", name, "job.json")
+    wait_for(f"{job}", job.is_file)
+    return int(json.loads(job.read_text())["pid"])
+
+
+@contextmanager
+def frozen(pgid: int):
+    """SIGSTOP the run's process group (supervisor and training) and SIGCONT it on the way out, so
+    nothing in the run moves on, however fast the machine, while the test acts on it."""
+    os.killpg(pgid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(pgid, signal.SIGCONT)
+
+
+def logged_steps(metrics: Path) -> list[int]:
+    """The training steps in metrics.jsonl's complete lines so far."""
+    text = metrics.read_text() if metrics.is_file() else ""
+    lines = text[: text.rfind("\n") + 1].splitlines()
+    return [record["step"] for record in map(json.loads, filter(None, lines)) if "loss" in record]
+
+
 @pytest.fixture(scope="module")
 def trained(server):
     """One real run of the embedded model through `remote train`, followed to its end. It builds the
@@ -208,56 +244,78 @@ def test_hostile_names_arrive_byte_for_byte_and_execute_nothing(server, trained)
 
 
 def test_run_survives_killed_client_and_environment_is_reused(server, trained):
-    name = "survivor"
-    argv = [sys.executable, "-m", "tunesmith", "remote", "train", quickstart(), *FAST, "--set", "train.max_steps=3",
-            "--set", f"name={name}", "--host", server.host, "--ssh-config", str(server.config),
-            "--remote-dir", server.remote_dir]
+    """The client is killed while it follows a run that cannot have ended: the run is frozen (SIGSTOP)
+    from its first log line until the client is gone, so no machine is too fast for this test."""
+    name, steps = "survivor", 3
+    argv = [sys.executable, "-m", "tunesmith", "remote", "train", quickstart(), *FAST,
+            "--set", f"train.max_steps={steps}", "--set", f"name={name}", "--host", server.host,
+            "--ssh-config", str(server.config), "--remote-dir", server.remote_dir]
     started = time.perf_counter()
     client = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                               cwd=server.sentinel_dir)
-    job = Path(server.remote_dir, "jobs", name, "job.json")
-    while not job.is_file() and client.poll() is None and time.perf_counter() - started < 300:
-        time.sleep(0.2)
-    assert job.is_file(), client.stderr.read().decode()
-    time.sleep(3)  # the client is now following the log through ssh
-    assert client.poll() is None
-    os.killpg(client.pid, signal.SIGKILL)  # the local client and its ssh process, without warning
-    client.wait()
+    shown: list[str] = []  # what the client printed of the run's log, as it comes
+    reader = threading.Thread(target=lambda: shown.extend(line.decode(errors="replace") for line in client.stdout),
+                              daemon=True)
+    reader.start()
+    log = Path(server.remote_dir, "jobs", name, "train.log")
+    try:
+        wait_for("the run to start",
+                 lambda: (log.is_file() and "started:" in log.read_text()) or client.poll() is not None,
+                 why=lambda: "".join(shown)[-2000:])
+        assert client.poll() is None, client.stderr.read().decode()
+        pid = job_pid(server, name)
+        with frozen(pid):
+            wait_for("the client to follow the log", lambda: any("started:" in line for line in shown)
+                     or client.poll() is not None, why=lambda: "".join(shown)[-2000:])
+            assert not Path(server.remote_dir, "jobs", name, "exit.json").exists()  # the run has not ended
+            assert client.poll() is None, "".join(shown)[-2000:]  # the client is following the log through ssh
+            os.killpg(client.pid, signal.SIGKILL)  # the local client and its ssh process, without warning
+            client.wait()
+    finally:
+        if client.poll() is None:
+            os.killpg(client.pid, signal.SIGKILL)
+            client.wait()
+    reader.join(timeout=10)
     said = client.stderr.read().decode()
     assert "environment: reused" in said and "environment: created" not in said, said
     assert "creating virtualenv" not in said and "installing torch" not in said  # nothing rebuilt
     state = wait_state(server, name, {"completed", "failed", "lost"})
     server.timings["second remote train (reused environment)"] = time.perf_counter() - started
     assert state["state"] == "completed", state
-    assert state["last_metrics"]["step"] == 3
+    assert state["last_metrics"]["step"] == steps
 
 
 def test_cancel_writes_checkpoint_and_resume_completes(server, trained):
-    name = "cancel-me"
-    done = cli(server, "train", quickstart(), *FAST, "--set", "train.max_steps=5", "--set", f"name={name}",
+    """SIGTERM reaches a run known to be mid-way: frozen (SIGSTOP) just after it logged step k, sent
+    SIGTERM, then let go; it finishes step k+1, checkpoints it and stops."""
+    name, steps = "cancel-me", 10
+    done = cli(server, "train", quickstart(), *FAST, "--set", f"train.max_steps={steps}", "--set", f"name={name}",
                "--no-follow")
     assert done.returncode == 0, done.stderr
     metrics = Path(server.remote_dir, "runs", name, "metrics.jsonl")
-    deadline = time.time() + 300
-    while not (metrics.is_file() and metrics.read_text().strip()) and time.time() < deadline:
-        time.sleep(0.3)
-    assert metrics.is_file(), cli(server, "logs", name).stdout[-2000:]
-    done = cli(server, "cancel", name, "--wait")
-    assert done.returncode == 0, done.stderr
-    assert "SIGTERM" in done.stdout
-    state = status(server, name)
+    pid = job_pid(server, name)
+    ended = Path(server.remote_dir, "jobs", name, "exit.json")
+    wait_for("a first logged step", lambda: bool(logged_steps(metrics)) or ended.exists(),
+             why=lambda: cli(server, "logs", name).stdout[-2000:])
+    assert not ended.exists(), cli(server, "logs", name).stdout[-2000:]
+    with frozen(pid):
+        logged = logged_steps(metrics)[-1]  # the run cannot move on while frozen
+        assert logged < steps, logged
+        done = cli(server, "cancel", name)  # the signal waits, pending, until the run is let go
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "sent SIGTERM" in done.stdout, done.stdout
+    state = wait_state(server, name, {"stopped", "completed", "failed", "lost"})
     assert (state["state"], state["exit_code"], state["manifest_status"]) == ("stopped", 143, "interrupted"), state
     assert state["checkpoints"], "no checkpoint written on SIGTERM"
     stopped_at = int(state["checkpoints"][-1].split("-")[1])
-    assert stopped_at < 5
+    assert stopped_at == logged + 1 < steps, (logged, state["checkpoints"])  # the step in progress, then stop
     assert "stopped" in cli(server, "status", name).stdout
     # a host reboot leaves the same: no process, a complete checkpoint; --resume continues from it
     done = cli(server, "train", name, "--resume", timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert f"{name}: completed" in done.stderr
     assert f"checkpoints: step-{stopped_at}" in done.stderr
-    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if '"loss"' in line]
-    assert steps[-1] == 5
+    assert logged_steps(metrics)[-1] == steps
 
 
 def test_unknown_host_key_is_refused_with_fingerprint(server):

@@ -102,15 +102,82 @@ def test_full_fine_tuning_trains_every_weight_and_saves_a_whole_model(tmp_path, 
                        tuned["model.layers.0.mlp.up_proj.weight"])
 
 
-def test_a_diverging_run_stops_before_the_bad_step_and_saves_nothing(tmp_path, tiny_model_dir, data):
-    """A learning rate of 1e30 blows the weights up in one step; the next forward pass gives a
-    non-finite loss, and the run stops naming that step and its rows."""
-    config = config_for(data, tiny_model_dir, tmp_path, "method=full", "train.learning_rate=1e30",
-                        "train.lr_scheduler=constant", "train.warmup_ratio=0", "train.max_steps=5")
-    with pytest.raises(NonFiniteError, match=r"training stopped at step 2: the (loss|gradient norm) is (nan|inf)") as e:
+class _NaNGradient(torch.autograd.Function):
+    """Identity forward, NaN backward: a finite loss whose gradients are not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full_like(grad, float("nan"))
+
+
+@pytest.mark.parametrize("kind", ["loss", "gradient norm"])
+def test_a_non_finite_step_stops_the_run_naming_that_step_and_its_rows_and_saves_nothing_non_finite(
+        kind, tmp_path, tiny_model_dir, data, monkeypatch):
+    """A NaN injected into one known micro-batch (the second of optimizer step 4): the run stops at
+    step 4 naming exactly the rows of both micro-batches of that step (read back from the token ids the
+    model was fed, not from the guard's own bookkeeping), checkpoints 1-3 stay finite and none at or
+    after step 4 is written."""
+    import re
+
+    from transformers import AutoTokenizer
+
+    from tunesmith.training import run as run_module
+
+    bad_step, accumulation = 4, 2
+    lines = data.read_text(encoding="utf-8").splitlines()
+    line_of = {int(re.search(r"What is (\d+) plus", text).group(1)): n for n, text in enumerate(lines, start=1)}
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    fed: list[list[int]] = []  # per training forward: the data rows (by number) in its micro-batch
+
+    def poison(module, args, kwargs, output):
+        if not module.training:
+            return output
+        texts = tokenizer.batch_decode(kwargs["input_ids"], skip_special_tokens=True)
+        fed.append([int(n) for text in texts for n in re.findall(r"What is (\d+) plus", text)])
+        if len(fed) == bad_step * accumulation:  # the last micro-batch of step 4
+            if kind == "loss":
+                output["logits"] = output.logits * float("nan")
+            else:
+                output["logits"] = _NaNGradient.apply(output.logits)
+        return output
+
+    original = run_module._load_trainable_model
+
+    def load_poisoned(*args, **kwargs):
+        model = original(*args, **kwargs)
+        model.register_forward_hook(poison, with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(run_module, "_load_trainable_model", load_poisoned)
+    config = config_for(data, tiny_model_dir, tmp_path, "train.packing=none", "train.batch_size=2",
+                        f"train.gradient_accumulation={accumulation}", "train.max_steps=8", "train.save_steps=1",
+                        "train.keep_checkpoints=10")
+    with pytest.raises(NonFiniteError) as e:
         tunesmith.train(config)
-    assert "chat.jsonl:" in str(e.value)
-    assert not (tmp_path / "runs" / "m" / "model").exists()
+    message = str(e.value)
+
+    assert len(fed) == bad_step * accumulation  # nothing ran past the bad micro-batch
+    step_rows = sorted(line_of[i] for batch in fed[-accumulation:] for i in batch)
+    assert len(step_rows) == 2 * accumulation == len(set(step_rows))
+    named = re.fullmatch(rf"training stopped at step (\d+): the {kind} is nan \(rows ([^)]*)\).*", message)
+    assert named, message
+    assert int(named.group(1)) == bad_step
+    assert sorted(named.group(2).split(", ")) == sorted(f"{data}:{n}" for n in step_rows), message
+
+    run_dir = tmp_path / "runs" / "m"
+    steps = sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*"))
+    assert steps == list(range(1, bad_step))  # one per good step, none at or after the bad one
+    assert not (run_dir / "adapter").exists() and not (run_dir / "model").exists()
+    weights = list(run_dir.rglob("*.safetensors"))
+    assert {p.parent.name for p in weights if p.name.startswith("adapter_model")} == {f"step-{s}" for s in steps}
+    for path in weights:
+        for name, tensor in load_file(path).items():
+            assert not torch.is_floating_point(tensor) or bool(torch.isfinite(tensor).all()), f"{path}: {name}"
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "failed"
 
 
 def test_step_sources_name_the_rows_of_the_failing_step():
