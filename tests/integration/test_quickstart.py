@@ -6,6 +6,7 @@ One real run (about 4 minutes on 2 CPU cores, shared with test_gguf_llamacpp.py)
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,37 @@ from tunesmith.models.embedded import ensure_embedded_model
 
 pytestmark = pytest.mark.integration
 
-NEW_REQUEST = "could you unlock the garage door please"  # in no split of the bundled data
+BUNDLED = Path(__file__).parents[2] / "src" / "tunesmith" / "data" / "bundled" / "smart_home"
+
+# Requests in the style of the bundled data (scripts/make_smart_home.py: its phrasings, its slot values)
+# whose phrasing and value together are in no split: the tuned model has to generalise, not recall.
+# `test_new_requests_are_in_no_split` checks that against train, val and test.
+NEW_REQUESTS = {
+    "Could you unlock the patio door please?": {"intent": "unlock_door", "slots": {"door": "patio door"}},
+    "set the kitchen to 21 degrees": {"intent": "set_temperature", "slots": {"room": "kitchen", "temperature": 21}},
+    "play jazz in the office": {"intent": "play_music", "slots": {"genre": "jazz", "room": "office"}},
+    "Set a timer for 25 minutes.": {"intent": "set_timer", "slots": {"minutes": 25}},
+}
+
+
+def normalise(request: str) -> str:
+    """A request as the splits are compared: lower case, punctuation gone, spaces collapsed, no "please"."""
+    words = re.sub(r"[^\w\s]", " ", request.lower()).split()
+    return " ".join(words[:-1] if words[-1:] == ["please"] else words)
+
+
+def bundled_requests() -> set[str]:
+    """Every user request in train, val and test, normalised."""
+    found = set()
+    for split in ("train", "val", "test"):
+        rows = [json.loads(line) for line in (BUNDLED / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert rows, split
+        found |= {normalise(m["content"]) for row in rows for m in row["messages"] if m["role"] == "user"}
+    return found
+
+
+def in_no_split(request: str) -> bool:
+    return normalise(request) not in bundled_requests()
 
 
 def tunesmith(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -68,12 +99,33 @@ def test_report_shows_the_eval_table_and_no_overfitting_warning(quickstart):
     assert "report.html" in json.loads((run / "manifest.json").read_text())["artifacts"]
 
 
-def test_chat_answers_a_new_request_with_valid_json(quickstart):
+def test_new_requests_are_in_no_split():
+    assert len(bundled_requests()) == 520  # 420 + 40 + 60 distinct requests: every file was read
+    for request in NEW_REQUESTS:
+        assert in_no_split(request), f"{request!r} is in the bundled data: the chat tests would check recall"
+
+
+def test_in_no_split_catches_a_training_row_however_it_is_written(monkeypatch):
+    """The check above is not vacuous: with a train row among the requests (in any case and punctuation,
+    with or without "please") it fails."""
+    row = json.loads((BUNDLED / "train.jsonl").read_text(encoding="utf-8").splitlines()[25])
+    request = row["messages"][1]["content"]  # "could you unlock the garage door please?", the old NEW_REQUEST
+    for copy in (request, "  " + request.upper().rstrip("?") + "!", request.removesuffix(" please?")):
+        assert not in_no_split(copy), copy
+        monkeypatch.setitem(NEW_REQUESTS, copy, json.loads(row["messages"][2]["content"]))
+        with pytest.raises(AssertionError, match="is in the bundled data"):
+            test_new_requests_are_in_no_split()
+        monkeypatch.undo()
+    test_new_requests_are_in_no_split()  # and NEW_REQUESTS itself is back as it was
+
+
+@pytest.mark.parametrize("request_text", list(NEW_REQUESTS))
+def test_chat_answers_a_new_request_with_valid_json(quickstart, request_text):
     run, _ = quickstart
-    done = tunesmith("chat", str(run), "--max-new-tokens", "200", stdin=NEW_REQUEST + "\n")
+    done = tunesmith("chat", str(run), "--max-new-tokens", "200", stdin=request_text + "\n")
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout.strip())  # nothing before or after the object: it stopped
-    assert answer == {"intent": "unlock_door", "slots": {"door": "garage door"}}
+    assert answer == NEW_REQUESTS[request_text]
 
 
 def test_adapter_loads_with_plain_peft_and_stops_at_end_of_turn(quickstart):
@@ -83,15 +135,16 @@ def test_adapter_loads_with_plain_peft_and_stops_at_end_of_turn(quickstart):
     model = PeftModel.from_pretrained(base, run / "adapter")
     tokenizer = AutoTokenizer.from_pretrained(run / "adapter")
     system = json.loads((run / "adapter" / "tunesmith.json").read_text())["system_prompt"]
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": NEW_REQUEST}]
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
-                                           return_tensors="pt")
-    with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=200, do_sample=False)
-    new = out[0, inputs["input_ids"].shape[1]:]
-    assert new[-1].item() == tokenizer.convert_tokens_to_ids("<|im_end|>") and len(new) < 200
-    answer = json.loads(tokenizer.decode(new, skip_special_tokens=True))
-    assert answer["intent"] == "unlock_door"
+    for request, expected in NEW_REQUESTS.items():
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": request}]
+        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
+                                               return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=200, do_sample=False)
+        new = out[0, inputs["input_ids"].shape[1]:]
+        assert new[-1].item() == tokenizer.convert_tokens_to_ids("<|im_end|>") and len(new) < 200, request
+        answer = json.loads(tokenizer.decode(new, skip_special_tokens=True))
+        assert answer == expected, request
 
 
 def test_eval_of_the_finished_run_matches_the_quick_start(quickstart):

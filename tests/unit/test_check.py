@@ -157,13 +157,13 @@ def test_classify_row_gives_a_sample_exactly_when_no_issue_is_an_error():
     assert sample is None and [(i.code, i.field) for i in issues] == [("empty_content", "messages[1].content")]
 
 
-# ---- with the embedded model's tokenizer -------------------------------------------------------
+# ---- with the embedded model's tokenizer (tests/fixtures/tokenizers: no weights) ------------------
 
 @pytest.fixture(scope="module")
-def measure():
+def measure(smol_tokenizer_dir):
     from tunesmith.formatting.measure import measure_for as build_measure
 
-    return build_measure("smollm2-135m-instruct", train_on="assistant")
+    return build_measure(str(smol_tokenizer_dir), train_on="assistant")
 
 
 def test_token_stats_over_long_rows_and_trainable_share(tmp_path, measure):
@@ -197,7 +197,7 @@ def test_a_row_whose_trained_tokens_all_lie_past_max_length_is_an_error(tmp_path
     assert [(i.where.line, i.code, i.severity) for i in report.issues] == [(2, "nothing_trains_after_cut", "error")]
 
 
-def test_rows_that_train_no_token_are_errors(tmp_path):
+def test_rows_that_train_no_token_are_errors(tmp_path, smol_tokenizer_dir):
     """Under train_on=last, a row whose last assistant turn has weight 0 trains nothing, though each
     turn on its own is fine: only the encoded example shows it."""
     from tunesmith.formatting.measure import measure_for as build_measure
@@ -205,7 +205,7 @@ def test_rows_that_train_no_token_are_errors(tmp_path):
     silent = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
                            {"role": "user", "content": "c"}, {"role": "assistant", "content": "d", "weight": 0}]}
     path = write_jsonl(tmp_path / "d.jsonl", [chat(1), silent])
-    measure = build_measure("smollm2-135m-instruct", train_on="last")
+    measure = build_measure(str(smol_tokenizer_dir), train_on="last")
     report = check_files([str(path)], options=OPTIONS, measure=measure, max_length=64)
     assert [(i.where.line, i.code, i.severity) for i in report.issues] == [(2, "no_trainable_tokens", "error")]
     assert report.stats.tokens.rows == 2 and report.stats.valid_rows == 1
@@ -229,7 +229,7 @@ def test_encoding_in_workers_gives_the_same_report_as_encoding_here(tmp_path, me
     assert here.stats.tokens.rows == 45
 
 
-def test_a_row_the_chat_template_refuses_is_an_error_and_checking_goes_on(tmp_path):
+def test_a_row_the_chat_template_refuses_is_an_error_and_checking_goes_on(tmp_path, smol_tokenizer_dir):
     from tunesmith.formatting.measure import measure_for as build_measure
 
     strict = tmp_path / "strict.jinja"
@@ -239,7 +239,7 @@ def test_a_row_the_chat_template_refuses_is_an_error_and_checking_goes_on(tmp_pa
     twice = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
                           {"role": "assistant", "content": "c"}]}
     path = write_jsonl(tmp_path / "d.jsonl", [chat(1), twice, chat(2)])
-    measure = build_measure("smollm2-135m-instruct", train_on="assistant", template=str(strict))
+    measure = build_measure(str(smol_tokenizer_dir), train_on="assistant", template=str(strict))
     report = check_files([str(path)], options=OPTIONS, measure=measure, max_length=64, workers=2)
     assert [(i.where.line, i.code, i.severity) for i in report.issues] == [
         (2, "consecutive_roles", "warning"), (2, "render_failed", "error")]

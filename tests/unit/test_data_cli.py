@@ -70,15 +70,26 @@ def test_fail_on_warning_turns_a_warnings_only_file_into_exit_2(tmp_path, capsys
     assert f"{path}:3: duplicate of {path}:1" in capsys.readouterr().out
 
 
-def test_check_with_the_embedded_model_prints_token_stats(tmp_path, capsys):
+def test_check_with_a_model_prints_token_stats(tmp_path, capsys, smol_tokenizer_dir):
+    """`--model` as a folder: the embedded SmolLM2's tokenizer without its weights (tests/fixtures/tokenizers)."""
+    model = str(smol_tokenizer_dir)
+    path = write_jsonl(tmp_path / "ok.jsonl", [chat(i) for i in range(10)])
+    assert main(["data", "check", str(path), "--model", model]) == 0
+    out = capsys.readouterr().out
+    assert f"Tokens ({model}):" in out and "Over max_length 1024: 0 rows" in out
+    # So short a max_length cuts every answer away: each row would train nothing.
+    assert main(["data", "check", str(path), "--model", model, "--max-length", "16"]) == 2
+    out = capsys.readouterr().out
+    assert "Over max_length 16: 10 rows" in out and f"{path}:1: " in out and "every trained token" in out
+
+
+@pytest.mark.integration
+def test_check_with_the_embedded_model_by_name_prints_token_stats(tmp_path, capsys):
+    """`--model smollm2-135m-instruct` resolves through the embedded model's cache (converted once)."""
     path = write_jsonl(tmp_path / "ok.jsonl", [chat(i) for i in range(10)])
     assert main(["data", "check", str(path), "--model", "smollm2-135m-instruct"]) == 0
     out = capsys.readouterr().out
     assert "Tokens (smollm2-135m-instruct):" in out and "Over max_length 1024: 0 rows" in out
-    # So short a max_length cuts every answer away: each row would train nothing.
-    assert main(["data", "check", str(path), "--model", "smollm2-135m-instruct", "--max-length", "16"]) == 2
-    out = capsys.readouterr().out
-    assert "Over max_length 16: 10 rows" in out and f"{path}:1: " in out and "every trained token" in out
 
 
 def test_an_unknown_format_name_is_a_user_error(tmp_path, capsys):
@@ -197,9 +208,9 @@ def test_stats_json(tmp_path, capsys):
     assert (stats["turns_max"], stats["turns_mean"], stats["tokens"]) == (3, round(13 / 6, 3), None)
 
 
-def test_stats_json_with_tokens(tmp_path, capsys):
+def test_stats_json_with_tokens(tmp_path, capsys, smol_tokenizer_dir):
     path = write_jsonl(tmp_path / "d.jsonl", [chat(i) for i in range(5)])
-    assert main(["data", "stats", str(path), "--json", "--model", "smollm2-135m-instruct"]) == 0
+    assert main(["data", "stats", str(path), "--json", "--model", str(smol_tokenizer_dir)]) == 0
     tokens = json.loads(capsys.readouterr().out)["tokens"]
     assert tokens["rows"] == 5 and 0 < tokens["trainable_share"] < 1 and tokens["p50"] <= tokens["max"]
 

@@ -145,11 +145,12 @@ def test_check_files_answers_every_file_with_typed_issues(tmp_path):
     assert generated[0] >= MIN_ROWS
 
 
-def test_check_files_with_a_tokenizer_answers_every_row_with_typed_issues(tmp_path):
-    """The same, through the embedded model's chat template and tokenizer: odd text must not crash encoding."""
+def test_check_files_with_a_tokenizer_answers_every_row_with_typed_issues(tmp_path, smol_tokenizer_dir):
+    """The same, through the embedded model's chat template and tokenizer (tests/fixtures/tokenizers, no
+    weights): odd text must not crash encoding."""
     from tunesmith.formatting.measure import measure_for as build_measure
 
-    measure = build_measure("smollm2-135m-instruct", train_on="assistant")
+    measure = build_measure(str(smol_tokenizer_dir), train_on="assistant")
 
     @settings(SETTINGS, max_examples=25)
     @given(lines=st.lists(any_row.map(_encode) | st.just(_encode({"text": "a\udc80"})), min_size=5, max_size=30))

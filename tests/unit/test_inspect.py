@@ -17,7 +17,6 @@ from transformers import AutoTokenizer
 from tunesmith.cli.main import main
 from tunesmith.config import load_config
 from tunesmith.formatting.view import html_page, segments, token_pieces, view_example, visible
-from tunesmith.models.embedded import ensure_embedded_model
 from tunesmith.training.prepare import prepare
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "chat_templates"
@@ -27,9 +26,10 @@ QUESTIONS = [("What is the capital of France? <script>alert('x')</script>", "Par
 
 
 @pytest.fixture(scope="module")
-def model_dir() -> Path:
-    """The embedded model's folder, named by path so each test's data cache can be its own."""
-    return ensure_embedded_model("smollm2-135m-instruct")
+def model_dir(smol_tokenizer_dir) -> Path:
+    """The embedded model's tokenizer (no weights: inspect only tokenizes), named by path so each test's
+    data cache can be its own."""
+    return smol_tokenizer_dir
 
 
 @pytest.fixture(autouse=True)

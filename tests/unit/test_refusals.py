@@ -3,7 +3,9 @@
 Each refusal is `tunesmith train CONFIG` in its own process on the embedded SmolLM2 model: exit 2,
 exactly one line on stderr naming the row's `file:line` (or the config line) and the template, and
 no run folder. Where the refusal names a way out, `tunesmith inspect --json` with that way out
-shows what then trains. Only the tokenizer is loaded: refusals come before any weights.
+shows what then trains. Only the tokenizer is loaded: refusals come before any weights, so the
+embedded model's cache entry here is SmolLM2's tokenizer without weights (tests/fixtures/tokenizers);
+a command that reached for the weights would fail.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tunesmith.cli.main import main
-from tunesmith.models.embedded import ensure_embedded_model
+from tunesmith.models.embedded import SOURCE_FILE
 
 MODEL = "smollm2-135m-instruct"
 GOOD = {"messages": [{"role": "user", "content": "Hi there."}, {"role": "assistant", "content": "Hello!"}]}
@@ -43,18 +45,18 @@ SHAREGPT_TOOL_ROW = {
              "\"properties\": {\"city\": {\"type\": \"string\"}}}}]"}
 
 
-@pytest.fixture(scope="module")
-def embedded_model() -> Path:
-    """The converted embedded model, converted once in the usual cache."""
-    return ensure_embedded_model(MODEL)
-
-
 @pytest.fixture()
-def cache(tmp_path, embedded_model, monkeypatch) -> Path:
-    """A data cache of this test's own, with the embedded model already in it (no conversion)."""
+def cache(tmp_path, smol_tokenizer_dir, monkeypatch) -> Path:
+    """A cache of this test's own whose embedded `smollm2-135m-instruct` is its tokenizer, template and
+    configs (no weights), marked complete as a conversion marks it: the name resolves, nothing converts."""
     root = tmp_path / "cache"
-    (root / "models").mkdir(parents=True)
-    (root / "models" / MODEL).symlink_to(embedded_model, target_is_directory=True)
+    folder = root / "models" / MODEL
+    folder.mkdir(parents=True)
+    for file in smol_tokenizer_dir.iterdir():
+        if file.name != "SOURCE.txt":
+            (folder / file.name).symlink_to(file)
+    (folder / SOURCE_FILE).write_text(json.dumps({"name": MODEL, "note": "tokenizer only, for tests"}),
+                                      encoding="utf-8")
     monkeypatch.setenv("TUNESMITH_CACHE", str(root))
     return root
 

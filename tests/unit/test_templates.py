@@ -28,10 +28,9 @@ CHAT = conversation(("system", "Be terse."), ("user", "Hi there"), ("assistant",
 
 
 @pytest.fixture(scope="module")
-def smol_path() -> Path:
-    from tunesmith.models.embedded import ensure_embedded_model
-
-    return ensure_embedded_model("smollm2-135m-instruct")
+def smol_path(smol_tokenizer_dir) -> Path:
+    """The embedded SmolLM2's tokenizer and template (tests/fixtures/tokenizers: no weights)."""
+    return smol_tokenizer_dir
 
 
 def tokenizer_for(name: str, smol_path: Path):
@@ -254,7 +253,7 @@ def test_data_check_counts_a_split_row_once_and_warns_on_double_bos(tmp_path, sm
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
                                              {"role": "assistant", "content": "Hello"}]}) + "\n", encoding="utf-8")
-    measure = measure_for("smollm2-135m-instruct", train_on="assistant", template=str(doubled))
+    measure = measure_for(str(smol_path), train_on="assistant", template=str(doubled))
     report = check_files([str(data)], options=FormatOptions(), measure=measure, max_length=64, workers=1)
     assert [(i.code, i.severity) for i in report.issues] == [("double_bos", "warning")]
 
