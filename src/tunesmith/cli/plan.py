@@ -81,10 +81,10 @@ def plan(config, *, vram_gb=None, gpu=None, all_methods=False, measure=False) ->
         gpu = match_device_name(torch.cuda.get_device_name(0))
         target_name = f"{torch.cuda.get_device_name(0)} ({target / GIB:.1f} GiB as CUDA reports)"
     else:
-        import os
+        from tunesmith.plan.measure import available_memory_bytes
 
         device_kind, bf16 = "cpu", None
-        target = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        target = available_memory_bytes()
         target_name = f"this machine's available memory ({target / GIB:.1f} GiB)"
     hf_config = est.hf_config_for(config)
     batch = est.micro_batch(config)

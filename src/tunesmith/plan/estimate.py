@@ -19,7 +19,7 @@ Nothing is estimated by rule of thumb where it can be counted:
 Peak = weights + optimizer states + max(activations + logits + the head's gradient at the start of
 the backward pass, all gradients + the optimizer step's temporaries at its end): gradients grow
 while activations are freed, so the two never peak together. On CPU the process also pays for
-glibc's allocator (freed blocks it keeps): `CPU_ALLOCATOR_OVERHEAD`, measured, see below.
+glibc's allocator (freed heap blocks it keeps): `CPU_HEAP_HOLES`, measured, see below.
 """
 
 from __future__ import annotations
@@ -30,17 +30,39 @@ from typing import Any
 
 from tunesmith.config import Config
 from tunesmith.errors import UserError
+from tunesmith.plan.activations import HEAP_BLOCK_BYTES, activation_bytes, logits_bytes, logits_heap_bytes
 
 METHODS = ("full", "lora", "qlora")
-CPU_ALLOCATOR_OVERHEAD = 0.65
-"""Resident memory glibc keeps on CPU beyond the live tensors, as a share of the activation phase
-(activations + logits). Activations and the forward pass's temporaries are mid-sized blocks that
-glibc serves from its heap once its dynamic mmap threshold has risen (up to 32 MiB); the holes the
-temporaries leave are not all reused, nor returned. Measured on the embedded model, fp32, 512
-tokens per micro-batch: peak RSS above the idle process minus the live tensors was 0.87x the
-activation phase for LoRA and 0.46x for full fine-tuning (whose gradients and optimizer states,
-of the same sizes, fill the holes). With MALLOC_MMAP_THRESHOLD_=131072 the extra all but vanishes
-(live tensors within 5% of the peak)."""
+CPU_HEAP_HOLES = {"bf16": 0.65, "fp32": 1.0}
+"""Resident memory glibc keeps on CPU beyond the live tensors, as a share of the heap-served part
+of the activation phase, by precision (fp16 has no CPU path; anything else counts as fp32).
+
+What drives it: a block of at least `activations.HEAP_BLOCK_BYTES` (32 MiB, glibc's largest
+dynamic mmap threshold) is its own mmap and goes back to the system when freed; smaller blocks
+(most activations, the forward pass's temporaries, and the weight copies bf16 autocast makes)
+come from the heap, and the holes they leave when freed stay resident. So the overhead is a share
+of `heap` (the saved tensors and logits blocks below 32 MiB, counted per storage on meta), not of
+all activations: long micro-batches whose logits or attention tensors are large blocks pay little.
+It enters the peak twice (`estimate_memory`): at the end of the backward pass the holes are still
+resident beside the gradients and the optimizer step (step phase + holes); in the next forward
+pass, holes left by the gradients `zero_grad` freed take new activations first, so full
+fine-tuning, whose gradients are weight-sized heap blocks, pays max(holes - those gradients, 0)
+there and LoRA (tiny gradients) pays the holes in full.
+
+How it was derived: bench/fit_plan_memory.py (3 optimizer steps per run in a fresh process, peak
+RSS above the idle process, the quick start's packed data) on an "Intel(R) Xeon(R) Processor" with
+AVX-512 BF16 (so `auto` is bf16 autocast), 2 cores, 24 GiB, torch 2.13 CPU, transformers 5.23;
+random-weight Qwen2 (512 x 8, q/k/v biases), Llama (2048 x 4) and Mistral (1024 x 4, head_dim 128)
+from `measure.RANDOM_MODELS`, and the embedded SmolLM2-135M, 256-2048 tokens per micro-batch. The
+share each LoRA run implies, (measured - live tensors) / heap: bf16 0.33 (embedded, 256 tokens),
+0.57 and 0.63 (Qwen2, 256 and 2048), 0.72 (Mistral, 1024), 0.82 (Llama, 512); fp32 0.60 (embedded,
+256), 0.86 (Qwen2, 2048), 1.09 (Mistral, 2048), 1.40 (Llama, 512). The shares are the middle of
+each range. Full fine-tuning was not fitted: with the same shares, its 8 runs (peaking in the
+step phase at 256 tokens, in the forward phase at 2048) come within -8.5%..+5.4%, and all 16 runs
+of the grid within 12% (worst: embedded LoRA +11.7%, bf16, and +11.0%, fp32). The old single
+share, 0.65 x (activations + logits): 14 of 16 within 20%, worst +32% (Qwen2 full, 2048 tokens,
+whose 700 MiB of logits are mmapped blocks that leave no holes).
+With MALLOC_MMAP_THRESHOLD_=131072 the overhead all but vanishes (live tensors within 5%)."""
 CUDA_CONTEXT_BYTES = 600 * 2**20
 """CUDA context and kernels: memory a GPU process uses outside `torch.cuda.memory_allocated`."""
 CUDA_HEADROOM = 0.08
@@ -198,183 +220,6 @@ def scaled_batch(batch: MicroBatch, *, batch_size_from: int, batch_size_to: int,
 
 
 # ----------------------------------------------------------------------------------------------
-# activations on the meta device
-
-
-class _Tally:
-    """Bytes of the distinct storages autograd saves for backward (parameters left out)."""
-
-    def __init__(self, excluded: set[int]):
-        self.excluded = excluded
-        self.sizes: dict[int, int] = {}
-        self.owner: dict[int, str] = {}
-        self.where = "other"
-
-    def add(self, tensor: Any, nbytes: int | None = None) -> None:
-        key = tensor.untyped_storage()._cdata
-        if key in self.excluded:
-            return
-        size = nbytes if nbytes is not None else tensor.untyped_storage().nbytes()
-        if size > self.sizes.get(key, -1):
-            self.sizes[key] = size
-            self.owner.setdefault(key, self.where)
-
-    def extra(self, nbytes: int) -> None:
-        self.sizes[-len(self.sizes) - 1] = nbytes
-        self.owner[-len(self.sizes)] = self.where
-
-    def by_owner(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for key, size in self.sizes.items():
-            out[self.owner.get(key, self.where)] = out.get(self.owner.get(key, self.where), 0) + size
-        return out
-
-
-_TALLY: _Tally | None = None
-_KERNEL = "sdpa"
-
-
-def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: Any = None,
-               dropout: float = 0.0, **kwargs: Any) -> tuple[Any, None]:
-    """Stand-in attention for the meta pass: records what the real kernel saves for backward."""
-    import torch
-
-    tally = _TALLY
-    b, h, t, d = query.shape
-    if _KERNEL == "eager":
-        from transformers.models.llama.modeling_llama import eager_attention_forward
-
-        return eager_attention_forward(module, query, key, value, attention_mask, scaling=scaling or 1.0,
-                                       dropout=dropout, **kwargs)
-    kv_heads = key.shape[1]
-    out = torch.empty(b, t, h, value.shape[-1], dtype=query.dtype, device=query.device)
-    if tally is not None:
-        # sdpa with a mask (packed bins, padding) repeats k/v to every head; flash attention and
-        # `segments` (no mask: grouped-query sdpa) do not
-        repeat = h // kv_heads if _KERNEL == "sdpa" else 1
-        for x in (query,):
-            tally.add(x)
-        for x in (key, value):
-            tally.extra(x.numel() * x.element_size() * repeat) if repeat > 1 else tally.add(x)
-        tally.extra(out.numel() * out.element_size())
-        tally.extra(b * h * t * 4)  # log-sum-exp, float32
-    # keep the graph connected (q, k, v all get gradients) without saving anything else
-    out = out + (query.sum() + key.sum() + value.sum()) * 0
-    return out, None
-
-
-class _Emulation:
-    """What autocast and bitsandbytes do to matmul inputs, emulated on meta (which has neither):
-    matmul inputs are cast to `dtype` (the copies are what autograd saves); a 4-bit base layer
-    returns its output in its input's dtype, as bitsandbytes' Linear4bit does."""
-
-    def __init__(self, dtype: Any, quantized: set[int]):
-        from torch.overrides import TorchFunctionMode
-
-        import torch
-        import torch.nn.functional as F
-
-        emulation = self
-        self.dtype, self.quantized = dtype, quantized
-        matmuls = {F.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.mm}
-
-        class Mode(TorchFunctionMode):
-            def __torch_function__(self, func, types, args=(), kwargs=None):
-                kwargs = kwargs or {}
-                if func in matmuls and emulation.dtype is not None:
-                    weight = args[1] if len(args) > 1 else kwargs.get("weight")
-                    first = args[0]
-                    cast = [a.to(emulation.dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-                            for a in args]
-                    out = func(*cast, **kwargs)
-                    if func is F.linear and id(weight) in emulation.quantized:
-                        out = out.to(first.dtype)
-                    return out
-                return func(*args, **kwargs)
-
-        self.mode = Mode()
-
-
-def activation_bytes(model: Any, batch: MicroBatch, *, checkpointing: bool, attention: str = "sdpa",
-                     compute_dtype: Any = None, quantized: set[int] | None = None) -> dict[str, int]:
-    """Bytes autograd keeps for the backward pass of one micro-batch, from a meta forward pass of
-    the decoder (the output head is counted apart, see `logits_bytes`)."""
-    import torch
-    from transformers import AttentionInterface
-
-    global _TALLY, _KERNEL
-    AttentionInterface.register("tunesmith_plan", _attention)
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = inner.get_decoder()
-    layers = _decoder_layers(decoder)
-    excluded = {p.untyped_storage()._cdata for p in model.parameters()}
-    excluded |= {b.untyped_storage()._cdata for b in model.buffers()}
-    tally = _Tally(excluded)
-    hooks = []
-    for index, layer in enumerate(layers):
-        hooks.append(layer.register_forward_pre_hook(lambda m, a, i=index: setattr(tally, "where", f"layer{i}")))
-        hooks.append(layer.register_forward_hook(lambda m, a, o: setattr(tally, "where", "other")))
-    configs = [inner.config, *[getattr(inner.config, k) for k in ("text_config",) if hasattr(inner.config, k)]]
-    saved_impl = [c._attn_implementation for c in configs]
-    for c in configs:
-        c._attn_implementation = "tunesmith_plan"
-    _TALLY, _KERNEL = tally, attention
-    per_row = batch.tokens // batch.rows
-    ids = torch.zeros(batch.rows, per_row, dtype=torch.long, device="meta")
-    emulation = _Emulation(compute_dtype, quantized or set())
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: (tally.add(t), t)[1], lambda t: t), emulation.mode:
-            embeds = inner.get_input_embeddings()(ids)
-            if not embeds.requires_grad:  # LoRA without trained embeddings: the first layer's input
-                embeds = embeds.detach().requires_grad_(checkpointing)
-            hidden = decoder(inputs_embeds=embeds, use_cache=False).last_hidden_state
-    finally:
-        _TALLY = None
-        for c, impl in zip(configs, saved_impl):
-            c._attn_implementation = impl
-        for hook in hooks:
-            hook.remove()
-    del hidden
-    owners = tally.by_owner()
-    per_layer = [owners.get(f"layer{i}", 0) for i in range(len(layers))]
-    other = owners.get("other", 0)
-    element = torch.empty((), dtype=compute_dtype or next(model.parameters()).dtype).element_size()
-    layer_input = batch.tokens * inner.config.get_text_config().hidden_size * element
-    if checkpointing:  # each layer keeps its input; one layer's activations exist again in backward
-        layers_total = len(layers) * layer_input + max(per_layer, default=0)
-    else:
-        layers_total = sum(per_layer)
-    return {"layers": int(layers_total), "other": int(other), "mask": _mask_bytes(batch, attention, element, len(layers))}
-
-
-def _decoder_layers(decoder: Any) -> list[Any]:
-    for name in ("layers", "h", "blocks"):
-        found = getattr(decoder, name, None)
-        if found is not None:
-            return list(found)
-    raise UserError(f"plan: cannot find the decoder layers of {type(decoder).__name__}")
-
-
-def _mask_bytes(batch: MicroBatch, attention: str, element: int, layers: int) -> int:
-    """The attention mask of packed or padded batches: one bool mask, and the float copy sdpa makes
-    of it in every layer (each kept for that layer's backward). Flash attention takes sequence
-    boundaries instead."""
-    if attention.startswith("flash"):
-        return 0
-    per_row = batch.tokens // batch.rows
-    if attention == "segments":  # the bool mask is built once per forward and never kept
-        return int(batch.rows * per_row * per_row)
-    return int(batch.rows * per_row * per_row * (1 + layers * element))
-
-
-def logits_bytes(batch: MicroBatch, vocab: int, compute_element: int) -> int:
-    """At the start of the backward pass: the float32 log-softmax kept by cross-entropy, its
-    gradient, and the gradient of the logits (float32), over the trained positions only."""
-    live = 3 * 4 + (compute_element if compute_element != 4 else 0)
-    return int(batch.trained * vocab * live)
-
-
-# ----------------------------------------------------------------------------------------------
 # the estimate
 
 
@@ -453,16 +298,34 @@ def estimate_memory(config: Config, *, method: str | None = None, device_kind: s
     forward_phase = parts["activations"] + logits + head_grad
     step_phase = trained_bytes + step_temp
     live = weights + adapter + state_bytes + max(forward_phase, step_phase)
+    heap = act["heap"] + logits_heap_bytes(batch, vocab, element)
     if device_kind == "cpu":
-        parts["allocator"] = int((parts["activations"] + logits) * CPU_ALLOCATOR_OVERHEAD)
+        holes = int(heap * CPU_HEAP_HOLES.get(precision, CPU_HEAP_HOLES["fp32"]))
+        reusable = _heap_gradient_bytes(model)
+        peak = weights + adapter + state_bytes + max(forward_phase + max(holes - reusable, 0), step_phase + holes)
+        parts["allocator"] = int(peak - live)
     total_bytes = live + parts.get("allocator", 0)
     settings = {"micro_batch": config.train.batch_size, "gradient_accumulation": config.train.gradient_accumulation,
                 "max_length": config.template.max_length, "gradient_checkpointing": config.train.gradient_checkpointing,
                 "precision": precision, "attention": attention, "optimizer": config.train.optimizer,
                 "weight_dtype": str(weight_dtype).removeprefix("torch."), "tokens_per_micro_batch": batch.tokens,
                 "trained_positions_per_micro_batch": batch.trained, "optimizer_step_temporaries": step_temp,
-                "head_gradient": head_grad}
+                "head_gradient": head_grad, "heap_activation_bytes": heap}
     return MemoryEstimate(method, device_kind, parts, int(total_bytes), trainable, total, batch, settings)
+
+
+def _heap_gradient_bytes(model: Any) -> int:
+    """Gradient bytes of the trained parameters whose gradient is a heap block (smaller than
+    `HEAP_BLOCK_BYTES`): freed by `zero_grad` after each step, their holes take the next forward's
+    activations."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            size = p.numel() * p.element_size()
+            total += size if size < HEAP_BLOCK_BYTES else 0
+    return total
 
 
 def _attention_kernel(config: Config, device_kind: str) -> str:

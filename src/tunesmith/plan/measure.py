@@ -29,6 +29,25 @@ def _status(field: str) -> int:
     return 0
 
 
+def available_memory_bytes(meminfo: str | Path = "/proc/meminfo") -> int:
+    """Memory a new process can use without swapping: the kernel's `MemAvailable` (Linux >= 3.14:
+    free pages plus the page cache and reclaimable slab it can drop), else free pages from sysconf
+    (`SC_AVPHYS_PAGES`, which leaves the page cache out: 5.8 GB of a 24 GB machine that had 23 GB
+    available), else 0."""
+    import os
+
+    try:
+        for line in Path(meminfo).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def _reset_peak_rss() -> bool:
     """Reset VmHWM (the peak resident set) to the current resident set (Linux >= 4.0)."""
     try:
@@ -89,6 +108,47 @@ def warm_up(config: Config, *, steps: int = 4, console: Any = None) -> dict[str,
     if device == "cuda":
         result["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated() - cuda_baseline
     return result
+
+
+RANDOM_MODELS: dict[str, dict[str, Any]] = {
+    # shapes unlike the embedded SmolLM2 (576 wide, 30 layers, head_dim 64, no biases), scaled so
+    # that one CPU training step takes seconds; the embedded tokenizer's 49152-token vocabulary
+    "qwen2-biases": {"model_type": "qwen2", "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8,
+                     "num_attention_heads": 8, "num_key_value_heads": 2},  # Qwen2: q/k/v biases
+    "llama-wide": {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 4096, "num_hidden_layers": 4,
+                   "num_attention_heads": 16, "num_key_value_heads": 4},
+    "mistral-hd128": {"model_type": "mistral", "hidden_size": 1024, "intermediate_size": 2816,
+                      "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 128,
+                      "sliding_window": None},
+}
+"""Random-weight models built from configs, for checking the memory estimate off the embedded model."""
+
+
+def random_model(folder: Path, shape: str) -> Path:
+    """Save a model of `RANDOM_MODELS[shape]` with random weights (seed 0) and the embedded model's
+    tokenizer into `folder` (once: an existing folder is reused)."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tunesmith.models.embedded import ensure_embedded_model
+
+    folder = Path(folder)
+    if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    source = ensure_embedded_model("smollm2-135m-instruct")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        if (source / name).exists():
+            shutil.copy(source / name, folder / name)
+    settings = dict(RANDOM_MODELS[shape])
+    config = AutoConfig.for_model(settings.pop("model_type"), vocab_size=49152, tie_word_embeddings=True,
+                                  bos_token_id=1, eos_token_id=2, pad_token_id=2, max_position_embeddings=4096,
+                                  **settings)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    return folder
 
 
 def main(argv: list[str] | None = None) -> None:
