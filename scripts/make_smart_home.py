@@ -157,11 +157,12 @@ def make_row(intent: str, rng: random.Random) -> tuple[str, dict]:
     return core, {"messages": messages}
 
 
-def per_intent_counts(rng: random.Random) -> dict[str, dict[str, int]]:
-    """Spread each split evenly over intents; leftover rows go to randomly chosen intents."""
+def per_intent_counts(rng: random.Random, sizes: dict[str, int] | None = None) -> dict[str, dict[str, int]]:
+    """Spread each split (`sizes`, default SPLIT_SIZES) evenly over intents; leftover rows go to randomly
+    chosen intents."""
     names = list(INTENTS)
-    counts = {name: {} for name in names}
-    for split, size in SPLIT_SIZES.items():
+    counts: dict[str, dict[str, int]] = {name: {} for name in names}
+    for split, size in (SPLIT_SIZES if sizes is None else sizes).items():
         base, extra = divmod(size, len(names))
         lucky = set(rng.sample(names, extra))
         for name in names:

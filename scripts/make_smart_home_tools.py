@@ -96,15 +96,8 @@ def to_tool_row(row: dict, rng: random.Random) -> dict:
 
 
 def per_function_counts(rng: random.Random) -> dict[str, dict[str, int]]:
-    """Spread each split evenly over functions; leftover rows go to randomly chosen ones."""
-    names = list(sh.INTENTS)
-    counts: dict[str, dict[str, int]] = {name: {} for name in names}
-    for split, size in SPLIT_SIZES.items():
-        base, extra = divmod(size, len(names))
-        lucky = set(rng.sample(names, extra))
-        for name in names:
-            counts[name][split] = base + (1 if name in lucky else 0)
-    return counts
+    """Spread each split evenly over functions, as the smart_home generator does for its intents."""
+    return sh.per_intent_counts(rng, SPLIT_SIZES)
 
 
 def build_splits(seed: int) -> dict[str, list[dict]]:

@@ -147,3 +147,22 @@ def _translate_generation_config(source: Path, folder: Path, config: dict, token
               if i in names]
     generation = {"eos_token_id": mapped}
     (folder / "generation_config.json").write_text(json.dumps(generation), encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def template_loader(template_models):
+    """name -> (tokenizer, the model's own template, its stop markers), built once per fixture folder."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.formatting.encode import build_template, end_of_turn_markers
+
+    cache: dict[str, tuple] = {}
+
+    def get(name: str):
+        if name not in cache:
+            tokenizer = AutoTokenizer.from_pretrained(template_models[name])
+            template = build_template(tokenizer, "model")
+            cache[name] = (tokenizer, template, end_of_turn_markers(tokenizer, template))
+        return cache[name]
+
+    return get

@@ -34,17 +34,8 @@ def test_every_fixture_is_covered():
 
 
 @pytest.fixture(scope="module")
-def load(template_models):
-    cache: dict[str, tuple] = {}
-
-    def get(name: str):
-        if name not in cache:
-            tokenizer = AutoTokenizer.from_pretrained(template_models[name])
-            template = build_template(tokenizer, "model")
-            cache[name] = (tokenizer, template, end_of_turn_markers(tokenizer, template))
-        return cache[name]
-
-    return get
+def load(template_loader):
+    return template_loader  # tests/conftest.py
 
 
 def conversation(*turns: tuple[str, str], tools: tuple[dict, ...] = ()) -> Conversation:

@@ -16,12 +16,11 @@ import json
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
 
 from tunesmith.data.formats import FormatOptions, to_sample
 from tunesmith.data.types import Provenance
 from tunesmith.errors import UserError
-from tunesmith.formatting.encode import IGNORE_INDEX, build_template, encode, end_of_turn_markers
+from tunesmith.formatting.encode import IGNORE_INDEX, encode
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "chat_templates"
 DOC = Path(__file__).parents[2] / "docs" / "chat-templates.md"
@@ -63,17 +62,8 @@ CASES: dict[str, tuple[list[dict], list[dict]]] = {
 
 
 @pytest.fixture(scope="module")
-def loaded(template_models):
-    cache: dict[str, tuple] = {}
-
-    def get(name: str):
-        if name not in cache:
-            tokenizer = AutoTokenizer.from_pretrained(template_models[name])
-            template = build_template(tokenizer, "model")
-            cache[name] = (tokenizer, template, end_of_turn_markers(tokenizer, template))
-        return cache[name]
-
-    return get
+def loaded(template_loader):
+    return template_loader  # tests/conftest.py
 
 
 def _ids(tokenizer, text: str) -> list[int]:
