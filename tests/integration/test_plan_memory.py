@@ -46,6 +46,12 @@ def test_cpu_peak_memory_within_20_percent(method):
     _check_cpu_peak([*SETTINGS, f"method={method}"], method)
 
 
+@pytest.mark.parametrize("quantized", ["method=qlora", "model.load_in_8bit=true"])
+def test_cpu_peak_memory_of_a_quantized_base_within_20_percent(quantized):
+    """bitsandbytes' CPU backend: 4-bit NF4 (QLoRA) and int8 bases, measured as the others are."""
+    _check_cpu_peak([*SETTINGS, quantized], quantized)
+
+
 # (shape, method, precision, max_length, batch): about 40-60 s each on 2 cores
 OTHER_SHAPES = [("qwen2-biases", "lora", "auto", 256, 1), ("qwen2-biases", "full", "fp32", 256, 1),
                 ("mistral-hd128", "lora", "auto", 1024, 1)]
@@ -69,15 +75,15 @@ def test_cpu_peak_memory_within_20_percent_off_the_fitted_model(random_models, s
 
 
 def _one_b_llama(folder):
-    """A Llama-3.2-1B-shaped model with random weights and the embedded model's tokenizer."""
+    """A Llama-3.2-1B-shaped model with random weights and SmolLM2's tokenizer (from the test fixtures:
+    nothing to fetch, so it runs on a GPU machine that reaches no registry)."""
     import shutil
+    from pathlib import Path
 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tunesmith.models.embedded import ensure_embedded_model
-
-    source = ensure_embedded_model("smollm2-135m-instruct")
+    source = Path(__file__).parents[1] / "fixtures" / "tokenizers" / "smollm2-135m-instruct"
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         if (source / name).exists():
             shutil.copy(source / name, folder / name)

@@ -66,6 +66,7 @@ def plan(config, *, vram_gb=None, gpu=None, all_methods=False, measure=False) ->
     """Everything `tunesmith plan` prints, as one dict."""
     import torch
 
+    from tunesmith.models.quant import plannable
     from tunesmith.plan import estimate as est
     from tunesmith.plan.gpus import GPU_EFFICIENCY, match_device_name
 
@@ -89,7 +90,7 @@ def plan(config, *, vram_gb=None, gpu=None, all_methods=False, measure=False) ->
     hf_config = est.hf_config_for(config)
     batch = est.micro_batch(config)
     methods = ["full", "lora", "qlora"] if all_methods else [config.method]
-    if device_kind == "cpu":
+    if not plannable(device_kind):
         methods = [m for m in methods if m != "qlora"] or ["lora"]
     estimates = {m: est.estimate_memory(config, method=m, device_kind=device_kind, batch=batch, hf_config=hf_config,
                                         bf16=bf16) for m in methods}
@@ -133,6 +134,11 @@ def _print_plan(result: dict, console) -> None:
     console.print(table)
     console.print("peak = weights + adapter + optimizer + the larger of (activations + logits) and (gradients + "
                   "the optimizer step's temporaries)" + (" + allocator" if "allocator" in parts else ""))
+    for method, e in estimates.items():
+        loading = e["settings"].get("load_peak_bytes", 0)
+        if loading and loading >= e["total_bytes"]:
+            console.print(f"{method}: the peak is while the quantized base loads ({loading / GIB:.2f} GiB: the "
+                          "checkpoint file's pages plus the quantized weights), above training's")
     rec, target = result["recommended"], result["target"]
     if rec["fits"]:
         console.print(f"Fits {target['name']}: method {rec['method']}, micro-batch "

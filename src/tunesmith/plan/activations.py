@@ -25,11 +25,13 @@ class _Tally:
 
     def __init__(self, excluded: set[int]):
         self.excluded = excluded
+        self.alive: list[Any] = []  # every tensor seen, so no storage is freed and its key reused meanwhile
         self.sizes: dict[int, int] = {}
         self.owner: dict[int, str] = {}
         self.where = "other"
 
     def add(self, tensor: Any, nbytes: int | None = None) -> None:
+        self.alive.append(tensor)
         key = tensor.untyped_storage()._cdata
         if key in self.excluded:
             return
@@ -91,10 +93,12 @@ def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: An
 
 class _Emulation:
     """What autocast and bitsandbytes do to matmul inputs, emulated on meta (which has neither):
-    matmul inputs are cast to `dtype` (the copies are what autograd saves); a 4-bit base layer
-    returns its output in its input's dtype, as bitsandbytes' Linear4bit does."""
+    matmul inputs are cast to `dtype` (the copies are what autograd saves); a quantized base layer
+    returns its output in its input's dtype, as bitsandbytes' Linear4bit does, and saves no float copy
+    of its weight: bitsandbytes de-quantizes it again in the backward pass (`excluded` gets the cast
+    weight's storage, so the tally leaves it out as it does the parameters)."""
 
-    def __init__(self, dtype: Any, quantized: set[int]):
+    def __init__(self, dtype: Any, quantized: set[int], excluded: set[int]):
         from torch.overrides import TorchFunctionMode
 
         import torch
@@ -112,10 +116,11 @@ class _Emulation:
                     first = args[0]
                     cast = [a.to(emulation.dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
                             for a in args]
+                    quantized = func is F.linear and id(weight) in emulation.quantized
+                    if quantized and len(cast) > 1 and cast[1] is not weight:
+                        excluded.add(cast[1].untyped_storage()._cdata)  # before autograd saves it
                     out = func(*cast, **kwargs)
-                    if func is F.linear and id(weight) in emulation.quantized:
-                        out = out.to(first.dtype)
-                    return out
+                    return out.to(first.dtype) if quantized else out
                 return func(*args, **kwargs)
 
         self.mode = Mode()
@@ -149,7 +154,7 @@ def activation_bytes(model: Any, batch: MicroBatch, *, checkpointing: bool, atte
     _TALLY, _KERNEL = tally, attention
     per_row = batch.tokens // batch.rows
     ids = torch.zeros(batch.rows, per_row, dtype=torch.long, device="meta")
-    emulation = _Emulation(compute_dtype, quantized or set())
+    emulation = _Emulation(compute_dtype, quantized or set(), excluded)
     try:
         with torch.autograd.graph.saved_tensors_hooks(lambda t: (tally.add(t), t)[1], lambda t: t), emulation.mode:
             embeds = inner.get_input_embeddings()(ids)

@@ -30,6 +30,7 @@ from typing import Any
 
 from tunesmith.config import Config
 from tunesmith.errors import UserError
+from tunesmith.models.quant import plannable
 from tunesmith.plan.activations import HEAP_BLOCK_BYTES, activation_bytes, logits_bytes, logits_heap_bytes
 
 METHODS = ("full", "lora", "qlora")
@@ -257,6 +258,7 @@ def estimate_memory(config: Config, *, method: str | None = None, device_kind: s
     if method not in METHODS:
         raise UserError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     hf_config = hf_config or hf_config_for(config)
+    stored = _stored_element_size(hf_config)  # read first: building the meta model sets hf_config.dtype
     batch = batch or micro_batch(config, console=console)
     weight_dtype, compute_dtype, precision = _dtypes(config, method, device_kind, bf16)
     if method == "qlora":
@@ -305,13 +307,30 @@ def estimate_memory(config: Config, *, method: str | None = None, device_kind: s
         peak = weights + adapter + state_bytes + max(forward_phase + max(holes - reusable, 0), step_phase + holes)
         parts["allocator"] = int(peak - live)
     total_bytes = live + parts.get("allocator", 0)
+    loading = total * stored + weights if device_kind == "cpu" and quantized else 0  # see _stored_element_size
+    total_bytes = max(total_bytes, loading)
     settings = {"micro_batch": config.train.batch_size, "gradient_accumulation": config.train.gradient_accumulation,
                 "max_length": config.template.max_length, "gradient_checkpointing": config.train.gradient_checkpointing,
                 "precision": precision, "attention": attention, "optimizer": config.train.optimizer,
                 "weight_dtype": str(weight_dtype).removeprefix("torch."), "tokens_per_micro_batch": batch.tokens,
                 "trained_positions_per_micro_batch": batch.trained, "optimizer_step_temporaries": step_temp,
-                "head_gradient": head_grad, "heap_activation_bytes": heap}
+                "head_gradient": head_grad, "heap_activation_bytes": heap, "load_peak_bytes": loading}
     return MemoryEstimate(method, device_kind, parts, int(total_bytes), trainable, total, batch, settings)
+
+
+def _stored_element_size(hf_config: Any) -> int:
+    """Bytes per parameter in the checkpoint file (its config's dtype, float32 if unsaid).
+
+    It sizes the peak while a quantized base loads on CPU: the file's pages (memory-mapped, every
+    one read to quantize) plus the loaded weights, until `models.quant.own_storage` copies the
+    unquantized tensors out of the mapping and it is released. Measured on SmolLM2-135M (a float32
+    file): 700-740 MiB for 4-bit, predicted 698; above the training peak for big models on short rows."""
+    import torch
+
+    stored = getattr(hf_config, "dtype", None) or torch.float32
+    if isinstance(stored, str):
+        stored = getattr(torch, stored.removeprefix("torch."), torch.float32)
+    return torch.empty((), dtype=stored).element_size()
 
 
 def _heap_gradient_bytes(model: Any) -> int:
@@ -429,7 +448,7 @@ class _QuietConsole:
 
 def recommend(config: Config, *, target_bytes: int, device_kind: str, methods: tuple[str, ...] | None = None,
               batch: MicroBatch | None = None, hf_config: Any = None, bf16: bool | None = None) -> dict[str, Any]:
-    """Settings that fit `target_bytes`: the config's method first (QLoRA only on CUDA), without
+    """Settings that fit `target_bytes`: the config's method first (QLoRA where bitsandbytes runs), without
     gradient checkpointing if possible (faster), the largest micro-batch up to the config's, the
     config's max_length if anything fits with it; gradient accumulation keeps the effective batch
     (micro-batch x accumulation) of the config."""
@@ -437,7 +456,8 @@ def recommend(config: Config, *, target_bytes: int, device_kind: str, methods: t
     batch = batch or micro_batch(config)
     usable = target_bytes * (1 - CUDA_HEADROOM) - CUDA_CONTEXT_BYTES if device_kind == "cuda" else target_bytes
     order = [config.method, *[m for m in ("lora", "qlora", "full") if m != config.method]]
-    order = [m for m in order if (methods is None or m in methods) and (m != "qlora" or device_kind == "cuda")]
+    quantizes = plannable(device_kind)
+    order = [m for m in order if (methods is None or m in methods) and (m != "qlora" or quantizes)]
     effective = config.train.batch_size * config.train.gradient_accumulation
     lengths = [config.template.max_length]
     while lengths[-1] // 2 >= 256:
