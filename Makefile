@@ -118,9 +118,34 @@ $(STAMP): pyproject.toml
 	  $(PIP) install -q "torch==$(TORCH_VERSION)+cpu" 2>/dev/null \
 	    || $(PIP) install -q "torch==$(TORCH_VERSION)+cpu" --index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple; \
 	fi
-	$(PIP) install -q -e ".[test,tracking]"
+	$(PIP) install -q -e ".[test,tracking,quant]"
 	@$(PY) -c "import torch, sys; cpu = not torch.cuda.is_available(); print('torch', torch.__version__, 'cuda' if not cpu else 'cpu')"
 	touch $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# GPU check for a lent H100/H200 (bench/gpu_check.py, under 8 minutes): the tests marked gpu, LoRA and QLoRA
+# on Llama-3.2-1B/3.1-8B shapes with random weights against TRL (packing, padding-free, Liger): tokens/s, MFU,
+# peak memory; and plan's CUDA memory prediction against each measured peak. Writes $OUT/gpu-check.json and
+# $OUT/gpu-check.md (OUT defaults to ./gpu-check-out). Without a CUDA GPU it stops before installing anything.
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	@nvidia-smi -L >/dev/null 2>&1 || { echo "gpu-check needs a CUDA GPU: nvidia-smi finds none" >&2; exit 2; }
+	$(PIP) install -q -e ".[bench,quant,gpu]"
+	HF_HUB_OFFLINE=1 $(PY) bench/gpu_check.py
+
+# The same check on a GPU machine that reaches no registry (this workplace's lent H200: Python 3.12 with
+# PyTorch in its image, nothing to fetch, 64 MiB carried with the tree). Here: `make gpu-wheels` (29 MiB:
+# what the image lacks, bitsandbytes trimmed to its CPU and CUDA 13 libraries); there, with .gpu-wheels
+# carried: `make gpu-check-offline` (the image's python3, the wheels installed --no-index --no-deps).
+GPU_WHEELS ?= .gpu-wheels
+.PHONY: gpu-wheels gpu-check-offline
+gpu-wheels: $(STAMP)
+	$(PY) scripts/gpu_wheels.py $(GPU_WHEELS)
+
+gpu-check-offline:
+	@nvidia-smi -L >/dev/null 2>&1 || { echo "gpu-check needs a CUDA GPU: nvidia-smi finds none" >&2; exit 2; }
+	@ls $(GPU_WHEELS)/*.whl >/dev/null 2>&1 || { echo "no wheels in $(GPU_WHEELS): run make gpu-wheels where the registry answers, and carry $(GPU_WHEELS)" >&2; exit 2; }
+	python3 -m pip install -q --no-index --no-deps $(GPU_WHEELS)/*.whl
+	PYTHONPATH=$(CURDIR)/src HF_HUB_OFFLINE=1 python3 bench/gpu_check.py

@@ -20,7 +20,8 @@ from tunesmith.runfolder import sha256_file
 SYSTEM = "Answer briefly."
 
 
-def write_run(folder: Path, base: Path, *, method: str = "lora", dtype: str = "float32", seed: int = 0) -> Path:
+def write_run(folder: Path, base: Path, *, method: str = "lora", dtype: str = "float32", seed: int = 0,
+              extra: tuple[str, ...] = ()) -> Path:
     """A finished-looking LoRA run of `base`: adapter/ (random non-zero B, so merging changes the
     weights), its tokenizer with the training template, tunesmith.json and config.yaml."""
     from peft import LoraConfig, get_peft_model
@@ -39,7 +40,7 @@ def write_run(folder: Path, base: Path, *, method: str = "lora", dtype: str = "f
             "end_of_turn": ["<|endoftext|>", "<|end|>"], "system_prompt": SYSTEM, "train_on": "assistant"}
     (adapter / "tunesmith.json").write_text(json.dumps(meta), encoding="utf-8")
     config = load_config(None, ["data.train=chat.jsonl", f"model.name={base}", f"model.dtype={dtype}",
-                                f"name={folder.name}", f"method={method}"])
+                                f"name={folder.name}", f"method={method}", *extra])
     (folder / "config.yaml").write_text(config_to_yaml(config), encoding="utf-8")
     return folder
 
@@ -149,23 +150,53 @@ def test_a_failed_save_leaves_no_merged_folder(run, monkeypatch):
     assert sorted(p.name for p in run.iterdir()) == ["adapter", "config.yaml"]
 
 
-def test_qlora_merges_into_a_dequantized_base_and_says_so(tiny_model_dir, tmp_path):
-    from safetensors import safe_open
+def _dequantized_weight(layer) -> torch.Tensor:
+    """The float weight a bitsandbytes layer's training forward multiplies by, from its stored codes."""
+    import bitsandbytes as bnb
 
-    run = write_run(tmp_path / "tiny-qlora", tiny_model_dir, method="qlora", dtype="bfloat16")
+    if isinstance(layer, bnb.nn.Linear4bit):
+        return bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+    return layer.weight.CB.float() * layer.weight.SCB.float()[:, None] / 127
+
+
+@pytest.mark.parametrize(("method", "extra", "bits"), [("qlora", (), 4), ("lora", ("model.load_in_8bit=true",), 8)])
+def test_a_quantized_run_merges_into_its_dequantized_base_and_states_the_quantization_error(
+        method, extra, bits, tiny_model_dir, tmp_path):
+    """A real 4-bit NF4 (or int8) base: the merged weight is exactly de-quantized W + scale * B A (the
+    weights the adapter trained against), not the original W + scale * B A; the note gives the
+    measured distance to the adapter on the unquantized base, and tunesmith.json records it."""
+    from safetensors.torch import load_file as load_weights
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.models.quant import bitsandbytes_config
+
+    run = write_run(tmp_path / f"tiny-{bits}bit", tiny_model_dir, method=method, extra=extra)
     lines: list[str] = []
     merged = merge_run(run, log=lines.append)
-    warning = [line for line in lines if line.startswith("warning:")]
-    assert len(warning) == 1 and "4-bit" in warning[0] and "de-quantized" in warning[0]
-    assert "differs slightly" in warning[0]
+    note = [line for line in lines if line.startswith("note:")]
     recorded = json.loads((merged / "tunesmith.json").read_text())
-    assert recorded["dtype"] == "bfloat16" and recorded["method"] == "qlora"  # the config's dtype is the default
-    with safe_open(str(merged / "model.safetensors"), "pt") as weights:
-        assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.bfloat16}
+    assert recorded["quantized_base_bits"] == bits and recorded["method"] == method
+    distance = recorded["difference_from_unquantized_base_adapter"]
+    assert len(note) == 1 and f"{bits}-bit" in note[0] and f"{distance:.3g}" in note[0]
+
+    quantized = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, device_map={"": "cpu"},
+                                                     quantization_config=bitsandbytes_config(bits, "fp32"))
+    original = load_weights(tiny_model_dir / "model.safetensors")
+    adapter = load_weights(run / "adapter" / "adapter_model.safetensors")
+    result = load_weights(merged / "model.safetensors")
+    name = "model.layers.1.mlp.down_proj"
+    a, b = (adapter[f"base_model.model.{name}.lora_{x}.weight"] for x in "AB")
+    update = (b @ a) * (8 / 4)  # alpha / r of write_run's adapter
+    expected = _dequantized_weight(quantized.get_submodule(name)) + update
+    assert (result[f"{name}.weight"] - expected).abs().max() < 1e-6
+    assert (result[f"{name}.weight"] - (original[f"{name}.weight"] + update)).abs().max() > 5e-5  # init std 0.02
+    assert 1e-3 < distance < float("inf")
+    assert merged_logits_difference(run) <= merge.allowed_difference([torch.tensor([1.0])])
 
 
-def test_lora_merge_has_no_quantization_warning(merged_run):
-    assert not any(line.startswith("warning:") for line in merged_run[1])
+def test_lora_merge_has_no_quantization_note(merged_run):
+    assert not any(line.startswith(("note:", "warning:")) for line in merged_run[1])
+    assert "quantized_base_bits" not in json.loads((merged_run[0] / "tunesmith.json").read_text())
 
 
 def test_full_fine_tune_has_nothing_to_merge(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,19 +32,43 @@ def config_for(data, model, tmp_path, *extra):
                               "name=m", "train.max_steps=3", "train.batch_size=4", "lora.r=4", *extra])
 
 
-@pytest.mark.parametrize(("extra", "key"), [
-    (["method=qlora"], "method: qlora"),
-    (["model.load_in_8bit=true"], "model.load_in_8bit"),
-    (["train.optimizer=paged_adamw_8bit"], "train.optimizer: paged_adamw_8bit"),
-    (["train.precision=fp16"], "train.precision"),
+@pytest.mark.parametrize(("extra", "key", "why"), [
+    (["train.optimizer=paged_adamw_8bit"], "train.optimizer: paged_adamw_8bit", "on CPU use adamw_8bit"),
+    (["train.precision=fp16"], "train.precision", "CUDA"),
 ])
-def test_cuda_only_settings_are_refused_on_cpu_before_any_work(extra, key, tmp_path, tiny_model_dir):
+def test_gpu_only_settings_are_refused_on_cpu_before_any_work(extra, key, why, tmp_path, tiny_model_dir):
     missing = tmp_path / "not-there.jsonl"  # the refusal comes before the data is even opened
     config = config_for(missing, tiny_model_dir, tmp_path, *extra)
     with pytest.raises(UserError, match=key) as caught:
         tunesmith.train(config)
-    assert "CUDA" in str(caught.value) and "\n" not in str(caught.value)
+    assert why in str(caught.value) and "\n" not in str(caught.value)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    (["method=qlora"], "method: qlora"),
+    (["model.load_in_8bit=true"], "model.load_in_8bit"),
+    (["train.optimizer=adamw_8bit"], "train.optimizer: adamw_8bit"),
+])
+def test_quantized_settings_are_refused_with_the_backends_reason_where_it_cannot_run(extra, key, tmp_path,
+                                                                                     tiny_model_dir, monkeypatch):
+    from tunesmith.models import quant
+
+    monkeypatch.setattr(quant, "support", lambda device: "bitsandbytes 0.50.2 cannot quantize on cpu here (X)")
+    config = config_for(tmp_path / "not-there.jsonl", tiny_model_dir, tmp_path, *extra)
+    with pytest.raises(UserError, match=key) as caught:
+        tunesmith.train(config)
+    message = str(caught.value)
+    assert "cannot quantize on cpu here (X)" in message and "or train with" in message and "\n" not in message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bitsandbytes_cpu_backend_runs_here():
+    """The pinned bitsandbytes quantizes, multiplies and steps an 8-bit AdamW on this CPU (what
+    `doctor` reports and `train` relies on); a machine where it cannot fails here, loudly."""
+    from tunesmith.models.quant import support
+
+    assert support("cpu") is None
 
 
 def test_8bit_base_goes_with_lora_only(tmp_path, tiny_model_dir):
@@ -66,7 +91,8 @@ def lora_count_from_config(model_dir, config) -> int:
     return layers * sum(r * (shapes[t][0] + shapes[t][1]) + (shapes[t][1] if dora else 0) for t in targets)
 
 
-@pytest.mark.parametrize("extra", [[], ["lora.rslora=true"], ["lora.dora=true"], ["lora.target_modules=[q_proj,v_proj]"]])
+@pytest.mark.parametrize("extra", [[], ["lora.rslora=true"], ["lora.dora=true"], ["lora.target_modules=[q_proj,v_proj]"],
+                                   ["method=qlora"], ["model.load_in_8bit=true"]])
 def test_trainable_count_is_exact_for_every_lora_variant(extra, tmp_path, tiny_model_dir, data):
     config = config_for(data, tiny_model_dir, tmp_path, *extra)
     loaded = trainable_model(config, ModelRef(str(tiny_model_dir), str(tiny_model_dir), "local"), device="cpu",
@@ -79,6 +105,10 @@ def test_trainable_count_is_exact_for_every_lora_variant(extra, tmp_path, tiny_m
 
     scaling = {s for m in loaded.model.modules() if isinstance(m, LoraLayer) for s in m.scaling.values()}
     assert scaling == {config.lora.alpha / (config.lora.r ** 0.5 if config.lora.rslora else config.lora.r)}
+    base = {n: type(m).__name__ for n, m in loaded.model.named_modules()
+            if n.endswith("layers.0.self_attn.q_proj.base_layer")}
+    assert list(base.values()) == [{"qlora": "Linear4bit"}.get(config.method, "Linear8bitLt" if
+                                    config.model.load_in_8bit else "Linear")]
     if config.lora.dora:
         assert "DoRA" in loaded.summary
         assert any("lora_magnitude_vector" in n for n, p in loaded.model.named_parameters() if p.requires_grad)
@@ -186,3 +216,32 @@ def test_step_sources_name_the_rows_of_the_failing_step():
     error = non_finite_loss(7, float("nan"), ["d.jsonl:4", "d.jsonl:9"])
     assert str(error).startswith("training stopped at step 7: the loss is nan (rows d.jsonl:4, d.jsonl:9)")
     assert describe_sources([]) == "rows unknown"
+
+
+def test_adamw_8bit_trains_on_cpu_checkpoints_8bit_state_and_resumes_exactly(tmp_path, tiny_model_dir, data):
+    """bitsandbytes' 8-bit AdamW on the CPU backend: the checkpointed optimizer state is 8-bit (uint8
+    moments for the large adapter tensors; the quantization maps it shares between tensors stored once),
+    not a silent fallback to torch AdamW, and a run resumed from step 2 ends bit-identical."""
+    import shutil
+
+    from tunesmith.training import checkpoints as ck
+
+    result = tunesmith.train(config_for(data, tiny_model_dir, tmp_path, "train.optimizer=adamw_8bit", "lora.r=64",
+                                        "train.max_steps=4", "train.batch_size=2", "train.learning_rate=1e-2",
+                                        "train.save_steps=2", "train.keep_checkpoints=3"))
+    run = result.run_dir
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert len(losses) == 4 and all(x == x for x in losses)
+    state = load_file(run / "checkpoints" / "step-2" / "optimizer.safetensors")
+    assert any(t.dtype == torch.uint8 for t in state.values()), {k: t.dtype for k, t in list(state.items())[:6]}
+
+    copy = Path(shutil.copytree(run, tmp_path / "copy"))
+    shutil.rmtree(copy / "adapter")
+    (copy / "manifest.json").unlink()
+    shutil.rmtree(copy / "checkpoints" / "step-4")
+    assert ck.newest_complete(copy / "checkpoints") == copy / "checkpoints" / "step-2"
+    tunesmith.train(copy, resume=True)
+    left = load_file(copy / "adapter" / "adapter_model.safetensors")
+    right = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert all(torch.equal(left[k], right[k]) for k in right)

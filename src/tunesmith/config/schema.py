@@ -36,7 +36,7 @@ class ModelConfig(Section):
     """Hub revision (branch, tag or commit) when `name` is a hub id."""
 
     load_in_8bit: bool = False
-    """`method: lora` on a base model quantized to 8 bits (bitsandbytes LLM.int8, CUDA only)."""
+    """`method: lora` on a base model quantized to 8 bits (bitsandbytes LLM.int8; GPU or CPU backend)."""
 
 
 FormatName = Literal["auto", "messages", "sharegpt", "alpaca", "qa", "prompt_completion", "text", "tokens"]
@@ -135,6 +135,12 @@ class LoraConfig(Section):
     dora: bool = False
     """DoRA: learn a magnitude per output feature as well as the low-rank direction (slower)."""
 
+    init: Literal["default", "gaussian", "loftq", "pissa", "olora"] = "default"
+    """How the adapter starts. `default` and `gaussian` start as the base model; `loftq` (method: qlora)
+    starts from what 4-bit quantization lost, closer to the full-precision base; `pissa` and `olora`
+    (unquantized bases) start from W's principal directions and often converge faster. See
+    docs/lora-init.md."""
+
 
 class TrainConfig(Section):
     epochs: float = Field(1.0, gt=0)
@@ -178,7 +184,7 @@ class TrainConfig(Section):
     """Write a line to metrics.jsonl every this many optimizer steps."""
 
     optimizer: Literal["adamw", "adamw_fused", "adamw_8bit", "paged_adamw_8bit", "sgd", "adafactor"] = "adamw"
-    """`adamw` (torch), `adamw_fused` (CUDA), `adamw_8bit` and `paged_adamw_8bit` (bitsandbytes, CUDA),
+    """`adamw` (torch), `adamw_fused` (CUDA), `adamw_8bit` (bitsandbytes), `paged_adamw_8bit` (bitsandbytes, CUDA),
     `sgd`, `adafactor`."""
 
     gradient_checkpointing: bool = False
@@ -283,7 +289,7 @@ class Config(Section):
 
     method: Literal["lora", "qlora", "full"] = "lora"
     """`lora` trains a small adapter on the frozen base model; `qlora` the same on a 4-bit NF4 base
-    (bitsandbytes, CUDA only); `full` trains every weight."""
+    (bitsandbytes, on a GPU or its CPU backend); `full` trains every weight."""
 
     model: ModelConfig = ModelConfig()
     data: DataConfig

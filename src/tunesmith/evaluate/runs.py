@@ -61,10 +61,29 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         model = load_model(ModelRef(str(weights), str(weights), "local"), dtype=config.model.dtype, device=device)
     else:
         ref = resolve_model(config.model.name, revision=config.model.revision)
-        model = load_adapter(load_model(ref, dtype=config.model.dtype, device=device), weights)
+        quantization = trained_quantization(config, device)
+        base = load_model(ref, dtype=config.model.dtype, device=device, quantization=quantization)
+        model = load_adapter(base, weights)
     tokenizer = AutoTokenizer.from_pretrained(weights)
     template = recorded_template(meta)
     return LoadedRun(folder, model, tokenizer, template, meta, config)
+
+
+def trained_quantization(config: Any, device: str) -> Any:
+    """The bitsandbytes settings the run's base was trained with (None: unquantized), so eval and chat
+    run the adapter on the very base it learned against; refused where they cannot load."""
+    from tunesmith.models.quant import bitsandbytes_config, support
+    from tunesmith.training.hardware import pick_precision
+    from tunesmith.training.methods import quantized_bits
+
+    bits = quantized_bits(config)
+    if not bits:
+        return None
+    reason = support(device)
+    if reason:
+        raise UserError(f"this run's adapter was trained on a {bits}-bit base, which cannot load here: {reason}; "
+                        "or merge it on a machine where it can (tunesmith merge) and use the merged model")
+    return bitsandbytes_config(bits, pick_precision(config.train.precision, device))
 
 
 def recorded_template(meta: dict) -> ChatTemplate:

@@ -4,6 +4,10 @@ The merge runs in float32 and is checked before anything is written: the merged 
 must equal the adapter model's on a few prompts rendered with the training template. The folder
 appears whole or not at all (written beside it, then renamed) and records the sha256 of the adapter
 it came from, so merging again is a no-op and a changed adapter is noticed, never silently mixed.
+
+A QLoRA or 8-bit run merges into its base quantized exactly as in training and then de-quantized:
+the weights the adapter's forward passes used, so the merged model is the model that was trained.
+How far that is from the same adapter on the unquantized base is measured and stated.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunesmith.errors import TunesmithError, UserError
-from tunesmith.evaluate.runs import RUN_META, read_run_meta, weights_folder
+from tunesmith.evaluate.runs import RUN_META, read_run_meta, trained_quantization, weights_folder
 from tunesmith.runfolder import disk_full, ensure_space, is_disk_full, sha256_file, write_json
+from tunesmith.training.methods import quantized_bits
 
 MERGED = "merged"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -62,8 +67,9 @@ def merge_run(run_dir: Path, *, dtype: str | None = None, log: Log = print) -> P
     config = _run_config(run_dir)
     save_dtype = _save_dtype(dtype, config)
     meta = read_run_meta(run_dir)
-    _warn_quantized_base(meta, config, log)
-    log(f"merging {weights} into {config.model.name} (float32)")
+    bits = quantized_bits(config)
+    log(f"merging {weights} into {config.model.name} "
+        + (f"de-quantized from the {bits}-bit base it trained on (float32)" if bits else "(float32)"))
     model, tokenizer = _adapter_model(run_dir, config, log)
     prompts = probe_prompts(meta)
     before = probe_logits(model, tokenizer, prompts)
@@ -77,6 +83,10 @@ def merge_run(run_dir: Path, *, dtype: str | None = None, log: Log = print) -> P
         f"on {len(prompts)} prompts")
     record = {**meta, "method": meta.get("method") or config.method, "merged_from": "adapter",
               "adapter_sha256": digest, "dtype": save_dtype, "merge_max_logit_difference": difference}
+    if bits:
+        record["quantized_base_bits"] = bits
+        record["difference_from_unquantized_base_adapter"] = _unquantized_difference(run_dir, config, model, tokenizer,
+                                                                                     prompts, bits, log)
     _write_atomically(target, model, tokenizer, record, save_dtype)
     log(f"wrote {target} ({save_dtype} safetensors, tokenizer with the training template)")
     return target
@@ -186,14 +196,22 @@ def _save_dtype(dtype: str | None, config: Any) -> str:
     return dtype
 
 
-def _warn_quantized_base(meta: dict, config: Any, log: Log) -> None:
-    """Merging into 4- or 8-bit weights would round the update away: the base is loaded unquantized instead."""
-    method = meta.get("method") or config.method
-    bits = "4-bit" if method == "qlora" else "8-bit" if config.model.load_in_8bit else None
-    if bits:
-        log(f"warning: this run trained its adapter against a {bits} quantized base; the merge loads the base "
-            "de-quantized, at full precision, so the merged model differs slightly from the "
-            f"{bits} model the adapter was trained with")
+def _unquantized_difference(run_dir: Path, config: Any, merged: Any, tokenizer: Any, prompts: list[str], bits: int,
+                            log: Log) -> float:
+    """How far the merged model (de-quantized base + update) is from the same adapter on the
+    unquantized base: the quantization error the adapter was trained around, stated, never hidden."""
+    from tunesmith.models.load import load_adapter, load_model, resolve_model
+
+    ref = resolve_model(config.model.name, revision=config.model.revision)
+    other = load_adapter(load_model(ref, dtype="float32", device=_device()), weights_folder(run_dir))
+    reference = probe_logits(other, tokenizer, prompts)
+    del other
+    difference = max_difference(reference, probe_logits(merged, tokenizer, prompts))
+    top = max(float(x.abs().max()) for x in reference)
+    log(f"note: the adapter trained on a {bits}-bit base and the merge keeps that base de-quantized (what it "
+        f"learned against); the same adapter on the unquantized base gives logits up to {difference:.3g} away "
+        f"(largest |logit| {top:.3g}): the quantization error, recorded in {MERGED}/{RUN_META}")
+    return difference
 
 
 def _device() -> str:
@@ -203,15 +221,22 @@ def _device() -> str:
 
 
 def _adapter_model(run_dir: Path, config: Any, log: Log) -> tuple[Any, Any]:
-    """Base (float32, unquantized) + the run's adapter, and the run's tokenizer."""
+    """The base the adapter trained against, in float32 (a quantized base de-quantized: the very
+    weights its forward pass used), + the run's adapter; and the run's tokenizer."""
     from transformers import AutoTokenizer
 
     from tunesmith.models.load import load_adapter, load_model, resolve_model
+    from tunesmith.models.quant import dequantized
 
     weights = weights_folder(run_dir)
     ref = resolve_model(config.model.name, revision=config.model.revision, log=log)
-    model = load_adapter(load_model(ref, dtype="float32", device=_device()), weights)
-    return model, AutoTokenizer.from_pretrained(weights)
+    device = _device()
+    quantization = trained_quantization(config, device)
+    if quantization is None:
+        base = load_model(ref, dtype="float32", device=device)
+    else:  # quantized exactly as in training (same load dtype), then de-quantized before any forward pass
+        base = dequantized(load_model(ref, dtype=config.model.dtype, device=device, quantization=quantization))
+    return load_adapter(base, weights), AutoTokenizer.from_pretrained(weights)
 
 
 def _generation_config(model: Any, tokenizer: Any, markers: list[str]) -> Any:

@@ -121,7 +121,8 @@ def load_model(ref: ModelRef, *, dtype: str = "auto", device: str = "cpu", atten
     """The model of `ref` on `device`, with the `model.attention` kernel (checked for the device).
 
     `quantization` (a transformers `BitsAndBytesConfig`) loads the weights quantized, straight onto
-    the GPU: a quantized model is placed at load and never moved afterwards.
+    the device (the GPU, or the CPU through bitsandbytes' CPU backend): a quantized model is placed
+    at load and never moved afterwards.
     """
     from transformers import AutoModelForCausalLM
 
@@ -130,9 +131,12 @@ def load_model(ref: ModelRef, *, dtype: str = "auto", device: str = "cpu", atten
     if quantization is not None:
         import torch
 
-        placement = {"": torch.cuda.current_device()} if device == "cuda" else None
-        return AutoModelForCausalLM.from_pretrained(ref.path, quantization_config=quantization,
-                                                    device_map=placement, **kwargs)
+        from tunesmith.models.quant import own_storage
+
+        placement = {"": torch.cuda.current_device() if device == "cuda" else "cpu"}
+        model = AutoModelForCausalLM.from_pretrained(ref.path, quantization_config=quantization,
+                                                     device_map=placement, **kwargs)
+        return own_storage(model) if device == "cpu" else model
     model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
     return model.to(device)
 

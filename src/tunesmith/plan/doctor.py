@@ -48,6 +48,9 @@ def diagnose(config: Config | None = None) -> dict[str, Any]:
     facts["bf16"] = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_native_bf16()
     facts["fp16"] = torch.cuda.is_available()
     facts["bitsandbytes"] = _version("bitsandbytes")
+    from tunesmith.models.quant import support
+
+    facts["quantization"] = support("cuda" if torch.cuda.is_available() else "cpu") or "runs"
     facts["flash_attn"] = _version("flash_attn")
     facts["flex_attention"] = importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
     facts["transformers"] = _version("transformers")
@@ -66,12 +69,16 @@ def advice(facts: dict[str, Any], config: Config | None) -> list[str]:
     notes: list[str] = []
     gpu = facts["cuda_available"]
     if not gpu:
-        notes.append("no CUDA GPU: training runs on CPU (fine for the embedded 135M model; slow beyond ~1B); "
-                     "qlora, load_in_8bit and 8-bit optimizers are not available")
+        notes.append("no CUDA GPU: training runs on CPU (fine for the embedded 135M model; slow beyond ~1B)")
     if not facts["bf16"]:
         notes.append("no native bf16: precision auto trains in fp32" + (" (fp16 with loss scaling on this GPU)" if gpu else ""))
-    if gpu and not facts["bitsandbytes"]:
-        notes.append("bitsandbytes is missing: method qlora and 8-bit optimizers need `pip install bitsandbytes`")
+    where = "this GPU" if gpu else "this CPU (bitsandbytes' CPU backend)"
+    quantization = facts.get("quantization", "runs")
+    if quantization == "runs":
+        notes.append(f"bitsandbytes {facts['bitsandbytes']} quantizes on {where}: qlora, load_in_8bit and adamw_8bit "
+                     "run here" + ("" if gpu else "; paged_adamw_8bit needs a GPU"))
+    else:
+        notes.append(f"qlora, load_in_8bit and 8-bit optimizers cannot run here: {quantization}")
     if gpu and not facts["flash_attn"]:
         notes.append("flash-attn is not installed: attention auto uses sdpa (packed batches build a T x T mask; "
                      "flash_attention_2 avoids it for long packed micro-batches, and model.attention: segments "
@@ -80,12 +87,14 @@ def advice(facts: dict[str, Any], config: Config | None) -> list[str]:
         if free is not None and free < 5:
             notes.append(f"only {free} GiB free for the {where} folder; checkpoints and merged models need more")
     if config is not None:
-        if config.method == "qlora" and not (gpu and facts["bitsandbytes"]):
-            notes.append("your config's method qlora cannot run here: it needs a CUDA GPU with bitsandbytes")
+        if (config.method == "qlora" or config.model.load_in_8bit) and quantization != "runs":
+            notes.append("your config's quantized base cannot load here (see above)")
         if config.model.attention == "flash_attention_2" and not facts["flash_attn"]:
             notes.append("your config asks for flash_attention_2, which is not installed here")
-        if config.train.optimizer in ("adamw_8bit", "paged_adamw_8bit") and not (gpu and facts["bitsandbytes"]):
-            notes.append(f"your config's optimizer {config.train.optimizer} needs a CUDA GPU with bitsandbytes")
+        if config.train.optimizer == "paged_adamw_8bit" and not gpu:
+            notes.append("your config's optimizer paged_adamw_8bit needs a CUDA GPU; on CPU use adamw_8bit")
+        elif config.train.optimizer == "adamw_8bit" and quantization != "runs":
+            notes.append("your config's optimizer adamw_8bit cannot run here (see above)")
         if config.train.precision == "fp16" and not gpu:
             notes.append("your config's precision fp16 needs a CUDA GPU")
     if not notes:

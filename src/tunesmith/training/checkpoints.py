@@ -43,14 +43,27 @@ def split_tensors(tree: Any, prefix: str = "") -> tuple[Any, dict[str, Any]]:
     >>> tree, tensors = split_tensors({"step": torch.tensor(3.0), "betas": (0.9, 0.99)})
     >>> tree, sorted(tensors)
     ({'step': {'__tensor__': 'step'}, 'betas': [0.9, 0.99]}, ['step'])
+    >>> shared = torch.zeros(2)
+    >>> split_tensors({"a": shared, "b": shared})[0]
+    {'a': {'__tensor__': 'a'}, 'b': {'__tensor__': 'a'}}
     """
     import torch
 
     tensors: dict[str, Any] = {}
+    first_path: dict[int, str] = {}  # one tensor at several places (bitsandbytes' shared qmaps): stored once
+    storages: set[int] = set()
 
     def walk(node: Any, path: str) -> Any:
         if isinstance(node, torch.Tensor):
-            tensors[path] = node.detach().cpu().contiguous()
+            if id(node) in first_path:
+                return {"__tensor__": first_path[id(node)]}
+            stored = node.detach().cpu().contiguous()
+            if stored.untyped_storage().data_ptr() in storages:  # a view of one already stored: its own copy
+                stored = stored.clone()
+            if stored.numel():
+                storages.add(stored.untyped_storage().data_ptr())
+            first_path[id(node)] = path
+            tensors[path] = stored
             return {"__tensor__": path}
         if isinstance(node, dict):
             if all(isinstance(k, str) for k in node):

@@ -31,10 +31,20 @@ def quantized_bits(config: Config) -> int | None:
 
 
 def check_method(config: Config, device: str) -> None:
-    """Refuse a method, quantization or optimizer this machine cannot run, naming the key."""
+    """Refuse a method, quantization or optimizer this machine cannot run, naming the key.
+
+    Quantized bases and 8-bit optimizers run wherever bitsandbytes' backend for `device` works
+    (its CUDA kernels, or its CPU backend): `tunesmith.models.quant.support` tries it."""
+    from tunesmith.models.quant import support
+    from tunesmith.training.lora_init import check_init
+
     if config.model.load_in_8bit and config.method != "lora":
         raise UserError(f"{config.origin('model.load_in_8bit')}: model.load_in_8bit goes with method: lora, "
                         f"not method: {config.method}")
+    if config.train.optimizer == "paged_adamw_8bit" and device != "cuda":
+        raise UserError(f"{config.origin('train.optimizer')}: train.optimizer: paged_adamw_8bit pages optimizer "
+                        "state between GPU and CPU memory, and there is no GPU here; on CPU use adamw_8bit")
+    check_init(config)
     needs: list[tuple[str, str]] = []  # (config key, what needs bitsandbytes)
     if config.method == "qlora":
         needs.append(("method", "method: qlora (4-bit NF4 base)"))
@@ -44,14 +54,12 @@ def check_method(config: Config, device: str) -> None:
         needs.append(("train.optimizer", f"train.optimizer: {config.train.optimizer}"))
     if not needs:
         return
-    key, what = needs[0]
-    if device != "cuda":
-        raise UserError(f"{config.origin(key)}: {what} needs a CUDA GPU (bitsandbytes kernels) and this machine "
-                        "has none; on CPU use method: lora or full with train.optimizer: adamw")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise UserError(f"{config.origin(key)}: {what} needs bitsandbytes: pip install bitsandbytes") from None
+    reason = support(device)
+    if reason:
+        key, what = needs[0]
+        instead = "method: lora" if key != "train.optimizer" else "train.optimizer: adamw"
+        raise UserError(f"{config.origin(key)}: {what} needs bitsandbytes on {device}, and {reason}; "
+                        f"or train with {instead}")
 
 
 def optimizer_name(config: Config) -> str:
@@ -77,10 +85,11 @@ class Trainable:
 def trainable_model(config: Config, ref: Any, *, device: str, precision: str) -> Trainable:
     """Load the base as the method says and mark what trains; `summary` is the line printed."""
     from tunesmith.models.load import count_parameters, load_model
+    from tunesmith.models.quant import bitsandbytes_config
 
     bits = quantized_bits(config)
     model = load_model(ref, dtype=config.model.dtype, device=device, attention=config.model.attention,
-                       quantization=_quantization(bits, precision) if bits else None)
+                       quantization=bitsandbytes_config(bits, precision) if bits else None)
     if config.method == "full":
         model.requires_grad_(True)
         if config.train.gradient_checkpointing:
@@ -95,9 +104,12 @@ def trainable_model(config: Config, ref: Any, *, device: str, precision: str) ->
     elif config.train.gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
     model = add_adapter(model, config)
+    from tunesmith.training.lora_init import after_adapter
+
+    after_adapter(model, config, ref.path)
     trainable, total = count_parameters(model)
     lora = config.lora
-    kind = "DoRA" if lora.dora else "LoRA"
+    kind = ("DoRA" if lora.dora else "LoRA") + (f" ({lora.init} init)" if lora.init != "default" else "")
     base = {4: " on a 4-bit NF4 base", 8: " on an 8-bit base"}.get(bits or 0, "")
     scale = f"alpha/sqrt(r) = {lora.alpha / lora.r ** 0.5:g}" if lora.rslora else f"alpha/r = {lora.alpha / lora.r:g}"
     summary = (f"{kind} r={lora.r}{base} ({scale}): {trainable:,} trainable of {total:,} parameters "
@@ -110,24 +122,14 @@ def add_adapter(model: Any, config: Config) -> Any:
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from tunesmith.training.lora_init import peft_init
+
     lora = config.lora
     torch.manual_seed(config.train.seed)  # adapter init is part of what the seed fixes
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                              target_modules=lora.target_modules, use_rslora=lora.rslora, use_dora=lora.dora,
-                             task_type="CAUSAL_LM", bias="none")
+                             init_lora_weights=peft_init(config), task_type="CAUSAL_LM", bias="none")
     return get_peft_model(model, peft_config)
-
-
-def _quantization(bits: int, precision: str) -> Any:
-    """bitsandbytes settings: NF4 + double quantization computing in the run's precision, or int8."""
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    if bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute)
 
 
 def expected_lora_parameters(model: Any, config: Config) -> int:

@@ -279,7 +279,9 @@ def _weights_size(p: Prepared, run_dir: Path) -> int:
 
 
 def _write_weights(p: Prepared, model: Any, adapter: Path, state: dict[str, Any] | None) -> None:
-    model.save_pretrained(str(adapter), state_dict=state)
+    from tunesmith.training.lora_init import save_adapter
+
+    save_adapter(model, adapter, state)
     p.tokenizer.chat_template = p.template.source
     p.tokenizer.save_pretrained(str(adapter))
     write_json(adapter / "tunesmith.json", {
