@@ -15,7 +15,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast setup clean browser golang llamacpp sshd
+.PHONY: demo test test-fast setup clean browser golang llamacpp sshd lint
 
 demo: $(STAMP)
 	$(VENV)/bin/tunesmith quickstart
@@ -31,6 +31,14 @@ test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not integration"
 
 setup: $(STAMP)
+
+# ruff (lint, and formatting checked) and the import contracts: config at the bottom, the CLI on top, the
+# library never importing the CLI, evaluate and export never importing training (pyproject.toml).
+LINTED := src tests bench scripts
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/lint-imports
 
 # Real llama.cpp for the GGUF export tests (tests/integration/test_gguf_llamacpp.py): llama-cpp-python built
 # from the registry's source distribution (about 6 minutes on 2 cores), the wheel cached in WHEEL_CACHE so
@@ -118,7 +126,7 @@ $(STAMP): pyproject.toml
 	  $(PIP) install -q "torch==$(TORCH_VERSION)+cpu" 2>/dev/null \
 	    || $(PIP) install -q "torch==$(TORCH_VERSION)+cpu" --index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple; \
 	fi
-	$(PIP) install -q -e ".[test,tracking,quant]"
+	$(PIP) install -q -e ".[test,tracking,quant,lint]"
 	@$(PY) -c "import torch, sys; cpu = not torch.cuda.is_available(); print('torch', torch.__version__, 'cuda' if not cpu else 'cpu')"
 	touch $(STAMP)
 

@@ -43,19 +43,22 @@ def main() -> None:
 
     from tunesmith.formatting.collate import collate_packed
     from tunesmith.formatting.packing import pack
+    from tunesmith.machine import attention_implementation
+    from tunesmith.models.attention import register
     from tunesmith.models.embedded import ensure_embedded_model
-    from tunesmith.models.load import attention_implementation
+
+    register()
 
     path = ensure_embedded_model("smollm2-135m-instruct")
     tokenizer = AutoTokenizer.from_pretrained(path)
     rows = []
     for row in docstring_rows(200):
         prompt = tokenizer.apply_chat_template(row["messages"][:-1], add_generation_prompt=True, return_dict=False)
-        full = tokenizer.apply_chat_template(row["messages"], return_dict=False)[:args.max_length]
-        rows.append({"input_ids": full, "labels": [-100] * len(prompt) + full[len(prompt):]})
+        full = tokenizer.apply_chat_template(row["messages"], return_dict=False)[: args.max_length]
+        rows.append({"input_ids": full, "labels": [-100] * len(prompt) + full[len(prompt) :]})
     bins = pack(rows, args.max_length)
     per = args.bins_per_step
-    batches = [collate_packed(bins[i:i + per]) for i in range(0, len(bins) - per + 1, per)]
+    batches = [collate_packed(bins[i : i + per]) for i in range(0, len(bins) - per + 1, per)]
     need = args.warmup + args.steps
     if len(batches) < need:
         raise SystemExit(f"only {len(batches)} batches; ask for fewer --steps")
@@ -63,18 +66,21 @@ def main() -> None:
     models, optimizers = {}, {}
     for kernel in KERNELS:
         torch.manual_seed(0)
-        base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                    attn_implementation=attention_implementation(kernel, "cpu"))
-        models[kernel] = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                                                         target_modules="all-linear", task_type="CAUSAL_LM")).train()
+        base = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, attn_implementation=attention_implementation(kernel, "cpu")
+        )
+        models[kernel] = get_peft_model(
+            base, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+        ).train()
         optimizers[kernel] = torch.optim.AdamW([p for p in models[kernel].parameters() if p.requires_grad], lr=2e-4)
 
     def step(kernel: str, batch: dict) -> float:
         targets = batch["labels"][:, 1:]
         keep = torch.cat([targets != -100, torch.zeros_like(targets[:, :1], dtype=torch.bool)], dim=1)
         started = time.perf_counter()
-        out = models[kernel](input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
-                             logits_to_keep=keep)
+        out = models[kernel](
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep
+        )
         loss = F.cross_entropy(out.logits.float(), targets[targets != -100])
         loss.backward()
         optimizers[kernel].step()
@@ -83,21 +89,31 @@ def main() -> None:
 
     rates: dict[str, list[float]] = {k: [] for k in KERNELS}
     for i, batch in enumerate(batches[:need]):
-        for kernel in (KERNELS if i % 2 == 0 else KERNELS[::-1]):
+        for kernel in KERNELS if i % 2 == 0 else KERNELS[::-1]:
             seconds = step(kernel, batch)
             if i >= args.warmup:
                 rates[kernel].append(batch["input_ids"].numel() / seconds)
-    tokens = statistics.mean(b["input_ids"].numel() for b in batches[args.warmup:need])
+    tokens = statistics.mean(b["input_ids"].numel() for b in batches[args.warmup : need])
     ratio = statistics.median(a / b for a, b in zip(rates["segments"], rates["sdpa"]))
-    lines = [f"Embedded SmolLM2-135M, LoRA r=16 on all linear layers, fp32, one training step (forward, backward, "
-             f"AdamW) on {per} packed bins of <= {args.max_length} tokens (mean {tokens:.0f} tokens per step) of "
-             f"stdlib-docstring rows; both kernels in one process, alternating step by step, median of "
-             f"{args.steps} steps after {args.warmup} warm-up; {torch.get_num_threads()} threads, {benchdoc.machine()}.", "",
-             "| kernel | tokens/s |", "|---|---:|"]
+    lines = [
+        f"Embedded SmolLM2-135M, LoRA r=16 on all linear layers, fp32, one training step (forward, backward, "
+        f"AdamW) on {per} packed bins of <= {args.max_length} tokens (mean {tokens:.0f} tokens per step) of "
+        f"stdlib-docstring rows; both kernels in one process, alternating step by step, median of "
+        f"{args.steps} steps after {args.warmup} warm-up; {torch.get_num_threads()} threads, {benchdoc.machine()}.",
+        "",
+        "| kernel | tokens/s |",
+        "|---|---:|",
+    ]
     lines += [f"| {kernel} | {statistics.median(rates[kernel]):.1f} |" for kernel in KERNELS]
-    lines += ["", f"segments / sdpa, median of the per-step ratios: **{ratio:.2f}x**", "",
-              "```bash", "HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_attention.py"
-              + ("" if (args.steps, per) == (6, 2) else f" --steps {args.steps} --bins-per-step {per}"), "```"]
+    lines += [
+        "",
+        f"segments / sdpa, median of the per-step ratios: **{ratio:.2f}x**",
+        "",
+        "```bash",
+        "HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_attention.py"
+        + ("" if (args.steps, per) == (6, 2) else f" --steps {args.steps} --bins-per-step {per}"),
+        "```",
+    ]
     body = "\n".join(lines)
     print(body)
     if not args.no_write:

@@ -21,8 +21,10 @@ from benchdoc import machine
 
 SECTION = "## data check"
 COMMAND = "HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_data_check.py"
-WORDS = ("light kitchen garage set turn brightness degrees calendar meeting remind tomorrow please the a "
-         "morning evening music volume door lock open close temperature weather add event at to of on").split()
+WORDS = (
+    "light kitchen garage set turn brightness degrees calendar meeting remind tomorrow please the a "
+    "morning evening music volume door lock open close temperature weather add event at to of on"
+).split()
 
 
 def alpaca_rows(count: int, seed: int = 0):
@@ -36,9 +38,9 @@ def alpaca_rows(count: int, seed: int = 0):
 
 
 def run(rows: int, workers: int | None = None) -> tuple[float, object]:
-    from tunesmith.formatting.measure import measure_for as build_measure
     from tunesmith.data.check import check_files
     from tunesmith.data.formats import FormatOptions
+    from tunesmith.formatting.measure import measure_for as build_measure
 
     measure = build_measure("smollm2-135m-instruct", train_on="assistant")
     with tempfile.TemporaryDirectory() as folder:
@@ -47,18 +49,21 @@ def run(rows: int, workers: int | None = None) -> tuple[float, object]:
             for row in alpaca_rows(rows):
                 handle.write(json.dumps(row) + "\n")
         started = time.perf_counter()
-        report = check_files([str(path)], options=FormatOptions(), measure=measure, max_length=1024,
-                             workers=workers)
+        report = check_files([str(path)], options=FormatOptions(), measure=measure, max_length=1024, workers=workers)
         return time.perf_counter() - started, report
 
 
 def write_section(rows: int, seconds: float, workers: int) -> None:
-    benchdoc.write_section(SECTION, (
-        f"data check, {rows:,} Alpaca rows, embedded tokenizer: **{seconds:.1f} s** "
-        f"({rows / seconds:,.0f} rows/s) on {machine()}; rows encoded in {workers} worker "
-        f"process{'es' if workers > 1 else ''}. Timed: the `check_files` call (read, check, encode, "
-        f"deduplicate, count every row); loading the tokenizer (a few seconds) is not.\n\n"
-        f"```bash\n{COMMAND}{'' if rows == 100_000 else f' --rows {rows}'}\n```"))
+    benchdoc.write_section(
+        SECTION,
+        (
+            f"data check, {rows:,} Alpaca rows, embedded tokenizer: **{seconds:.1f} s** "
+            f"({rows / seconds:,.0f} rows/s) on {machine()}; rows encoded in {workers} worker "
+            f"process{'es' if workers > 1 else ''}. Timed: the `check_files` call (read, check, encode, "
+            f"deduplicate, count every row); loading the tokenizer (a few seconds) is not.\n\n"
+            f"```bash\n{COMMAND}{'' if rows == 100_000 else f' --rows {rows}'}\n```"
+        ),
+    )
 
 
 def main() -> None:

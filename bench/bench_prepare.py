@@ -63,14 +63,23 @@ def run(rows: int) -> dict:
 
     ensure_embedded_model("smollm2-135m-instruct")
     import tunesmith.training.trainer  # noqa: F401 - imports (transformers' Trainer: seconds) are not data work
+
     with tempfile.TemporaryDirectory(prefix="bench-prepare-") as folder:
         data = Path(folder) / "alpaca.jsonl"
         write_rows(data, rows)
         config_path = Path(folder) / "config.yaml"
-        config_path.write_text(json.dumps({
-            "name": "bench", "output_dir": str(Path(folder) / "runs"), "model": {"name": "smollm2-135m-instruct"},
-            "data": {"train": str(data)}, "template": {"train_on": "assistant", "max_length": MAX_LENGTH},
-            "train": {"packing": "bins"}}))
+        config_path.write_text(
+            json.dumps(
+                {
+                    "name": "bench",
+                    "output_dir": str(Path(folder) / "runs"),
+                    "model": {"name": "smollm2-135m-instruct"},
+                    "data": {"train": str(data)},
+                    "template": {"train_on": "assistant", "max_length": MAX_LENGTH},
+                    "train": {"packing": "bins"},
+                }
+            )
+        )
         config = load_config(config_path)
         cold, prepared, bins = prepare_once(config)
         assert not prepared.splits["train"].cached
@@ -83,18 +92,29 @@ def run(rows: int) -> dict:
         tokenizer, template, markers = _formatting(config, ref)
         shutil.rmtree(cache.cache_dir() / _key(config, "train", tokenizer, template, markers), ignore_errors=True)
     report = prepared.splits["train"].report
-    return {"rows": rows, "cold_s": cold, "cached_s": warm, "examples": report.examples, "tokens": report.tokens,
-            "trained": report.trainable_tokens, "bins": len(bins)}
+    return {
+        "rows": rows,
+        "cold_s": cold,
+        "cached_s": warm,
+        "examples": report.examples,
+        "tokens": report.tokens,
+        "trained": report.trainable_tokens,
+        "bins": len(bins),
+    }
 
 
 def write_section(result: dict) -> None:
-    benchdoc.write_section(SECTION, (
-        f"{result['rows']:,} Alpaca rows (the data check's seeded rows), embedded model's tokenizer and chat "
-        f"template, max length {MAX_LENGTH}: read, check, render, tokenize, mask, audit, cache and group into "
-        f"{result['bins']:,} bins (each bin's lists are concatenated when the data loader reads it): "
-        f"**{result['cold_s']:.1f} s** cold, **{result['cached_s']:.2f} s** from the processed-data cache (bars: "
-        f"30 s and 3 s). {result['tokens']:,} tokens, {result['trained']:,} trained. {machine()}.\n\n"
-        f"```bash\n{COMMAND}{'' if result['rows'] == 100_000 else ' --rows ' + str(result['rows'])}\n```"))
+    benchdoc.write_section(
+        SECTION,
+        (
+            f"{result['rows']:,} Alpaca rows (the data check's seeded rows), embedded model's tokenizer and chat "
+            f"template, max length {MAX_LENGTH}: read, check, render, tokenize, mask, audit, cache and group into "
+            f"{result['bins']:,} bins (each bin's lists are concatenated when the data loader reads it): "
+            f"**{result['cold_s']:.1f} s** cold, **{result['cached_s']:.2f} s** from the processed-data cache (bars: "
+            f"30 s and 3 s). {result['tokens']:,} tokens, {result['trained']:,} trained. {machine()}.\n\n"
+            f"```bash\n{COMMAND}{'' if result['rows'] == 100_000 else ' --rows ' + str(result['rows'])}\n```"
+        ),
+    )
 
 
 def main() -> None:

@@ -40,16 +40,71 @@ import benchdoc
 SECTION = "## LoRA training against TRL (CPU)"
 COMMAND = "HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_trl.py"
 MODES = ("tunesmith", "trl", "trl-packing")
-MODULES = ("json", "os", "os.path", "collections", "itertools", "functools", "re", "textwrap", "string", "datetime",
-           "pathlib", "statistics", "math", "shutil", "subprocess", "tempfile", "random", "heapq", "bisect", "csv",
-           "argparse", "logging", "inspect", "typing", "dataclasses", "enum", "hashlib", "base64", "zipfile",
-           "tarfile", "gzip", "urllib.parse", "html", "difflib", "fractions", "decimal", "operator", "copy",
-           "pickle", "struct", "threading", "queue", "socket", "sqlite3", "uuid", "time", "calendar", "glob",
-           "fnmatch", "shlex", "traceback", "warnings", "contextlib", "abc", "io", "codecs", "unicodedata")
+MODULES = (
+    "json",
+    "os",
+    "os.path",
+    "collections",
+    "itertools",
+    "functools",
+    "re",
+    "textwrap",
+    "string",
+    "datetime",
+    "pathlib",
+    "statistics",
+    "math",
+    "shutil",
+    "subprocess",
+    "tempfile",
+    "random",
+    "heapq",
+    "bisect",
+    "csv",
+    "argparse",
+    "logging",
+    "inspect",
+    "typing",
+    "dataclasses",
+    "enum",
+    "hashlib",
+    "base64",
+    "zipfile",
+    "tarfile",
+    "gzip",
+    "urllib.parse",
+    "html",
+    "difflib",
+    "fractions",
+    "decimal",
+    "operator",
+    "copy",
+    "pickle",
+    "struct",
+    "threading",
+    "queue",
+    "socket",
+    "sqlite3",
+    "uuid",
+    "time",
+    "calendar",
+    "glob",
+    "fnmatch",
+    "shlex",
+    "traceback",
+    "warnings",
+    "contextlib",
+    "abc",
+    "io",
+    "codecs",
+    "unicodedata",
+)
 WARMUP = 2
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 LEARNING_RATE = 2e-4
-TOKENS_PER_STEP = 1024  # tunesmith: 2 micro-batches of one 512 bin; TRL packing: 2 rows of 512; TRL padded: rows to match
+TOKENS_PER_STEP = (
+    1024  # tunesmith: 2 micro-batches of one 512 bin; TRL packing: 2 rows of 512; TRL padded: rows to match
+)
 
 
 # ---------------------------------------------------------------- data
@@ -72,8 +127,14 @@ def docstring_rows(limit: int, seed: int = 0) -> list[dict]:
             if not doc or len(doc) < 60:
                 continue
             answer = re.sub(r"\n{3,}", "\n\n", doc.strip())[:1800]
-            rows.append({"messages": [{"role": "user", "content": f"What does `{name}.{attr}` do in Python?"},
-                                      {"role": "assistant", "content": answer}]})
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"What does `{name}.{attr}` do in Python?"},
+                        {"role": "assistant", "content": answer},
+                    ]
+                }
+            )
     random.Random(seed).shuffle(rows)
     return rows[:limit]
 
@@ -108,17 +169,33 @@ def run_tunesmith(train: Path, out: Path, max_length: int) -> tuple[dict, object
     from tunesmith.training.run import train as tunesmith_train
 
     config_path = out / "config.yaml"
-    config_path.write_text(json.dumps({
-        "name": "bench", "output_dir": str(out / "runs"), "model": {"name": "smollm2-135m-instruct"},
-        "data": {"train": str(train)}, "template": {"train_on": "assistant", "max_length": max_length},
-        "lora": {**LORA, "target_modules": "all-linear"},
-        # the same tokens per optimizer step as TRL, in micro-batches of one bin: activations of 512 tokens
-        # at a time, so no gradient checkpointing is needed to stay under TRL's memory (TRL's default is on)
-        "train": {"epochs": 1, "packing": "bins", "batch_size": 1,
-                  "gradient_accumulation": TOKENS_PER_STEP // max_length,
-                  "learning_rate": LEARNING_RATE, "lr_scheduler": "linear", "warmup_ratio": 0.0,
-                  "weight_decay": 0.0, "optimizer": "adamw", "logging_steps": 1, "seed": 0},
-    }))
+    config_path.write_text(
+        json.dumps(
+            {
+                "name": "bench",
+                "output_dir": str(out / "runs"),
+                "model": {"name": "smollm2-135m-instruct"},
+                "data": {"train": str(train)},
+                "template": {"train_on": "assistant", "max_length": max_length},
+                "lora": {**LORA, "target_modules": "all-linear"},
+                # the same tokens per optimizer step as TRL, in micro-batches of one bin: activations of 512 tokens
+                # at a time, so no gradient checkpointing is needed to stay under TRL's memory (TRL's default is on)
+                "train": {
+                    "epochs": 1,
+                    "packing": "bins",
+                    "batch_size": 1,
+                    "gradient_accumulation": TOKENS_PER_STEP // max_length,
+                    "learning_rate": LEARNING_RATE,
+                    "lr_scheduler": "linear",
+                    "warmup_ratio": 0.0,
+                    "weight_decay": 0.0,
+                    "optimizer": "adamw",
+                    "logging_steps": 1,
+                    "seed": 0,
+                },
+            }
+        )
+    )
     result = tunesmith_train(load_config(config_path))
     steps = [json.loads(line) for line in (Path(result.run_dir) / "metrics.jsonl").read_text().splitlines()]
     marks = [(s["elapsed_s"], s["tokens_seen"]) for s in steps if "tokens_seen" in s]
@@ -139,16 +216,17 @@ def run_trl(train: Path, out: Path, max_length: int, packing: bool) -> tuple[dic
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
+    from tunesmith.machine import cpu_has_native_bf16
     from tunesmith.models.embedded import ensure_embedded_model
-    from tunesmith.training.hardware import cpu_has_native_bf16
 
     path = ensure_embedded_model("smollm2-135m-instruct")
     rows = [json.loads(line) for line in train.read_text().splitlines()]
     # prompt-completion rows: TRL trains on the completion only (as tunesmith trains on the answer only)
     dataset = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
     tokenizer = AutoTokenizer.from_pretrained(path)
-    mean_len = statistics.mean(len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=False))
-                               for r in rows)
+    mean_len = statistics.mean(
+        len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=False)) for r in rows
+    )
     batch = TOKENS_PER_STEP // max_length if packing else max(1, round(TOKENS_PER_STEP / mean_len))
     marks: list[tuple[float, int]] = []
     start = time.perf_counter()
@@ -157,23 +235,51 @@ def run_trl(train: Path, out: Path, max_length: int, packing: bool) -> tuple[dic
         def on_step_end(self, args, state, control, **kwargs):
             marks.append((time.perf_counter() - start, int(state.num_input_tokens_seen)))
 
-    args = SFTConfig(output_dir=str(out / "trl"), use_cpu=True, max_length=max_length, packing=packing,
-                     per_device_train_batch_size=batch, num_train_epochs=1, learning_rate=LEARNING_RATE,
-                     lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, optim="adamw_torch",
-                     logging_steps=1, save_strategy="no", report_to=[], seed=0,
-                     # TRL's default bf16=True is emulated on a CPU without AVX-512 BF16/AMX (about 190 s per
-                     # 128-token step here): compare at tunesmith's precision on such a CPU instead
-                     bf16=cpu_has_native_bf16(),
-                     include_num_input_tokens_seen="non_padding")
-    peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                             target_modules="all-linear", task_type="CAUSAL_LM")
+    args = SFTConfig(
+        output_dir=str(out / "trl"),
+        use_cpu=True,
+        max_length=max_length,
+        packing=packing,
+        per_device_train_batch_size=batch,
+        num_train_epochs=1,
+        learning_rate=LEARNING_RATE,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        optim="adamw_torch",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=0,
+        # TRL's default bf16=True is emulated on a CPU without AVX-512 BF16/AMX (about 190 s per
+        # 128-token step here): compare at tunesmith's precision on such a CPU instead
+        bf16=cpu_has_native_bf16(),
+        include_num_input_tokens_seen="non_padding",
+    )
+    peft_config = LoraConfig(
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[Marks()])
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[Marks()],
+    )
     start = time.perf_counter()
     trainer.train()
-    return {"steps": len(marks), "tokens": marks[-1][1], "tokens_per_s": throughput(marks),
-            "batch": batch}, trainer.model
+    return {
+        "steps": len(marks),
+        "tokens": marks[-1][1],
+        "tokens_per_s": throughput(marks),
+        "batch": batch,
+    }, trainer.model
 
 
 def eval_loss(model: object, held: Path, max_length: int) -> tuple[float, int]:
@@ -187,10 +293,17 @@ def eval_loss(model: object, held: Path, max_length: int) -> tuple[float, int]:
     from tunesmith.models.embedded import ensure_embedded_model
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_embedded_model("smollm2-135m-instruct"))
-    samples = load_split(source_specs(DataConfig(train=str(held), test=str(held)), "test"), split="test",
-                         policy="fail", seed=0).samples
-    examples = encode_for_loss(samples, build_template(tokenizer, "model"), tokenizer, train_on="assistant",
-                               max_length=max_length, markers=end_of_turn_markers(tokenizer))
+    samples = load_split(
+        source_specs(DataConfig(train=str(held), test=str(held)), "test"), split="test", policy="fail", seed=0
+    ).samples
+    examples = encode_for_loss(
+        samples,
+        build_template(tokenizer, "model"),
+        tokenizer,
+        train_on="assistant",
+        max_length=max_length,
+        markers=end_of_turn_markers(tokenizer),
+    )
     result = split_loss(model, examples)
     return result["loss"], result["tokens"]
 
@@ -218,11 +331,14 @@ def table(results: dict[str, list[dict]]) -> str:
         if mode not in results:
             continue
         rate = median(mode, "tokens_per_s")
-        lines.append(f"| {mode} | {rate:,.0f} | {ours / rate:.2f}x slower than tunesmith | "
-                     f"{median(mode, 'peak_rss_mb'):,.0f} MiB | {median(mode, 'eval_loss'):.4f} | "
-                     f"{int(median(mode, 'steps'))} |" if mode != "tunesmith" else
-                     f"| tunesmith | {rate:,.0f} | 1.00x | {median(mode, 'peak_rss_mb'):,.0f} MiB | "
-                     f"{median(mode, 'eval_loss'):.4f} | {int(median(mode, 'steps'))} |")
+        lines.append(
+            f"| {mode} | {rate:,.0f} | {ours / rate:.2f}x slower than tunesmith | "
+            f"{median(mode, 'peak_rss_mb'):,.0f} MiB | {median(mode, 'eval_loss'):.4f} | "
+            f"{int(median(mode, 'steps'))} |"
+            if mode != "tunesmith"
+            else f"| tunesmith | {rate:,.0f} | 1.00x | {median(mode, 'peak_rss_mb'):,.0f} MiB | "
+            f"{median(mode, 'eval_loss'):.4f} | {int(median(mode, 'steps'))} |"
+        )
     return "\n".join(lines)
 
 
@@ -248,27 +364,43 @@ def main() -> None:
         folder = Path(tmp)
         write_data(folder, args.rows, args.eval_rows)
         for round_ in range(args.rounds):
-            for mode in (modes if round_ % 2 == 0 else modes[::-1]):  # alternate the order each round
+            for mode in modes if round_ % 2 == 0 else modes[::-1]:  # alternate the order each round
                 out = folder / f"{mode}-{round_}"
                 out.mkdir()
-                done = subprocess.run([sys.executable, __file__, "--worker", mode, "--data", str(folder),
-                                       "--out", str(out), "--max-length", str(args.max_length)],
-                                      capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                done = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--worker",
+                        mode,
+                        "--data",
+                        str(folder),
+                        "--out",
+                        str(out),
+                        "--max-length",
+                        str(args.max_length),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                )
                 line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
                 if done.returncode != 0 or line is None:
                     raise SystemExit(f"{mode} failed:\n{done.stderr[-4000:]}")
-                results[mode].append(json.loads(line[len("RESULT "):]))
+                results[mode].append(json.loads(line[len("RESULT ") :]))
                 print(mode, results[mode][-1], flush=True)
-    text = (f"Embedded SmolLM2-135M, LoRA r=16/alpha 32 on all linear layers, max length "
-            f"{args.max_length}, AdamW (torch), lr {LEARNING_RATE}, linear schedule, one epoch of {args.rows} "
-            f"stdlib-docstring instruction rows; eval loss on {args.eval_rows} held-out rows, computed the same "
-            f"way for all. {benchdoc.machine()}; median of {args.rounds} round(s), trainers alternating in separate "
-            f"processes. Tokens/s counts non-padding tokens after {WARMUP} warm-up steps. Each optimizer step "
-            f"is {TOKENS_PER_STEP} tokens: tunesmith as 2 accumulated micro-batches of one packed bin (its `segments` "
-            f"attention, no gradient checkpointing); TRL packing as 2 rows of {args.max_length}; TRL's defaults as "
-            f"padded rows, as many as make {TOKENS_PER_STEP} tokens on average; both TRL modes with TRL's default "
-            f"gradient checkpointing. Peak RSS is the whole training process's (`ru_maxrss`).\n\n"
-            f"{table(results)}\n\n```bash\n{COMMAND} --rows {args.rows} --rounds {args.rounds}\n```\n")
+    text = (
+        f"Embedded SmolLM2-135M, LoRA r=16/alpha 32 on all linear layers, max length "
+        f"{args.max_length}, AdamW (torch), lr {LEARNING_RATE}, linear schedule, one epoch of {args.rows} "
+        f"stdlib-docstring instruction rows; eval loss on {args.eval_rows} held-out rows, computed the same "
+        f"way for all. {benchdoc.machine()}; median of {args.rounds} round(s), trainers alternating in separate "
+        f"processes. Tokens/s counts non-padding tokens after {WARMUP} warm-up steps. Each optimizer step "
+        f"is {TOKENS_PER_STEP} tokens: tunesmith as 2 accumulated micro-batches of one packed bin (its `segments` "
+        f"attention, no gradient checkpointing); TRL packing as 2 rows of {args.max_length}; TRL's defaults as "
+        f"padded rows, as many as make {TOKENS_PER_STEP} tokens on average; both TRL modes with TRL's default "
+        f"gradient checkpointing. Peak RSS is the whole training process's (`ru_maxrss`).\n\n"
+        f"{table(results)}\n\n```bash\n{COMMAND} --rows {args.rows} --rounds {args.rounds}\n```\n"
+    )
     print(text)
     if not args.no_write:
         benchdoc.write_section(SECTION, text)

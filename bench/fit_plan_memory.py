@@ -22,14 +22,21 @@ from pathlib import Path
 # (model, method, precision, max_length, batch): precision "auto" is bf16 autocast where the CPU
 # has AVX-512 BF16 / AMX, else fp32
 GRID = [
-    ("embedded", "lora", "auto", 128, 2), ("embedded", "full", "auto", 128, 2), ("embedded", "lora", "fp32", 128, 2),
+    ("embedded", "lora", "auto", 128, 2),
+    ("embedded", "full", "auto", 128, 2),
+    ("embedded", "lora", "fp32", 128, 2),
     ("embedded", "full", "fp32", 128, 2),
-    ("qwen2-biases", "lora", "auto", 256, 1), ("qwen2-biases", "full", "auto", 256, 1),
-    ("qwen2-biases", "lora", "auto", 1024, 2), ("qwen2-biases", "full", "auto", 1024, 2),
-    ("qwen2-biases", "lora", "fp32", 1024, 2), ("qwen2-biases", "full", "fp32", 256, 1),
-    ("llama-wide", "lora", "auto", 256, 2), ("llama-wide", "full", "auto", 256, 2),
+    ("qwen2-biases", "lora", "auto", 256, 1),
+    ("qwen2-biases", "full", "auto", 256, 1),
+    ("qwen2-biases", "lora", "auto", 1024, 2),
+    ("qwen2-biases", "full", "auto", 1024, 2),
+    ("qwen2-biases", "lora", "fp32", 1024, 2),
+    ("qwen2-biases", "full", "fp32", 256, 1),
+    ("llama-wide", "lora", "auto", 256, 2),
+    ("llama-wide", "full", "auto", 256, 2),
     ("llama-wide", "lora", "fp32", 256, 2),
-    ("mistral-hd128", "lora", "auto", 1024, 1), ("mistral-hd128", "full", "auto", 1024, 1),
+    ("mistral-hd128", "lora", "auto", 1024, 1),
+    ("mistral-hd128", "full", "auto", 1024, 1),
     ("mistral-hd128", "lora", "fp32", 1024, 2),
 ]
 
@@ -39,8 +46,12 @@ OLD_SHARE = 0.65
 
 
 def settings_for(model: str, method: str, precision: str, length: int, batch: int, folder: Path) -> list[str]:
-    out = [f"method={method}", f"train.precision={precision}", f"template.max_length={length}",
-           f"train.batch_size={batch}"]
+    out = [
+        f"method={method}",
+        f"train.precision={precision}",
+        f"template.max_length={length}",
+        f"train.batch_size={batch}",
+    ]
     if model != "embedded":
         from tunesmith.plan.measure import random_model
 
@@ -72,8 +83,10 @@ def main() -> None:
     from tunesmith.plan.estimate import estimate_memory
 
     rows = []
-    print(f"{'shape':40} {'tokens':>6} {'before':>7} {'after':>7} {'measured':>8} {'before':>7} {'after':>7} "
-          f"{'live':>6} {'heap':>6} {'share':>6} {'s':>4}   (MiB; errors; share: (measured - live) / heap)")
+    print(
+        f"{'shape':40} {'tokens':>6} {'before':>7} {'after':>7} {'measured':>8} {'before':>7} {'after':>7} "
+        f"{'live':>6} {'heap':>6} {'share':>6} {'s':>4}   (MiB; errors; share: (measured - live) / heap)"
+    )
     for model, method, precision, length, batch in GRID:
         if args.only and model not in args.only:
             continue
@@ -87,25 +100,46 @@ def main() -> None:
         phase = est.parts["activations"] + est.parts["logits"]
         heap = est.settings["heap_activation_bytes"]
         before = live + int(OLD_SHARE * phase)
-        row = {"model": model, "method": method, "precision": got["precision"], "max_length": length, "batch": batch,
-               "tokens": est.batch.tokens, "before": before, "predicted": est.total_bytes, "measured": measured,
-               "live": live, "activation_phase": phase, "heap": heap, "parts": est.parts,
-               "error_before": before / measured - 1, "error": est.total_bytes / measured - 1,
-               "implied_heap_share": (measured - live) / max(heap, 1), "seconds": round(seconds, 1)}
+        row = {
+            "model": model,
+            "method": method,
+            "precision": got["precision"],
+            "max_length": length,
+            "batch": batch,
+            "tokens": est.batch.tokens,
+            "before": before,
+            "predicted": est.total_bytes,
+            "measured": measured,
+            "live": live,
+            "activation_phase": phase,
+            "heap": heap,
+            "parts": est.parts,
+            "error_before": before / measured - 1,
+            "error": est.total_bytes / measured - 1,
+            "implied_heap_share": (measured - live) / max(heap, 1),
+            "seconds": round(seconds, 1),
+        }
         rows.append(row)
         name = f"{model} {method} {got['precision']} {length}x{batch}"
         mib = 2**20
-        print(f"{name:40} {est.batch.tokens:6} {before / mib:7.0f} {est.total_bytes / mib:7.0f} {measured / mib:8.0f} "
-              f"{row['error_before']:+7.1%} {row['error']:+7.1%} {live / mib:6.0f} {heap / mib:6.0f} "
-              f"{row['implied_heap_share']:6.2f} {seconds:4.0f}", flush=True)
+        print(
+            f"{name:40} {est.batch.tokens:6} {before / mib:7.0f} {est.total_bytes / mib:7.0f} {measured / mib:8.0f} "
+            f"{row['error_before']:+7.1%} {row['error']:+7.1%} {live / mib:6.0f} {heap / mib:6.0f} "
+            f"{row['implied_heap_share']:6.2f} {seconds:4.0f}",
+            flush=True,
+        )
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1))
-    for key, label in (("error_before", f"before (one share {OLD_SHARE} of activations + logits)"),
-                       ("error", "after (cpu_allocator_bytes)")):
+    for key, label in (
+        ("error_before", f"before (one share {OLD_SHARE} of activations + logits)"),
+        ("error", "after (cpu_allocator_bytes)"),
+    ):
         errors = [r[key] for r in rows]
         if errors:
-            print(f"{label}: within 20% {sum(abs(e) < 0.2 for e in errors)} of {len(errors)}, mean "
-                  f"{sum(errors) / len(errors):+.1%}, worst {max(errors, key=abs):+.1%}")
+            print(
+                f"{label}: within 20% {sum(abs(e) < 0.2 for e in errors)} of {len(errors)}, mean "
+                f"{sum(errors) / len(errors):+.1%}, worst {max(errors, key=abs):+.1%}"
+            )
 
 
 if __name__ == "__main__":

@@ -32,9 +32,10 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
@@ -52,8 +53,18 @@ DEFAULT_BUDGET_S = 450.0  # 7.5 minutes
 METHODS = ("lora", "qlora")
 TOOLS = ("tunesmith", "trl")
 LOGS = "gpu-check-logs.txt"
-VERSIONED = ("torch", "transformers", "peft", "trl", "liger-kernel", "bitsandbytes", "accelerate", "triton",
-             "datasets", "tunesmith")
+VERSIONED = (
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "liger-kernel",
+    "bitsandbytes",
+    "accelerate",
+    "triton",
+    "datasets",
+    "tunesmith",
+)
 
 
 @dataclass
@@ -106,12 +117,15 @@ class Launcher:
     def run(self, argv: list[str], *, timeout: float, cwd: Path | None = None, env: dict | None = None) -> Done:
         started = time.perf_counter()
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=max(timeout, 1), cwd=cwd,
-                                  env=env, errors="replace")
+            done = subprocess.run(
+                argv, capture_output=True, text=True, timeout=max(timeout, 1), cwd=cwd, env=env, errors="replace"
+            )
             return Done(done.returncode, done.stdout, done.stderr, time.perf_counter() - started)
         except subprocess.TimeoutExpired as err:
+
             def text(b: Any) -> str:
                 return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+
             return Done(124, text(err.stdout), text(err.stderr), time.perf_counter() - started, timed_out=True)
 
     def start(self, argv: list[str], *, log: Path, env: dict | None = None) -> Any:
@@ -133,8 +147,15 @@ def schedule(shapes: tuple[str, ...], methods: tuple[str, ...], tools: tuple[str
     runs = []
     for shape, method in ordered:
         for tool in tools:
-            runs.append({"id": f"{len(runs) + 1:02d}-{shape}-{method}-{tool}", "shape": shape,
-                         "method": method, "tool": tool, "status": "pending"})
+            runs.append(
+                {
+                    "id": f"{len(runs) + 1:02d}-{shape}-{method}-{tool}",
+                    "shape": shape,
+                    "method": method,
+                    "tool": tool,
+                    "status": "pending",
+                }
+            )
     return runs
 
 
@@ -153,20 +174,33 @@ class Check:
         self.builder: Any = None
         self.prepare_error: str | None = None
         self.results: dict[str, Any] = {
-            "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "budget_s": options.budget_s,
-            "elapsed_s": 0.0, "machine": {}, "settings": {}, "flops_formula": model.FORMULA,
-            "steps": {"gpu_tests": {"status": "pending"},
-                      "training": {"status": "pending", "runs": schedule(options.shapes, options.methods)},
-                      "plan_memory": {"status": "pending", "checks": []}},
-            "notes": []}
+            "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "budget_s": options.budget_s,
+            "elapsed_s": 0.0,
+            "machine": {},
+            "settings": {},
+            "flops_formula": model.FORMULA,
+            "steps": {
+                "gpu_tests": {"status": "pending"},
+                "training": {"status": "pending", "runs": schedule(options.shapes, options.methods)},
+                "plan_memory": {"status": "pending", "checks": []},
+            },
+            "notes": [],
+        }
 
     # ------------------------------------------------------------------ bookkeeping
 
     def env(self) -> dict[str, str]:
         """The child processes' environment: offline, and tunesmith importable even where it is not installed."""
         path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(SRC)) if p)
-        return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
-                "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONPATH": path}
+        return {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "PYTHONPATH": path,
+        }
 
     def log(self, name: str, text: str) -> None:
         """Append a process's output to $OUT/gpu-check-logs.txt (one file: a device call returns few files)."""
@@ -182,12 +216,14 @@ class Check:
         self.results["elapsed_s"] = round(self.budget.elapsed(), 1)
         write_outputs(self.options.out, self.results)
 
-    def step(self, name: str, fn: Callable[["Check"], dict], *, needs_s: float = 1.0) -> None:
+    def step(self, name: str, fn: Callable[[Check], dict], *, needs_s: float = 1.0) -> None:
         """Run one step: its dict of results, or its error, or 'skipped' when the budget is spent."""
         record = self.results["steps"][name]
         if self.budget.left() < needs_s:
-            record.update(status="skipped", reason=f"time budget: {self.budget.left():.0f} s left of "
-                                                    f"{self.options.budget_s:.0f} s")
+            record.update(
+                status="skipped",
+                reason=f"time budget: {self.budget.left():.0f} s left of {self.options.budget_s:.0f} s",
+            )
             self.note(f"{name}: skipped, {record['reason']}")
         else:
             started = self.budget.elapsed()
@@ -195,8 +231,9 @@ class Check:
                 record.update(fn(self))
                 record.setdefault("status", "ok")
             except Exception as err:  # noqa: BLE001 - a failing step is recorded and the next one runs
-                record.update(status="error", error=f"{type(err).__name__}: {err}",
-                              traceback=tail(traceback.format_exc(), 4000))
+                record.update(
+                    status="error", error=f"{type(err).__name__}: {err}", traceback=tail(traceback.format_exc(), 4000)
+                )
                 self.note(f"{name}: error: {type(err).__name__}: {err}")
             record["seconds"] = round(self.budget.elapsed() - started, 1)
         self.save()
@@ -212,17 +249,25 @@ class Check:
                 pass
         gpu = None
         try:
-            done = self.launcher.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
-                                      "--format=csv,noheader"], timeout=30)
+            done = self.launcher.run(
+                ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"], timeout=30
+            )
             lines = [x.strip() for x in done.stdout.splitlines() if x.strip()]
             gpu = lines[0] if done.rc == 0 and lines else None
         except (OSError, ValueError):
             pass
         name = gpu.split(",")[0].strip() if gpu else None
         peak, source = model.peak_flops(name)
-        return {"gpu": gpu, "gpu_name": name, "gpus": 0 if gpu is None else len(lines), "peak_flops": peak,
-                "peak_source": source, "versions": versions, "python": sys.version.split()[0],
-                "cpu_count": os.cpu_count()}
+        return {
+            "gpu": gpu,
+            "gpu_name": name,
+            "gpus": 0 if gpu is None else len(lines),
+            "peak_flops": peak,
+            "peak_source": source,
+            "versions": versions,
+            "python": sys.version.split()[0],
+            "cpu_count": os.cpu_count(),
+        }
 
     def prepare(self) -> None:
         """Data, configs and the model folders' tokenizer and config.json (what step 3 needs), then the
@@ -238,16 +283,30 @@ class Check:
         self.configs: dict[str, Path] = {}
         for run in self.results["steps"]["training"]["runs"]:
             if run["tool"] == "tunesmith":
-                config = data.tunesmith_config(name=run["id"], output_dir=self.work / "runs", model=self.model_dirs[
-                    run["shape"]], data=self.data_file, method=run["method"], steps=o.steps, max_length=o.max_length,
-                    lora=o.lora)
+                config = data.tunesmith_config(
+                    name=run["id"],
+                    output_dir=self.work / "runs",
+                    model=self.model_dirs[run["shape"]],
+                    data=self.data_file,
+                    method=run["method"],
+                    steps=o.steps,
+                    max_length=o.max_length,
+                    lora=o.lora,
+                )
                 self.configs[run["id"]] = data.write_config(self.work / "configs" / f"{run['id']}.yaml", config)
         self.results["settings"] = {
-            "steps": o.steps, "warmup_steps": o.warmup, "tokens_per_micro_batch": o.max_length, "rows": o.rows,
-            "conversation_tokens": {"total": sum(self.lengths), "min": min(self.lengths), "max": max(self.lengths),
-                                    "longer_than_max_length": too_long},
-            "lora": {**o.lora, "target_modules": "all-linear"}, "trl_gradient_checkpointing":
-                o.trl_gradient_checkpointing,
+            "steps": o.steps,
+            "warmup_steps": o.warmup,
+            "tokens_per_micro_batch": o.max_length,
+            "rows": o.rows,
+            "conversation_tokens": {
+                "total": sum(self.lengths),
+                "min": min(self.lengths),
+                "max": max(self.lengths),
+                "longer_than_max_length": too_long,
+            },
+            "lora": {**o.lora, "target_modules": "all-linear"},
+            "trl_gradient_checkpointing": o.trl_gradient_checkpointing,
             "description": (
                 f"Random-weight Llama shapes, {o.rows} synthetic chat rows ({sum(self.lengths):,} tokens, "
                 f"{min(self.lengths)}-{max(self.lengths)} per conversation), one packed micro-batch of <= "
@@ -256,14 +315,19 @@ class Check:
                 f"tunesmith: `tunesmith train` (sdpa, no gradient checkpointing). TRL: SFTTrainer, packing (BFD), "
                 f"padding_free, use_liger_kernel, sdpa, gradient checkpointing {o.trl_gradient_checkpointing} "
                 f"(TRL's default is on). Each run in its own process, tunesmith and TRL alternating. MFU: "
-                f"model FLOPs per token (see below) x tokens/s / {self.results['machine'].get('peak_flops', 0) / 1e12:.0f} "
-                f"TFLOP/s. Memory: `torch.cuda.max_memory_allocated`, GiB.")}
+                "model FLOPs per token (see below) x tokens/s / "
+                f"{self.results['machine'].get('peak_flops', 0) / 1e12:.0f} "
+                f"TFLOP/s. Memory: `torch.cuda.max_memory_allocated`, GiB."
+            ),
+        }
         if not self.results["machine"].get("gpu"):
             return  # no run will need the weights
         specs = [f"{shape}={folder}" for shape, folder in self.model_dirs.items()]
-        self.builder = self.launcher.start([sys.executable, str(HERE / "gpu_check_workers.py"), "build", *specs],
-                                           log=self.work / "build-models.log",
-                                           env={**self.env(), "CUDA_VISIBLE_DEVICES": ""})
+        self.builder = self.launcher.start(
+            [sys.executable, str(HERE / "gpu_check_workers.py"), "build", *specs],
+            log=self.work / "build-models.log",
+            env={**self.env(), "CUDA_VISIBLE_DEVICES": ""},
+        )
 
     def wait_for_model(self, shape: str, timeout: float) -> Path:
         """The model folder of `shape` once the background build has ended (no build competes with a timed run
@@ -328,9 +392,16 @@ def parse_args(argv: list[str] | None = None) -> Options:
     unknown = [s for s in shapes if s not in model.SHAPES]
     if unknown:
         p.error(f"unknown shape(s) {unknown}; known: {', '.join(model.SHAPES)}")
-    return Options(out=a.out, budget_s=a.budget, shapes=shapes, methods=tuple(m for m in a.methods.split(",") if m),
-                   steps=a.steps, tests=not a.skip_tests, trl_gradient_checkpointing=a.trl_gradient_checkpointing,
-                   keep_work=a.keep_work)
+    return Options(
+        out=a.out,
+        budget_s=a.budget,
+        shapes=shapes,
+        methods=tuple(m for m in a.methods.split(",") if m),
+        steps=a.steps,
+        tests=not a.skip_tests,
+        trl_gradient_checkpointing=a.trl_gradient_checkpointing,
+        keep_work=a.keep_work,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,13 +22,15 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 READY = ".ready"
 """Written last into a model folder: its weights are complete."""
 
-WORDS = ("the of and to in is that for it as with was on be by this are or from at which an have not but all "
-         "they were one their has more will can there when what about so some if out time up into only other "
-         "new like then these two also any may first way could well because each people system data model "
-         "train value number part small large order group point result change report table step memory fast "
-         "slow check record line file split token batch weight error price river garden window morning letter "
-         "city market music paper story water energy light sound signal measure engine planet winter summer "
-         "answer question reason method plan field image color shape motion level").split()
+WORDS = (
+    "the of and to in is that for it as with was on be by this are or from at which an have not but all "
+    "they were one their has more will can there when what about so some if out time up into only other "
+    "new like then these two also any may first way could well because each people system data model "
+    "train value number part small large order group point result change report table step memory fast "
+    "slow check record line file split token batch weight error price river garden window morning letter "
+    "city market music paper story water energy light sound signal measure engine planet winter summer "
+    "answer question reason method plan field image color shape motion level"
+).split()
 
 
 def synthetic_rows(n: int, *, seed: int = 0, min_words: int = 60, max_words: int = 1300) -> list[dict]:
@@ -43,9 +45,14 @@ def synthetic_rows(n: int, *, seed: int = 0, min_words: int = 60, max_words: int
     for i in range(n):
         total = rng.randint(min_words, max_words)
         question = max(8, total // rng.randint(3, 6))
-        rows.append({"messages": [
-            {"role": "user", "content": f"Note {i}: rewrite this as a short report. {text(question)}"},
-            {"role": "assistant", "content": text(max(8, total - question))}]})
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Note {i}: rewrite this as a short report. {text(question)}"},
+                    {"role": "assistant", "content": text(max(8, total - question))},
+                ]
+            }
+        )
     return rows
 
 
@@ -78,13 +85,19 @@ def write_tokenizer(folder: Path, source: Path = TOKENIZER_DIR) -> Any:
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def write_model_folder(folder: Path, shape: str | dict[str, Any], *, weights: bool = True, device: str = "cpu",
-                       seed: int = 0) -> Path:
+def write_model_folder(
+    folder: Path, shape: str | dict[str, Any], *, weights: bool = True, device: str = "cpu", seed: int = 0
+) -> Path:
     """A model folder of `shape`: tokenizer and config.json; with `weights`, random bf16 weights too (normal,
     std 0.02; norms 1) and then the READY marker (a folder without it has no complete weights)."""
     tokenizer = write_tokenizer(folder)
-    config = llama_config(shape, tokenizer_size=len(tokenizer), bos=tokenizer.bos_token_id,
-                          eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
+    config = llama_config(
+        shape,
+        tokenizer_size=len(tokenizer),
+        bos=tokenizer.bos_token_id,
+        eos=tokenizer.eos_token_id,
+        pad=tokenizer.pad_token_id,
+    )
     if not weights:
         config.save_pretrained(str(folder))
         return folder
@@ -107,7 +120,7 @@ def random_model(config: Any, *, device: str = "cpu", seed: int = 0) -> Any:
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         seen: set[int] = set()
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if id(p) in seen:
                 continue
             seen.add(id(p))
@@ -118,19 +131,42 @@ def random_model(config: Any, *, device: str = "cpu", seed: int = 0) -> Any:
     return model
 
 
-def tunesmith_config(*, name: str, output_dir: Path, model: Path, data: Path, method: str, steps: int,
-                     max_length: int, lora: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+def tunesmith_config(
+    *,
+    name: str,
+    output_dir: Path,
+    model: Path,
+    data: Path,
+    method: str,
+    steps: int,
+    max_length: int,
+    lora: dict[str, Any],
+    seed: int = 0,
+) -> dict[str, Any]:
     """The tunesmith config of one check run: one packed bin of `max_length` tokens per optimizer step,
     `steps` steps, no eval, AdamW (torch) as TRL's run uses, bf16 where the GPU runs it (`auto`)."""
     return {
-        "name": name, "output_dir": str(output_dir), "method": method,
+        "name": name,
+        "output_dir": str(output_dir),
+        "method": method,
         "model": {"name": str(model)},
         "data": {"train": str(data)},
         "template": {"max_length": max_length, "train_on": "assistant"},
         "lora": {"r": lora["r"], "alpha": lora["alpha"], "dropout": lora["dropout"], "target_modules": "all-linear"},
-        "train": {"max_steps": steps, "batch_size": 1, "gradient_accumulation": 1, "packing": "bins",
-                  "learning_rate": 2e-4, "lr_scheduler": "linear", "warmup_ratio": 0.0, "weight_decay": 0.0,
-                  "optimizer": "adamw", "logging_steps": 1, "seed": seed, "precision": "auto"},
+        "train": {
+            "max_steps": steps,
+            "batch_size": 1,
+            "gradient_accumulation": 1,
+            "packing": "bins",
+            "learning_rate": 2e-4,
+            "lr_scheduler": "linear",
+            "warmup_ratio": 0.0,
+            "weight_decay": 0.0,
+            "optimizer": "adamw",
+            "logging_steps": 1,
+            "seed": seed,
+            "precision": "auto",
+        },
     }
 
 

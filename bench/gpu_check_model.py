@@ -31,34 +31,70 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-FORMULA = __doc__[__doc__.index("FLOPs per token"):]
+FORMULA = __doc__[__doc__.index("FLOPs per token") :]
 H100_BF16_DENSE = 989e12
 
-LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 8192}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 SHAPES: dict[str, dict[str, Any]] = {
-    "llama-3.2-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-                     "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
-                     "tie_word_embeddings": True, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
-                     "rope_parameters": {**LLAMA3_ROPE, "factor": 32.0}},
-    "llama-3.1-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-                     "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256,
-                     "tie_word_embeddings": False, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
-                     "rope_parameters": {**LLAMA3_ROPE, "factor": 8.0}},
+    "llama-3.2-1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "vocab_size": 128256,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-5,
+        "rope_parameters": {**LLAMA3_ROPE, "factor": 32.0},
+    },
+    "llama-3.1-8b": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 128256,
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-5,
+        "rope_parameters": {**LLAMA3_ROPE, "factor": 8.0},
+    },
 }
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def llama_config(shape: str | dict[str, Any], *, tokenizer_size: int = 0, bos: int | None = None,
-                 eos: int | None = None, pad: int | None = None) -> Any:
+def llama_config(
+    shape: str | dict[str, Any],
+    *,
+    tokenizer_size: int = 0,
+    bos: int | None = None,
+    eos: int | None = None,
+    pad: int | None = None,
+) -> Any:
     """A transformers LlamaConfig of `shape` (a SHAPES name or its dict); the vocabulary is at least
     `tokenizer_size` rows."""
     from transformers import LlamaConfig
 
     spec = dict(SHAPES[shape] if isinstance(shape, str) else shape)
     spec["vocab_size"] = max(spec["vocab_size"], tokenizer_size)
-    return LlamaConfig(**spec, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, attention_bias=False,
-                       mlp_bias=False, hidden_act="silu")
+    return LlamaConfig(
+        **spec,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        attention_bias=False,
+        mlp_bias=False,
+        hidden_act="silu",
+    )
 
 
 def _dims(shape: Any) -> dict[str, int]:
@@ -70,16 +106,29 @@ def _dims(shape: Any) -> dict[str, int]:
 
     heads = get("num_attention_heads")
     head_dim = get("head_dim") or get("hidden_size") // heads
-    return {"d": get("hidden_size"), "ff": get("intermediate_size"), "layers": get("num_hidden_layers"),
-            "q": heads * head_dim, "kv": get("num_key_value_heads") * head_dim, "vocab": get("vocab_size"),
-            "tied": bool(get("tie_word_embeddings"))}
+    return {
+        "d": get("hidden_size"),
+        "ff": get("intermediate_size"),
+        "layers": get("num_hidden_layers"),
+        "q": heads * head_dim,
+        "kv": get("num_key_value_heads") * head_dim,
+        "vocab": get("vocab_size"),
+        "tied": bool(get("tie_word_embeddings")),
+    }
 
 
 def _layer_linears(s: dict[str, int]) -> dict[str, tuple[int, int]]:
     """(in, out) features of each linear layer of one decoder layer."""
     d = s["d"]
-    return {"q_proj": (d, s["q"]), "k_proj": (d, s["kv"]), "v_proj": (d, s["kv"]), "o_proj": (s["q"], d),
-            "gate_proj": (d, s["ff"]), "up_proj": (d, s["ff"]), "down_proj": (s["ff"], d)}
+    return {
+        "q_proj": (d, s["q"]),
+        "k_proj": (d, s["kv"]),
+        "v_proj": (d, s["kv"]),
+        "o_proj": (s["q"], d),
+        "gate_proj": (d, s["ff"]),
+        "up_proj": (d, s["ff"]),
+        "down_proj": (s["ff"], d),
+    }
 
 
 def matmul_parameters(shape: Any) -> int:
@@ -108,8 +157,9 @@ def attention_pairs(lengths: Sequence[int], *, causal: bool = True) -> int:
     return sum(n * (n + 1) // 2 if causal else n * n for n in lengths)
 
 
-def flops_per_token(shape: Any, *, method: str, lengths: Sequence[int], r: int = 16,
-                    causal: bool = True) -> dict[str, float]:
+def flops_per_token(
+    shape: Any, *, method: str, lengths: Sequence[int], r: int = 16, causal: bool = True
+) -> dict[str, float]:
     """Training FLOPs per token (see the module docstring): the parts and their `total`."""
     if method not in ("lora", "qlora", "full"):
         raise ValueError(f"unknown method {method!r}")
@@ -124,8 +174,14 @@ def flops_per_token(shape: Any, *, method: str, lengths: Sequence[int], r: int =
         linear, adapter = 4.0 * n, 6.0 * lora_parameters(shape, r)
     # forward: QK^T and PV, 2 d_attn FLOPs per pair each; backward twice the forward
     attention = 3 * 2 * 2 * s["layers"] * s["q"] * attention_pairs(lengths, causal=causal) / tokens
-    return {"linear": linear, "adapter": adapter, "attention": attention, "total": linear + adapter + attention,
-            "matmul_parameters": float(n), "effective_sequence": 2 * attention_pairs(lengths) / tokens}
+    return {
+        "linear": linear,
+        "adapter": adapter,
+        "attention": attention,
+        "total": linear + adapter + attention,
+        "matmul_parameters": float(n),
+        "effective_sequence": 2 * attention_pairs(lengths) / tokens,
+    }
 
 
 def mfu(tokens_per_s: float | None, flops: float, peak: float) -> float | None:

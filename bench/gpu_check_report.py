@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 GIB = 2**30
-TRAINING_HEADER = ("| model | method | trainer | tokens/s | MFU | peak memory (GiB) | tunesmith / TRL tokens/s "
-                   "| tunesmith / TRL memory | steps | status |")
+TRAINING_HEADER = (
+    "| model | method | trainer | tokens/s | MFU | peak memory (GiB) | tunesmith / TRL tokens/s "
+    "| tunesmith / TRL memory | steps | status |"
+)
 PLAN_HEADER = "| model | method | predicted peak (GiB) | measured peak (GiB) | predicted / measured |"
 TRAINING_ALIGN = "|---|---|---|---:|---:|---:|---:|---:|---:|---|"
 PLAN_ALIGN = "|---|---|---:|---:|---:|"
@@ -35,9 +37,14 @@ def pairs(runs: list[dict]) -> list[dict]:
         ours, theirs = done.get((*key, "tunesmith")), done.get((*key, "trl"))
         if not ours or not theirs:
             continue
-        out.append({"shape": key[0], "method": key[1],
-                    "tokens_per_s_ratio": _ratio(ours.get("tokens_per_s"), theirs.get("tokens_per_s")),
-                    "peak_ratio": _ratio(ours.get("peak_bytes"), theirs.get("peak_bytes"))})
+        out.append(
+            {
+                "shape": key[0],
+                "method": key[1],
+                "tokens_per_s_ratio": _ratio(ours.get("tokens_per_s"), theirs.get("tokens_per_s")),
+                "peak_ratio": _ratio(ours.get("peak_bytes"), theirs.get("peak_bytes")),
+            }
+        )
     return out
 
 
@@ -67,23 +74,36 @@ def training_table(runs: list[dict]) -> str:
     lines = [TRAINING_HEADER, TRAINING_ALIGN]
     for run in runs:
         pair = ratios.get((run["shape"], run["method"])) if run["tool"] == "tunesmith" else None
-        lines.append("| " + " | ".join([
-            run["shape"], run["method"], run["tool"] + (" (no Liger)" if run.get("liger") is False else ""),
-            _num(run.get("tokens_per_s"), ",.0f"), _num(run.get("mfu") and 100 * run["mfu"], ".1f") +
-            ("%" if run.get("mfu") is not None else ""),
-            _gib(run.get("peak_bytes")),
-            _num(pair and pair["tokens_per_s_ratio"], ".2f") + ("x" if pair and pair["tokens_per_s_ratio"] else ""),
-            _num(pair and pair["peak_ratio"], ".2f") + ("x" if pair and pair["peak_ratio"] else ""),
-            str(run.get("steps", "-")), _status(run)]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    run["shape"],
+                    run["method"],
+                    run["tool"] + (" (no Liger)" if run.get("liger") is False else ""),
+                    _num(run.get("tokens_per_s"), ",.0f"),
+                    _num(run.get("mfu") and 100 * run["mfu"], ".1f") + ("%" if run.get("mfu") is not None else ""),
+                    _gib(run.get("peak_bytes")),
+                    _num(pair and pair["tokens_per_s_ratio"], ".2f")
+                    + ("x" if pair and pair["tokens_per_s_ratio"] else ""),
+                    _num(pair and pair["peak_ratio"], ".2f") + ("x" if pair and pair["peak_ratio"] else ""),
+                    str(run.get("steps", "-")),
+                    _status(run),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def plan_table(checks: list[dict]) -> str:
     lines = [PLAN_HEADER, PLAN_ALIGN]
     for c in checks:
-        lines.append(f"| {c['shape']} | {c['method']} | {_gib(c.get('predicted_bytes'))} | "
-                     f"{_gib(c.get('measured_bytes'))} | "
-                     f"{_num(c.get('ratio'), '.2f')}{'' if c.get('ratio') is None else 'x'} |")
+        lines.append(
+            f"| {c['shape']} | {c['method']} | {_gib(c.get('predicted_bytes'))} | "
+            f"{_gib(c.get('measured_bytes'))} | "
+            f"{_num(c.get('ratio'), '.2f')}{'' if c.get('ratio') is None else 'x'} |"
+        )
     return "\n".join(lines)
 
 
@@ -91,22 +111,45 @@ def markdown(results: dict[str, Any]) -> str:
     steps = results.get("steps", {})
     machine = results.get("machine", {})
     settings = results.get("settings", {})
-    out = ["# GPU check", "",
-           f"{machine.get('gpu') or 'no CUDA GPU found'}; torch {machine.get('versions', {}).get('torch', '?')}, "
-           f"trl {machine.get('versions', {}).get('trl', '-')}, liger-kernel "
-           f"{machine.get('versions', {}).get('liger-kernel', '-')}. Started {results.get('started', '?')}, "
-           f"{results.get('elapsed_s', 0):.0f} s of a {results.get('budget_s', 0):.0f} s budget.", ""]
+    out = [
+        "# GPU check",
+        "",
+        f"{machine.get('gpu') or 'no CUDA GPU found'}; torch {machine.get('versions', {}).get('torch', '?')}, "
+        f"trl {machine.get('versions', {}).get('trl', '-')}, liger-kernel "
+        f"{machine.get('versions', {}).get('liger-kernel', '-')}. Started {results.get('started', '?')}, "
+        f"{results.get('elapsed_s', 0):.0f} s of a {results.get('budget_s', 0):.0f} s budget.",
+        "",
+    ]
     tests = steps.get("gpu_tests", {})
     counts = ", ".join(f"{tests[k]} {k}" for k in ("passed", "failed", "errors", "skipped") if k in tests)
-    out += ["## 1. GPU tests (`pytest -m gpu`)", "", f"{_status(tests)}" + (f": {counts}" if counts else "") +
-            (f" ({tests['seconds']:.0f} s)" if "seconds" in tests else ""), ""]
+    out += [
+        "## 1. GPU tests (`pytest -m gpu`)",
+        "",
+        f"{_status(tests)}"
+        + (f": {counts}" if counts else "")
+        + (f" ({tests['seconds']:.0f} s)" if "seconds" in tests else ""),
+        "",
+    ]
     training = steps.get("training", {})
-    out += ["## 2. Training: tunesmith against TRL", "",
-            f"{settings.get('description', '')}", "", f"Step status: {_status(training)}", "",
-            training_table(training.get("runs", [])), ""]
+    out += [
+        "## 2. Training: tunesmith against TRL",
+        "",
+        f"{settings.get('description', '')}",
+        "",
+        f"Step status: {_status(training)}",
+        "",
+        training_table(training.get("runs", [])),
+        "",
+    ]
     plan = steps.get("plan_memory", {})
-    out += ["## 3. `plan`'s CUDA memory prediction against the tunesmith runs", "", f"Step status: {_status(plan)}",
-            "", plan_table(plan.get("checks", [])), ""]
+    out += [
+        "## 3. `plan`'s CUDA memory prediction against the tunesmith runs",
+        "",
+        f"Step status: {_status(plan)}",
+        "",
+        plan_table(plan.get("checks", [])),
+        "",
+    ]
     notes = results.get("notes", [])
     if notes:
         out += ["## Skipped, errors, notes", "", *[f"- {n}" for n in notes], ""]
@@ -117,8 +160,10 @@ def markdown(results: dict[str, Any]) -> str:
 def write_outputs(out: Path, results: dict[str, Any]) -> None:
     """gpu-check.json and gpu-check.md in `out`, each written whole under a temporary name first."""
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("gpu-check.json", json.dumps(results, indent=2, default=str)),
-                       ("gpu-check.md", markdown(results))):
+    for name, text in (
+        ("gpu-check.json", json.dumps(results, indent=2, default=str)),
+        ("gpu-check.md", markdown(results)),
+    ):
         tmp = out / (name + ".tmp")
         tmp.write_text(text + "\n", encoding="utf-8")
         os.replace(tmp, out / name)

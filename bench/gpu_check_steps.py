@@ -29,9 +29,12 @@ def _tail(text: str, chars: int = 3000) -> str:
 
 def _log(check: Any, name: str, argv: list[str], done: Any) -> None:
     """The command's output (the last 100,000 characters of each stream), appended to the one log file."""
-    check.log(name, f"$ {' '.join(map(str, argv))}\nrc={done.rc} seconds={done.seconds:.1f} "
-                    f"timed_out={done.timed_out}\n--- stdout\n{_tail(done.stdout, 100_000)}\n--- stderr\n"
-                    f"{_tail(done.stderr, 100_000)}")
+    check.log(
+        name,
+        f"$ {' '.join(map(str, argv))}\nrc={done.rc} seconds={done.seconds:.1f} "
+        f"timed_out={done.timed_out}\n--- stdout\n{_tail(done.stdout, 100_000)}\n--- stderr\n"
+        f"{_tail(done.stderr, 100_000)}",
+    )
 
 
 # ---------------------------------------------------------------------- step 1
@@ -45,8 +48,12 @@ def junit_counts(path: Path) -> dict[str, int] | None:
         return None
     suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
     total = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
-    return {"passed": total["tests"] - total["failures"] - total["errors"] - total["skipped"],
-            "failed": total["failures"], "errors": total["errors"], "skipped": total["skipped"]}
+    return {
+        "passed": total["tests"] - total["failures"] - total["errors"] - total["skipped"],
+        "failed": total["failures"],
+        "errors": total["errors"],
+        "skipped": total["skipped"],
+    }
 
 
 def summary_counts(output: str) -> dict[str, int]:
@@ -67,16 +74,22 @@ def gpu_tests_step(check: Any) -> dict[str, Any]:
     _log(check, "pytest-gpu", argv, done)
     counts = junit_counts(xml) or summary_counts(done.stdout)
     status = "timeout" if done.timed_out else {0: "ok", 1: "failed"}.get(done.rc, "error")
-    out: dict[str, Any] = {"status": status, "rc": done.rc, **counts,
-                           "output_tail": _tail(done.stdout + "\n" + done.stderr, 4000)}
+    out: dict[str, Any] = {
+        "status": status,
+        "rc": done.rc,
+        **counts,
+        "output_tail": _tail(done.stdout + "\n" + done.stderr, 4000),
+    }
     if status == "timeout":
         out["error"] = f"pytest stopped after {timeout:.0f} s (its time limit)"
     elif status == "error":
         last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
         out["error"] = f"pytest exited {done.rc}: {last}"
     if status != "ok":
-        check.note(f"gpu_tests: {status}" + (f": {out['error']}" if "error" in out else
-                                            f": {counts['failed']} failed, {counts['errors']} errors"))
+        check.note(
+            f"gpu_tests: {status}"
+            + (f": {out['error']}" if "error" in out else f": {counts['failed']} failed, {counts['errors']} errors")
+        )
     return out
 
 
@@ -93,18 +106,45 @@ def _tunesmith_run(check: Any, run: dict, timeout: float) -> dict[str, Any]:
         return {"status": "error", "error": f"tunesmith train exited {done.rc}: {_tail(done.stderr, 1500)}"}
     metrics = check.work / "runs" / run["id"] / "metrics.jsonl"
     marks = data.tunesmith_marks(metrics)
-    return {"status": "ok", "tokens_per_s": model.steady_rate(marks, check.options.warmup), "steps": len(marks),
-            "tokens": marks[-1][1] if marks else 0, "peak_bytes": data.tunesmith_peak_bytes(metrics),
-            "marks": marks}
+    return {
+        "status": "ok",
+        "tokens_per_s": model.steady_rate(marks, check.options.warmup),
+        "steps": len(marks),
+        "tokens": marks[-1][1] if marks else 0,
+        "peak_bytes": data.tunesmith_peak_bytes(metrics),
+        "marks": marks,
+    }
 
 
 def _trl_run(check: Any, run: dict, timeout: float, *, liger: bool = True) -> dict[str, Any]:
     o = check.options
-    argv = [sys.executable, str(WORKERS), "trl", "--model", str(check.model_dirs[run["shape"]]),
-            "--data", str(check.data_file), "--out", str(check.work / "runs" / run["id"]), "--method", run["method"],
-            "--steps", str(o.steps), "--warmup", str(o.warmup), "--max-length", str(o.max_length),
-            "--r", str(o.lora["r"]), "--alpha", str(o.lora["alpha"]), "--dropout", str(o.lora["dropout"]),
-            "--gradient-checkpointing", o.trl_gradient_checkpointing] + ([] if liger else ["--no-liger"])
+    argv = [
+        sys.executable,
+        str(WORKERS),
+        "trl",
+        "--model",
+        str(check.model_dirs[run["shape"]]),
+        "--data",
+        str(check.data_file),
+        "--out",
+        str(check.work / "runs" / run["id"]),
+        "--method",
+        run["method"],
+        "--steps",
+        str(o.steps),
+        "--warmup",
+        str(o.warmup),
+        "--max-length",
+        str(o.max_length),
+        "--r",
+        str(o.lora["r"]),
+        "--alpha",
+        str(o.lora["alpha"]),
+        "--dropout",
+        str(o.lora["dropout"]),
+        "--gradient-checkpointing",
+        o.trl_gradient_checkpointing,
+    ] + ([] if liger else ["--no-liger"])
     done = check.launcher.run(argv, timeout=timeout, cwd=check.work, env=check.env())
     _log(check, run["id"] + ("" if liger else "-no-liger"), argv, done)
     line = next((x for x in reversed(done.stdout.splitlines()) if x.startswith(RESULT)), None)
@@ -112,10 +152,24 @@ def _trl_run(check: Any, run: dict, timeout: float, *, liger: bool = True) -> di
         return {"status": "timeout", "error": f"stopped after {timeout:.0f} s (the budget left)"}
     if done.rc != 0 or line is None:
         return {"status": "error", "error": f"TRL worker exited {done.rc}: {_tail(done.stderr, 1500)}"}
-    result = json.loads(line[len(RESULT):])
-    return {"status": "ok", "liger": liger, **{k: result.get(k) for k in (
-        "tokens_per_s", "steps", "tokens", "peak_bytes", "marks", "trainable", "gradient_checkpointing",
-        "settings")}}
+    result = json.loads(line[len(RESULT) :])
+    return {
+        "status": "ok",
+        "liger": liger,
+        **{
+            k: result.get(k)
+            for k in (
+                "tokens_per_s",
+                "steps",
+                "tokens",
+                "peak_bytes",
+                "marks",
+                "trainable",
+                "gradient_checkpointing",
+                "settings",
+            )
+        },
+    }
 
 
 def training_step(check: Any) -> dict[str, Any]:
@@ -133,8 +187,11 @@ def training_step(check: Any) -> dict[str, Any]:
     for run in runs:
         needs = o.run_estimate_s.get(run["shape"], 100.0) + o.plan_reserve_s
         if check.budget.left() < needs:
-            run.update(status="skipped", reason=f"time budget: {check.budget.left():.0f} s left, a "
-                                                f"{run['shape']} run needs about {needs:.0f} s with step 3")
+            run.update(
+                status="skipped",
+                reason=f"time budget: {check.budget.left():.0f} s left, a "
+                f"{run['shape']} run needs about {needs:.0f} s with step 3",
+            )
             check.note(f"{run['id']}: skipped ({run['reason']})")
             check.save()
             continue
@@ -157,14 +214,24 @@ def training_step(check: Any) -> dict[str, Any]:
         run["seconds"] = round(check.budget.elapsed() - started, 1)
         if run["status"] == "ok":
             flops = model.flops_per_token(run["shape"], method=run["method"], lengths=check.lengths, r=o.lora["r"])
-            run.update(flops_per_token=flops, mfu=model.mfu(run.get("tokens_per_s"), flops["total"], peak),
-                       peak_gib=None if run.get("peak_bytes") is None else round(run["peak_bytes"] / 2**30, 3))
+            run.update(
+                flops_per_token=flops,
+                mfu=model.mfu(run.get("tokens_per_s"), flops["total"], peak),
+                peak_gib=None if run.get("peak_bytes") is None else round(run["peak_bytes"] / 2**30, 3),
+            )
         else:
             check.note(f"{run['id']}: {run['status']}: {str(run.get('error', ''))[-300:]}")
         check.save()
     statuses = {r["status"] for r in runs}
-    status = ("ok" if statuses == {"ok"} else "skipped" if statuses == {"skipped"} else
-              "partial" if "ok" in statuses else "error")
+    status = (
+        "ok"
+        if statuses == {"ok"}
+        else "skipped"
+        if statuses == {"skipped"}
+        else "partial"
+        if "ok" in statuses
+        else "error"
+    )
     return {"status": status, "pairs": pairs(runs)}
 
 
@@ -180,6 +247,7 @@ def plan_memory_step(check: Any) -> dict[str, Any]:
         check.builder.kill()  # no run will need its models now; it must not rewrite config.json under us
     from tunesmith.config import load_config
     from tunesmith.plan import estimate as est
+    from tunesmith.plan import shapes
 
     checks = check.results["steps"]["plan_memory"]["checks"]
     for run in check.results["steps"]["training"]["runs"]:
@@ -193,17 +261,26 @@ def plan_memory_step(check: Any) -> dict[str, Any]:
             continue
         try:
             config = load_config(check.configs[run["id"]])
-            hf_config = est.hf_config_for(config)
-            batch = est.micro_batch(config)
+            hf_config = shapes.hf_config_for(config)
+            batch = shapes.micro_batch(config)
             # bf16: the H100/H200 runs bf16 (`plan` asks torch; this process never touches the GPU)
-            found = est.estimate_memory(config, method=config.method, device_kind="cuda", batch=batch,
-                                        hf_config=hf_config, bf16=True)
+            found = est.estimate_memory(
+                config, method=config.method, device_kind="cuda", batch=batch, hf_config=hf_config, bf16=True
+            )
             measured = run.get("peak_bytes") if run.get("status") == "ok" else None
-            entry.update(status="ok", predicted_bytes=found.total_bytes, measured_bytes=measured,
-                         ratio=found.total_bytes / measured if measured else None, parts=found.parts,
-                         micro_batch_tokens=batch.tokens, trained_positions=batch.trained,
-                         settings={k: found.settings.get(k) for k in ("precision", "attention", "weight_dtype",
-                                                                      "optimizer", "gradient_checkpointing")})
+            entry.update(
+                status="ok",
+                predicted_bytes=found.total_bytes,
+                measured_bytes=measured,
+                ratio=found.total_bytes / measured if measured else None,
+                parts=found.parts,
+                micro_batch_tokens=batch.tokens,
+                trained_positions=batch.trained,
+                settings={
+                    k: found.settings.get(k)
+                    for k in ("precision", "attention", "weight_dtype", "optimizer", "gradient_checkpointing")
+                },
+            )
         except Exception as err:  # noqa: BLE001 - one failed prediction is its own entry
             entry.update(status="error", error=f"{type(err).__name__}: {err}")
             check.note(f"plan_memory {run['id']}: error: {type(err).__name__}: {err}")

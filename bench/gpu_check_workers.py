@@ -50,8 +50,11 @@ def trl(args: argparse.Namespace) -> dict:
     kwargs: dict = {"dtype": torch.bfloat16, "attn_implementation": "sdpa"}
     if args.method == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16)
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     cuda = args.device == "cuda"  # `--device cpu`: a smoke run of this wiring on a machine without a GPU
     model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
@@ -70,28 +73,64 @@ def trl(args: argparse.Namespace) -> dict:
                     torch.cuda.synchronize()
                 marks.append((time.perf_counter() - clock["start"], int(state.num_input_tokens_seen)))
 
-    settings = {"max_length": args.max_length, "packing": True, "padding_free": True,
-                "use_liger_kernel": not args.no_liger, "bf16": cuda, "per_device_train_batch_size": 1,
-                "gradient_accumulation_steps": 1, "max_steps": args.steps, "optim": "adamw_torch"}
+    settings = {
+        "max_length": args.max_length,
+        "packing": True,
+        "padding_free": True,
+        "use_liger_kernel": not args.no_liger,
+        "bf16": cuda,
+        "per_device_train_batch_size": 1,
+        "gradient_accumulation_steps": 1,
+        "max_steps": args.steps,
+        "optim": "adamw_torch",
+    }
     if args.gradient_checkpointing != "default":
         settings["gradient_checkpointing"] = args.gradient_checkpointing == "on"
-    config = SFTConfig(output_dir=str(Path(args.out) / "trl"), learning_rate=2e-4, lr_scheduler_type="linear",
-                       warmup_steps=0, weight_decay=0.0, logging_steps=1, save_strategy="no", report_to=[],
-                       seed=0, include_num_input_tokens_seen="all", dataloader_num_workers=0, use_cpu=not cuda,
-                       **settings)
-    peft_config = LoraConfig(r=args.r, lora_alpha=args.alpha, lora_dropout=args.dropout, target_modules="all-linear",
-                             task_type="CAUSAL_LM", bias="none")
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[Marks()])
+    config = SFTConfig(
+        output_dir=str(Path(args.out) / "trl"),
+        learning_rate=2e-4,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=0,
+        include_num_input_tokens_seen="all",
+        dataloader_num_workers=0,
+        use_cpu=not cuda,
+        **settings,
+    )
+    peft_config = LoraConfig(
+        r=args.r,
+        lora_alpha=args.alpha,
+        lora_dropout=args.dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[Marks()],
+    )
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     trainer.train()
     if cuda:
         torch.cuda.synchronize()
-    return {"tokens_per_s": steady_rate(marks, args.warmup), "marks": marks, "steps": len(marks),
-            "tokens": marks[-1][1] if marks else 0,
-            "peak_bytes": int(torch.cuda.max_memory_allocated()) if cuda else None,
-            "trainable": trainable, "settings": settings,
-            "gradient_checkpointing": bool(getattr(config, "gradient_checkpointing", False))}
+    return {
+        "tokens_per_s": steady_rate(marks, args.warmup),
+        "marks": marks,
+        "steps": len(marks),
+        "tokens": marks[-1][1] if marks else 0,
+        "peak_bytes": int(torch.cuda.max_memory_allocated()) if cuda else None,
+        "trainable": trainable,
+        "settings": settings,
+        "gradient_checkpointing": bool(getattr(config, "gradient_checkpointing", False)),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,10 +18,23 @@ import sys
 import zipfile
 from pathlib import Path
 
-WHEELS = ["transformers==5.23.0", "peft==0.21.2", "trl==1.16.0", "bitsandbytes==0.50.2", "liger-kernel==0.8.5",
-          "pydantic==2.14.3", "pydantic-core==2.50.4", "annotated-types==0.8.0", "typing-inspection==0.4.5",
-          "datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "gguf==0.19.0", "tokenizers==0.23.3",
-          "rich==15.0.0"]
+WHEELS = [
+    "transformers==5.23.0",
+    "peft==0.21.2",
+    "trl==1.16.0",
+    "bitsandbytes==0.50.2",
+    "liger-kernel==0.8.5",
+    "pydantic==2.14.3",
+    "pydantic-core==2.50.4",
+    "annotated-types==0.8.0",
+    "typing-inspection==0.4.5",
+    "datasets==5.2.0",
+    "dill==0.4.1",
+    "multiprocess==0.70.19",
+    "gguf==0.19.0",
+    "tokenizers==0.23.3",
+    "rich==15.0.0",
+]
 PLATFORMS = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_24_x86_64", "manylinux_2_28_x86_64"]
 KEEP_CUDA = re.compile(r"libbitsandbytes_cuda13\d\.so$")
 DROP = re.compile(r"libbitsandbytes_(cuda|rocm)\d+\.so$")
@@ -48,8 +61,24 @@ def trim_bitsandbytes(wheel: Path) -> Path:
 def download(folder: Path, specs: list[str] = WHEELS) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     platforms = [part for p in PLATFORMS for part in ("--platform", p)]
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.12", *platforms, "-d", str(folder), *specs], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            *platforms,
+            "-d",
+            str(folder),
+            *specs,
+        ],
+        check=True,
+    )
     for wheel in folder.glob("bitsandbytes-*.whl"):
         trim_bitsandbytes(wheel)
     return sorted(folder.glob("*.whl"))

@@ -23,8 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # Short on purpose: it is repeated in every row, and on a 2-core CPU every token costs time.
 SYSTEM = "Convert the request to intent JSON."
@@ -33,17 +33,41 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "src" / "tunesmith" / "data" / "bundled" / "smart_home"
 SPLIT_SIZES = {"train": 420, "val": 40, "test": 60}
 
-ROOMS = ["kitchen", "living room", "bedroom", "bathroom", "office", "garage",
-         "hallway", "dining room", "basement", "attic", "nursery", "guest room"]
+ROOMS = [
+    "kitchen",
+    "living room",
+    "bedroom",
+    "bathroom",
+    "office",
+    "garage",
+    "hallway",
+    "dining room",
+    "basement",
+    "attic",
+    "nursery",
+    "guest room",
+]
 DOORS = ["front door", "back door", "garage door", "side door", "patio door", "basement door"]
-GENRES = ["jazz", "rock", "classical", "pop", "hip hop", "blues", "country", "reggae", "lo-fi",
-          "metal"]
+GENRES = ["jazz", "rock", "classical", "pop", "hip hop", "blues", "country", "reggae", "lo-fi", "metal"]
 WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 DAYS = WEEKDAYS + ["today", "tomorrow"]
-TITLES = ["dentist appointment", "team meeting", "yoga class", "book club", "piano lesson",
-          "haircut", "project review", "gym session", "car service", "dinner with friends",
-          "job interview", "budget review", "soccer practice", "vet appointment",
-          "doctor appointment"]
+TITLES = [
+    "dentist appointment",
+    "team meeting",
+    "yoga class",
+    "book club",
+    "piano lesson",
+    "haircut",
+    "project review",
+    "gym session",
+    "car service",
+    "dinner with friends",
+    "job interview",
+    "budget review",
+    "soccer practice",
+    "vet appointment",
+    "doctor appointment",
+]
 LEVELS = [10, 15, 20, 25, 30, 35, 40, 45, 50, 60, 65, 70, 75, 80, 90, 100]
 TEMPERATURES = list(range(16, 27))
 MINUTES = [2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25, 30, 35, 40, 45, 50, 60, 75, 90]
@@ -73,62 +97,157 @@ def _time(rng: random.Random) -> tuple[object, str]:
 
 
 SAMPLERS: dict[str, Sampler] = {
-    "room": _same(ROOMS), "door": _same(DOORS), "genre": _same(GENRES),
-    "level": _same(LEVELS), "temperature": _same(TEMPERATURES),
-    "minutes": _same(MINUTES), "time": _time, "day": _day, "title": _same(TITLES),
+    "room": _same(ROOMS),
+    "door": _same(DOORS),
+    "genre": _same(GENRES),
+    "level": _same(LEVELS),
+    "temperature": _same(TEMPERATURES),
+    "minutes": _same(MINUTES),
+    "time": _time,
+    "day": _day,
+    "title": _same(TITLES),
 }
 
 # intent -> (slot keys in output order, request templates)
 INTENTS: dict[str, tuple[tuple[str, ...], list[str]]] = {
-    "lights_on": (("room",), [
-        "turn on the {room} lights", "switch the lights on in the {room}", "{room} lights on",
-        "could you turn the {room} lights on", "lights on in the {room}",
-        "I need light in the {room}"]),
-    "lights_off": (("room",), [
-        "turn off the {room} lights", "switch the lights off in the {room}", "{room} lights off",
-        "could you turn the {room} lights off", "lights off in the {room}",
-        "kill the lights in the {room}"]),
-    "set_brightness": (("room", "level"), [
-        "set the {room} lights to {level}%", "dim the {room} lights to {level} percent",
-        "{room} brightness {level}%", "can you make the {room} lights {level}% bright",
-        "change the brightness in the {room} to {level}%", "{room} lights at {level} percent"]),
-    "set_temperature": (("room", "temperature"), [
-        "set the {room} to {temperature} degrees", "make it {temperature} degrees in the {room}",
-        "{room} thermostat to {temperature}", "could you heat the {room} to {temperature} degrees",
-        "change the {room} temperature to {temperature}",
-        "I want the {room} at {temperature} degrees"]),
-    "lock_door": (("door",), [
-        "lock the {door}", "{door} lock", "could you lock the {door}",
-        "make sure the {door} is locked", "lock up the {door}", "can you lock the {door} for me",
-        "I want the {door} locked", "{door} should be locked"]),
-    "unlock_door": (("door",), [
-        "unlock the {door}", "{door} unlock", "could you unlock the {door}",
-        "open the lock on the {door}", "unlock the {door} for me", "can you unlock the {door}",
-        "I want the {door} unlocked", "unlock the {door} now"]),
-    "play_music": (("genre", "room"), [
-        "play {genre} in the {room}", "put on some {genre} music in the {room}",
-        "{genre} in the {room}", "could you play {genre} in the {room}",
-        "I want to hear {genre} in the {room}", "start some {genre} in the {room}"]),
-    "set_timer": (("minutes",), [
-        "set a timer for {minutes} minutes", "timer for {minutes} minutes",
-        "{minutes} minute timer", "could you start a {minutes} minute timer",
-        "remind me in {minutes} minutes", "start a timer of {minutes} minutes",
-        "count down {minutes} minutes"]),
-    "set_alarm": (("time",), [
-        "set an alarm for {time}", "wake me up at {time}", "alarm at {time}",
-        "could you set an alarm at {time}", "I need an alarm for {time}", "alarm {time}"]),
-    "add_event": (("title", "day", "time"), [
-        "add {title} {on_day} at {time}", "schedule {title} for {day} at {time}",
-        "put {title} in my calendar {on_day} at {time}", "could you add {title} {day} at {time}",
-        "new event {title} {day} {time}", "book {title} {on_day} at {time}"]),
-    "cancel_event": (("title", "day"), [
-        "cancel {title} {on_day}", "remove {title} from my calendar {on_day}",
-        "delete the {title} {on_day}", "could you cancel my {title} {day}",
-        "drop {title} {day}", "I can't make the {title} {on_day}, cancel it"]),
-    "check_calendar": (("day",), [
-        "what is on my calendar {on_day}", "show my schedule for {day}", "what do I have {on_day}",
-        "could you check my calendar for {day}", "any events {on_day}", "am I busy {on_day}",
-        "read me my agenda for {day}"]),
+    "lights_on": (
+        ("room",),
+        [
+            "turn on the {room} lights",
+            "switch the lights on in the {room}",
+            "{room} lights on",
+            "could you turn the {room} lights on",
+            "lights on in the {room}",
+            "I need light in the {room}",
+        ],
+    ),
+    "lights_off": (
+        ("room",),
+        [
+            "turn off the {room} lights",
+            "switch the lights off in the {room}",
+            "{room} lights off",
+            "could you turn the {room} lights off",
+            "lights off in the {room}",
+            "kill the lights in the {room}",
+        ],
+    ),
+    "set_brightness": (
+        ("room", "level"),
+        [
+            "set the {room} lights to {level}%",
+            "dim the {room} lights to {level} percent",
+            "{room} brightness {level}%",
+            "can you make the {room} lights {level}% bright",
+            "change the brightness in the {room} to {level}%",
+            "{room} lights at {level} percent",
+        ],
+    ),
+    "set_temperature": (
+        ("room", "temperature"),
+        [
+            "set the {room} to {temperature} degrees",
+            "make it {temperature} degrees in the {room}",
+            "{room} thermostat to {temperature}",
+            "could you heat the {room} to {temperature} degrees",
+            "change the {room} temperature to {temperature}",
+            "I want the {room} at {temperature} degrees",
+        ],
+    ),
+    "lock_door": (
+        ("door",),
+        [
+            "lock the {door}",
+            "{door} lock",
+            "could you lock the {door}",
+            "make sure the {door} is locked",
+            "lock up the {door}",
+            "can you lock the {door} for me",
+            "I want the {door} locked",
+            "{door} should be locked",
+        ],
+    ),
+    "unlock_door": (
+        ("door",),
+        [
+            "unlock the {door}",
+            "{door} unlock",
+            "could you unlock the {door}",
+            "open the lock on the {door}",
+            "unlock the {door} for me",
+            "can you unlock the {door}",
+            "I want the {door} unlocked",
+            "unlock the {door} now",
+        ],
+    ),
+    "play_music": (
+        ("genre", "room"),
+        [
+            "play {genre} in the {room}",
+            "put on some {genre} music in the {room}",
+            "{genre} in the {room}",
+            "could you play {genre} in the {room}",
+            "I want to hear {genre} in the {room}",
+            "start some {genre} in the {room}",
+        ],
+    ),
+    "set_timer": (
+        ("minutes",),
+        [
+            "set a timer for {minutes} minutes",
+            "timer for {minutes} minutes",
+            "{minutes} minute timer",
+            "could you start a {minutes} minute timer",
+            "remind me in {minutes} minutes",
+            "start a timer of {minutes} minutes",
+            "count down {minutes} minutes",
+        ],
+    ),
+    "set_alarm": (
+        ("time",),
+        [
+            "set an alarm for {time}",
+            "wake me up at {time}",
+            "alarm at {time}",
+            "could you set an alarm at {time}",
+            "I need an alarm for {time}",
+            "alarm {time}",
+        ],
+    ),
+    "add_event": (
+        ("title", "day", "time"),
+        [
+            "add {title} {on_day} at {time}",
+            "schedule {title} for {day} at {time}",
+            "put {title} in my calendar {on_day} at {time}",
+            "could you add {title} {day} at {time}",
+            "new event {title} {day} {time}",
+            "book {title} {on_day} at {time}",
+        ],
+    ),
+    "cancel_event": (
+        ("title", "day"),
+        [
+            "cancel {title} {on_day}",
+            "remove {title} from my calendar {on_day}",
+            "delete the {title} {on_day}",
+            "could you cancel my {title} {day}",
+            "drop {title} {day}",
+            "I can't make the {title} {on_day}, cancel it",
+        ],
+    ),
+    "check_calendar": (
+        ("day",),
+        [
+            "what is on my calendar {on_day}",
+            "show my schedule for {day}",
+            "what do I have {on_day}",
+            "could you check my calendar for {day}",
+            "any events {on_day}",
+            "am I busy {on_day}",
+            "read me my agenda for {day}",
+        ],
+    ),
 }
 
 

@@ -71,9 +71,14 @@ def tool_schema(name: str) -> dict:
     """Compact OpenAI function schema: name, short description, property types, required."""
     keys = sh.INTENTS[name][0]
     properties = {k: {"type": "integer" if k in INTEGER_SLOTS else "string"} for k in keys}
-    return {"type": "function", "function": {
-        "name": name, "description": DESCRIPTIONS[name],
-        "parameters": {"type": "object", "properties": properties, "required": list(keys)}}}
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": DESCRIPTIONS[name],
+            "parameters": {"type": "object", "properties": properties, "required": list(keys)},
+        },
+    }
 
 
 TOOLS: dict[str, dict] = {name: tool_schema(name) for name in sh.INTENTS}
@@ -88,11 +93,14 @@ def to_tool_row(row: dict, rng: random.Random) -> dict:
     offered = [name] + rng.sample(others, TOOLS_PER_ROW - 1)
     rng.shuffle(offered)
     call = {"type": "function", "function": {"name": name, "arguments": target["slots"]}}
-    return {"tools": [TOOLS[n] for n in offered], "messages": [
-        {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": request},
-        {"role": "assistant", "content": "", "tool_calls": [call]},
-    ]}
+    return {
+        "tools": [TOOLS[n] for n in offered],
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": request},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+        ],
+    }
 
 
 def per_function_counts(rng: random.Random) -> dict[str, dict[str, int]]:

@@ -143,8 +143,9 @@ def disk_full(what: str, where: Path, *, needed: int | None = None, then: str = 
     """The one-line error: what was being written, the space it needed (when known), the space free
     now (the partial temporary already removed), and `then`: what is intact and how to go on."""
     size = f"about {human_size(needed)} needed, " if needed else ""
-    return DiskFullError(f"disk full while writing {what}: {size}{human_size(free_space(where))} free on "
-                         f"{mount_point(where)}{then}")
+    return DiskFullError(
+        f"disk full while writing {what}: {size}{human_size(free_space(where))} free on {mount_point(where)}{then}"
+    )
 
 
 def ensure_space(where: Path, needed: int, what: str, *, then: str = "") -> None:
@@ -198,13 +199,32 @@ def versions() -> dict[str, str]:
 
 def write_manifest(run_dir: Path, status: str, extra: dict[str, Any]) -> Path:
     """Seal the run: status, versions and the sha256 of every artifact in the folder."""
-    artifacts = {
+    artifacts = _artifact_hashes(run_dir)
+    manifest = {
+        "status": status,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": versions(),
+        **extra,
+        "artifacts": artifacts,
+    }
+    path = run_dir / MANIFEST
+    write_json(path, manifest)
+    return path
+
+
+def reseal_manifest(run_dir: Path, **changes: Any) -> Path:
+    """After a later step wrote into a sealed run (`tunesmith eval`: eval/, report.html): the same
+    manifest with `changes` merged in and every artifact's hash taken again, so it verifies."""
+    path = run_dir / MANIFEST
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest.update(changes, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), artifacts=_artifact_hashes(run_dir))
+    write_json(path, manifest)
+    return path
+
+
+def _artifact_hashes(run_dir: Path) -> dict[str, str]:
+    return {
         str(p.relative_to(run_dir)): sha256_file(p)
         for p in sorted(run_dir.rglob("*"))
         if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
     }
-    manifest = {"status": status, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(),
-                **extra, "artifacts": artifacts}
-    path = run_dir / MANIFEST
-    write_json(path, manifest)
-    return path

@@ -14,7 +14,11 @@ def quickstart_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]
     """`tunesmith quickstart` as a new user runs it (about 4 minutes on 2 CPU cores): the run folder and the
     finished process. Modules that change the run (export, merge) work on a copy."""
     out = tmp_path_factory.mktemp("quickstart")
-    done = subprocess.run([sys.executable, "-m", "tunesmith", "quickstart", "--set", f"output_dir={out}",
-                           "--set", "name=qs"], capture_output=True, text=True, timeout=2400)
+    done = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "quickstart", "--set", f"output_dir={out}", "--set", "name=qs"],
+        capture_output=True,
+        text=True,
+        timeout=2400,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return out / "qs", done

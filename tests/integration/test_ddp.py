@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 import time
@@ -31,14 +31,16 @@ TOLERANCE = 1e-5
 
 
 def _config_text(model, train, test, validation) -> str:
-    return (f"model:\n  name: {model}\n"
-            f"data:\n  train: {train}\n  validation: {validation}\n  test: {test}\n"
-            "template:\n  max_length: 64\n"
-            "lora:\n  r: 4\n"
-            f"train:\n  max_steps: {STEPS}\n  batch_size: 1\n  learning_rate: 1.0e-2\n  warmup_ratio: 0.0\n"
-            "  eval_steps: 2\n"
-            "  precision: fp32\n"  # auto would pick bf16 on CPUs with AMX; the comparison is about fp32 rounding
-            "eval:\n  limit: 2\n  max_new_tokens: 4\n  compare_base: false\n")
+    return (
+        f"model:\n  name: {model}\n"
+        f"data:\n  train: {train}\n  validation: {validation}\n  test: {test}\n"
+        "template:\n  max_length: 64\n"
+        "lora:\n  r: 4\n"
+        f"train:\n  max_steps: {STEPS}\n  batch_size: 1\n  learning_rate: 1.0e-2\n  warmup_ratio: 0.0\n"
+        "  eval_steps: 2\n"
+        "  precision: fp32\n"  # auto would pick bf16 on CPUs with AMX; the comparison is about fp32 rounding
+        "eval:\n  limit: 2\n  max_new_tokens: 4\n  compare_base: false\n"
+    )
 
 
 def _write_rows(path, rows):
@@ -46,11 +48,23 @@ def _write_rows(path, rows):
 
 
 def _cli(root, *args, timeout=600):
-    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(root / "tmp"), TUNESMITH_CACHE=str(root / "cache"),
-               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        TMPDIR=str(root / "tmp"),
+        TUNESMITH_CACHE=str(root / "cache"),
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "tunesmith", "train", *args], env=env, cwd=root,
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "train", *args],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return done, time.perf_counter() - started
 
 
@@ -59,15 +73,44 @@ def runs(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     (root / "tmp").mkdir()
     train, test, validation = root / "train.jsonl", root / "test.jsonl", root / "validation.jsonl"
-    _write_rows(train, [{"messages": [{"role": "user", "content": f"What is {i} plus {3 * i}?"},
-                                      {"role": "assistant", "content": f"{4 * i}" + " ok" * (i % 5)}]}
-                        for i in range(24)])
-    _write_rows(test, [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                                     {"role": "assistant", "content": f"{2 * i}"}]} for i in range(3)])
+    _write_rows(
+        train,
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": f"What is {i} plus {3 * i}?"},
+                    {"role": "assistant", "content": f"{4 * i}" + " ok" * (i % 5)},
+                ]
+            }
+            for i in range(24)
+        ],
+    )
+    _write_rows(
+        test,
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": f"What is {i} plus {i}?"},
+                    {"role": "assistant", "content": f"{2 * i}"},
+                ]
+            }
+            for i in range(3)
+        ],
+    )
     # 10 rows pack into 4 bins: an even count, so the last eval step has a bin for each rank (see
     # test_eval_loss_equals_the_single_process_run for what an odd count does)
-    _write_rows(validation, [{"messages": [{"role": "user", "content": f"What is {i} minus {i}?" + " Why?" * i},
-                                           {"role": "assistant", "content": "0"}]} for i in range(10)])
+    _write_rows(
+        validation,
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": f"What is {i} minus {i}?" + " Why?" * i},
+                    {"role": "assistant", "content": "0"},
+                ]
+            }
+            for i in range(10)
+        ],
+    )
     config = root / "run.yaml"
     config.write_text(_config_text(tiny_model_dir, train, test, validation), encoding="utf-8")
     output = root / "runs"
@@ -158,8 +201,9 @@ def test_a_failing_worker_fails_the_run_once_and_marks_the_folder(runs, tiny_mod
     shutil.copytree(tiny_model_dir, broken)
     (broken / "model.safetensors").write_bytes(b"not safetensors")
     config = root / "broken.yaml"
-    config.write_text(_config_text(broken, root / "train.jsonl", root / "test.jsonl", root / "validation.jsonl"),
-                      encoding="utf-8")
+    config.write_text(
+        _config_text(broken, root / "train.jsonl", root / "test.jsonl", root / "validation.jsonl"), encoding="utf-8"
+    )
     output = root / "failed-runs"
     done, _ = _cli(root, str(config), "--nproc", "2", "--set", "name=broken", "--set", f"output_dir={output}")
     assert done.returncode == 1, done.stderr[-3000:]

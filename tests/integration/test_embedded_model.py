@@ -1,6 +1,6 @@
 """The embedded default end to end: fetched, converted once, loaded as a plain folder, answering.
 
-Uses the real cache (`cache_root()`), so the first run on a machine downloads and converts
+Uses the real cache (`tunesmith.paths.cache_root()`), so the first run on a machine downloads and converts
 (about a minute on two cores) and every later run is a cache hit.
 """
 
@@ -15,10 +15,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tunesmith.models import embedded  # noqa: E402
-
 import torch  # noqa: E402
 import transformers  # noqa: E402
+
+from tunesmith.models import embedded  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def loaded(model_dir: pathlib.Path):
 
 
 def test_folder_is_a_plain_safetensors_model(model_dir: pathlib.Path) -> None:
-    assert model_dir == embedded.cache_root() / "models" / NAME
+    assert model_dir == embedded.models_dir() / NAME
     assert (model_dir / "model.safetensors").is_file()
     assert not list(model_dir.glob("*.gguf"))
     assert "gguf" not in (model_dir / "config.json").read_text().lower()
@@ -70,9 +70,7 @@ def test_tokenizer_keeps_chatml_and_generation_stops_at_im_end(loaded) -> None:
 def test_greedy_chat_answer_names_paris(loaded) -> None:
     model, tokenizer = loaded
     messages = [{"role": "user", "content": "What is the capital of France?"}]
-    inputs = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
-    )
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=40, do_sample=False)
     new_tokens = output[0, inputs["input_ids"].shape[1] :]

@@ -14,13 +14,26 @@ pytestmark = pytest.mark.integration
 
 
 def test_full_fine_tuning_learns_the_task(tmp_path):
-    config = load_config(quickstart_config_path(), [
-        "method=full", "train.learning_rate=1e-4", "train.max_steps=30", "train.warmup_ratio=0.1",
-        "eval.limit=20", "eval.compare_base=false", "data.validation=null",
-        f"output_dir={tmp_path}", "name=full"])
+    config = load_config(
+        quickstart_config_path(),
+        [
+            "method=full",
+            "train.learning_rate=1e-4",
+            "train.max_steps=30",
+            "train.warmup_ratio=0.1",
+            "eval.limit=20",
+            "eval.compare_base=false",
+            "data.validation=null",
+            f"output_dir={tmp_path}",
+            "name=full",
+        ],
+    )
     result = tunesmith.train(config)
-    losses = [json.loads(line)["loss"] for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
-              if '"loss"' in line]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+        if '"loss"' in line
+    ]
     assert len(losses) == 30
     assert sum(losses[-5:]) / 5 < sum(losses[:3]) / 3 / 4  # the loss falls by more than 4x
     tuned = result.metrics["eval"]["tuned"]

@@ -28,14 +28,17 @@ from transformers import (
     Qwen3Config,
 )
 
-from tunesmith.export.gguf import PROBE_STRINGS, llama_cpp_tokenization_check, plan_export, write_gguf
+from tunesmith.export.gguf import plan_export, write_gguf
+from tunesmith.export.gguf_check import PROBE_STRINGS, llama_cpp_tokenization_check
 from tunesmith.models.embedded import ensure_embedded_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.llamacpp]
 
 BUNDLED_TEST = Path(__file__).parents[2] / "src" / "tunesmith" / "data" / "bundled" / "smart_home" / "test.jsonl"
-CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 def tunesmith(*args: str) -> subprocess.CompletedProcess:
@@ -63,9 +66,14 @@ def llama_greedy(model, prompt: list[int], steps: int, stop: set[int]) -> list[i
 
 def hf_greedy(model, prompt: list[int], steps: int, stop: set[int]) -> list[int]:
     with torch.inference_mode():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=steps, do_sample=False,
-                             eos_token_id=sorted(stop), pad_token_id=sorted(stop)[0])
-    return out[0, len(prompt):].tolist()
+        out = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=steps,
+            do_sample=False,
+            eos_token_id=sorted(stop),
+            pad_token_id=sorted(stop)[0],
+        )
+    return out[0, len(prompt) :].tolist()
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +101,16 @@ def test_greedy_continuations_match_transformers_for_16_tokens(tuned_gguf):
     model = AutoModelForCausalLM.from_pretrained(run / "merged", dtype=torch.float32)
     meta = json.loads((run / "merged" / "tunesmith.json").read_text())
     rows = [json.loads(line) for line in BUNDLED_TEST.read_text().splitlines()[:4]]
-    prompts = [tokenizer.apply_chat_template(row["messages"][:-1], add_generation_prompt=True, tokenize=True,
-                                             return_dict=False) for row in rows]
-    prompts += [tokenizer.encode(text) for text in ("The capital of France is", "def fibonacci(n):\n",
-                                                    "Écris une phrase sur la mer.")]
+    prompts = [
+        tokenizer.apply_chat_template(
+            row["messages"][:-1], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        for row in rows
+    ]
+    prompts += [
+        tokenizer.encode(text)
+        for text in ("The capital of France is", "def fibonacci(n):\n", "Écris une phrase sur la mer.")
+    ]
     stop = {tokenizer.convert_tokens_to_ids(m) for m in meta["end_of_turn"]}
     cpp = llama(gguf_path, logits_all=True)  # keeps every position's logits in cpp.scores
     try:
@@ -134,24 +148,68 @@ def _embedded_tokenizer():
 
 
 ARCH_CONFIGS = {
-    "llama": lambda v: LlamaConfig(vocab_size=v, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                   rope_theta=100000.0, tie_word_embeddings=True),
-    "llama3-rope": lambda v: LlamaConfig(vocab_size=v, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
-                                         rope_theta=500000.0, tie_word_embeddings=False,
-                                         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                                       "high_freq_factor": 4.0,
-                                                       "original_max_position_embeddings": 64}),
-    "mistral": lambda v: MistralConfig(vocab_size=v, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=1, head_dim=32,
-                                       max_position_embeddings=512, sliding_window=None, tie_word_embeddings=False),
-    "qwen2": lambda v: Qwen2Config(vocab_size=v, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                   tie_word_embeddings=True),
-    "qwen3": lambda v: Qwen3Config(vocab_size=v, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                   max_position_embeddings=512, tie_word_embeddings=False),
+    "llama": lambda v: LlamaConfig(
+        vocab_size=v,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+    ),
+    "llama3-rope": lambda v: LlamaConfig(
+        vocab_size=v,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    ),
+    "mistral": lambda v: MistralConfig(
+        vocab_size=v,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=512,
+        sliding_window=None,
+        tie_word_embeddings=False,
+    ),
+    "qwen2": lambda v: Qwen2Config(
+        vocab_size=v,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    ),
+    "qwen3": lambda v: Qwen3Config(
+        vocab_size=v,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    ),
 }
 
 
@@ -162,15 +220,16 @@ def test_llama_cpp_logits_equal_transformers_for_each_supported_architecture(tmp
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():  # random init leaves biases/norms at 0/1; perturb them so their mapping is tested
-        for name, param in model.named_parameters():
+        for _name, param in model.named_parameters():
             if param.ndim == 1:
                 param.add_(0.1 * torch.randn_like(param))
             else:
                 param.mul_(4.0)  # larger weights: logits far from zero, so a wrong layout shows
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    plan = plan_export(tmp_path, tmp_path, tmp_path / "m.gguf", "f32", chat_template=CHATML,
-                       end_of_turn=["<|im_end|>"], name=arch)
+    plan = plan_export(
+        tmp_path, tmp_path, tmp_path / "m.gguf", "f32", chat_template=CHATML, end_of_turn=["<|im_end|>"], name=arch
+    )
     write_gguf(plan, tmp_path, log=lambda _: None)
 
     prompt = tokenizer.encode("<|im_start|>user\nTurn the lights to 40% in the kitchen, s'il vous plaît.<|im_end|>")
@@ -201,31 +260,52 @@ def _with_pre_tokenizer(folder: Path, pre_tokenizer: dict | None) -> PreTrainedT
 
 
 def _split(pattern: str) -> dict:
-    return {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    return {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+        ],
+    }
 
 
 def _tokenizer_cases() -> dict[str, dict | None]:
-    from tunesmith.export.gguf import SPLIT_PRE_TOKENIZERS
+    from tunesmith.export.gguf_vocab import SPLIT_PRE_TOKENIZERS
 
     cases: dict[str, dict | None] = {"gpt-2 (embedded)": None}
     for pattern, name in SPLIT_PRE_TOKENIZERS.items():
         cases[name] = _split(pattern)
-    cases["smollm"] = {"type": "Sequence", "pretokenizers": [
-        {"type": "Digits", "individual_digits": True},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]}
+    cases["smollm"] = {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Digits", "individual_digits": True},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        ],
+    }
     return cases
 
 
 @pytest.mark.parametrize("case", sorted(_tokenizer_cases()))
 def test_byte_level_pre_tokenizers_tokenize_identically(tmp_path, case):
     tokenizer = _with_pre_tokenizer(tmp_path / "tok", _tokenizer_cases()[case])
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "tok")
-    plan = plan_export(tmp_path / "tok", tmp_path / "tok", tmp_path / "t.gguf", "f16", chat_template=CHATML,
-                       end_of_turn=["<|im_end|>"], name=case)
+    plan = plan_export(
+        tmp_path / "tok",
+        tmp_path / "tok",
+        tmp_path / "t.gguf",
+        "f16",
+        chat_template=CHATML,
+        end_of_turn=["<|im_end|>"],
+        name=case,
+    )
     write_gguf(plan, tmp_path / "tok", log=lambda _: None)
     strings = PROBE_STRINGS + ("<|im_start|>assistant\n12345 '''s<|im_end|>", "  \n\n  x   1 22 333 4444")
     assert llama_cpp_tokenization_check(tmp_path / "t.gguf", tokenizer, strings) == []
@@ -247,19 +327,29 @@ def test_sentencepiece_style_tokenizer_tokenizes_identically(tmp_path, tiny_mode
         token["rstrip"] = token["lstrip"] = False
     (legacy / "tokenizer.json").write_text(json.dumps(data))
     tokenizer = AutoTokenizer.from_pretrained(legacy)
-    plan = plan_export(legacy, legacy, tmp_path / "p.gguf", "f32", chat_template=CHATML,
-                       end_of_turn=["<|end|>"], name="spm-tok")
+    plan = plan_export(
+        legacy, legacy, tmp_path / "p.gguf", "f32", chat_template=CHATML, end_of_turn=["<|end|>"], name="spm-tok"
+    )
     assert (plan.vocab.model, plan.vocab.add_space_prefix, plan.vocab.warnings) == ("llama", True, [])
     write_gguf(plan, legacy, log=lambda _: None)
     strings = tuple(s for s in PROBE_STRINGS if not s[0].isspace()) + (
-        "<|user|>\nBonjour à tous<|end|>\n<|assistant|>\nSalut !<|end|>", "x<|end|>\n<|endoftext|>")
+        "<|user|>\nBonjour à tous<|end|>\n<|assistant|>\nSalut !<|end|>",
+        "x<|end|>\n<|endoftext|>",
+    )
     assert llama_cpp_tokenization_check(tmp_path / "p.gguf", tokenizer, strings) == []
 
 
 def test_what_gguf_cannot_say_about_phi3s_tokenizer_is_reported(tiny_model_dir, tmp_path):
     """Phi-3's own settings (legacy=false, special tokens that strip whitespace to their right) have no GGUF key:
     the export says so instead of shipping a silently different tokenizer."""
-    plan = plan_export(tiny_model_dir, tiny_model_dir, tmp_path / "p.gguf", "f32", chat_template=CHATML,
-                       end_of_turn=["<|end|>"], name="phi3-tok")
+    plan = plan_export(
+        tiny_model_dir,
+        tiny_model_dir,
+        tmp_path / "p.gguf",
+        "f32",
+        chat_template=CHATML,
+        end_of_turn=["<|end|>"],
+        name="phi3-tok",
+    )
     warnings = " ".join(plan.vocab.warnings)
     assert "legacy=false" in warnings and "'<|assistant|>' strips whitespace to its right" in warnings

@@ -53,8 +53,11 @@ def test_cpu_peak_memory_of_a_quantized_base_within_20_percent(quantized):
 
 
 # (shape, method, precision, max_length, batch): about 40-60 s each on 2 cores
-OTHER_SHAPES = [("qwen2-biases", "lora", "auto", 256, 1), ("qwen2-biases", "full", "fp32", 256, 1),
-                ("mistral-hd128", "lora", "auto", 1024, 1)]
+OTHER_SHAPES = [
+    ("qwen2-biases", "lora", "auto", 256, 1),
+    ("qwen2-biases", "full", "fp32", 256, 1),
+    ("mistral-hd128", "lora", "auto", 1024, 1),
+]
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +68,21 @@ def random_models(tmp_path_factory):
     return lambda shape: random_model(folder / shape, shape)
 
 
-@pytest.mark.parametrize(("shape", "method", "precision", "max_length", "batch"), OTHER_SHAPES,
-                         ids=["-".join(map(str, s)) for s in OTHER_SHAPES])
-def test_cpu_peak_memory_within_20_percent_off_the_fitted_model(random_models, shape, method, precision,
-                                                                max_length, batch):
-    settings = [f"model.name={random_models(shape)}", f"method={method}", f"train.precision={precision}",
-                f"template.max_length={max_length}", f"train.batch_size={batch}"]
+@pytest.mark.parametrize(
+    ("shape", "method", "precision", "max_length", "batch"),
+    OTHER_SHAPES,
+    ids=["-".join(map(str, s)) for s in OTHER_SHAPES],
+)
+def test_cpu_peak_memory_within_20_percent_off_the_fitted_model(
+    random_models, shape, method, precision, max_length, batch
+):
+    settings = [
+        f"model.name={random_models(shape)}",
+        f"method={method}",
+        f"train.precision={precision}",
+        f"template.max_length={max_length}",
+        f"train.batch_size={batch}",
+    ]
     _check_cpu_peak(settings, f"{shape} {method} {precision} {max_length}x{batch}")
 
 
@@ -87,9 +99,19 @@ def _one_b_llama(folder):
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         if (source / name).exists():
             shutil.copy(source / name, folder / name)
-    config = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=49152, tie_word_embeddings=True, bos_token_id=1,
-                         eos_token_id=2, pad_token_id=2, max_position_embeddings=4096)
+    config = LlamaConfig(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        max_position_embeddings=4096,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
     return folder
@@ -104,11 +126,20 @@ def test_gpu_peak_memory_within_15_percent(method, tmp_path):
     from tunesmith.plan.measure import warm_up
 
     model = _one_b_llama(tmp_path)
-    config = load_config(quickstart_config_path(), [f"model.name={model}", f"method={method}",
-                                                    "template.max_length=1024", "train.batch_size=4",
-                                                    f"output_dir={tmp_path}"])
+    config = load_config(
+        quickstart_config_path(),
+        [
+            f"model.name={model}",
+            f"method={method}",
+            "template.max_length=1024",
+            "train.batch_size=4",
+            f"output_dir={tmp_path}",
+        ],
+    )
     predicted = estimate_memory(config, device_kind="cuda").total_bytes
     measured = warm_up(config, steps=4)["cuda_max_allocated_bytes"]
-    print(f"{method}: predicted {predicted / 2**30:.2f} GiB, measured {measured / 2**30:.2f} GiB "
-          f"on {torch.cuda.get_device_name(0)}")
+    print(
+        f"{method}: predicted {predicted / 2**30:.2f} GiB, measured {measured / 2**30:.2f} GiB "
+        f"on {torch.cuda.get_device_name(0)}"
+    )
     assert abs(predicted - measured) / measured < 0.15, (predicted, measured)

@@ -25,8 +25,9 @@ EPOCHS, STEPS_PER_EPOCH = 3, 2  # 8 rows, 2 per micro-batch, 2 micro-batches per
 
 
 def tunesmith(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tunesmith", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env())
+    return subprocess.run(
+        [sys.executable, "-m", "tunesmith", *args], capture_output=True, text=True, timeout=timeout, env=env()
+    )
 
 
 def env() -> dict[str, str]:
@@ -43,12 +44,30 @@ def folder(tmp_path_factory) -> Path:
 
 
 def train_args(folder: Path, kind: str, name: str) -> list[str]:
-    settings = [*KINDS[kind], f"data.test={folder / 'test.jsonl'}", f"output_dir={folder / 'runs'}", f"name={name}",
-                f"train.epochs={EPOCHS}", "train.batch_size=2", "train.gradient_accumulation=2", "train.packing=none",
-                "template.max_length=128", "lora.r=8", "lora.dropout=0.1", "train.learning_rate=2e-3",
-                "train.save_steps=2", "eval.max_new_tokens=24"]
-    return ["train", "--data", str(folder / "train.jsonl"), "--model", "smollm2-135m-instruct",
-            *[part for s in settings for part in ("--set", s)]]
+    settings = [
+        *KINDS[kind],
+        f"data.test={folder / 'test.jsonl'}",
+        f"output_dir={folder / 'runs'}",
+        f"name={name}",
+        f"train.epochs={EPOCHS}",
+        "train.batch_size=2",
+        "train.gradient_accumulation=2",
+        "train.packing=none",
+        "template.max_length=128",
+        "lora.r=8",
+        "lora.dropout=0.1",
+        "train.learning_rate=2e-3",
+        "train.save_steps=2",
+        "eval.max_new_tokens=24",
+    ]
+    return [
+        "train",
+        "--data",
+        str(folder / "train.jsonl"),
+        "--model",
+        "smollm2-135m-instruct",
+        *[part for s in settings for part in ("--set", s)],
+    ]
 
 
 @pytest.fixture(scope="module", params=list(KINDS))
@@ -60,8 +79,11 @@ def straight(request, folder) -> tuple[str, Path, subprocess.CompletedProcess]:
 
 
 def losses(run: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
-            if "loss" in json.loads(line)]
+    return [
+        json.loads(line)["loss"]
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
 
 
 def test_a_short_run_on_the_quantized_base_learns(straight):
@@ -81,8 +103,13 @@ def test_a_short_run_on_the_quantized_base_learns(straight):
 def test_sigkill_then_resume_ends_bit_identical(straight, folder):
     kind, reference, _ = straight
     name = f"{kind}-killed"
-    process = subprocess.Popen([sys.executable, "-m", "tunesmith", *train_args(folder, kind, name)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tunesmith", *train_args(folder, kind, name)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env(),
+    )
     checkpoints = folder / "runs" / name / "checkpoints"
     deadline = time.monotonic() + 600
     while not ck.checkpoint_steps(checkpoints):
@@ -140,8 +167,7 @@ def test_merge_checks_its_logits_and_its_gguf_loads_in_llama_cpp(straight):
     done = tunesmith("export", "gguf", str(run), "--type", "f16")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "tokenize identically" in done.stdout, done.stdout
-    model = llama_cpp.Llama(model_path=str(run / "export" / "model-f16.gguf"), n_ctx=256, n_threads=2,
-                            verbose=False)
+    model = llama_cpp.Llama(model_path=str(run / "export" / "model-f16.gguf"), n_ctx=256, n_threads=2, verbose=False)
     try:
         tokens = model.tokenize(b"Turn on the kitchen lights", add_bos=False)
         model.eval(tokens)
@@ -178,8 +204,17 @@ def test_loftq_on_the_embedded_4bit_model_lowers_every_layers_weight_error_and_r
     full = logits(AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32))
     errors, models = {}, {}
     for init in ("default", "loftq"):
-        config = load_config(None, ["data.train=x.jsonl", "model.name=smollm2-135m-instruct", "method=qlora",
-                                    f"lora.init={init}", "lora.r=16", "lora.alpha=32"])
+        config = load_config(
+            None,
+            [
+                "data.train=x.jsonl",
+                "model.name=smollm2-135m-instruct",
+                "method=qlora",
+                f"lora.init={init}",
+                "lora.r=16",
+                "lora.alpha=32",
+            ],
+        )
         models[init] = trainable_model(config, ref, device="cpu", precision="fp32").model
         errors[init] = float((logits(models[init]) - full).abs().mean())
     weights = safe_open(str(Path(ref.path) / "model.safetensors"), "pt")
@@ -192,6 +227,8 @@ def test_loftq_on_the_embedded_4bit_model_lowers_every_layers_weight_error_and_r
             update = module.scaling["default"] * module.lora_B["default"].weight @ module.lora_A["default"].weight
             assert (residual - update).norm() < residual.norm(), name
             before, after = before + float(residual.norm()) ** 2, after + float((residual - update).norm()) ** 2
-    print(f"SmolLM2-135M NF4, r=16: weight error {before ** 0.5:.1f} -> {after ** 0.5:.1f} with loftq; mean "
-          f"|logit - full precision| default {errors['default']:.3g}, loftq {errors['loftq']:.3g}")
+    print(
+        f"SmolLM2-135M NF4, r=16: weight error {before**0.5:.1f} -> {after**0.5:.1f} with loftq; mean "
+        f"|logit - full precision| default {errors['default']:.3g}, loftq {errors['loftq']:.3g}"
+    )
     assert after < 0.97 * before

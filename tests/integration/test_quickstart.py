@@ -54,8 +54,9 @@ def in_no_split(request: str) -> bool:
 
 
 def tunesmith(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tunesmith", *args], input=stdin, capture_output=True,
-                          text=True, timeout=2400)  # generous: a loaded machine runs 3x slower
+    return subprocess.run(
+        [sys.executable, "-m", "tunesmith", *args], input=stdin, capture_output=True, text=True, timeout=2400
+    )  # generous: a loaded machine runs 3x slower
 
 
 @pytest.fixture(scope="module")
@@ -137,11 +138,12 @@ def test_adapter_loads_with_plain_peft_and_stops_at_end_of_turn(quickstart):
     system = json.loads((run / "adapter" / "tunesmith.json").read_text())["system_prompt"]
     for request, expected in NEW_REQUESTS.items():
         messages = [{"role": "system", "content": system}, {"role": "user", "content": request}]
-        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
-                                               return_tensors="pt")
+        inputs = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        )
         with torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=200, do_sample=False)
-        new = out[0, inputs["input_ids"].shape[1]:]
+        new = out[0, inputs["input_ids"].shape[1] :]
         assert new[-1].item() == tokenizer.convert_tokens_to_ids("<|im_end|>") and len(new) < 200, request
         answer = json.loads(tokenizer.decode(new, skip_special_tokens=True))
         assert answer == expected, request
@@ -158,5 +160,7 @@ def test_eval_of_the_finished_run_matches_the_quick_start(quickstart):
     for model in ("base", "tuned"):
         assert after[model]["json_exact"] == pytest.approx(before[model]["json_exact"], abs=2 / 60)
     assert after["tuned"]["loss"] < after["base"]["loss"]
-    assert after["difference"]["json_exact"] == pytest.approx(after["tuned"]["json_exact"] - after["base"]["json_exact"])
+    assert after["difference"]["json_exact"] == pytest.approx(
+        after["tuned"]["json_exact"] - after["base"]["json_exact"]
+    )
     assert (run / "report.html").is_file()

@@ -27,8 +27,18 @@ pytestmark = pytest.mark.integration
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
 # A few short steps: one conversation per step, no validation or test split (no eval), so each run is
 # mostly the model load.
-FAST = ["--set", "train.batch_size=1", "--set", "train.packing=none", "--set", "template.max_length=64",
-        "--set", "data.validation=null", "--set", "data.test=null"]
+FAST = [
+    "--set",
+    "train.batch_size=1",
+    "--set",
+    "train.packing=none",
+    "--set",
+    "template.max_length=64",
+    "--set",
+    "data.validation=null",
+    "--set",
+    "data.test=null",
+]
 HOSTILE_FILE = "a b'c\"$(touch SENTINEL);d.jsonl"
 HOSTILE_RUN = "x; touch SENTINEL $(touch SENTINEL) `touch SENTINEL` 'q\""
 
@@ -40,8 +50,11 @@ def _free_port() -> int:
 
 
 def _keygen(path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tunesmith-test", "-f", str(path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tunesmith-test", "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
 
 
 class Server:
@@ -127,8 +140,20 @@ LogLevel ERROR
 
 def cli(srv: Server, *args: str, config=None, timeout=600, cwd=None) -> subprocess.CompletedProcess:
     verb, rest = args[0], list(args[1:])
-    argv = [sys.executable, "-m", "tunesmith", "remote", verb, *rest, "--host", srv.host,
-            "--ssh-config", str(config or srv.config), "--remote-dir", srv.remote_dir]
+    argv = [
+        sys.executable,
+        "-m",
+        "tunesmith",
+        "remote",
+        verb,
+        *rest,
+        "--host",
+        srv.host,
+        "--ssh-config",
+        str(config or srv.config),
+        "--remote-dir",
+        srv.remote_dir,
+    ]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd or srv.sentinel_dir)
 
 
@@ -197,8 +222,9 @@ def trained(server):
     config = work / "hostile $(touch SENTINEL) config.yaml"
     config.write_text(f"data:\n  train: {json.dumps(HOSTILE_FILE)}\n", encoding="utf-8")
     started = time.perf_counter()
-    done = cli(server, "train", str(config), *FAST, "--set", "train.max_steps=2", "--set", f"name={HOSTILE_RUN}",
-               timeout=1200)
+    done = cli(
+        server, "train", str(config), *FAST, "--set", "train.max_steps=2", "--set", f"name={HOSTILE_RUN}", timeout=1200
+    )
     server.timings["first remote train (with environment)"] = time.perf_counter() - started
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
@@ -238,8 +264,13 @@ def test_hostile_names_arrive_byte_for_byte_and_execute_nothing(server, trained)
     assert (Path(server.remote_dir, "runs", HOSTILE_RUN, "manifest.json")).is_file()
     report = json.loads(Path(server.remote_dir, "runs", HOSTILE_RUN, "data_report.json").read_text())
     assert any(HOSTILE_FILE in text for text in _strings(report))  # the host's run names the user's file
-    for where in (server.sentinel_dir, Path.home(), Path(server.remote_dir), remote.parent.parent,
-                  Path(server.remote_dir, "runs", HOSTILE_RUN)):
+    for where in (
+        server.sentinel_dir,
+        Path.home(),
+        Path(server.remote_dir),
+        remote.parent.parent,
+        Path(server.remote_dir, "runs", HOSTILE_RUN),
+    ):
         assert not (where / "SENTINEL").exists(), where
 
 
@@ -247,26 +278,49 @@ def test_run_survives_killed_client_and_environment_is_reused(server, trained):
     """The client is killed while it follows a run that cannot have ended: the run is frozen (SIGSTOP)
     from its first log line until the client is gone, so no machine is too fast for this test."""
     name, steps = "survivor", 3
-    argv = [sys.executable, "-m", "tunesmith", "remote", "train", quickstart(), *FAST,
-            "--set", f"train.max_steps={steps}", "--set", f"name={name}", "--host", server.host,
-            "--ssh-config", str(server.config), "--remote-dir", server.remote_dir]
+    argv = [
+        sys.executable,
+        "-m",
+        "tunesmith",
+        "remote",
+        "train",
+        quickstart(),
+        *FAST,
+        "--set",
+        f"train.max_steps={steps}",
+        "--set",
+        f"name={name}",
+        "--host",
+        server.host,
+        "--ssh-config",
+        str(server.config),
+        "--remote-dir",
+        server.remote_dir,
+    ]
     started = time.perf_counter()
-    client = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                              cwd=server.sentinel_dir)
+    client = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, cwd=server.sentinel_dir
+    )
     shown: list[str] = []  # what the client printed of the run's log, as it comes
-    reader = threading.Thread(target=lambda: shown.extend(line.decode(errors="replace") for line in client.stdout),
-                              daemon=True)
+    reader = threading.Thread(
+        target=lambda: shown.extend(line.decode(errors="replace") for line in client.stdout), daemon=True
+    )
     reader.start()
     log = Path(server.remote_dir, "jobs", name, "train.log")
     try:
-        wait_for("the run to start",
-                 lambda: (log.is_file() and "started:" in log.read_text()) or client.poll() is not None,
-                 why=lambda: "".join(shown)[-2000:])
+        wait_for(
+            "the run to start",
+            lambda: (log.is_file() and "started:" in log.read_text()) or client.poll() is not None,
+            why=lambda: "".join(shown)[-2000:],
+        )
         assert client.poll() is None, client.stderr.read().decode()
         pid = job_pid(server, name)
         with frozen(pid):
-            wait_for("the client to follow the log", lambda: any("started:" in line for line in shown)
-                     or client.poll() is not None, why=lambda: "".join(shown)[-2000:])
+            wait_for(
+                "the client to follow the log",
+                lambda: any("started:" in line for line in shown) or client.poll() is not None,
+                why=lambda: "".join(shown)[-2000:],
+            )
             assert not Path(server.remote_dir, "jobs", name, "exit.json").exists()  # the run has not ended
             assert client.poll() is None, "".join(shown)[-2000:]  # the client is following the log through ssh
             os.killpg(client.pid, signal.SIGKILL)  # the local client and its ssh process, without warning
@@ -289,14 +343,26 @@ def test_cancel_writes_checkpoint_and_resume_completes(server, trained):
     """SIGTERM reaches a run known to be mid-way: frozen (SIGSTOP) just after it logged step k, sent
     SIGTERM, then let go; it finishes step k+1, checkpoints it and stops."""
     name, steps = "cancel-me", 10
-    done = cli(server, "train", quickstart(), *FAST, "--set", f"train.max_steps={steps}", "--set", f"name={name}",
-               "--no-follow")
+    done = cli(
+        server,
+        "train",
+        quickstart(),
+        *FAST,
+        "--set",
+        f"train.max_steps={steps}",
+        "--set",
+        f"name={name}",
+        "--no-follow",
+    )
     assert done.returncode == 0, done.stderr
     metrics = Path(server.remote_dir, "runs", name, "metrics.jsonl")
     pid = job_pid(server, name)
     ended = Path(server.remote_dir, "jobs", name, "exit.json")
-    wait_for("a first logged step", lambda: bool(logged_steps(metrics)) or ended.exists(),
-             why=lambda: cli(server, "logs", name).stdout[-2000:])
+    wait_for(
+        "a first logged step",
+        lambda: bool(logged_steps(metrics)) or ended.exists(),
+        why=lambda: cli(server, "logs", name).stdout[-2000:],
+    )
     assert not ended.exists(), cli(server, "logs", name).stdout[-2000:]
     with frozen(pid):
         logged = logged_steps(metrics)[-1]  # the run cannot move on while frozen
@@ -321,8 +387,9 @@ def test_cancel_writes_checkpoint_and_resume_completes(server, trained):
 def test_unknown_host_key_is_refused_with_fingerprint(server):
     done = cli(server, "check", config=server.config_unknown)
     assert done.returncode == 2, done.stderr
-    fingerprint = subprocess.run(["ssh-keygen", "-lf", str(server.root / "host_ed25519.pub")], capture_output=True,
-                                 text=True, check=True).stdout.split()[1]
+    fingerprint = subprocess.run(
+        ["ssh-keygen", "-lf", str(server.root / "host_ed25519.pub")], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
     assert "not known" in done.stderr and fingerprint in done.stderr
     assert f"ssh-keyscan -p {server.port} 127.0.0.1 >> ~/.ssh/known_hosts" in done.stderr
     assert not Path(server.root / "empty_known_hosts").read_text()  # nothing was learned
@@ -330,9 +397,22 @@ def test_unknown_host_key_is_refused_with_fingerprint(server):
 
 def test_host_starting_with_dash_is_refused(server):
     for host in ("-oProxyCommand=touch SENTINEL", "root@127.0.0.1 -oProxyCommand=touch SENTINEL"):
-        done = subprocess.run([sys.executable, "-m", "tunesmith", "remote", "check", f"--host={host}",
-                               "--ssh-config", str(server.config)], capture_output=True, text=True,
-                              cwd=server.sentinel_dir, timeout=60)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tunesmith",
+                "remote",
+                "check",
+                f"--host={host}",
+                "--ssh-config",
+                str(server.config),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=server.sentinel_dir,
+            timeout=60,
+        )
         assert done.returncode == 2, done.stderr
     assert "must not start with '-'" in done.stderr or "whitespace" in done.stderr
     assert not (server.sentinel_dir / "SENTINEL").exists()

@@ -21,13 +21,24 @@ from tunesmith.report import write_report
 
 pytestmark = pytest.mark.integration
 
-RESULTS = {"n": 4, "metrics": ["json_exact", "json_valid", "exact"],
-           "base": {"json_exact": 0.0, "json_valid": 0.25, "exact": 0.0, "loss": 3.21, "perplexity": 24.78},
-           "tuned": {"json_exact": 0.75, "json_valid": 1.0, "exact": 0.5, "loss": 0.43, "perplexity": 1.537}}
-SAMPLES = [{"source": f"test.jsonl:{i}", "prompt": f"turn on lamp {i} <b>now</b>", "reference": '{"intent": "on"}',
-            "base": "Sure! <script>console.error('injected')</script>", "tuned": '{"intent": "on"}',
-            "base_scores": {"json_exact": 0.0, "json_valid": 0.0, "exact": 0.0},
-            "tuned_scores": {"json_exact": 1.0, "json_valid": 1.0, "exact": float(i % 2)}} for i in range(4)]
+RESULTS = {
+    "n": 4,
+    "metrics": ["json_exact", "json_valid", "exact"],
+    "base": {"json_exact": 0.0, "json_valid": 0.25, "exact": 0.0, "loss": 3.21, "perplexity": 24.78},
+    "tuned": {"json_exact": 0.75, "json_valid": 1.0, "exact": 0.5, "loss": 0.43, "perplexity": 1.537},
+}
+SAMPLES = [
+    {
+        "source": f"test.jsonl:{i}",
+        "prompt": f"turn on lamp {i} <b>now</b>",
+        "reference": '{"intent": "on"}',
+        "base": "Sure! <script>console.error('injected')</script>",
+        "tuned": '{"intent": "on"}',
+        "base_scores": {"json_exact": 0.0, "json_valid": 0.0, "exact": 0.0},
+        "tuned_scores": {"json_exact": 1.0, "json_valid": 1.0, "exact": float(i % 2)},
+    }
+    for i in range(4)
+]
 
 
 def chromium() -> str:
@@ -36,14 +47,27 @@ def chromium() -> str:
         return found
     if os.environ.get("TUNESMITH_NO_BROWSER") == "1":
         pytest.skip("TUNESMITH_NO_BROWSER=1: browser check of report.html skipped on request")
-    pytest.fail("chromium not found: install it (Debian/Ubuntu: `apt-get install -y chromium`, or `make browser`), "
-                "point TUNESMITH_CHROMIUM at a Chromium/Chrome binary, or set TUNESMITH_NO_BROWSER=1 to skip "
-                "this test explicitly", pytrace=False)
+    pytest.fail(
+        "chromium not found: install it (Debian/Ubuntu: `apt-get install -y chromium`, or `make browser`), "
+        "point TUNESMITH_CHROMIUM at a Chromium/Chrome binary, or set TUNESMITH_NO_BROWSER=1 to skip "
+        "this test explicitly",
+        pytrace=False,
+    )
 
 
 def headless(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [binary, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run", "--disable-extensions",
-               f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *args]
+    command = [
+        binary,
+        "--headless",
+        "--disable-gpu",
+        "--no-sandbox",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        *args,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -81,15 +105,40 @@ class EvalCells(HTMLParser):
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("browser-run")
-    metrics = [{"step": s, "epoch": s / 8, "loss": 2.5 * 0.85 ** s, "lr": 1e-3, "tokens_seen": 400 * s,
-                "tokens_per_s": 800.0, "elapsed_s": s * 0.5, "memory_mb": 1000.0} for s in range(1, 25)]
+    metrics = [
+        {
+            "step": s,
+            "epoch": s / 8,
+            "loss": 2.5 * 0.85**s,
+            "lr": 1e-3,
+            "tokens_seen": 400 * s,
+            "tokens_per_s": 800.0,
+            "elapsed_s": s * 0.5,
+            "memory_mb": 1000.0,
+        }
+        for s in range(1, 25)
+    ]
     metrics += [{"step": s, "epoch": s / 8, "eval_loss": 1.0 - 0.01 * s} for s in (8, 16, 24)]
     metrics.sort(key=lambda r: (r["step"], "eval_loss" in r))
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
     (run / "config.yaml").write_text("name: browser\nmethod: lora\nmodel:\n  name: tiny\n")
-    (run / "data_report.json").write_text(json.dumps({"splits": {"train": {
-        "rows": 8, "tokens": 800, "trainable_tokens": 300, "truncated": 0, "missing_end_of_turn": 0,
-        "trainable_share": 0.375}, "test": {"rows": 4}}}))
+    (run / "data_report.json").write_text(
+        json.dumps(
+            {
+                "splits": {
+                    "train": {
+                        "rows": 8,
+                        "tokens": 800,
+                        "trainable_tokens": 300,
+                        "truncated": 0,
+                        "missing_end_of_turn": 0,
+                        "trainable_share": 0.375,
+                    },
+                    "test": {"rows": 4},
+                }
+            }
+        )
+    )
     (run / "eval").mkdir()
     (run / "eval" / "results.json").write_text(json.dumps(RESULTS))
     (run / "eval" / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in SAMPLES))
@@ -99,8 +148,9 @@ def report(tmp_path_factory) -> Path:
 def test_rendered_eval_table_matches_results_json_and_console_is_silent(report, tmp_path):
     done = headless(chromium(), tmp_path / "profile", "--dump-dom", report.as_uri())
     console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
-    assert console == [], "the page logged to the console (it has no script, so any message is an error):\n" + \
-        "\n".join(console)
+    assert console == [], (
+        "the page logged to the console (it has no script, so any message is an error):\n" + "\n".join(console)
+    )
     parser = EvalCells()
     parser.feed(done.stdout)
     cells = parser.cells
@@ -117,8 +167,14 @@ def test_rendered_eval_table_matches_results_json_and_console_is_silent(report, 
 
 def test_screenshot_shows_a_full_page(report, tmp_path):
     shot = tmp_path / "report.png"
-    headless(chromium(), tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,2000",
-             "--hide-scrollbars", report.as_uri())
+    headless(
+        chromium(),
+        tmp_path / "profile",
+        f"--screenshot={shot}",
+        "--window-size=1280,2000",
+        "--hide-scrollbars",
+        report.as_uri(),
+    )
     assert shot.is_file()
     head = shot.read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n"

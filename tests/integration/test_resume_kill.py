@@ -24,14 +24,24 @@ STEPS = 16  # 2 epochs of 8 optimizer steps
 def config(tiny_model_dir, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("kill")
     data = root / "train.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                          {"role": "assistant", "content": f"{i + i}"}]} for i in range(16)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {i} plus {i}?"},
+                {"role": "assistant", "content": f"{i + i}"},
+            ]
+        }
+        for i in range(16)
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     path = root / "tiny.yaml"
-    path.write_text(f"model:\n  name: {tiny_model_dir}\ndata:\n  train: {data}\noutput_dir: {root / 'runs'}\n"
-                    "template:\n  max_length: 64\nlora:\n  r: 4\n  dropout: 0.1\n"
-                    "train:\n  epochs: 2\n  batch_size: 2\n  packing: none\n  learning_rate: 1.0e-2\n"
-                    "  save_steps: 2\n  keep_checkpoints: 2\n", encoding="utf-8")
+    path.write_text(
+        f"model:\n  name: {tiny_model_dir}\ndata:\n  train: {data}\noutput_dir: {root / 'runs'}\n"
+        "template:\n  max_length: 64\nlora:\n  r: 4\n  dropout: 0.1\n"
+        "train:\n  epochs: 2\n  batch_size: 2\n  packing: none\n  learning_rate: 1.0e-2\n"
+        "  save_steps: 2\n  keep_checkpoints: 2\n",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -49,16 +59,22 @@ def run_dir(config: Path, name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def uninterrupted(config) -> Path:
-    done = subprocess.run(tunesmith(str(config), "--set", "name=straight"), capture_output=True, text=True,
-                          timeout=900, env=env())
+    done = subprocess.run(
+        tunesmith(str(config), "--set", "name=straight"), capture_output=True, text=True, timeout=900, env=env()
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return run_dir(config, "straight")
 
 
 def start_and_signal(config: Path, name: str, sig: int) -> tuple[subprocess.Popen, int]:
     """Start a run, send `sig` as soon as its first checkpoint is complete; return it and that step."""
-    process = subprocess.Popen(tunesmith(str(config), "--set", f"name={name}"), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env=env())
+    process = subprocess.Popen(
+        tunesmith(str(config), "--set", f"name={name}"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env(),
+    )
     checkpoints = run_dir(config, name) / "checkpoints"
     deadline = time.monotonic() + 600
     while not ck.checkpoint_steps(checkpoints):
@@ -77,8 +93,11 @@ def adapter_diff(a: Path, b: Path) -> float:
 
 
 def logged_steps(run: Path) -> list[int]:
-    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
-            if "loss" in json.loads(line)]
+    return [
+        json.loads(line)["step"]
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
 
 
 def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(config, uninterrupted):
@@ -108,8 +127,13 @@ def test_sigterm_checkpoints_the_current_step_and_exits_resumable(config, uninte
     assert step < STEPS and logged_steps(run)[-1] == step  # the step it was on when the signal came
     assert ck.newest_complete(run / "checkpoints") == run / "checkpoints" / f"step-{step}"
 
-    done = subprocess.run(tunesmith(str(config), "--set", "name=stopped", "--resume"), capture_output=True,
-                          text=True, timeout=900, env=env())
+    done = subprocess.run(
+        tunesmith(str(config), "--set", "name=stopped", "--resume"),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env(),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"step-{step} (step {step}" in done.stdout.replace("\n", "")
     assert adapter_diff(run, uninterrupted) <= 1e-6

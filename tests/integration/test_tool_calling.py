@@ -25,8 +25,12 @@ pytestmark = pytest.mark.integration
 def tool_run(tmp_path_factory) -> Path:
     config = Path(str(resources.files("tunesmith") / "examples" / "tools.yaml"))
     out = tmp_path_factory.mktemp("tools")
-    done = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(config), "--set", f"output_dir={out}",
-                           "--set", "name=tools"], capture_output=True, text=True, timeout=2400)
+    done = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "train", str(config), "--set", f"output_dir={out}", "--set", "name=tools"],
+        capture_output=True,
+        text=True,
+        timeout=2400,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return out / "tools"
 

@@ -36,29 +36,60 @@ def tracked(tiny_model_dir, tmp_path_factory):
     for folder in (work, home, store):
         folder.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=work, check=True)
-    subprocess.run(["git", "remote", "add", "origin", f"https://{GIT_SECRET}@example.com/team/repo.git"], cwd=work,
-                   check=True)
-    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                          {"role": "assistant", "content": f"{i + i}"}]} for i in range(12)]
+    subprocess.run(
+        ["git", "remote", "add", "origin", f"https://{GIT_SECRET}@example.com/team/repo.git"], cwd=work, check=True
+    )
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {i} plus {i}?"},
+                {"role": "assistant", "content": f"{i + i}"},
+            ]
+        }
+        for i in range(12)
+    ]
     (work / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     (work / "run.yaml").write_text(
         f"name: {RUN}\noutput_dir: {root / 'runs'}\nmodel:\n  name: {tiny_model_dir}\n"
         "data:\n  train: chat.jsonl\n  validation: chat.jsonl\ntemplate:\n  max_length: 64\nlora:\n  r: 4\n"
         "train:\n  epochs: 1\n  batch_size: 4\n  packing: none\n  learning_rate: 1.0e-2\n"
         f"tracking:\n  backends: [mlflow, wandb, tensorboard]\n  project: {PROJECT}\n"
-        f"  mlflow_uri: {store / 'mlflow.db'}\n", encoding="utf-8")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "WANDB_", "TENSORBOARD_", "XDG_", "HF_MLFLOW_"))}
-    env |= SECRETS | {"HOME": str(home), "HF_HUB_OFFLINE": "1", "WANDB_CONFIG_DIR": str(home / "wandb-config"),
-                      "WANDB_CACHE_DIR": str(home / "wandb-cache"), "WANDB_DATA_DIR": str(home / "wandb-data")}
-    done = subprocess.run([sys.executable, "-m", "tunesmith", "train", "run.yaml"], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=600)
+        f"  mlflow_uri: {store / 'mlflow.db'}\n",
+        encoding="utf-8",
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "WANDB_", "TENSORBOARD_", "XDG_", "HF_MLFLOW_"))
+    }
+    env |= SECRETS | {
+        "HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_CONFIG_DIR": str(home / "wandb-config"),
+        "WANDB_CACHE_DIR": str(home / "wandb-cache"),
+        "WANDB_DATA_DIR": str(home / "wandb-data"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "train", "run.yaml"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     run_dir = root / "runs" / RUN
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return SimpleNamespace(root=root, work=work, run_dir=run_dir, store=store, stdout=done.stdout,
-                           stderr=done.stderr, steps=[r for r in records if "loss" in r],
-                           evals=[r for r in records if "eval_loss" in r])
+    return SimpleNamespace(
+        root=root,
+        work=work,
+        run_dir=run_dir,
+        store=store,
+        stdout=done.stdout,
+        stderr=done.stderr,
+        steps=[r for r in records if "loss" in r],
+        evals=[r for r in records if "eval_loss" in r],
+    )
 
 
 def _files(root: Path) -> list[Path]:
@@ -110,8 +141,9 @@ def test_mlflow_store_has_run_name_params_and_metrics(tracked):
     assert params["learning_rate"] == "0.01" and params["hub_token"] == "<HUB_TOKEN>"
 
     def history(key):
-        return [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key),
-                                                  key=lambda m: m.step)]
+        return [
+            (m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+        ]
 
     assert [s for s, _ in history("loss")] == [r["step"] for r in tracked.steps] == [1, 2, 3]
     assert [v for _, v in history("loss")] == pytest.approx([r["loss"] for r in tracked.steps])
@@ -148,11 +180,11 @@ def _wandb_records(path: Path):
     pos, block, partial = 7, 32768, b""
     while pos + 7 <= len(data):
         left = block - pos % block
-        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
         if left < 7 or kind == 0:  # block trailer / zero padding
             pos += left
             continue
-        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        payload, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind in (2, 3):  # first / middle chunk of a record
             partial = payload if kind == 2 else partial + payload
             continue
@@ -168,15 +200,22 @@ def test_wandb_offline_run_in_the_run_folder_with_history_and_config(tracked):
     records = list(_wandb_records(run_file))
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert run.display_name == RUN and run.project == PROJECT
-    history = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
-               for r in records if r.WhichOneof("record_type") == "history"]
+    history = [
+        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
     train = [h for h in history if "train/loss" in h]
     assert [h["train/global_step"] for h in train] == [r["step"] for r in tracked.steps]
     assert [h["train/loss"] for h in train] == pytest.approx([r["loss"] for r in tracked.steps])
     assert [h["train/grad_norm"] for h in train] == pytest.approx([r["grad_norm"] for r in tracked.steps])
     assert [h["eval/loss"] for h in history if "eval/loss" in h] == pytest.approx([tracked.evals[0]["eval_loss"]])
-    config = {u.key: json.loads(u.value_json) for r in records if r.WhichOneof("record_type") == "config"
-              for u in r.config.update}
+    config = {
+        u.key: json.loads(u.value_json)
+        for r in records
+        if r.WhichOneof("record_type") == "config"
+        for u in r.config.update
+    }
     assert config["tunesmith.train.learning_rate"] == 0.01 and config["tunesmith.name"] == RUN
     assert config["learning_rate"] == 0.01 and config["hub_token"] == "<HUB_TOKEN>"
     assert any(r.WhichOneof("record_type") == "exit" and r.exit.exit_code == 0 for r in records)
@@ -189,8 +228,9 @@ def test_a_failed_run_is_closed_as_failed_and_a_users_own_run_is_left_open(tmp_p
     from tunesmith.training.tracking import setup_tracking
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    config = load_config(None, ["data.train=x.jsonl", "name=r", "tracking.backends=[mlflow]",
-                                f"tracking.mlflow_uri={uri}"])
+    config = load_config(
+        None, ["data.train=x.jsonl", "name=r", "tracking.backends=[mlflow]", f"tracking.mlflow_uri={uri}"]
+    )
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(RuntimeError, match="died"):
         with setup_tracking(config, tmp_path / "run"):

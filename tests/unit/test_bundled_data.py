@@ -185,8 +185,7 @@ def test_tools_call_arguments_match_the_schema(split: str) -> None:
     for row in _tool_rows(split):
         call = _call(row)
         assert list(call) == ["name", "arguments"]
-        schema = next(t["function"]["parameters"] for t in row["tools"]
-                      if t["function"]["name"] == call["name"])
+        schema = next(t["function"]["parameters"] for t in row["tools"] if t["function"]["name"] == call["name"])
         args = call["arguments"]
         assert isinstance(args, dict), args  # an object, not a JSON string
         assert list(args) == list(schema["properties"])
@@ -212,8 +211,7 @@ def test_tools_requests_are_unique_across_splits() -> None:
                 return text[: -len(suffix)]
         return text
 
-    requests = [core(row["messages"][1]["content"])
-                for split in TOOLS_SPLITS for row in _tool_rows(split)]
+    requests = [core(row["messages"][1]["content"]) for split in TOOLS_SPLITS for row in _tool_rows(split)]
     assert len(requests) == sum(TOOLS_SPLITS.values())
     assert len(set(requests)) == len(requests)
 

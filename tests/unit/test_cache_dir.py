@@ -25,8 +25,12 @@ def _users(monkeypatch):
 
     monkeypatch.setattr(shutil, "disk_usage", disk_usage)
     facts = doctor.diagnose(None)
-    used = {"models": embedded.cache_root(), "data": data_cache.cache_dir().parent,
-            "remote": remote_env.cache_dir().parent, "doctor": asked[0]}  # the first folder doctor measures
+    used = {
+        "models": embedded.models_dir().parent,
+        "data": data_cache.cache_dir().parent,
+        "remote": remote_env.cache_dir().parent,
+        "doctor": asked[0],
+    }  # the first folder doctor measures
     if "cache_dir" in facts:  # and the folder it names
         used["doctor_reported"] = Path(facts["cache_dir"])
     return used
@@ -71,4 +75,3 @@ def test_relative_xdg_cache_home_and_empty_values_are_ignored(clean_env, monkeyp
     assert cache_root() == clean_env / "home" / ".cache" / "tunesmith"
     monkeypatch.setenv("TUNESMITH_CACHE", "~/ts-cache")
     assert cache_root() == clean_env / "home" / "ts-cache"
-

@@ -16,8 +16,12 @@ OPTIONS = FormatOptions()
 
 
 def chat(i: int, answer: str | None = None, role: str = "assistant") -> dict:
-    return {"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                         {"role": role, "content": answer if answer is not None else str(i + i)}]}
+    return {
+        "messages": [
+            {"role": "user", "content": f"What is {i} plus {i}?"},
+            {"role": role, "content": answer if answer is not None else str(i + i)},
+        ]
+    }
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -42,7 +46,9 @@ def test_a_bad_row_is_named_by_line_and_field_and_later_rows_are_still_checked(h
     report = check_files([str(hundred_rows)], options=OPTIONS)
     errors = [i for i in report.issues if i.severity == "error"]
     assert [(e.where.line, e.field, e.code) for e in errors] == [
-        (57, "messages[1].role", "unknown_role"), (80, "messages[1].content", "wrong_type")]
+        (57, "messages[1].role", "unknown_role"),
+        (80, "messages[1].content", "wrong_type"),
+    ]
     assert str(errors[0]).startswith(f"{hundred_rows}:57: messages[1].role: unknown role 'assistent'")
     (file,) = report.files
     assert (file.format, file.reason, file.rows, file.errors) == ("messages", "key messages", 100, 2)
@@ -53,40 +59,71 @@ def test_a_bad_row_is_named_by_line_and_field_and_later_rows_are_still_checked(h
 
 def test_unreadable_lines_are_issues_and_reading_goes_on(tmp_path):
     path = tmp_path / "mixed.jsonl"
-    path.write_bytes(b"".join([json.dumps(chat(1)).encode() + b"\n", b'{"messages": [\n', b"\xff\xfe\n", b"[1, 2]\n",
-                               json.dumps(chat(2)).encode() + b"\n"]))
+    path.write_bytes(
+        b"".join(
+            [
+                json.dumps(chat(1)).encode() + b"\n",
+                b'{"messages": [\n',
+                b"\xff\xfe\n",
+                b"[1, 2]\n",
+                json.dumps(chat(2)).encode() + b"\n",
+            ]
+        )
+    )
     report = check_files([str(path)], options=OPTIONS)
-    assert [(i.where.line, i.code) for i in report.issues] == [(2, "invalid_json"), (3, "invalid_utf8"),
-                                                               (4, "not_an_object")]
+    assert [(i.where.line, i.code) for i in report.issues] == [
+        (2, "invalid_json"),
+        (3, "invalid_utf8"),
+        (4, "not_an_object"),
+    ]
     assert report.stats.valid_rows == 2
 
 
 def test_format_is_detected_on_the_first_readable_row_and_stated_once(tmp_path):
-    path = write_jsonl(tmp_path / "alpaca.jsonl", ["{broken", {"foo": 1}, {"instruction": "Say hi", "output": "hi"},
-                                                   chat(3)])
+    path = write_jsonl(
+        tmp_path / "alpaca.jsonl", ["{broken", {"foo": 1}, {"instruction": "Say hi", "output": "hi"}, chat(3)]
+    )
     report = check_files([str(path)], options=OPTIONS)
     assert (report.files[0].format, report.files[0].reason) == ("alpaca", "keys instruction and output")
-    assert [(i.where.line, i.code) for i in report.issues] == [(1, "invalid_json"), (2, "unknown_format"),
-                                                               (4, "missing_key")]
+    assert [(i.where.line, i.code) for i in report.issues] == [
+        (1, "invalid_json"),
+        (2, "unknown_format"),
+        (4, "missing_key"),
+    ]
 
 
 def test_sample_rules_are_applied_to_every_row(tmp_path):
-    rows = [chat(1), {"messages": [{"role": "user", "content": "hi"}]},
-            {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
-                          {"role": "assistant", "content": "c"}]}]
+    rows = [
+        chat(1),
+        {"messages": [{"role": "user", "content": "hi"}]},
+        {
+            "messages": [
+                {"role": "user", "content": "a"},
+                {"role": "user", "content": "b"},
+                {"role": "assistant", "content": "c"},
+            ]
+        },
+    ]
     report = check_files([str(write_jsonl(tmp_path / "d.jsonl", rows))], options=OPTIONS)
     assert [(i.where.line, i.code, i.severity) for i in report.issues] == [
-        (2, "no_assistant", "error"), (3, "consecutive_roles", "warning")]
+        (2, "no_assistant", "error"),
+        (3, "consecutive_roles", "warning"),
+    ]
 
 
 def test_duplicates_and_near_duplicates_name_the_first_occurrence(tmp_path):
-    rows = [chat(1), chat(2), chat(1), {"messages": [{"role": "user", "content": "what is 2 plus 2"},
-                                                      {"role": "assistant", "content": "4."}]}]
+    rows = [
+        chat(1),
+        chat(2),
+        chat(1),
+        {"messages": [{"role": "user", "content": "what is 2 plus 2"}, {"role": "assistant", "content": "4."}]},
+    ]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     report = check_files([str(path)], options=OPTIONS)
     assert [(i.where.line, i.code, i.message) for i in report.issues] == [
         (3, "duplicate", f"duplicate of {path}:1"),
-        (4, "near_duplicate", f"same as {path}:2 except for case, spacing or punctuation")]
+        (4, "near_duplicate", f"same as {path}:2 except for case, spacing or punctuation"),
+    ]
     assert all(i.severity == "warning" for i in report.issues)
     assert not report.failed("error") and report.failed("warning")
 
@@ -105,7 +142,8 @@ def test_test_rows_also_in_train_are_split_overlap_whatever_the_file_order(tmp_p
     report = check_files([str(test), str(train)], options=OPTIONS, splits=splits)
     assert [(str(i.where), i.code, i.message) for i in report.issues] == [
         (f"{test}:1", "split_overlap", f"also in the training data at {train}:4"),
-        (f"{test}:3", "duplicate", f"duplicate of {test}:2")]
+        (f"{test}:3", "duplicate", f"duplicate of {test}:2"),
+    ]
     assert [f.reference for f in report.files] == [str(test), str(train)]
     assert [f.split for f in report.files] == ["test", "train"]
 
@@ -159,11 +197,12 @@ def test_classify_row_gives_a_sample_exactly_when_no_issue_is_an_error():
 
 # ---- with the embedded model's tokenizer (tests/fixtures/tokenizers: no weights) ------------------
 
+
 @pytest.fixture(scope="module")
 def measure(smol_tokenizer_dir):
     from tunesmith.formatting.measure import measure_for as build_measure
 
-    return build_measure(str(smol_tokenizer_dir), train_on="assistant")
+    return build_measure(_tokenizer(smol_tokenizer_dir), train_on="assistant")
 
 
 def test_token_stats_over_long_rows_and_trainable_share(tmp_path, measure):
@@ -181,8 +220,11 @@ def test_token_stats_over_long_rows_and_trainable_share(tmp_path, measure):
     assert 0 < tokens.trainable_share < 1
     assert tokens.rows_over_max_length == 2
     assert tokens.tokens_cut == sum(n - max_length for n in lengths if n > max_length)
-    assert sum(b["rows"] for b in tokens.histogram) == 22 and tokens.histogram[-1] == {"low": 65, "high": None,
-                                                                                          "rows": 2}
+    assert sum(b["rows"] for b in tokens.histogram) == 22 and tokens.histogram[-1] == {
+        "low": 65,
+        "high": None,
+        "rows": 2,
+    }
     too_long = issues_at(report, "too_long")
     assert [i.where.line for i in too_long] == [21, 22] and all(i.severity == "warning" for i in too_long)
     assert f"{lengths[20] - max_length} tokens would be cut" in too_long[0].message
@@ -190,8 +232,9 @@ def test_token_stats_over_long_rows_and_trainable_share(tmp_path, measure):
 
 
 def test_a_row_whose_trained_tokens_all_lie_past_max_length_is_an_error(tmp_path, measure):
-    long_question = {"messages": [{"role": "user", "content": " ".join(["word"] * 200)},
-                                  {"role": "assistant", "content": "ok"}]}
+    long_question = {
+        "messages": [{"role": "user", "content": " ".join(["word"] * 200)}, {"role": "assistant", "content": "ok"}]
+    }
     path = write_jsonl(tmp_path / "d.jsonl", [chat(1), long_question])
     report = check_files([str(path)], options=OPTIONS, measure=measure, max_length=64)
     assert [(i.where.line, i.code, i.severity) for i in report.issues] == [(2, "nothing_trains_after_cut", "error")]
@@ -202,10 +245,16 @@ def test_rows_that_train_no_token_are_errors(tmp_path, smol_tokenizer_dir):
     turn on its own is fine: only the encoded example shows it."""
     from tunesmith.formatting.measure import measure_for as build_measure
 
-    silent = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                           {"role": "user", "content": "c"}, {"role": "assistant", "content": "d", "weight": 0}]}
+    silent = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "c"},
+            {"role": "assistant", "content": "d", "weight": 0},
+        ]
+    }
     path = write_jsonl(tmp_path / "d.jsonl", [chat(1), silent])
-    measure = build_measure(str(smol_tokenizer_dir), train_on="last")
+    measure = build_measure(_tokenizer(smol_tokenizer_dir), train_on="last")
     report = check_files([str(path)], options=OPTIONS, measure=measure, max_length=64)
     assert [(i.where.line, i.code, i.severity) for i in report.issues] == [(2, "no_trainable_tokens", "error")]
     assert report.stats.tokens.rows == 2 and report.stats.valid_rows == 1
@@ -233,16 +282,26 @@ def test_a_row_the_chat_template_refuses_is_an_error_and_checking_goes_on(tmp_pa
     from tunesmith.formatting.measure import measure_for as build_measure
 
     strict = tmp_path / "strict.jinja"
-    strict.write_text("{% for m in messages %}{% if not loop.first and m.role == messages[loop.index0 - 1].role %}"
-                      "{{ raise_exception('roles must alternate') }}{% endif %}"
-                      "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}", encoding="utf-8")
-    twice = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
-                          {"role": "assistant", "content": "c"}]}
+    strict.write_text(
+        "{% for m in messages %}{% if not loop.first and m.role == messages[loop.index0 - 1].role %}"
+        "{{ raise_exception('roles must alternate') }}{% endif %}"
+        "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}",
+        encoding="utf-8",
+    )
+    twice = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "user", "content": "b"},
+            {"role": "assistant", "content": "c"},
+        ]
+    }
     path = write_jsonl(tmp_path / "d.jsonl", [chat(1), twice, chat(2)])
-    measure = build_measure(str(smol_tokenizer_dir), train_on="assistant", template=str(strict))
+    measure = build_measure(_tokenizer(smol_tokenizer_dir), train_on="assistant", template=str(strict))
     report = check_files([str(path)], options=OPTIONS, measure=measure, max_length=64, workers=2)
     assert [(i.where.line, i.code, i.severity) for i in report.issues] == [
-        (2, "consecutive_roles", "warning"), (2, "render_failed", "error")]
+        (2, "consecutive_roles", "warning"),
+        (2, "render_failed", "error"),
+    ]
     assert "roles must alternate" in report.issues[1].message
     assert report.stats.tokens.rows == 2 and report.stats.valid_rows == 2
 
@@ -254,3 +313,9 @@ def test_a_worker_that_dies_stops_the_check_instead_of_hanging_it(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [chat(1), chat(2)])
     with pytest.raises(BrokenProcessPool):
         check_files([str(path)], options=OPTIONS, measure=lambda sample: os._exit(3), workers=2)
+
+
+def _tokenizer(folder):
+    from tunesmith.models.load import ModelRef, load_tokenizer
+
+    return load_tokenizer(ModelRef(str(folder), str(folder), "local"))

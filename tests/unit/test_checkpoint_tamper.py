@@ -20,14 +20,24 @@ def finished(tiny_model_dir, tmp_path_factory) -> Path:
     """8 optimizer steps (2 epochs), a checkpoint every 2, all four kept."""
     root = tmp_path_factory.mktemp("tamper")
     data = root / "train.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                          {"role": "assistant", "content": f"{i + i}"}]} for i in range(8)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {i} plus {i}?"},
+                {"role": "assistant", "content": f"{i + i}"},
+            ]
+        }
+        for i in range(8)
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     config = root / "tiny.yaml"
-    config.write_text(f"model:\n  name: {tiny_model_dir}\ndata:\n  train: {data}\noutput_dir: {root / 'runs'}\n"
-                      "template:\n  max_length: 64\nlora:\n  r: 4\n  dropout: 0.1\n"
-                      "train:\n  epochs: 2\n  batch_size: 2\n  packing: none\n  learning_rate: 1.0e-2\n"
-                      "  save_steps: 2\n  keep_checkpoints: 4\n", encoding="utf-8")
+    config.write_text(
+        f"model:\n  name: {tiny_model_dir}\ndata:\n  train: {data}\noutput_dir: {root / 'runs'}\n"
+        "template:\n  max_length: 64\nlora:\n  r: 4\n  dropout: 0.1\n"
+        "train:\n  epochs: 2\n  batch_size: 2\n  packing: none\n  learning_rate: 1.0e-2\n"
+        "  save_steps: 2\n  keep_checkpoints: 4\n",
+        encoding="utf-8",
+    )
     assert main(["train", str(config), "--set", "name=straight"]) == 0
     return root / "runs" / "straight"
 
@@ -65,8 +75,10 @@ def test_a_tampered_checkpoint_is_named_moved_aside_and_the_previous_one_resumed
     capsys.readouterr()
     assert main(["train", str(run), "--resume"]) == 0
     out = capsys.readouterr().out.replace("\n", "")
-    assert "warning: hash mismatch in step-6/adapter_model.safetensors: checkpoint step-6 moved aside to " \
-           "checkpoints/rejected/step-6, not resumed from" in out
+    assert (
+        "warning: hash mismatch in step-6/adapter_model.safetensors: checkpoint step-6 moved aside to "
+        "checkpoints/rejected/step-6, not resumed from" in out
+    )
     assert f"Resuming from {run / 'checkpoints' / 'step-4'} (step 4" in out
     assert "incomplete" not in out
     from tunesmith.training import verify
@@ -86,8 +98,10 @@ def test_when_no_checkpoint_verifies_resume_says_why_in_one_line_and_moves_nothi
     capsys.readouterr()
     assert main(["train", str(run), "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: no complete checkpoint in {run / 'checkpoints'} to resume from (hash mismatch in "
-                   "step-2/optimizer.safetensors); start a new run under another name"]
+    assert err == [
+        f"error: no complete checkpoint in {run / 'checkpoints'} to resume from (hash mismatch in "
+        "step-2/optimizer.safetensors); start a new run under another name"
+    ]
     assert (run / "checkpoints" / "step-2").is_dir() and not (run / "checkpoints" / "rejected").exists()
 
 
@@ -101,8 +115,10 @@ def test_problems_are_named_and_a_second_rejection_keeps_the_first(tmp_path):
             (work / "state.json").write_text("{}")
     (root / "step-3" / "state.json").unlink()
     (root / "step-2" / "w.safetensors").write_bytes(b"\0" * 64)
-    assert verify.newest_verified(root) == (root / "step-1", [(root / "step-3", "missing step-3/state.json"),
-                                                              (root / "step-2", "hash mismatch in step-2/w.safetensors")])
+    assert verify.newest_verified(root) == (
+        root / "step-1",
+        [(root / "step-3", "missing step-3/state.json"), (root / "step-2", "hash mismatch in step-2/w.safetensors")],
+    )
     assert verify.reject(root / "step-2") == root / "rejected" / "step-2"
     with ck.atomic_checkpoint(root, 2) as work:
         (work / "w.safetensors").write_bytes(b"x")

@@ -10,12 +10,27 @@ import pytest
 
 from tunesmith.cli.main import build_parser, main
 
-VERBS = ["train", "quickstart", "eval", "generate", "chat", "data", "inspect", "merge", "export", "push", "remote", "plan", "doctor"]
+VERBS = [
+    "train",
+    "quickstart",
+    "eval",
+    "generate",
+    "chat",
+    "data",
+    "inspect",
+    "merge",
+    "export",
+    "push",
+    "remote",
+    "plan",
+    "doctor",
+]
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tunesmith", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tunesmith", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -32,9 +47,11 @@ def test_parser_lists_exactly_the_implemented_verbs():
 
 
 def test_help_imports_no_torch():
-    code = ("import sys, time; t = time.perf_counter(); from tunesmith.cli.main import main\n"
-            "try:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
-            "print(time.perf_counter() - t, 'torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)")
+    code = (
+        "import sys, time; t = time.perf_counter(); from tunesmith.cli.main import main\n"
+        "try:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(time.perf_counter() - t, 'torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     seconds, torch_loaded, transformers_loaded = done.stderr.split()
     assert (torch_loaded, transformers_loaded) == ("False", "False")  # what keeps --help instant
@@ -47,17 +64,23 @@ def write_config(tmp_path, body: str):
     return path
 
 
-@pytest.mark.parametrize(("body", "extra", "expected"), [
-    (None, [], "config file not found"),
-    ("data:\n  train: {data}\ntrain:\n  epochz: 1\n", [], "run.yaml:4: train.epochz: unknown key"),
-    ("data:\n  train: {data}\ntrain:\n  epochs: many\n", [], "run.yaml:4: train.epochs:"),
-    ("data:\n  train: {data}\n", ["--set", "lora.r=zero"], "--set lora.r=zero: lora.r:"),
-    ("data:\n  train: missing.jsonl\n", [], "run.yaml:2: data.train: data file not found: missing.jsonl"),
-    ("data:\n  train: {data}\n  test: gone.jsonl\n", [], "run.yaml:3: data.test: data file not found: gone.jsonl"),
-    ("data:\n  train: {data}\nmodel:\n  name: nobody/no-such-model\n", [],
-     "run.yaml:4: model.name: model 'nobody/no-such-model' is not a built-in name"),
-    ("data:\n  train: {data}\nmodel:\n  name: ./no/such/folder\n", [], "run.yaml:4: model.name: model not found"),
-])
+@pytest.mark.parametrize(
+    ("body", "extra", "expected"),
+    [
+        (None, [], "config file not found"),
+        ("data:\n  train: {data}\ntrain:\n  epochz: 1\n", [], "run.yaml:4: train.epochz: unknown key"),
+        ("data:\n  train: {data}\ntrain:\n  epochs: many\n", [], "run.yaml:4: train.epochs:"),
+        ("data:\n  train: {data}\n", ["--set", "lora.r=zero"], "--set lora.r=zero: lora.r:"),
+        ("data:\n  train: missing.jsonl\n", [], "run.yaml:2: data.train: data file not found: missing.jsonl"),
+        ("data:\n  train: {data}\n  test: gone.jsonl\n", [], "run.yaml:3: data.test: data file not found: gone.jsonl"),
+        (
+            "data:\n  train: {data}\nmodel:\n  name: nobody/no-such-model\n",
+            [],
+            "run.yaml:4: model.name: model 'nobody/no-such-model' is not a built-in name",
+        ),
+        ("data:\n  train: {data}\nmodel:\n  name: ./no/such/folder\n", [], "run.yaml:4: model.name: model not found"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_no_run_folder(tmp_path, chat_jsonl, body, extra, expected):
     config = tmp_path / "none.yaml" if body is None else write_config(tmp_path, body.format(data=chat_jsonl))
     done = run_cli("train", str(config), "--set", f"output_dir={tmp_path / 'runs'}", *extra, cwd=tmp_path)

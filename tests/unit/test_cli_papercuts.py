@@ -19,8 +19,9 @@ from tunesmith.config.schema import Config, ModelConfig
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tunesmith", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tunesmith", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def one_error_line(done: subprocess.CompletedProcess) -> str:
@@ -30,18 +31,27 @@ def one_error_line(done: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-CHAT_ROWS = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                           {"role": "assistant", "content": f"{i + i}"}]} for i in range(12)]
+CHAT_ROWS = [
+    {"messages": [{"role": "user", "content": f"What is {i} plus {i}?"}, {"role": "assistant", "content": f"{i + i}"}]}
+    for i in range(12)
+]
 
 
 # --- 6. a data file passed as the config ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "body", "expected"), [
-    ("data.jsonl", "".join(json.dumps(r) + "\n" for r in CHAT_ROWS), "12 rows of format messages: key messages"),
-    ("data.json", json.dumps(CHAT_ROWS, indent=2), "12 rows of format messages: key messages"),
-    ("pairs.csv", "instruction,output\nhello,hi\nbye,ciao\n", "2 rows of format alpaca: keys instruction and output"),
-])
+@pytest.mark.parametrize(
+    ("name", "body", "expected"),
+    [
+        ("data.jsonl", "".join(json.dumps(r) + "\n" for r in CHAT_ROWS), "12 rows of format messages: key messages"),
+        ("data.json", json.dumps(CHAT_ROWS, indent=2), "12 rows of format messages: key messages"),
+        (
+            "pairs.csv",
+            "instruction,output\nhello,hi\nbye,ciao\n",
+            "2 rows of format alpaca: keys instruction and output",
+        ),
+    ],
+)
 def test_a_data_file_as_config_says_so_and_how_to_train_on_it(tmp_path, name, body, expected):
     (tmp_path / name).write_text(body, encoding="utf-8")
     line = one_error_line(run_cli("train", name, cwd=tmp_path))
@@ -74,8 +84,23 @@ def test_train_needs_a_config_or_data(tmp_path):
 def test_data_and_model_flags_resolve_the_config_without_a_file(tmp_path, monkeypatch, chat_jsonl, tiny_model_dir):
     """`tunesmith train --data FILE --model DIR --set ...`, no config file: one step on the tiny model."""
     monkeypatch.chdir(tmp_path)
-    code = main(["train", "--data", str(chat_jsonl), "--model", str(tiny_model_dir), "--set", "train.max_steps=1",
-                 "--set", "train.batch_size=2", "--set", "lora.r=2", "--set", f"output_dir={tmp_path / 'runs'}"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(chat_jsonl),
+            "--model",
+            str(tiny_model_dir),
+            "--set",
+            "train.max_steps=1",
+            "--set",
+            "train.batch_size=2",
+            "--set",
+            "lora.r=2",
+            "--set",
+            f"output_dir={tmp_path / 'runs'}",
+        ]
+    )
     assert code == 0
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert re.fullmatch(r"chat-\d{8}-\d{6}", run_dir.name)  # named after the data file
@@ -150,9 +175,17 @@ def option_help(verb: str, option: str, capsys) -> str:
     return " ".join(match.group(1).split())
 
 
-@pytest.mark.parametrize(("verb", "option"), [("chat", "--max-new-tokens"), ("generate", "--max-new-tokens"),
-                                              ("generate", "--batch-size"), ("train", "--help-config"),
-                                              ("train", "--data"), ("train", "--model")])
+@pytest.mark.parametrize(
+    ("verb", "option"),
+    [
+        ("chat", "--max-new-tokens"),
+        ("generate", "--max-new-tokens"),
+        ("generate", "--batch-size"),
+        ("train", "--help-config"),
+        ("train", "--data"),
+        ("train", "--model"),
+    ],
+)
 def test_options_are_described(verb, option, capsys):
     assert len(option_help(verb, option, capsys)) > 20
 
@@ -161,8 +194,11 @@ def test_help_config_lists_every_key_with_its_type_default_and_reason(tmp_path):
     done = run_cli("train", "--help-config", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    heads = {line.partition(":")[0]: (line, lines[i + 1]) for i, line in enumerate(lines)
-             if line and not line.startswith(" ") and ": " in line and " = " in line}
+    heads = {
+        line.partition(":")[0]: (line, lines[i + 1])
+        for i, line in enumerate(lines)
+        if line and not line.startswith(" ") and ": " in line and " = " in line
+    }
     keys = [key for key, _ in config_fields()]
     assert len(keys) > 50 and "train.epochs" in keys and "data.train" in keys and "model" not in keys
     for key, field in config_fields():
@@ -173,10 +209,12 @@ def test_help_config_lists_every_key_with_its_type_default_and_reason(tmp_path):
     assert heads["train.max_steps"][0] == "train.max_steps: int | null = null"
     assert heads["data.train"][0].endswith("= required")
     assert heads["model.dtype"][0] == 'model.dtype: auto|float32|bfloat16|float16 = "auto"'
-    assert heads["model.dtype"][1].strip() == ("Weight dtype at load. `auto`: bfloat16 on a GPU that supports it, "
-                                               "float32 on CPU.")
-    assert heads["data.columns"][1].strip() == ("Your column names for the canonical ones, e.g. "
-                                                "{instruction: task, output: answer}.")  # "e.g." ends no sentence
+    assert heads["model.dtype"][1].strip() == (
+        "Weight dtype at load. `auto`: bfloat16 on a GPU that supports it, float32 on CPU."
+    )
+    assert heads["data.columns"][1].strip() == (
+        "Your column names for the canonical ones, e.g. {instruction: task, output: answer}."
+    )  # "e.g." ends no sentence
     assert not (tmp_path / "runs").exists()
 
 
@@ -197,8 +235,10 @@ def test_inspect_names_a_data_file_passed_as_its_config(tmp_path, capsys):
     from tunesmith.cli.main import main
 
     data = tmp_path / "chats.jsonl"
-    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
-                                             {"role": "assistant", "content": "Hello"}]}) + "\n", encoding="utf-8")
+    data.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}) + "\n",
+        encoding="utf-8",
+    )
     assert main(["inspect", str(data)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "looks like a data file (1 row of format messages" in err
@@ -216,14 +256,22 @@ def test_an_optional_librarys_import_warning_does_not_reach_stderr(tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text(
         "import logging\nlogging.getLogger('bitsandbytes.backends.cpu.ops').warning("
-        "'Failed to load CPU gemm_4bit_forward from kernels-community: no kernels')\n", encoding="utf-8")
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import tunesmith.cli.main as cli\n"
-            "import tunesmith.cli.data as data\n"
-            "real = data.run_check\n"
-            "def check(args):\n    import bitsandbytes\n    return real(args)\n"
-            "data.run_check = check\n"
-            "sys.exit(cli.main(['data', 'check', sys.argv[2]]))")
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site"), str(tmp_path / "missing.jsonl")],
-                          capture_output=True, text=True, timeout=120)
+        "'Failed to load CPU gemm_4bit_forward from kernels-community: no kernels')\n",
+        encoding="utf-8",
+    )
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import tunesmith.cli.main as cli\n"
+        "import tunesmith.cli.data as data\n"
+        "real = data.run_check\n"
+        "def check(args):\n    import bitsandbytes\n    return real(args)\n"
+        "data.run_check = check\n"
+        "sys.exit(cli.main(['data', 'check', sys.argv[2]]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "site"), str(tmp_path / "missing.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "gemm_4bit_forward" not in done.stderr

@@ -12,16 +12,25 @@ from tunesmith.config import load_config
 from tunesmith.errors import UserError
 from tunesmith.formatting.collate import collate_packed, collate_padded, collator_for
 from tunesmith.formatting.packing import pack
-from tunesmith.models.load import attention_implementation
+from tunesmith.machine import attention_implementation
+from tunesmith.models.attention import register
 from tunesmith.training.trainer import PackedTrainer
 
-CPU_KERNELS = ("segments", "sdpa", "eager")  # flex_attention: tests/integration/test_packing_embedded.py (compiles ~1 min)
+register()  # `segments` loadable by name in the models these tests build
+
+
+CPU_KERNELS = (
+    "segments",
+    "sdpa",
+    "eager",
+)  # flex_attention: tests/integration/test_packing_embedded.py (compiles ~1 min)
 
 
 @pytest.fixture(scope="module", params=CPU_KERNELS)
 def model(request, tiny_model_dir):
-    loaded = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
-                                                  attn_implementation=attention_implementation(request.param, "cpu"))
+    loaded = AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir, dtype=torch.float32, attn_implementation=attention_implementation(request.param, "cpu")
+    )
     return loaded.train()  # training mode, as in a run (dropout is 0 in this config)
 
 
@@ -32,7 +41,7 @@ def random_rows(lengths, seed=0):
 
 def chat_like(lengths, seed=0):
     """Rows whose first third is an untrained prompt, as in chat data."""
-    return [{"input_ids": r, "labels": [-100] * (len(r) // 3) + r[len(r) // 3:]} for r in random_rows(lengths, seed)]
+    return [{"input_ids": r, "labels": [-100] * (len(r) // 3) + r[len(r) // 3 :]} for r in random_rows(lengths, seed)]
 
 
 def loss_of(model, batch):
@@ -88,8 +97,9 @@ def test_packed_bins_logits_equal_separate_runs(model):
     ids = batch["input_ids"][0]
     with torch.no_grad():
         packed = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits[0]
-        separate = torch.cat([model(input_ids=ids[a:b][None], use_cache=False).logits[0]
-                              for a, b in zip(starts, starts[1:])])
+        separate = torch.cat(
+            [model(input_ids=ids[a:b][None], use_cache=False).logits[0] for a, b in zip(starts, starts[1:])]
+        )
     torch.testing.assert_close(packed, separate, atol=1e-5, rtol=1e-5)
 
 
@@ -100,7 +110,7 @@ def test_padded_logits_equal_separate_runs_where_tokens_are_real(model):
         padded = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         for i, r in enumerate(rows):
             alone = model(input_ids=torch.tensor([r]), use_cache=False).logits[0]
-            torch.testing.assert_close(padded[i, :len(r)], alone, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(padded[i, : len(r)], alone, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("collate", [collate_packed, collate_padded], ids=["bins", "none"])
@@ -121,14 +131,24 @@ def test_packing_modes_give_the_same_loss(model):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU refusals")
-@pytest.mark.parametrize(("setting", "reason"), [("flash_attention_2", "needs a CUDA GPU"),
-                                                 ("flex_attention", "cannot train on CPU")])
-def test_kernels_that_cannot_train_on_cpu_are_refused_before_any_work(setting, reason, tiny_model_dir, chat_jsonl,
-                                                                      tmp_path):
+@pytest.mark.parametrize(
+    ("setting", "reason"), [("flash_attention_2", "needs a CUDA GPU"), ("flex_attention", "cannot train on CPU")]
+)
+def test_kernels_that_cannot_train_on_cpu_are_refused_before_any_work(
+    setting, reason, tiny_model_dir, chat_jsonl, tmp_path
+):
     with pytest.raises(UserError, match=reason):
         attention_implementation(setting, "cpu")
-    config = load_config(None, [f"data.train={chat_jsonl}", f"model.name={tiny_model_dir}", f"output_dir={tmp_path}",
-                                "name=refused", f"model.attention={setting}"])
+    config = load_config(
+        None,
+        [
+            f"data.train={chat_jsonl}",
+            f"model.name={tiny_model_dir}",
+            f"output_dir={tmp_path}",
+            "name=refused",
+            f"model.attention={setting}",
+        ],
+    )
     with pytest.raises(UserError, match=rf"--set model.attention={setting}: model.attention: .*{reason}"):
         tunesmith.train(config)
     assert not (tmp_path / "refused").exists()
@@ -155,7 +175,8 @@ def test_packed_bins_logits_equal_separate_runs_on_gpu(kernel, tiny_model_dir):
     ids = batch["input_ids"][0]
     with torch.no_grad():
         packed = gpu(input_ids=ids[None], position_ids=batch["position_ids"], use_cache=False).logits[0].float()
-        separate = torch.cat([gpu(input_ids=ids[a:b][None], use_cache=False).logits[0].float()
-                              for a, b in zip(starts, starts[1:])])
+        separate = torch.cat(
+            [gpu(input_ids=ids[a:b][None], use_cache=False).logits[0].float() for a, b in zip(starts, starts[1:])]
+        )
     tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-4
     torch.testing.assert_close(packed, separate, atol=tolerance, rtol=tolerance)

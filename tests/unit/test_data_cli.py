@@ -59,7 +59,8 @@ def test_check_writes_the_full_report_and_shows_only_the_first_issues(tmp_path, 
     assert out.count("unknown role 'bot'") == 20 and f"10 more in {report}" in out
     data = json.loads(report.read_text(encoding="utf-8"))
     assert [(i["line"], i["field"], i["code"]) for i in data["issues"]] == [
-        (n, "messages[1].role", "unknown_role") for n in range(1, 31)]
+        (n, "messages[1].role", "unknown_role") for n in range(1, 31)
+    ]
     assert data["counts"] == {"error": 30, "warning": 0} and data["files"][0]["rows"] == 30
 
 
@@ -104,41 +105,76 @@ def test_a_missing_file_is_a_user_error(tmp_path, capsys):
 
 
 def test_convert_alpaca_to_messages(tmp_path, capsys):
-    source = write_jsonl(tmp_path / "alpaca.jsonl", [
-        {"instruction": "Translate.", "input": "Bonjour", "output": "Hello"},
-        {"instruction": "Say hi", "input": "", "output": "hi", "system": "Be nice."}])
+    source = write_jsonl(
+        tmp_path / "alpaca.jsonl",
+        [
+            {"instruction": "Translate.", "input": "Bonjour", "output": "Hello"},
+            {"instruction": "Say hi", "input": "", "output": "hi", "system": "Be nice."},
+        ],
+    )
     out = tmp_path / "out.jsonl"
     assert main(["data", "convert", str(source), "-o", str(out)]) == 0
     assert read_jsonl(out) == [
         {"messages": [{"role": "user", "content": "Translate.\n\nBonjour"}, {"role": "assistant", "content": "Hello"}]},
-        {"messages": [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Say hi"},
-                      {"role": "assistant", "content": "hi"}]}]
+        {
+            "messages": [
+                {"role": "system", "content": "Be nice."},
+                {"role": "user", "content": "Say hi"},
+                {"role": "assistant", "content": "hi"},
+            ]
+        },
+    ]
     assert "Wrote 2 of 2 rows" in capsys.readouterr().out
 
 
 def test_convert_keeps_weights_tool_calls_names_and_ids(tmp_path):
-    row = {"id": "r1", "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
-           "messages": [{"role": "user", "content": "Weather?"},
-                        {"role": "assistant", "content": None, "weight": 1,
-                         "tool_calls": [{"id": "c1", "type": "function",
-                                         "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
-                        {"role": "tool", "content": "18C", "name": "get_weather", "tool_call_id": "c1"},
-                        {"role": "assistant", "content": "18C.", "weight": 0}, {"role": "user", "content": "ok"},
-                        {"role": "assistant", "content": "Bye."}]}
+    row = {
+        "id": "r1",
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
+        "messages": [
+            {"role": "user", "content": "Weather?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "weight": 1,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+                    }
+                ],
+            },
+            {"role": "tool", "content": "18C", "name": "get_weather", "tool_call_id": "c1"},
+            {"role": "assistant", "content": "18C.", "weight": 0},
+            {"role": "user", "content": "ok"},
+            {"role": "assistant", "content": "Bye."},
+        ],
+    }
     source = write_jsonl(tmp_path / "tools.jsonl", [row, {"text": "plain"}])
     text = write_jsonl(tmp_path / "text.jsonl", [{"text": "plain", "id": 7}])
     tokens = write_jsonl(tmp_path / "tokens.jsonl", [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}])
     out = tmp_path / "out.jsonl"
     assert main(["data", "convert", str(source), str(text), str(tokens), "-o", str(out), "--skip-bad"]) == 0
     written = read_jsonl(out)
-    assert written[0]["messages"][1] == {"role": "assistant", "content": "", "weight": 1, "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}
+    assert written[0]["messages"][1] == {
+        "role": "assistant",
+        "content": "",
+        "weight": 1,
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+        ],
+    }
     assert written[0]["messages"][2] == row["messages"][2] and written[0]["id"] == "r1"
     assert written[0]["tools"] == row["tools"] and written[0]["messages"][3]["weight"] == 0
     assert written[1:] == [{"text": "plain", "id": "7"}, {"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}]
     # Reading the output back gives the same samples.
-    before = [content_key(s) for ref in (source, text, tokens) for _, s, _ in FileStream(str(ref), FormatOptions())
-              if s is not None]
+    before = [
+        content_key(s)
+        for ref in (source, text, tokens)
+        for _, s, _ in FileStream(str(ref), FormatOptions())
+        if s is not None
+    ]
     after = []
     for line, row_ in enumerate(written, start=1):
         single = write_jsonl(tmp_path / f"back{line}.jsonl", [row_])
@@ -156,8 +192,9 @@ def test_convert_with_bad_rows_exits_2_and_writes_nothing(bad_file, tmp_path, ca
 
 
 def split_contents(folder: Path) -> dict[str, list[str]]:
-    return {name: [json.dumps(r) for r in read_jsonl(folder / f"{name}.jsonl")]
-            for name in ("train", "validation", "test")}
+    return {
+        name: [json.dumps(r) for r in read_jsonl(folder / f"{name}.jsonl")] for name in ("train", "validation", "test")
+    }
 
 
 def test_split_is_deterministic_and_stable_as_rows_are_added(tmp_path, capsys):
@@ -177,13 +214,15 @@ def test_split_is_deterministic_and_stable_as_rows_are_added(tmp_path, capsys):
 
 
 def test_split_puts_duplicates_in_one_split_and_seed_changes_it(tmp_path):
-    rows = [chat(i) for i in range(200)] * 2 + [{"messages": [{"role": "user", "content": "WHAT is 5 plus 5"},
-                                                             {"role": "assistant", "content": "10!"}]}]
+    rows = [chat(i) for i in range(200)] * 2 + [
+        {"messages": [{"role": "user", "content": "WHAT is 5 plus 5"}, {"role": "assistant", "content": "10!"}]}
+    ]
     source = write_jsonl(tmp_path / "d.jsonl", rows)
     assert main(["data", "split", str(source), "--out", str(tmp_path / "s"), "--test", "0.3"]) == 0
     parts = split_contents(tmp_path / "s")
-    assert parts["validation"] and all(parts[name].count(row) == 2 for name in parts for row in parts[name][:-1]
-                                       if "WHAT" not in row)
+    assert parts["validation"] and all(
+        parts[name].count(row) == 2 for name in parts for row in parts[name][:-1] if "WHAT" not in row
+    )
     near = next(name for name in parts for row in parts[name] if "WHAT" in row)
     assert json.dumps(chat(5)) in parts[near]
     assert main(["data", "split", str(source), "--out", str(tmp_path / "t"), "--test", "0.3", "--seed", "x"]) == 0
@@ -192,15 +231,26 @@ def test_split_puts_duplicates_in_one_split_and_seed_changes_it(tmp_path):
 
 def test_split_rejects_fractions_that_leave_no_train(tmp_path, capsys):
     source = write_jsonl(tmp_path / "d.jsonl", [chat(1)])
-    assert main(["data", "split", str(source), "--out", str(tmp_path / "s"), "--validation", "0.5",
-                 "--test", "0.5"]) == 2
+    assert (
+        main(["data", "split", str(source), "--out", str(tmp_path / "s"), "--validation", "0.5", "--test", "0.5"]) == 2
+    )
     assert "leave nothing for train" in capsys.readouterr().err and not (tmp_path / "s").exists()
 
 
 def test_stats_json(tmp_path, capsys):
-    path = write_jsonl(tmp_path / "d.jsonl", [chat(i) for i in range(5)] + [
-        {"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "y"},
-                      {"role": "assistant", "content": "z"}]}])
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [chat(i) for i in range(5)]
+        + [
+            {
+                "messages": [
+                    {"role": "system", "content": "x"},
+                    {"role": "user", "content": "y"},
+                    {"role": "assistant", "content": "z"},
+                ]
+            }
+        ],
+    )
     assert main(["data", "stats", str(path), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert (stats["rows"], stats["valid_rows"], stats["rows_by_format"]) == (6, 6, {"messages": 6})
@@ -224,9 +274,11 @@ def test_every_data_command_has_help(command, capsys):
 
 
 def test_data_check_help_imports_no_torch():
-    code = ("import sys, time; t = time.perf_counter(); from tunesmith.cli.main import main\n"
-            "try:\n    main(['data', 'check', '--help'])\nexcept SystemExit:\n    pass\n"
-            "print(time.perf_counter() - t, 'torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)")
+    code = (
+        "import sys, time; t = time.perf_counter(); from tunesmith.cli.main import main\n"
+        "try:\n    main(['data', 'check', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(time.perf_counter() - t, 'torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     seconds, torch_loaded, transformers_loaded = done.stderr.split()
     assert (torch_loaded, transformers_loaded) == ("False", "False")  # what keeps --help instant

@@ -68,10 +68,19 @@ def test_training_stops_on_line_57_before_any_model_is_fetched(tmp_path):
     data = with_bad_row_at(tmp_path / "train.jsonl", 57, 80)
     config = tmp_path / "run.yaml"
     config.write_text(f"data:\n  train: {data}\n", encoding="utf-8")
-    env = {"TUNESMITH_CACHE": str(tmp_path / "empty-cache"), "TUNESMITH_EMBEDDED_WHEEL": str(tmp_path / "none.whl"),
-           "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(config), "--set",
-                           f"output_dir={tmp_path / 'runs'}"], capture_output=True, text=True, env=env, timeout=300)
+    env = {
+        "TUNESMITH_CACHE": str(tmp_path / "empty-cache"),
+        "TUNESMITH_EMBEDDED_WHEEL": str(tmp_path / "none.whl"),
+        "HF_HUB_OFFLINE": "1",
+        "PATH": "/usr/bin:/bin",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "train", str(config), "--set", f"output_dir={tmp_path / 'runs'}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stderr
     assert f"{data}:57: messages[1].role: unknown role 'assistent'" in done.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "empty-cache" / "models").exists()

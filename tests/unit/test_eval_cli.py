@@ -13,9 +13,17 @@ from tunesmith.config import load_config
 
 
 def _rows(n: int) -> list[dict]:
-    return [{"id": f"r{i}", "messages": [{"role": "system", "content": "Answer briefly."},
-                                         {"role": "user", "content": f"What is {i} plus {i}?"},
-                                         {"role": "assistant", "content": f"{i + i}"}]} for i in range(n)]
+    return [
+        {
+            "id": f"r{i}",
+            "messages": [
+                {"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": f"What is {i} plus {i}?"},
+                {"role": "assistant", "content": f"{i + i}"},
+            ],
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +31,23 @@ def tiny_run(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval-run")
     data = root / "chat.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _rows(8)), encoding="utf-8")
-    config = load_config(None, [f"data.train={data}", f"data.test={data}", f"model.name={tiny_model_dir}",
-                                f"output_dir={root / 'runs'}", "name=tiny", "train.max_steps=3",
-                                "train.batch_size=4", "train.learning_rate=5e-2", "lora.r=4",
-                                "eval.limit=2", "eval.max_new_tokens=3", "eval.metrics=[exact,normalized,rouge_l]"])
+    config = load_config(
+        None,
+        [
+            f"data.train={data}",
+            f"data.test={data}",
+            f"model.name={tiny_model_dir}",
+            f"output_dir={root / 'runs'}",
+            "name=tiny",
+            "train.max_steps=3",
+            "train.batch_size=4",
+            "train.learning_rate=5e-2",
+            "lora.r=4",
+            "eval.limit=2",
+            "eval.max_new_tokens=3",
+            "eval.metrics=[exact,normalized,rouge_l]",
+        ],
+    )
     return tunesmith.train(config).run_dir, data
 
 
@@ -38,8 +59,7 @@ def test_training_records_loss_and_perplexity_for_tuned_and_base(tiny_run):
         assert results[model]["perplexity"] == pytest.approx(2.718281828 ** results[model]["loss"], rel=1e-4)
         assert results[model]["loss_tokens"] > 0
     assert results["tuned"]["loss"] != results["base"]["loss"]  # the adapter trained
-    assert results["difference"]["loss"] == pytest.approx(results["tuned"]["loss"] - results["base"]["loss"],
-                                                          abs=1e-5)
+    assert results["difference"]["loss"] == pytest.approx(results["tuned"]["loss"] - results["base"]["loss"], abs=1e-5)
     assert set(results["difference"]) == {"exact", "normalized", "rouge_l", "loss", "perplexity"}
 
 
@@ -53,9 +73,13 @@ def test_eval_cli_data_limit_and_base_flags(tiny_run, tiny_model_dir, tmp_path):
 
     run_dir, _ = tiny_run
     other = tmp_path / "other.jsonl"  # sharegpt this time: any supported format
-    other.write_text("".join(json.dumps({"conversations": [{"from": "human", "value": f"Say {w}"},
-                                                           {"from": "gpt", "value": w}]}) + "\n"
-                             for w in ("yes", "no", "maybe")), encoding="utf-8")
+    other.write_text(
+        "".join(
+            json.dumps({"conversations": [{"from": "human", "value": f"Say {w}"}, {"from": "gpt", "value": w}]}) + "\n"
+            for w in ("yes", "no", "maybe")
+        ),
+        encoding="utf-8",
+    )
     assert main(["eval", str(run_dir), "--data", str(other), "--limit", "2", "--base"]) == 0
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     samples = [json.loads(line) for line in (run_dir / "eval" / "samples.jsonl").read_text().splitlines()]
@@ -65,8 +89,9 @@ def test_eval_cli_data_limit_and_base_flags(tiny_run, tiny_model_dir, tmp_path):
     # loss covers all 3 rows; the base loss is the plain base model's (adapter disabled)
     run = load_run(run_dir)
     rows = read_prompt_rows(str(other))
-    examples = encode_for_loss(rows, run.template, run.tokenizer, train_on="assistant", max_length=1024,
-                               markers=run.meta["end_of_turn"])
+    examples = encode_for_loss(
+        rows, run.template, run.tokenizer, train_on="assistant", max_length=1024, markers=run.meta["end_of_turn"]
+    )
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     assert results["base"]["loss"] == pytest.approx(split_loss(base, examples)["loss"], rel=1e-4)
     assert results["tuned"]["loss_tokens"] == sum(e.n_trainable for e in examples)
@@ -74,6 +99,17 @@ def test_eval_cli_data_limit_and_base_flags(tiny_run, tiny_model_dir, tmp_path):
     assert main(["eval", str(run_dir), "--data", str(other), "--limit", "1", "--no-base"]) == 0
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     assert "base" not in results and "difference" not in results and results["n"] == 1
+    _assert_manifest_verifies(run_dir)  # eval rewrote eval/ and report.html: the hashes were taken again
+
+
+def _assert_manifest_verifies(run_dir):
+    from tunesmith.runfolder import sha256_file
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["artifacts"]
+    assert {"eval/results.json", "report.html"} <= set(manifest["artifacts"])
+    for name, digest in manifest["artifacts"].items():
+        assert sha256_file(run_dir / name) == digest, name
 
 
 def test_eval_user_metric_import_error_is_one_line(tiny_run, capsys):
@@ -93,11 +129,19 @@ def test_eval_user_metric_import_error_is_one_line(tiny_run, capsys):
 def _prompt_file(tmp_path):
     path = tmp_path / "in.jsonl"
     rows = [
-        {"id": "ends-with-answer", "messages": [{"role": "user", "content": "Name a color."},
-                                                {"role": "assistant", "content": "Blue."}]},
+        {
+            "id": "ends-with-answer",
+            "messages": [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "Blue."}],
+        },
         {"id": "ends-with-user", "messages": [{"role": "user", "content": "Name a color."}]},
-        {"id": "multi", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-                                     {"role": "user", "content": "Count to three."}]},
+        {
+            "id": "multi",
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "Count to three."},
+            ],
+        },
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
@@ -107,8 +151,21 @@ def _prompt_file(tmp_path):
 def test_generate_writes_one_answer_per_row(tiny_run, tiny_model_dir, tmp_path, which):
     target = tiny_run[0] if which == "run" else tiny_model_dir
     out = tmp_path / "sub" / "out.jsonl"
-    assert main(["generate", str(target), str(_prompt_file(tmp_path)), str(out), "--max-new-tokens", "5",
-                 "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(target),
+                str(_prompt_file(tmp_path)),
+                str(out),
+                "--max-new-tokens",
+                "5",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(w["id"], w["line"]) for w in written] == [("ends-with-answer", 1), ("ends-with-user", 2), ("multi", 3)]
     assert all(isinstance(w["answer"], str) for w in written)
@@ -132,8 +189,13 @@ def test_chat_is_multi_turn_streams_and_takes_a_system_prompt(tiny_run, capsys):
     from tunesmith.evaluate.chat import answer_once, chat
 
     run_dir, _ = tiny_run
-    history = chat(run_dir, console=Console(), system="Be terse.", max_new_tokens=4,
-                   stdin=io.StringIO("What is 1 plus 1?\n\nAnd 2 plus 2?\n/exit\nnever read\n"))
+    history = chat(
+        run_dir,
+        console=Console(),
+        system="Be terse.",
+        max_new_tokens=4,
+        stdin=io.StringIO("What is 1 plus 1?\n\nAnd 2 plus 2?\n/exit\nnever read\n"),
+    )
     assert [m["role"] for m in history] == ["system", "user", "assistant", "user", "assistant"]
     assert history[0]["content"] == "Be terse." and history[3]["content"] == "And 2 plus 2?"
     streamed = capsys.readouterr().out

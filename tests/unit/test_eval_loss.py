@@ -23,8 +23,9 @@ def tiny(tiny_model_dir):
 
 def _examples(tiny, path, train_on="assistant"):
     _, tokenizer, template, markers = tiny
-    rows = load_split([SourceSpec(str(path), 1.0, FormatOptions())], split="test", policy="fail",
-                      seed=0).conversations()
+    rows = load_split(
+        [SourceSpec(str(path), 1.0, FormatOptions())], split="test", policy="fail", seed=0
+    ).conversations()
     return encode_for_loss(rows, template, tokenizer, train_on=train_on, max_length=512, markers=markers)
 
 

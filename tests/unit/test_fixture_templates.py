@@ -14,18 +14,28 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from tunesmith.data.types import Conversation, Message, Provenance, ToolCall
+from tunesmith.data.types import IGNORE_INDEX, Conversation, Message, Provenance, ToolCall
 from tunesmith.errors import UserError
-from tunesmith.formatting.encode import IGNORE_INDEX, build_template, encode, end_of_turn_markers
+from tunesmith.formatting.encode import encode, end_of_turn_markers
 from tunesmith.formatting.prepare import encode_split
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "chat_templates"
 ALL = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
-EOT = {"phi-3-mini-128k-instruct": "<|end|>", "granite-3.1-1b-a400m-instruct": "<|end_of_text|>",
-       "llama-3.2-3b-instruct": "<|eot_id|>", "qwen2.5-instruct": "<|im_end|>", "smollm3-3b": "<|im_end|>",
-       "deepseek-r1-distill-qwen-32b": "<｜end▁of▁sentence｜>", "gemma-1-2b-it": "<end_of_turn>",
-       "trl-cohere": "<|END_OF_TURN_TOKEN|>", "trl-lfm2": "<|im_end|>", "trl-llama3": "<|eot_id|>",
-       "trl-nemotron_3_super": "<|im_end|>", "trl-qwen3_5_nothink": "<|im_end|>", "trl-qwen3_vl": "<|im_end|>"}
+EOT = {
+    "phi-3-mini-128k-instruct": "<|end|>",
+    "granite-3.1-1b-a400m-instruct": "<|end_of_text|>",
+    "llama-3.2-3b-instruct": "<|eot_id|>",
+    "qwen2.5-instruct": "<|im_end|>",
+    "smollm3-3b": "<|im_end|>",
+    "deepseek-r1-distill-qwen-32b": "<｜end▁of▁sentence｜>",
+    "gemma-1-2b-it": "<end_of_turn>",
+    "trl-cohere": "<|END_OF_TURN_TOKEN|>",
+    "trl-lfm2": "<|im_end|>",
+    "trl-llama3": "<|eot_id|>",
+    "trl-nemotron_3_super": "<|im_end|>",
+    "trl-qwen3_5_nothink": "<|im_end|>",
+    "trl-qwen3_vl": "<|im_end|>",
+}
 NO_SYSTEM_ROLE = {"gemma-1-2b-it"}
 
 
@@ -43,8 +53,12 @@ def conversation(*turns: tuple[str, str], tools: tuple[dict, ...] = ()) -> Conve
 
 
 def multi_turn(name: str) -> Conversation:
-    turns = [("user", "Hi there"), ("assistant", "Hello! How can I help?"), ("user", "Say 'ok' twice"),
-             ("assistant", "ok ok")]
+    turns = [
+        ("user", "Hi there"),
+        ("assistant", "Hello! How can I help?"),
+        ("user", "Say 'ok' twice"),
+        ("assistant", "ok ok"),
+    ]
     return conversation(*([] if name in NO_SYSTEM_ROLE else [("system", "Be terse.")]), *turns)
 
 
@@ -88,23 +102,32 @@ def test_multi_turn_trains_each_answer_and_its_end_of_turn_only(name, load):
 
 def test_llama_adds_bos_once_and_a_date_preamble_that_does_not_train(load):
     tokenizer, template, markers = load("llama-3.2-3b-instruct")
-    example = encode(multi_turn("llama-3.2-3b-instruct"), template, tokenizer, train_on="assistant",
-                     max_length=4096, markers=markers)[-1]
+    example = encode(
+        multi_turn("llama-3.2-3b-instruct"), template, tokenizer, train_on="assistant", max_length=4096, markers=markers
+    )[-1]
     assert example.input_ids[0] == tokenizer.bos_token_id and example.input_ids[1] != tokenizer.bos_token_id
     assert "Cutting Knowledge Date" in tokenizer.decode(example.input_ids)
     assert "Cutting" not in "".join(trained_runs(tokenizer, example))
 
 
-WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                                  "parameters": {"type": "object",
-                                                                 "properties": {"city": {"type": "string"}}}}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 
 
 def tool_conversation(content: str) -> Conversation:
     call = ToolCall("get_weather", json.dumps({"city": "Paris"}), "call-1")
-    messages = (Message("user", "Weather in Paris?"), Message("assistant", content, tool_calls=(call,)),
-                Message("tool", '{"temp": 21}', name="get_weather", tool_call_id="call-1"),
-                Message("assistant", "It is 21 degrees in Paris."))
+    messages = (
+        Message("user", "Weather in Paris?"),
+        Message("assistant", content, tool_calls=(call,)),
+        Message("tool", '{"temp": 21}', name="get_weather", tool_call_id="call-1"),
+        Message("assistant", "It is 21 degrees in Paris."),
+    )
     return Conversation(messages, Provenance("mem.jsonl", 2), tools=(WEATHER_TOOL,))
 
 
@@ -136,12 +159,19 @@ def test_llama_tool_call_trains_the_json_call(load):
     tokenizer, template, markers = load("llama-3.2-3b-instruct")
     chat = tool_conversation("")
     examples = encode(chat, template, tokenizer, train_on="assistant", max_length=4096, markers=markers)
-    assert [run for e in examples for run in trained_runs(tokenizer, e)] == ['{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>',
-                                                "It is 21 degrees in Paris.<|eot_id|>"]
+    assert [run for e in examples for run in trained_runs(tokenizer, e)] == [
+        '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>',
+        "It is 21 degrees in Paris.<|eot_id|>",
+    ]
 
 
-REASONING = conversation(("system", "Think first."), ("user", "2+2?"), ("assistant", "<think>\nAdd.\n</think>\n\n4"),
-                         ("user", "3+3?"), ("assistant", "<think>\nAdd again.\n</think>\n\n6"))
+REASONING = conversation(
+    ("system", "Think first."),
+    ("user", "2+2?"),
+    ("assistant", "<think>\nAdd.\n</think>\n\n4"),
+    ("user", "3+3?"),
+    ("assistant", "<think>\nAdd again.\n</think>\n\n6"),
+)
 
 
 def test_deepseek_drops_reasoning_so_it_is_refused_unless_dropped(load):
@@ -163,8 +193,9 @@ def test_deepseek_drops_reasoning_so_it_is_refused_unless_dropped(load):
 
 def test_deepseek_without_reasoning_is_one_example(load):
     tokenizer, template, markers = load("deepseek-r1-distill-qwen-32b")
-    [example] = encode(multi_turn("deepseek"), template, tokenizer, train_on="assistant", max_length=4096,
-                       markers=markers)
+    [example] = encode(
+        multi_turn("deepseek"), template, tokenizer, train_on="assistant", max_length=4096, markers=markers
+    )
     assert len(trained_runs(tokenizer, example)) == 2
 
 
@@ -173,8 +204,9 @@ def test_qwen35_history_rewriting_makes_one_example_per_turn_and_the_report_coun
     the final one at inference, has it; in the whole conversation it does not. So each turn is its
     own example, and the report still counts one row."""
     tokenizer, template, markers = load("trl-qwen3_5_nothink")
-    examples, report = encode_split([multi_turn("qwen")], template, tokenizer, train_on="assistant",
-                                    max_length=4096, markers=markers, split="train")
+    examples, report = encode_split(
+        [multi_turn("qwen")], template, tokenizer, train_on="assistant", max_length=4096, markers=markers, split="train"
+    )
     assert (report.rows, report.examples, len(examples)) == (1, 2, 2)
     assert all("<think>\n\n</think>\n\n" in tokenizer.decode(e.input_ids) for e in examples)
     assert report.tokens == sum(len(e.input_ids) for e in examples)
@@ -187,8 +219,9 @@ def test_smollm3_generation_blocks_mark_the_trained_text(load):
     generated text and trains."""
     tokenizer, template, markers = load("smollm3-3b")
     assert template.has_generation_blocks
-    chat = conversation(("user", "Hi"), ("assistant", "<think>\nGreet back.\n</think>\nHello!"),
-                        ("user", "Say ok"), ("assistant", "ok"))
+    chat = conversation(
+        ("user", "Hi"), ("assistant", "<think>\nGreet back.\n</think>\nHello!"), ("user", "Say ok"), ("assistant", "ok")
+    )
     [example] = encode(chat, template, tokenizer, train_on="assistant", max_length=4096, markers=markers)
     assert trained_runs(tokenizer, example) == ["<think>\nGreet back.\n</think>\nHello!<|im_end|>", "ok<|im_end|>"]
     _assert_inside_transformers_assistant_mask(tokenizer, chat, example)
@@ -198,8 +231,13 @@ def test_smollm3_no_think_mode_does_not_train_the_empty_think_block(load):
     """With /no_think the template writes "<think>\\n\\n</think>\\n" before each answer, inside the
     generation block; its generation prompt writes the same, so at inference it is prompt."""
     tokenizer, template, markers = load("smollm3-3b")
-    chat = conversation(("system", "Be terse. /no_think"), ("user", "Hi"), ("assistant", "Hello!"),
-                        ("user", "Say ok"), ("assistant", "ok"))
+    chat = conversation(
+        ("system", "Be terse. /no_think"),
+        ("user", "Hi"),
+        ("assistant", "Hello!"),
+        ("user", "Say ok"),
+        ("assistant", "ok"),
+    )
     [example] = encode(chat, template, tokenizer, train_on="assistant", max_length=4096, markers=markers)
     assert "<think>\n\n</think>" in tokenizer.decode(example.input_ids)
     assert trained_runs(tokenizer, example) == ["Hello!<|im_end|>", "ok<|im_end|>"]
@@ -210,8 +248,9 @@ def test_smollm3_no_think_mode_does_not_train_the_empty_think_block(load):
 
 def _assert_inside_transformers_assistant_mask(tokenizer, chat, example):
     """Every trained token lies in a generation block as transformers computes them."""
-    out = tokenizer.apply_chat_template(chat.as_dicts(), tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True)
+    out = tokenizer.apply_chat_template(
+        chat.as_dicts(), tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     assert same_as_transformers(example.input_ids, out["input_ids"])
     trained = [i for i, label in enumerate(example.labels) if label != IGNORE_INDEX]
     assert trained and all(out["assistant_masks"][i] for i in trained)
@@ -220,12 +259,14 @@ def _assert_inside_transformers_assistant_mask(tokenizer, chat, example):
 def test_gemma_refuses_a_system_message_with_an_error_naming_the_template(load):
     tokenizer, template, markers = load("gemma-1-2b-it")
     chat = conversation(("system", "Be terse."), ("user", "Hi"), ("assistant", "Hello."))
-    with pytest.raises(UserError, match=r"^chat template gemma-1-2b-it \(the model's own\) refused the "
-                                        r"conversation: System role not supported$"):
+    with pytest.raises(
+        UserError,
+        match=r"^chat template gemma-1-2b-it \(the model's own\) refused the "
+        r"conversation: System role not supported$",
+    ):
         encode(chat, template, tokenizer, train_on="assistant", max_length=4096, markers=markers)
     with pytest.raises(UserError, match=r"^mem.jsonl:1: chat template gemma-1-2b-it .* System role not supported"):
-        encode_split([chat], template, tokenizer, train_on="assistant", max_length=4096, markers=markers,
-                     split="train")
+        encode_split([chat], template, tokenizer, train_on="assistant", max_length=4096, markers=markers, split="train")
 
 
 @pytest.mark.parametrize("name", ["phi-3-mini-128k-instruct", "granite-3.1-1b-a400m-instruct", "qwen2.5-instruct"])
@@ -245,7 +286,6 @@ def test_nemotron_trains_plain_answers_with_thinking_off_through_template_variab
     """Nemotron 3 Super's generation prompt opens `<think>\\n` by default, but it renders an answer
     without reasoning as `<think></think>answer`: refused (see the matrix). With the variable its
     template reads, `enable_thinking: false`, the prompt ends `<think></think>` and the answer trains."""
-    from transformers import AutoTokenizer
 
     from tunesmith.formatting.encode import build_template as build
 
@@ -253,30 +293,45 @@ def test_nemotron_trains_plain_answers_with_thinking_off_through_template_variab
     default = build(tokenizer, "model")
     chat = multi_turn("nemotron")
     with pytest.raises(UserError, match=r"generation prompt.*template.variables \(e.g. enable_thinking: false\)"):
-        encode(chat, default, tokenizer, train_on="assistant", max_length=4096,
-               markers=end_of_turn_markers(tokenizer, default))
+        encode(
+            chat,
+            default,
+            tokenizer,
+            train_on="assistant",
+            max_length=4096,
+            markers=end_of_turn_markers(tokenizer, default),
+        )
     off = build(tokenizer, "model", variables={"enable_thinking": False})
-    examples = encode(chat, off, tokenizer, train_on="assistant", max_length=4096,
-                      markers=end_of_turn_markers(tokenizer, off))
-    assert [run for e in examples for run in trained_runs(tokenizer, e)] == ["Hello! How can I help?<|im_end|>",
-                                                                           "ok ok<|im_end|>"]
+    examples = encode(
+        chat, off, tokenizer, train_on="assistant", max_length=4096, markers=end_of_turn_markers(tokenizer, off)
+    )
+    assert [run for e in examples for run in trained_runs(tokenizer, e)] == [
+        "Hello! How can I help?<|im_end|>",
+        "ok ok<|im_end|>",
+    ]
     prompt = off.render(chat.as_dicts()[:2], add_generation_prompt=True)
     assert prompt.endswith("<|im_start|>assistant\n<think></think>")
-    assert tokenizer.apply_chat_template(chat.as_dicts()[:2], add_generation_prompt=True, tokenize=False,
-                                         enable_thinking=False) == prompt
+    assert (
+        tokenizer.apply_chat_template(
+            chat.as_dicts()[:2], add_generation_prompt=True, tokenize=False, enable_thinking=False
+        )
+        == prompt
+    )
 
 
 def test_generation_blocks_are_a_check_that_refuses_a_block_around_the_wrong_text(template_models):
     """SmolLM3's blocks hold each turn's generated text (the tests above pass through the check); a
     template whose block marks the user's text instead is refused, naming both."""
-    from transformers import AutoTokenizer
 
     from tunesmith.formatting.template import ChatTemplate
 
     tokenizer = AutoTokenizer.from_pretrained(template_models["smollm3-3b"])
-    wrong = ChatTemplate("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'user' %}{% generation %}"
-                         "{{ m.content }}{% endgeneration %}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
-                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", name="wrong.jinja")
+    wrong = ChatTemplate(
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'user' %}{% generation %}"
+        "{{ m.content }}{% endgeneration %}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+        name="wrong.jinja",
+    )
     chat = conversation(("user", "Hi there"), ("assistant", "Hello!"))
     with pytest.raises(UserError, match=r"^chat template wrong.jinja marks 'Hi there' as generated .* 'Hello!"):
         encode(chat, wrong, tokenizer, train_on="assistant", max_length=512, markers=("<|im_end|>",))

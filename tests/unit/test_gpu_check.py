@@ -21,9 +21,17 @@ import gpu_check_model as gm  # noqa: E402
 import gpu_check_report as gr  # noqa: E402
 import gpu_check_steps as gs  # noqa: E402
 
-TINY = {**gm.SHAPES["llama-3.2-1b"], "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 300,
-        "max_position_embeddings": 131072}
+TINY = {
+    **gm.SHAPES["llama-3.2-1b"],
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "vocab_size": 300,
+    "max_position_embeddings": 131072,
+}
 
 
 # ---------------------------------------------------------------------- parameters and FLOPs
@@ -34,7 +42,7 @@ def test_parameter_counts_agree_with_the_model_built_on_meta(shape):
     import torch
     from transformers import LlamaForCausalLM
 
-    from tunesmith.plan.estimate import parameter_counts
+    from tunesmith.plan.shapes import parameter_counts
 
     config = gm.llama_config(shape, tokenizer_size=49152)
     with torch.device("meta"):
@@ -126,21 +134,31 @@ def test_random_model_folder_loads_with_tied_head_and_the_tokenizers_vocabulary(
 
 def test_generated_config_is_one_tunesmith_accepts_and_fills_a_bin(tmp_path):
     from tunesmith.config import load_config
-    from tunesmith.plan import estimate as est
+    from tunesmith.plan import shapes
 
     folder = gd.write_model_folder(tmp_path / "m", "llama-3.2-1b", weights=False)
     assert not (folder / gd.READY).exists()  # no weights: not ready for a run
     rows = gd.synthetic_rows(320)
     train = gd.write_jsonl(tmp_path / "train.jsonl", rows)
-    path = gd.write_config(tmp_path / "c.yaml", gd.tunesmith_config(
-        name="x", output_dir=tmp_path / "runs", model=folder, data=train, method="qlora", steps=20,
-        max_length=4096, lora={"r": 16, "alpha": 32, "dropout": 0.0}))
+    path = gd.write_config(
+        tmp_path / "c.yaml",
+        gd.tunesmith_config(
+            name="x",
+            output_dir=tmp_path / "runs",
+            model=folder,
+            data=train,
+            method="qlora",
+            steps=20,
+            max_length=4096,
+            lora={"r": 16, "alpha": 32, "dropout": 0.0},
+        ),
+    )
     config = load_config(path)
     assert (config.method, config.model.name, config.train.max_steps) == ("qlora", str(folder), 20)
     assert (config.train.batch_size, config.train.gradient_accumulation, config.train.packing) == (1, 1, "bins")
     assert (config.template.max_length, config.lora.r, config.lora.alpha) == (4096, 16, 32)
-    assert est.hf_config_for(config).vocab_size == gm.SHAPES["llama-3.2-1b"]["vocab_size"]
-    batch = est.micro_batch(config)
+    assert shapes.hf_config_for(config).vocab_size == gm.SHAPES["llama-3.2-1b"]["vocab_size"]
+    batch = shapes.micro_batch(config)
     assert 0.95 * 4096 <= batch.tokens <= 4096  # one full packed bin per micro-batch
     lengths = gd.sequence_lengths(rows, gd.TOKENIZER_DIR)
     assert max(lengths) < 4096  # nothing is cut
@@ -174,7 +192,7 @@ class FakeLauncher:
         self.seconds = {"pytest": 30, "tunesmith": 40, "trl": 40, **(seconds or {})}
 
     def start(self, argv, *, log, env=None):
-        for spec in argv[argv.index("build") + 1:]:
+        for spec in argv[argv.index("build") + 1 :]:
             (Path(spec.partition("=")[2]) / gd.READY).write_text("x")
         return FakeBuilder()
 
@@ -198,20 +216,37 @@ class FakeLauncher:
             config = yaml.safe_load(Path(argv[-1]).read_text())
             run_dir = Path(config["output_dir"]) / config["name"]
             run_dir.mkdir(parents=True)
-            run_dir.joinpath("metrics.jsonl").write_text("".join(
-                json.dumps({"step": s, "tokens_seen": n, "elapsed_s": t, "memory_mb": m}) + "\n"
-                for s, (t, n), m in zip(range(1, 21), MARKS, range(1000, 1020))))
+            run_dir.joinpath("metrics.jsonl").write_text(
+                "".join(
+                    json.dumps({"step": s, "tokens_seen": n, "elapsed_s": t, "memory_mb": m}) + "\n"
+                    for s, (t, n), m in zip(range(1, 21), MARKS, range(1000, 1020))
+                )
+            )
             return gpu_check.Done(0, "", "", 40)
-        return gpu_check.Done(0, "RESULT " + json.dumps({"tokens_per_s": 5000.0, "steps": 20, "tokens": 81920,
-                                                         "peak_bytes": 3 * 2**30, "marks": []}) + "\n", "", 40)
+        return gpu_check.Done(
+            0,
+            "RESULT "
+            + json.dumps({"tokens_per_s": 5000.0, "steps": 20, "tokens": 81920, "peak_bytes": 3 * 2**30, "marks": []})
+            + "\n",
+            "",
+            40,
+        )
 
 
 MARKS = [(2.0 * s if s <= 5 else 10 + 0.5 * (s - 5), 4000 * s) for s in range(1, 21)]
 
 
 def _check(tmp_path, launcher, clock, **options):
-    defaults = {"out": tmp_path / "out", "work": tmp_path / "work", "keep_work": True, "shapes": ("llama-3.2-1b",),
-                "budget_s": 1000.0, "run_estimate_s": {"llama-3.2-1b": 40.0}, "plan_reserve_s": 30.0, "rows": 80}
+    defaults = {
+        "out": tmp_path / "out",
+        "work": tmp_path / "work",
+        "keep_work": True,
+        "shapes": ("llama-3.2-1b",),
+        "budget_s": 1000.0,
+        "run_estimate_s": {"llama-3.2-1b": 40.0},
+        "plan_reserve_s": 30.0,
+        "rows": 80,
+    }
     opts = gpu_check.Options(**{**defaults, **options})
     return gpu_check.Check(opts, launcher=launcher, budget=gpu_check.Budget(opts.budget_s, clock))
 
@@ -225,13 +260,16 @@ def test_schedule_alternates_the_trainers_run_by_run():
     assert [r["tool"] for r in runs] == ["tunesmith", "trl"] * 4
     assert all((a["shape"], a["method"]) == (b["shape"], b["method"]) for a, b in zip(runs[::2], runs[1::2]))
     assert {(r["shape"], r["method"], r["tool"]) for r in runs} == {
-        (s, m, t) for s in gm.SHAPES for m in ("lora", "qlora") for t in ("tunesmith", "trl")}
+        (s, m, t) for s in gm.SHAPES for m in ("lora", "qlora") for t in ("tunesmith", "trl")
+    }
     pairs = [(r["shape"], r["method"]) for r in runs[::2]]
     assert pairs[0] == ("llama-3.2-1b", "lora")  # the quick run that proves the path comes first
     assert pairs[1] == ("llama-3.1-8b", "qlora") and pairs[-1] == ("llama-3.2-1b", "qlora")  # what a cut drops
     assert len({r["id"] for r in runs}) == 8
     assert [(r["shape"], r["method"]) for r in gpu_check.schedule(("llama-3.1-8b",), ("qlora", "lora"))[::2]] == [
-        ("llama-3.1-8b", "qlora"), ("llama-3.1-8b", "lora")]
+        ("llama-3.1-8b", "qlora"),
+        ("llama-3.1-8b", "lora"),
+    ]
 
 
 def test_runs_that_no_longer_fit_the_budget_are_skipped_and_said_so(tmp_path, monkeypatch):
@@ -244,12 +282,13 @@ def test_runs_that_no_longer_fit_the_budget_are_skipped_and_said_so(tmp_path, mo
     assert [r["status"] for r in runs] == ["ok", "ok", "skipped", "skipped"]
     assert all("time budget" in r["reason"] for r in runs[2:])
     assert [kind for kind, _ in launcher.calls] == ["pytest", "tunesmith", "trl"]
-    ours, theirs = runs[0], runs[1]
+    ours, _theirs = runs[0], runs[1]
     steady = (MARKS[-1][1] - MARKS[4][1]) / (MARKS[-1][0] - MARKS[4][0])
     assert ours["tokens_per_s"] == pytest.approx(steady)
     assert ours["peak_bytes"] == 1019 * 2**20  # the largest memory_mb logged
-    flops = gm.flops_per_token("llama-3.2-1b", method="lora", lengths=gd.sequence_lengths(
-        gd.synthetic_rows(80), gd.TOKENIZER_DIR))
+    flops = gm.flops_per_token(
+        "llama-3.2-1b", method="lora", lengths=gd.sequence_lengths(gd.synthetic_rows(80), gd.TOKENIZER_DIR)
+    )
     assert ours["mfu"] == pytest.approx(steady * flops["total"] / 989e12)
     assert results["steps"]["training"]["pairs"][0]["tokens_per_s_ratio"] == pytest.approx(steady / 5000.0)
     tests = results["steps"]["gpu_tests"]
@@ -283,8 +322,11 @@ def test_a_failing_step_or_run_is_recorded_and_the_check_goes_on(tmp_path, monke
     assert results["steps"]["training"]["status"] == "partial"
     logs = (tmp_path / "out" / gpu_check.LOGS).read_text()
     assert f"===== {theirs['id']}-no-liger" in logs and "CUDA out of memory" in logs
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu-check-logs.txt", "gpu-check.json",
-                                                                     "gpu-check.md"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "gpu-check-logs.txt",
+        "gpu-check.json",
+        "gpu-check.md",
+    ]
 
     def broken(check):
         raise RuntimeError("step two broke")
@@ -309,12 +351,18 @@ def test_a_model_that_could_not_be_built_fails_its_runs_only(tmp_path, monkeypat
             return FakeBuilder()
 
     launcher = HalfBuilt(Clock())
-    results = _check(tmp_path, launcher, Clock(), tests=False, methods=("lora",),
-                     shapes=("llama-3.2-1b", "llama-3.1-8b"), run_estimate_s={}).run()
+    results = _check(
+        tmp_path,
+        launcher,
+        Clock(),
+        tests=False,
+        methods=("lora",),
+        shapes=("llama-3.2-1b", "llama-3.1-8b"),
+        run_estimate_s={},
+    ).run()
     runs = results["steps"]["training"]["runs"]
     assert [r["status"] for r in runs] == ["ok", "ok", "error", "error"]
-    assert all("building the llama-3.1-8b model failed" in r["error"] and "MemoryError" in r["error"]
-               for r in runs[2:])
+    assert all("building the llama-3.1-8b model failed" in r["error"] and "MemoryError" in r["error"] for r in runs[2:])
     assert len(launcher.calls) == 2  # nothing was started for the 8B
 
 
@@ -368,27 +416,80 @@ def test_pytest_counts_from_junit_xml_and_from_the_closing_line(tmp_path):
 
 
 def test_writer_puts_every_run_and_the_ratios_in_both_files(tmp_path):
-    runs = [{"id": "01", "shape": "llama-3.2-1b", "method": "lora", "tool": "tunesmith", "status": "ok",
-             "tokens_per_s": 30000.0, "mfu": 0.412, "peak_bytes": 10 * 2**30, "steps": 20},
-            {"id": "02", "shape": "llama-3.2-1b", "method": "lora", "tool": "trl", "status": "ok",
-             "tokens_per_s": 20000.0, "mfu": 0.275, "peak_bytes": 20 * 2**30, "steps": 20, "liger": False},
-            {"id": "03", "shape": "llama-3.1-8b", "method": "qlora", "tool": "tunesmith", "status": "error",
-             "error": "Traceback\nRuntimeError: a | b"},
-            {"id": "04", "shape": "llama-3.1-8b", "method": "qlora", "tool": "trl", "status": "skipped",
-             "reason": "time budget: 10 s left"}]
-    results = {"started": "now", "budget_s": 450, "elapsed_s": 400, "machine": {"gpu": "NVIDIA H200"},
-               "steps": {"gpu_tests": {"status": "ok", "passed": 5, "failed": 0, "skipped": 1, "seconds": 12.0},
-                         "training": {"status": "partial", "runs": runs},
-                         "plan_memory": {"status": "ok", "checks": [
-                             {"shape": "llama-3.2-1b", "method": "lora", "predicted_bytes": 11 * 2**30,
-                              "measured_bytes": 10 * 2**30, "ratio": 1.1}]}},
-               "notes": ["04: skipped"], "flops_formula": gm.FORMULA}
+    runs = [
+        {
+            "id": "01",
+            "shape": "llama-3.2-1b",
+            "method": "lora",
+            "tool": "tunesmith",
+            "status": "ok",
+            "tokens_per_s": 30000.0,
+            "mfu": 0.412,
+            "peak_bytes": 10 * 2**30,
+            "steps": 20,
+        },
+        {
+            "id": "02",
+            "shape": "llama-3.2-1b",
+            "method": "lora",
+            "tool": "trl",
+            "status": "ok",
+            "tokens_per_s": 20000.0,
+            "mfu": 0.275,
+            "peak_bytes": 20 * 2**30,
+            "steps": 20,
+            "liger": False,
+        },
+        {
+            "id": "03",
+            "shape": "llama-3.1-8b",
+            "method": "qlora",
+            "tool": "tunesmith",
+            "status": "error",
+            "error": "Traceback\nRuntimeError: a | b",
+        },
+        {
+            "id": "04",
+            "shape": "llama-3.1-8b",
+            "method": "qlora",
+            "tool": "trl",
+            "status": "skipped",
+            "reason": "time budget: 10 s left",
+        },
+    ]
+    results = {
+        "started": "now",
+        "budget_s": 450,
+        "elapsed_s": 400,
+        "machine": {"gpu": "NVIDIA H200"},
+        "steps": {
+            "gpu_tests": {"status": "ok", "passed": 5, "failed": 0, "skipped": 1, "seconds": 12.0},
+            "training": {"status": "partial", "runs": runs},
+            "plan_memory": {
+                "status": "ok",
+                "checks": [
+                    {
+                        "shape": "llama-3.2-1b",
+                        "method": "lora",
+                        "predicted_bytes": 11 * 2**30,
+                        "measured_bytes": 10 * 2**30,
+                        "ratio": 1.1,
+                    }
+                ],
+            },
+        },
+        "notes": ["04: skipped"],
+        "flops_formula": gm.FORMULA,
+    }
     gr.write_outputs(tmp_path, results)
     assert json.loads((tmp_path / "gpu-check.json").read_text()) == results
     text = (tmp_path / "gpu-check.md").read_text()
     assert gr.TRAINING_HEADER in text and gr.PLAN_HEADER in text
-    rows = {line.split(" | ")[0].strip("| ") + line.split(" | ")[2]: line for line in text.splitlines()
-            if line.startswith("| llama")}
+    rows = {
+        line.split(" | ")[0].strip("| ") + line.split(" | ")[2]: line
+        for line in text.splitlines()
+        if line.startswith("| llama")
+    }
     assert "| 1.50x | 0.50x |" in rows["llama-3.2-1btunesmith"] and "41.2%" in rows["llama-3.2-1btunesmith"]
     assert "10.00" in rows["llama-3.2-1btunesmith"] and "trl (no Liger)" in text
     assert "error: RuntimeError: a \\| b" in rows["llama-3.1-8btunesmith"]
@@ -399,7 +500,7 @@ def test_writer_puts_every_run_and_the_ratios_in_both_files(tmp_path):
 
 def test_benchmarks_doc_shows_the_tables_the_check_writes():
     doc = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
-    section = doc[doc.index("## GPU check (`make gpu-check`)"):]
+    section = doc[doc.index("## GPU check (`make gpu-check`)") :]
     assert gr.TRAINING_HEADER in section and gr.PLAN_HEADER in section
 
 
@@ -412,9 +513,14 @@ def test_the_carried_bitsandbytes_wheel_keeps_cpu_and_cuda_13_only(tmp_path):
     spec = importlib.util.spec_from_file_location("gpu_wheels", Path(__file__).parents[2] / "scripts" / "gpu_wheels.py")
     gpu_wheels = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_wheels)
-    files = {"bitsandbytes/__init__.py": b"x = 1\n", "bitsandbytes/libbitsandbytes_cpu.so": b"cpu",
-             "bitsandbytes/libbitsandbytes_cuda118.so": b"old" * 100, "bitsandbytes/libbitsandbytes_cuda130.so": b"13",
-             "bitsandbytes/libbitsandbytes_cuda132.so": b"132", "bitsandbytes/libbitsandbytes_rocm72.so": b"rocm"}
+    files = {
+        "bitsandbytes/__init__.py": b"x = 1\n",
+        "bitsandbytes/libbitsandbytes_cpu.so": b"cpu",
+        "bitsandbytes/libbitsandbytes_cuda118.so": b"old" * 100,
+        "bitsandbytes/libbitsandbytes_cuda130.so": b"13",
+        "bitsandbytes/libbitsandbytes_cuda132.so": b"132",
+        "bitsandbytes/libbitsandbytes_rocm72.so": b"rocm",
+    }
     record = "".join(f"{name},sha256=x,{len(data)}\n" for name, data in files.items()) + "bnb.dist-info/RECORD,,\n"
     wheel = tmp_path / "bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
@@ -426,6 +532,11 @@ def test_the_carried_bitsandbytes_wheel_keeps_cpu_and_cuda_13_only(tmp_path):
         names = set(archive.namelist())
         kept_record = archive.read("bnb.dist-info/RECORD").decode()
         assert archive.read("bitsandbytes/__init__.py") == files["bitsandbytes/__init__.py"]
-    assert names == {"bitsandbytes/__init__.py", "bitsandbytes/libbitsandbytes_cpu.so", "bnb.dist-info/RECORD",
-                     "bitsandbytes/libbitsandbytes_cuda130.so", "bitsandbytes/libbitsandbytes_cuda132.so"}
+    assert names == {
+        "bitsandbytes/__init__.py",
+        "bitsandbytes/libbitsandbytes_cpu.so",
+        "bnb.dist-info/RECORD",
+        "bitsandbytes/libbitsandbytes_cuda130.so",
+        "bitsandbytes/libbitsandbytes_cuda132.so",
+    }
     assert "cuda118" not in kept_record and "rocm72" not in kept_record and "cuda130" in kept_record

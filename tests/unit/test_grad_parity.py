@@ -33,7 +33,7 @@ def chat_rows(lengths):
     """Rows with an untrained prompt (the first third) and a trained answer, as in chat data."""
     generator = torch.Generator().manual_seed(0)
     rows = [torch.randint(10, 1000, (n,), generator=generator).tolist() for n in lengths]
-    return [{"input_ids": r, "labels": [-100] * (len(r) // 3) + r[len(r) // 3:]} for r in rows]
+    return [{"input_ids": r, "labels": [-100] * (len(r) // 3) + r[len(r) // 3 :]} for r in rows]
 
 
 def lora_model(model_dir):
@@ -49,14 +49,31 @@ def lora_model(model_dir):
 
 
 def step_gradients(model_dir, tmp_path, rows, *, packing, batch_size, accumulation):
-    config = load_config(None, ["data.train=unused.jsonl", f"template.max_length={CAPACITY}",
-                                f"train.packing={packing}", f"train.batch_size={batch_size}",
-                                f"train.gradient_accumulation={accumulation}", "train.max_steps=1",
-                                "train.max_grad_norm=1e9", "train.warmup_ratio=0"])
+    config = load_config(
+        None,
+        [
+            "data.train=unused.jsonl",
+            f"template.max_length={CAPACITY}",
+            f"train.packing={packing}",
+            f"train.batch_size={batch_size}",
+            f"train.gradient_accumulation={accumulation}",
+            "train.max_steps=1",
+            "train.max_grad_norm=1e9",
+            "train.warmup_ratio=0",
+        ],
+    )
     capture = GradientCapture()
-    trainer = build_trainer(lora_model(model_dir), config, tmp_path / f"{packing}-{batch_size}x{accumulation}",
-                            dataset_rows(rows, config), [], pad_id=0, device="cpu", precision="fp32",
-                            callbacks=[capture])
+    trainer = build_trainer(
+        lora_model(model_dir),
+        config,
+        tmp_path / f"{packing}-{batch_size}x{accumulation}",
+        dataset_rows(rows, config),
+        [],
+        pad_id=0,
+        device="cpu",
+        precision="fp32",
+        callbacks=[capture],
+    )
     trainer.train()
     assert capture.steps == 1
     return capture.grads
@@ -73,8 +90,9 @@ def test_the_rows_make_eight_bins():
     assert len(pack(chat_rows(LENGTHS), CAPACITY)) == 8
 
 
-@pytest.mark.parametrize(("packing", "rows"), [("bins", chat_rows(LENGTHS)), ("none", chat_rows(LENGTHS[:8]))],
-                         ids=["bins", "none"])
+@pytest.mark.parametrize(
+    ("packing", "rows"), [("bins", chat_rows(LENGTHS)), ("none", chat_rows(LENGTHS[:8]))], ids=["bins", "none"]
+)
 def test_batch_8_equals_batch_1_times_accumulation_8(packing, rows, tiny_model_dir, tmp_path):
     eight = step_gradients(tiny_model_dir, tmp_path, rows, packing=packing, batch_size=8, accumulation=1)
     accumulated = step_gradients(tiny_model_dir, tmp_path, rows, packing=packing, batch_size=1, accumulation=8)

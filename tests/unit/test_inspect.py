@@ -20,9 +20,11 @@ from tunesmith.formatting.view import html_page, segments, token_pieces, view_ex
 from tunesmith.training.prepare import prepare
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "chat_templates"
-QUESTIONS = [("What is the capital of France? <script>alert('x')</script>", "Paris"),
-             ("Name a primary colour.", "Red, or blue.\nAlso yellow 😀"),
-             ("Say nothing.", "Okay")]
+QUESTIONS = [
+    ("What is the capital of France? <script>alert('x')</script>", "Paris"),
+    ("Name a primary colour.", "Red, or blue.\nAlso yellow 😀"),
+    ("Say nothing.", "Okay"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +78,17 @@ def test_inspect_prints_rows_and_audit_and_writes_an_escaped_html_page(tmp_path,
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     conversations = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in QUESTIONS]
     renders = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
-    tokens = sum(len(tokenizer(text[: text.rindex("<|im_end|>") + len("<|im_end|>")],
-                               add_special_tokens=False)["input_ids"]) for text in renders)
+    tokens = sum(
+        len(tokenizer(text[: text.rindex("<|im_end|>") + len("<|im_end|>")], add_special_tokens=False)["input_ids"])
+        for text in renders
+    )
     trained = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) + 1 for _, a in QUESTIONS)
     numbers = audit_numbers(page)
     assert (numbers["rows"], numbers["tokens"], numbers["trainable_tokens"]) == (3, tokens, trained)
     report = prepare(load_config(config), Console(quiet=True)).splits["train"].report
-    assert numbers == {f.name: getattr(report, f.name) for f in fields(report)
-                       if isinstance(getattr(report, f.name), int)}
+    assert numbers == {
+        f.name: getattr(report, f.name) for f in fields(report) if isinstance(getattr(report, f.name), int)
+    }
     assert f"{trained} ({trained / tokens:.1%})" in out
 
 
@@ -105,10 +110,16 @@ def test_trained_segments_are_exactly_the_trained_tokens_decoded(tmp_path, model
 
 
 def test_inspect_on_the_bundled_data_shows_the_validation_split(tmp_path, model_dir, capsys):
-    config = write_config(tmp_path, model_dir, "bundled:smart_home/train.jsonl",
-                          "  validation: bundled:smart_home/val.jsonl\ntemplate:\n  max_length: 256\n")
-    assert main(["inspect", str(config), "--split", "validation", "--rows", "2", "--html",
-                 str(tmp_path / "val.html")]) == 0
+    config = write_config(
+        tmp_path,
+        model_dir,
+        "bundled:smart_home/train.jsonl",
+        "  validation: bundled:smart_home/val.jsonl\ntemplate:\n  max_length: 256\n",
+    )
+    assert (
+        main(["inspect", str(config), "--split", "validation", "--rows", "2", "--html", str(tmp_path / "val.html")])
+        == 0
+    )
     out = capsys.readouterr().out
     val = resources.files("tunesmith") / "data" / "bundled" / "smart_home" / "val.jsonl"
     answers = [json.loads(line)["messages"][-1]["content"] for line in val.read_text(encoding="utf-8").splitlines()]
@@ -120,8 +131,10 @@ def test_inspect_on_the_bundled_data_shows_the_validation_split(tmp_path, model_
 
 def test_a_template_that_drops_the_answers_is_exit_2_naming_the_template(tmp_path, model_dir, chats, capsys):
     template = tmp_path / "no_answers.jinja"
-    template.write_text("{% for m in messages %}{% if m.role != 'assistant' %}{{ m.content }}\n{% endif %}"
-                        "{% endfor %}", encoding="utf-8")
+    template.write_text(
+        "{% for m in messages %}{% if m.role != 'assistant' %}{{ m.content }}\n{% endif %}{% endfor %}",
+        encoding="utf-8",
+    )
     config = write_config(tmp_path, model_dir, str(chats), f"template:\n  chat_template: {template}\n")
     assert main(["inspect", str(config), "--html", str(tmp_path / "never.html")]) == 2
     err = capsys.readouterr().err
@@ -133,9 +146,12 @@ def test_a_template_that_drops_the_answers_is_exit_2_naming_the_template(tmp_pat
 def test_a_row_split_into_one_sequence_per_turn_shows_each(tmp_path, model_dir, capsys):
     """A template that rewrites earlier answers trains each answer in a render where it comes last."""
     template = tmp_path / "rewrites.jinja"
-    template.write_text("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' and not "
-                        "loop.last %}(earlier answer){% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
-                        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", encoding="utf-8")
+    template.write_text(
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' and not "
+        "loop.last %}(earlier answer){% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+        encoding="utf-8",
+    )
     data = tmp_path / "two_turns.jsonl"
     turns = [("user", "First?"), ("assistant", "first answer"), ("user", "Second?"), ("assistant", "second answer")]
     data.write_text(json.dumps({"messages": [{"role": r, "content": c} for r, c in turns]}) + "\n", encoding="utf-8")
@@ -172,14 +188,17 @@ def test_rows_zero_prints_only_the_audit(tmp_path, model_dir, chats, capsys):
 
 
 def test_inspect_help_imports_no_torch():
-    code = ("import sys; from tunesmith.cli.main import main\n"
-            "try:\n    main(['inspect', '--help'])\nexcept SystemExit:\n    pass\n"
-            "print('torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)")
+    code = (
+        "import sys; from tunesmith.cli.main import main\n"
+        "try:\n    main(['inspect', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stderr.split() == ["False", "False"] and "--rows N" in done.stdout
 
 
 # ---- --json: the first rows' Examples as JSON lines ----
+
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
@@ -203,8 +222,9 @@ def test_json_writes_each_example_with_its_text_trained_spans_and_prompts(tmp_pa
         chat = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         render = tokenizer.apply_chat_template(chat, tokenize=False)  # through its last stop token
         assert record["text"] == render[: render.rindex("<|im_end|>") + len("<|im_end|>")]
-        assert record["prompts"] == [tokenizer.apply_chat_template(chat[:1], tokenize=False,
-                                                                   add_generation_prompt=True)]
+        assert record["prompts"] == [
+            tokenizer.apply_chat_template(chat[:1], tokenize=False, add_generation_prompt=True)
+        ]
         assert record["trained"] == [answer + "<|im_end|>"]
         assert record["text"].startswith(record["prompts"][0] + record["trained"][0])
         assert (record["input_ids"], record["labels"]) == (example.input_ids, example.labels)
@@ -224,9 +244,12 @@ def test_json_from_the_processed_data_cache_still_has_the_text(tmp_path, model_d
 
 def test_json_has_one_line_per_sequence_of_a_row_split_per_turn(tmp_path, model_dir, capsys):
     template = tmp_path / "rewrites.jinja"
-    template.write_text("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' and not "
-                        "loop.last %}(earlier answer){% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
-                        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", encoding="utf-8")
+    template.write_text(
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' and not "
+        "loop.last %}(earlier answer){% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+        encoding="utf-8",
+    )
     data = tmp_path / "two_turns.jsonl"
     turns = [("user", "First?"), ("assistant", "first answer"), ("user", "Second?"), ("assistant", "second answer")]
     data.write_text(json.dumps({"messages": [{"role": r, "content": c} for r, c in turns]}) + "\n", encoding="utf-8")
@@ -240,8 +263,10 @@ def test_json_has_one_line_per_sequence_of_a_row_split_per_turn(tmp_path, model_
     assert first["trained"] == ["first answer<|im_end|>"] and second["trained"] == ["second answer<|im_end|>"]
     assert first["text"].endswith("first answer<|im_end|>") and "(earlier answer)" in second["text"]
     assert first["prompts"] == ["<|im_start|>user\nFirst?<|im_end|>\n<|im_start|>assistant\n"]
-    assert second["prompts"] == ["<|im_start|>user\nFirst?<|im_end|>\n<|im_start|>assistant\n(earlier answer)"
-                                 "<|im_end|>\n<|im_start|>user\nSecond?<|im_end|>\n<|im_start|>assistant\n"]
+    assert second["prompts"] == [
+        "<|im_start|>user\nFirst?<|im_end|>\n<|im_start|>assistant\n(earlier answer)"
+        "<|im_end|>\n<|im_start|>user\nSecond?<|im_end|>\n<|im_start|>assistant\n"
+    ]
 
 
 def test_json_of_the_validation_split_raw_text_and_zero_rows(tmp_path, model_dir, chats, capsys):
@@ -261,6 +286,7 @@ def test_json_of_the_validation_split_raw_text_and_zero_rows(tmp_path, model_dir
 
 # ---- the pure view helpers ----
 
+
 @pytest.mark.parametrize("tokenizer_name", ["embedded", "phi-3-mini-128k-instruct"])
 def test_a_character_split_over_tokens_goes_whole_to_one_piece(model_dir, tokenizer_name):
     """Byte-level BPE (SmolLM2) and SentencePiece with byte fallback (Phi-3) both split an emoji."""
@@ -273,8 +299,11 @@ def test_a_character_split_over_tokens_goes_whole_to_one_piece(model_dir, tokeni
 
 
 def test_segments_merge_by_flag_and_whitespace_shows_when_trained():
-    assert [(s.text, s.trained, s.tokens) for s in segments(["<a>", "x", "\n", "y"], [False, True, True, False])] \
-        == [("<a>", False, 1), ("x\n", True, 2), ("y", False, 1)]
+    assert [(s.text, s.trained, s.tokens) for s in segments(["<a>", "x", "\n", "y"], [False, True, True, False])] == [
+        ("<a>", False, 1),
+        ("x\n", True, 2),
+        ("y", False, 1),
+    ]
     assert visible("\n") == "↵\n" and visible(" ") == "·"
 
 
@@ -285,4 +314,4 @@ def test_html_page_escapes_the_source_and_notes_too():
     page = html_page([row], title="<t>", subtitle="<s>", audit=[], warnings=["<w>"])
     body = page.split("</style>", 1)[1]
     assert "<b>" not in body and "<i>" not in body and "<cut>" not in body and "<w>" not in body
-    assert '&lt;b&gt;&quot;f&quot;.jsonl:1' in body and '<span class="t">&amp;</span>' in body
+    assert "&lt;b&gt;&quot;f&quot;.jsonl:1" in body and '<span class="t">&amp;</span>' in body

@@ -21,24 +21,27 @@ def config(*overrides: str):
     return load_config(None, ["data.train=x.jsonl", *overrides])
 
 
-def refusal(cfg, launch=Launch(2), *, device="cuda", gpus=8, deepspeed=True) -> str:
+def refusal(cfg, launch: Launch | None = None, *, device="cuda", gpus=8, deepspeed=True) -> str:
     with pytest.raises(UserError) as err:
-        check_launch(cfg, launch, device=device, gpu_count=gpus, deepspeed_installed=deepspeed)
+        check_launch(cfg, launch or Launch(2), device=device, gpu_count=gpus, deepspeed_installed=deepspeed)
     return str(err.value)
 
 
 # --- launch options -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    ((0,), "--nproc 0: must be at least 1"),
-    ((2, 0), "--nnodes 0: must be at least 1"),
-    ((2, 2, 2, "h:1"), "--node-rank 2: must be between 0 and 1"),
-    ((2, 2, 0, None), "--nnodes 2: needs --rdzv HOST:PORT"),
-    ((2, 2, 1, "host"), "--rdzv host: expected HOST:PORT"),
-    ((2, 2, 1, "host:99999"), "--rdzv host:99999: expected HOST:PORT"),
-    ((None, 2, 0, "h:1"), "--nnodes, --node-rank and --rdzv go with --nproc N"),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((0,), "--nproc 0: must be at least 1"),
+        ((2, 0), "--nnodes 0: must be at least 1"),
+        ((2, 2, 2, "h:1"), "--node-rank 2: must be between 0 and 1"),
+        ((2, 2, 0, None), "--nnodes 2: needs --rdzv HOST:PORT"),
+        ((2, 2, 1, "host"), "--rdzv host: expected HOST:PORT"),
+        ((2, 2, 1, "host:99999"), "--rdzv host:99999: expected HOST:PORT"),
+        ((None, 2, 0, "h:1"), "--nnodes, --node-rank and --rdzv go with --nproc N"),
+    ],
+)
 def test_bad_launch_options_are_refused(args, expected):
     with pytest.raises(UserError, match=re.escape(expected)):
         launch_options(*args)
@@ -72,7 +75,8 @@ def test_nccl_without_cuda_is_refused():
 
 def test_more_processes_than_gpus_is_refused():
     assert "--nproc 3: this machine has 2 CUDA GPUs; start at most one process per GPU (--nproc 2)" in refusal(
-        config(), Launch(3), gpus=2)
+        config(), Launch(3), gpus=2
+    )
     check_launch(config(), Launch(2), device="cuda", gpu_count=2, deepspeed_installed=False)
 
 
@@ -81,28 +85,56 @@ def test_missing_deepspeed_names_the_install_command():
     assert message.endswith("distributed.strategy: deepspeed needs the deepspeed package: pip install deepspeed")
 
 
-@pytest.mark.parametrize(("overrides", "expected"), [
-    (["method=qlora", "distributed.strategy=deepspeed", "distributed.zero_stage=3"],
-     "method: qlora (a 4-bit base) cannot be sharded by ZeRO-3"),
-    (["model.load_in_8bit=true", "distributed.strategy=deepspeed", "distributed.zero_stage=3"],
-     "model.load_in_8bit (an 8-bit base) cannot be sharded by ZeRO-3"),
-    (["method=qlora", "distributed.strategy=fsdp"], "method: qlora (a 4-bit base) cannot be sharded by FSDP2"),
-    (["distributed.cpu_offload=true"], "distributed.cpu_offload needs distributed.strategy: fsdp or deepspeed"),
-    (["distributed.strategy=deepspeed", "distributed.backend=gloo"],
-     "distributed.backend: gloo does not go with strategy: deepspeed"),
-    (["distributed.strategy=deepspeed", "distributed.cpu_offload=true", "train.optimizer=adamw_8bit"],
-     "train.optimizer: adamw_8bit cannot run with distributed.cpu_offload under DeepSpeed"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["distributed.cpu_offload=true"], "distributed.cpu_offload needs distributed.strategy: fsdp or deepspeed"),
+        (
+            ["distributed.strategy=deepspeed", "distributed.backend=gloo"],
+            "distributed.backend: gloo does not go with strategy: deepspeed",
+        ),
+        (
+            ["distributed.strategy=deepspeed", "distributed.cpu_offload=true", "train.optimizer=adamw_8bit"],
+            "train.optimizer: adamw_8bit cannot run with distributed.cpu_offload under DeepSpeed",
+        ),
+    ],
+)
 def test_incompatible_combinations_are_refused(overrides, expected):
     assert expected in refusal(config(*overrides))
 
 
-@pytest.mark.parametrize("overrides", [
-    ["method=qlora", "distributed.strategy=deepspeed", "distributed.zero_stage=2"],
-    ["method=qlora"],
-    ["distributed.strategy=fsdp", "distributed.cpu_offload=true"],
-    ["distributed.strategy=deepspeed", "distributed.zero_stage=3", "distributed.cpu_offload=true"],
-])
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["method=qlora", "distributed.strategy=deepspeed", "distributed.zero_stage=3"],
+            "--set method=qlora: method: qlora (a 4-bit base) cannot be sharded by ZeRO-3",
+        ),
+        (
+            ["model.load_in_8bit=true", "distributed.strategy=deepspeed", "distributed.zero_stage=3"],
+            "--set model.load_in_8bit=true: model.load_in_8bit (an 8-bit base) cannot be sharded by ZeRO-3",
+        ),
+        (
+            ["method=qlora", "distributed.strategy=fsdp"],
+            "--set method=qlora: method: qlora (a 4-bit base) cannot be sharded by FSDP2",
+        ),
+    ],
+)
+def test_a_quantized_base_with_a_sharding_strategy_is_refused_when_the_config_loads(overrides, expected):
+    with pytest.raises(UserError) as caught:  # a config-only combination: no machine needed to know
+        config(*overrides)
+    assert str(caught.value).startswith(expected) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["method=qlora", "distributed.strategy=deepspeed", "distributed.zero_stage=2"],
+        ["method=qlora"],
+        ["distributed.strategy=fsdp", "distributed.cpu_offload=true"],
+        ["distributed.strategy=deepspeed", "distributed.zero_stage=3", "distributed.cpu_offload=true"],
+    ],
+)
 def test_compatible_combinations_on_cuda_pass(overrides):
     check_launch(config(*overrides), Launch(2), device="cuda", gpu_count=2, deepspeed_installed=True)
 
@@ -138,11 +170,11 @@ def test_fsdp2_arguments_build_transformers_fsdp2_plugin(offload, tmp_path, monk
 
     monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")  # transformers sets it; restored afterwards
 
-    args = distributed_arguments(config("distributed.strategy=fsdp", f"distributed.cpu_offload={offload}"),
-                                 "cuda", 2)
+    args = distributed_arguments(config("distributed.strategy=fsdp", f"distributed.cpu_offload={offload}"), "cuda", 2)
     assert args["fsdp"] is True and args["ddp_backend"] == "nccl"
-    built = TrainingArguments(str(tmp_path), use_cpu=True, report_to=[], fsdp=args["fsdp"],
-                              fsdp_config=args["fsdp_config"])
+    built = TrainingArguments(
+        str(tmp_path), use_cpu=True, report_to=[], fsdp=args["fsdp"], fsdp_config=args["fsdp_config"]
+    )
     plugin = built.fsdp_plugin_args
     assert plugin["fsdp_version"] == 2 and plugin["reshard_after_forward"] is True  # FSDP2, full shard
     assert plugin["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
@@ -173,7 +205,8 @@ def _filled_by_transformers() -> set[str]:
 
     source = inspect.getsource(HfTrainerDeepSpeedConfig)
     return set(re.findall(r'fill_(?:match|only)\(\s*"([^"]+)"', source)) | set(
-        re.findall(r'"(zero_optimization\.[a-z0-9_]+)"', source))
+        re.findall(r'"(zero_optimization\.[a-z0-9_]+)"', source)
+    )
 
 
 def _autos(node, prefix=""):
@@ -188,8 +221,9 @@ def _autos(node, prefix=""):
 @pytest.mark.parametrize("stage", [1, 2, 3])
 @pytest.mark.parametrize("offload", [False, True])
 def test_deepspeed_zero_config(stage, offload):
-    cfg = config("distributed.strategy=deepspeed", f"distributed.zero_stage={stage}",
-                 f"distributed.cpu_offload={offload}")
+    cfg = config(
+        "distributed.strategy=deepspeed", f"distributed.zero_stage={stage}", f"distributed.cpu_offload={offload}"
+    )
     ds = distributed_arguments(cfg, "cuda", 4)["deepspeed"]
     assert ds == deepspeed_config(cfg) and json.loads(json.dumps(ds)) == ds  # a plain JSON config
     zero = ds["zero_optimization"]
@@ -199,8 +233,13 @@ def test_deepspeed_zero_config(stage, offload):
     assert zero.get("stage3_gather_16bit_weights_on_model_save", False) is (stage == 3)  # adapter/ can be saved
     unfilled = set(_autos(ds)) - _filled_by_transformers()
     assert not unfilled, f"'auto' that transformers does not fill: {unfilled}"
-    assert {"train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping",
-            "bf16.enabled", "fp16.enabled"} <= set(_autos(ds))
+    assert {
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+        "bf16.enabled",
+        "fp16.enabled",
+    } <= set(_autos(ds))
 
 
 def test_deepspeed_arguments_are_refused_by_transformers_without_the_package(tmp_path):
@@ -212,8 +251,12 @@ def test_deepspeed_arguments_are_refused_by_transformers_without_the_package(tmp
     if importlib.util.find_spec("deepspeed") is not None:
         pytest.skip("deepspeed is installed")
     with pytest.raises(Exception, match="deepspeed"):
-        TrainingArguments(str(tmp_path), use_cpu=True, report_to=[],
-                          **distributed_arguments(config("distributed.strategy=deepspeed"), "cuda", 2))
+        TrainingArguments(
+            str(tmp_path),
+            use_cpu=True,
+            report_to=[],
+            **distributed_arguments(config("distributed.strategy=deepspeed"), "cuda", 2),
+        )
 
 
 # --- torchrun and how workers end --------------------------------------------------------------------
@@ -223,9 +266,10 @@ def test_torchrun_command_single_and_multi_node(tmp_path):
     one = torchrun_command(Launch(2), config_path=tmp_path / "c.yaml", run_dir=tmp_path / "r", reports=tmp_path)
     assert one[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--nproc-per-node=2" in one and "--standalone" in one
-    assert one[one.index("-m", 3):][:2] == ["-m", "tunesmith.training.worker"]
-    two = torchrun_command(Launch(4, 2, 1, "10.0.0.1:29500"), config_path=tmp_path / "c.yaml",
-                           run_dir=tmp_path / "r", reports=tmp_path)
+    assert one[one.index("-m", 3) :][:2] == ["-m", "tunesmith.training.worker"]
+    two = torchrun_command(
+        Launch(4, 2, 1, "10.0.0.1:29500"), config_path=tmp_path / "c.yaml", run_dir=tmp_path / "r", reports=tmp_path
+    )
     assert "--standalone" not in two
     assert {"--nnodes=2", "--node-rank=1", "--rdzv-backend=static", "--rdzv-endpoint=10.0.0.1:29500"} <= set(two)
 
@@ -233,8 +277,14 @@ def test_torchrun_command_single_and_multi_node(tmp_path):
 def test_worker_failures_become_one_error():
     launch = Launch(2)
     assert worker_failure({0: {"rank": 0, "status": "trained", "metrics": {}}}, 0, launch) is None
-    user = worker_failure({1: {"rank": 1, "error": "data.train: bad", "user_error": True},
-                           0: {"rank": 0, "error": "RuntimeError: peer gone", "user_error": False}}, 1, launch)
+    user = worker_failure(
+        {
+            1: {"rank": 1, "error": "data.train: bad", "user_error": True},
+            0: {"rank": 0, "error": "RuntimeError: peer gone", "user_error": False},
+        },
+        1,
+        launch,
+    )
     assert type(user) is UserError and str(user) == "data.train: bad"
     ours = worker_failure({1: {"rank": 1, "error": "RuntimeError: boom", "user_error": False}}, 1, launch)
     assert type(ours) is TunesmithError

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from tunesmith.data.types import Conversation, Message, Provenance
+from tunesmith.data.types import IGNORE_INDEX, Conversation, Message, Provenance
 from tunesmith.errors import UserError
-from tunesmith.formatting.encode import IGNORE_INDEX, build_template, encode, end_of_turn_markers
+from tunesmith.formatting.encode import build_template, encode, end_of_turn_markers
 from tunesmith.formatting.template import ChatTemplate
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "chat_templates"
@@ -21,8 +21,13 @@ def conversation(*turns: tuple[str, str], weights: dict[int, float] | None = Non
     return Conversation(messages, Provenance("mem.jsonl", 1))
 
 
-MULTI_TURN = conversation(("system", "Be terse."), ("user", "Hi there"), ("assistant", "Hello! How can I help?"),
-                          ("user", "Say 'ok' twice"), ("assistant", "ok ok"))
+MULTI_TURN = conversation(
+    ("system", "Be terse."),
+    ("user", "Hi there"),
+    ("assistant", "Hello! How can I help?"),
+    ("user", "Say 'ok' twice"),
+    ("assistant", "ok ok"),
+)
 
 
 @pytest.fixture(scope="module", params=["phi-3-mini-128k-instruct", "granite-3.1-1b-a400m-instruct"])
@@ -31,7 +36,7 @@ def tokenizer(request):
 
 
 def trained_text(tokenizer, example) -> str:
-    return tokenizer.decode([t for t, l in zip(example.input_ids, example.labels) if l != IGNORE_INDEX])
+    return tokenizer.decode([t for t, label in zip(example.input_ids, example.labels) if label != IGNORE_INDEX])
 
 
 def test_assistant_turns_and_their_end_of_turn_train_nothing_else(tokenizer):
@@ -59,8 +64,9 @@ def test_last_and_weights(tokenizer):
 
 def test_truncation_is_reported(tokenizer):
     template = build_template(tokenizer, "model")
-    examples = encode(MULTI_TURN, template, tokenizer, train_on="assistant", max_length=12,
-                      markers=end_of_turn_markers(tokenizer))
+    examples = encode(
+        MULTI_TURN, template, tokenizer, train_on="assistant", max_length=12, markers=end_of_turn_markers(tokenizer)
+    )
     assert all(e.truncated and len(e.input_ids) == 12 for e in examples)
     assert sum(e.truncated_turns for e in examples) == 2  # both answers lie past token 12: each is cut wholly
 
@@ -69,12 +75,24 @@ def test_template_that_drops_assistant_text_is_refused():
     from tunesmith.formatting.prepare import encode_split
 
     tokenizer = AutoTokenizer.from_pretrained(FIXTURES / "phi-3-mini-128k-instruct")
-    broken = ChatTemplate("{% for m in messages %}{% if m.role != 'assistant' %}{{ m.content }}{% endif %}{% endfor %}",
-                          name="broken.jinja")
-    with pytest.raises(UserError, match=r"^mem.jsonl:1: chat template broken.jinja leaves out or rewrites the answer "
-                                        r"of assistant messages\[2\]"):
-        encode_split([MULTI_TURN], broken, tokenizer, train_on="assistant", max_length=512,
-                     markers=end_of_turn_markers(tokenizer), split="train")
+    broken = ChatTemplate(
+        "{% for m in messages %}{% if m.role != 'assistant' %}{{ m.content }}{% endif %}{% endfor %}",
+        name="broken.jinja",
+    )
+    with pytest.raises(
+        UserError,
+        match=r"^mem.jsonl:1: chat template broken.jinja leaves out or rewrites the answer "
+        r"of assistant messages\[2\]",
+    ):
+        encode_split(
+            [MULTI_TURN],
+            broken,
+            tokenizer,
+            train_on="assistant",
+            max_length=512,
+            markers=end_of_turn_markers(tokenizer),
+            split="train",
+        )
 
 
 def test_template_errors_name_the_template():

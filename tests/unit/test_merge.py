@@ -20,8 +20,15 @@ from tunesmith.runfolder import sha256_file
 SYSTEM = "Answer briefly."
 
 
-def write_run(folder: Path, base: Path, *, method: str = "lora", dtype: str = "float32", seed: int = 0,
-              extra: tuple[str, ...] = ()) -> Path:
+def write_run(
+    folder: Path,
+    base: Path,
+    *,
+    method: str = "lora",
+    dtype: str = "float32",
+    seed: int = 0,
+    extra: tuple[str, ...] = (),
+) -> Path:
     """A finished-looking LoRA run of `base`: adapter/ (random non-zero B, so merging changes the
     weights), its tokenizer with the training template, tunesmith.json and config.yaml."""
     from peft import LoraConfig, get_peft_model
@@ -29,18 +36,35 @@ def write_run(folder: Path, base: Path, *, method: str = "lora", dtype: str = "f
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
-                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False),
+    )
     adapter = folder / "adapter"
     model.save_pretrained(adapter)
     tokenizer.save_pretrained(adapter)
-    meta = {"base_model": str(base), "method": method, "template_name": "phi-3 (the model's own)",
-            "chat_template": tokenizer.chat_template,
-            "special_tokens": {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token},
-            "end_of_turn": ["<|endoftext|>", "<|end|>"], "system_prompt": SYSTEM, "train_on": "assistant"}
+    meta = {
+        "base_model": str(base),
+        "method": method,
+        "template_name": "phi-3 (the model's own)",
+        "chat_template": tokenizer.chat_template,
+        "special_tokens": {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token},
+        "end_of_turn": ["<|endoftext|>", "<|end|>"],
+        "system_prompt": SYSTEM,
+        "train_on": "assistant",
+    }
     (adapter / "tunesmith.json").write_text(json.dumps(meta), encoding="utf-8")
-    config = load_config(None, ["data.train=chat.jsonl", f"model.name={base}", f"model.dtype={dtype}",
-                                f"name={folder.name}", f"method={method}", *extra])
+    config = load_config(
+        None,
+        [
+            "data.train=chat.jsonl",
+            f"model.name={base}",
+            f"model.dtype={dtype}",
+            f"name={folder.name}",
+            f"method={method}",
+            *extra,
+        ],
+    )
     (folder / "config.yaml").write_text(config_to_yaml(config), encoding="utf-8")
     return folder
 
@@ -88,17 +112,27 @@ def test_merged_folder_is_a_complete_plain_model(merged_run, lora_run):
 
     merged, _ = merged_run
     names = {p.name for p in merged.iterdir()}
-    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
-            "tokenizer_config.json", "tunesmith.json"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "tunesmith.json",
+    } <= names
     assert not any("adapter" in n for n in names)
     with safe_open(str(merged / "model.safetensors"), "pt") as weights:
         keys = list(weights.keys())
         assert not any("lora" in k for k in keys) and weights.get_tensor(keys[0]).dtype == torch.float32
     adapter_meta = json.loads((lora_run / "adapter" / "tunesmith.json").read_text())
     recorded = json.loads((merged / "tunesmith.json").read_text())
-    assert recorded == {**adapter_meta, "merged_from": "adapter", "dtype": "float32",
-                        "adapter_sha256": sha256_file(lora_run / "adapter" / "adapter_model.safetensors"),
-                        "merge_max_logit_difference": recorded["merge_max_logit_difference"]}
+    assert recorded == {
+        **adapter_meta,
+        "merged_from": "adapter",
+        "dtype": "float32",
+        "adapter_sha256": sha256_file(lora_run / "adapter" / "adapter_model.safetensors"),
+        "merge_max_logit_difference": recorded["merge_max_logit_difference"],
+    }
     tokenizer = AutoTokenizer.from_pretrained(merged)
     assert tokenizer.chat_template == adapter_meta["chat_template"]
     end_ids = {tokenizer.convert_tokens_to_ids(m) for m in adapter_meta["end_of_turn"]}
@@ -161,7 +195,8 @@ def _dequantized_weight(layer) -> torch.Tensor:
 
 @pytest.mark.parametrize(("method", "extra", "bits"), [("qlora", (), 4), ("lora", ("model.load_in_8bit=true",), 8)])
 def test_a_quantized_run_merges_into_its_dequantized_base_and_states_the_quantization_error(
-        method, extra, bits, tiny_model_dir, tmp_path):
+    method, extra, bits, tiny_model_dir, tmp_path
+):
     """A real 4-bit NF4 (or int8) base: the merged weight is exactly de-quantized W + scale * B A (the
     weights the adapter trained against), not the original W + scale * B A; the note gives the
     measured distance to the adapter on the unquantized base, and tunesmith.json records it."""
@@ -179,8 +214,12 @@ def test_a_quantized_run_merges_into_its_dequantized_base_and_states_the_quantiz
     distance = recorded["difference_from_unquantized_base_adapter"]
     assert len(note) == 1 and f"{bits}-bit" in note[0] and f"{distance:.3g}" in note[0]
 
-    quantized = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, device_map={"": "cpu"},
-                                                     quantization_config=bitsandbytes_config(bits, "fp32"))
+    quantized = AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir,
+        dtype=torch.float32,
+        device_map={"": "cpu"},
+        quantization_config=bitsandbytes_config(bits, "fp32"),
+    )
     original = load_weights(tiny_model_dir / "model.safetensors")
     adapter = load_weights(run / "adapter" / "adapter_model.safetensors")
     result = load_weights(merged / "model.safetensors")

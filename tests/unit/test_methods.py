@@ -21,21 +21,42 @@ from tunesmith.training.methods import expected_lora_parameters, trainable_model
 @pytest.fixture()
 def data(tmp_path):
     path = tmp_path / "chat.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                          {"role": "assistant", "content": f"{i + i}"}]} for i in range(12)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {i} plus {i}?"},
+                {"role": "assistant", "content": f"{i + i}"},
+            ]
+        }
+        for i in range(12)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
 
 def config_for(data, model, tmp_path, *extra):
-    return load_config(None, [f"data.train={data}", f"model.name={model}", f"output_dir={tmp_path / 'runs'}",
-                              "name=m", "train.max_steps=3", "train.batch_size=4", "lora.r=4", *extra])
+    return load_config(
+        None,
+        [
+            f"data.train={data}",
+            f"model.name={model}",
+            f"output_dir={tmp_path / 'runs'}",
+            "name=m",
+            "train.max_steps=3",
+            "train.batch_size=4",
+            "lora.r=4",
+            *extra,
+        ],
+    )
 
 
-@pytest.mark.parametrize(("extra", "key", "why"), [
-    (["train.optimizer=paged_adamw_8bit"], "train.optimizer: paged_adamw_8bit", "on CPU use adamw_8bit"),
-    (["train.precision=fp16"], "train.precision", "CUDA"),
-])
+@pytest.mark.parametrize(
+    ("extra", "key", "why"),
+    [
+        (["train.optimizer=paged_adamw_8bit"], "train.optimizer: paged_adamw_8bit", "on CPU use adamw_8bit"),
+        (["train.precision=fp16"], "train.precision", "CUDA"),
+    ],
+)
 def test_gpu_only_settings_are_refused_on_cpu_before_any_work(extra, key, why, tmp_path, tiny_model_dir):
     missing = tmp_path / "not-there.jsonl"  # the refusal comes before the data is even opened
     config = config_for(missing, tiny_model_dir, tmp_path, *extra)
@@ -45,13 +66,17 @@ def test_gpu_only_settings_are_refused_on_cpu_before_any_work(extra, key, why, t
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize(("extra", "key"), [
-    (["method=qlora"], "method: qlora"),
-    (["model.load_in_8bit=true"], "model.load_in_8bit"),
-    (["train.optimizer=adamw_8bit"], "train.optimizer: adamw_8bit"),
-])
-def test_quantized_settings_are_refused_with_the_backends_reason_where_it_cannot_run(extra, key, tmp_path,
-                                                                                     tiny_model_dir, monkeypatch):
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        (["method=qlora"], "method: qlora"),
+        (["model.load_in_8bit=true"], "model.load_in_8bit"),
+        (["train.optimizer=adamw_8bit"], "train.optimizer: adamw_8bit"),
+    ],
+)
+def test_quantized_settings_are_refused_with_the_backends_reason_where_it_cannot_run(
+    extra, key, tmp_path, tiny_model_dir, monkeypatch
+):
     from tunesmith.models import quant
 
     monkeypatch.setattr(quant, "support", lambda device: "bitsandbytes 0.50.2 cannot quantize on cpu here (X)")
@@ -72,9 +97,12 @@ def test_bitsandbytes_cpu_backend_runs_here():
 
 
 def test_8bit_base_goes_with_lora_only(tmp_path, tiny_model_dir):
-    config = config_for(tmp_path / "x.jsonl", tiny_model_dir, tmp_path, "method=full", "model.load_in_8bit=true")
-    with pytest.raises(UserError, match="model.load_in_8bit goes with method: lora, not method: full"):
-        tunesmith.train(config)
+    with pytest.raises(
+        UserError, match="--set model.load_in_8bit=true: model.load_in_8bit goes with method: lora, not method: full"
+    ):
+        tunesmith.train(
+            config_for(tmp_path / "x.jsonl", tiny_model_dir, tmp_path, "method=full", "model.load_in_8bit=true")
+        )
 
 
 def lora_count_from_config(model_dir, config) -> int:
@@ -84,19 +112,36 @@ def lora_count_from_config(model_dir, config) -> int:
     h, inter, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
     head = c.get("head_dim") or h // c["num_attention_heads"]
     q, kv = c["num_attention_heads"] * head, c["num_key_value_heads"] * head
-    shapes = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-              "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
+    shapes = {
+        "q_proj": (h, q),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (q, h),
+        "gate_proj": (h, inter),
+        "up_proj": (h, inter),
+        "down_proj": (inter, h),
+    }
     targets = shapes if config.lora.target_modules == "all-linear" else config.lora.target_modules
     r, dora = config.lora.r, config.lora.dora
     return layers * sum(r * (shapes[t][0] + shapes[t][1]) + (shapes[t][1] if dora else 0) for t in targets)
 
 
-@pytest.mark.parametrize("extra", [[], ["lora.rslora=true"], ["lora.dora=true"], ["lora.target_modules=[q_proj,v_proj]"],
-                                   ["method=qlora"], ["model.load_in_8bit=true"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["lora.rslora=true"],
+        ["lora.dora=true"],
+        ["lora.target_modules=[q_proj,v_proj]"],
+        ["method=qlora"],
+        ["model.load_in_8bit=true"],
+    ],
+)
 def test_trainable_count_is_exact_for_every_lora_variant(extra, tmp_path, tiny_model_dir, data):
     config = config_for(data, tiny_model_dir, tmp_path, *extra)
-    loaded = trainable_model(config, ModelRef(str(tiny_model_dir), str(tiny_model_dir), "local"), device="cpu",
-                             precision="fp32")
+    loaded = trainable_model(
+        config, ModelRef(str(tiny_model_dir), str(tiny_model_dir), "local"), device="cpu", precision="fp32"
+    )
     assert loaded.trainable == lora_count_from_config(tiny_model_dir, config) > 0
     assert loaded.trainable == expected_lora_parameters(loaded.model, config)
     assert loaded.trainable == sum(p.numel() for p in loaded.model.parameters() if p.requires_grad)
@@ -104,11 +149,15 @@ def test_trainable_count_is_exact_for_every_lora_variant(extra, tmp_path, tiny_m
     from peft.tuners.lora import LoraLayer
 
     scaling = {s for m in loaded.model.modules() if isinstance(m, LoraLayer) for s in m.scaling.values()}
-    assert scaling == {config.lora.alpha / (config.lora.r ** 0.5 if config.lora.rslora else config.lora.r)}
-    base = {n: type(m).__name__ for n, m in loaded.model.named_modules()
-            if n.endswith("layers.0.self_attn.q_proj.base_layer")}
-    assert list(base.values()) == [{"qlora": "Linear4bit"}.get(config.method, "Linear8bitLt" if
-                                    config.model.load_in_8bit else "Linear")]
+    assert scaling == {config.lora.alpha / (config.lora.r**0.5 if config.lora.rslora else config.lora.r)}
+    base = {
+        n: type(m).__name__
+        for n, m in loaded.model.named_modules()
+        if n.endswith("layers.0.self_attn.q_proj.base_layer")
+    }
+    assert list(base.values()) == [
+        {"qlora": "Linear4bit"}.get(config.method, "Linear8bitLt" if config.model.load_in_8bit else "Linear")
+    ]
     if config.lora.dora:
         assert "DoRA" in loaded.summary
         assert any("lora_magnitude_vector" in n for n, p in loaded.model.named_parameters() if p.requires_grad)
@@ -117,8 +166,16 @@ def test_trainable_count_is_exact_for_every_lora_variant(extra, tmp_path, tiny_m
 def test_full_fine_tuning_trains_every_weight_and_saves_a_whole_model(tmp_path, tiny_model_dir, data):
     from tunesmith.evaluate.runs import load_run
 
-    result = tunesmith.train(config_for(data, tiny_model_dir, tmp_path, "method=full", "train.learning_rate=1e-3",
-                                        "train.gradient_checkpointing=true"))
+    result = tunesmith.train(
+        config_for(
+            data,
+            tiny_model_dir,
+            tmp_path,
+            "method=full",
+            "train.learning_rate=1e-3",
+            "train.gradient_checkpointing=true",
+        )
+    )
     folder = result.run_dir / "model"
     assert (folder / "model.safetensors").is_file() and not (result.run_dir / "adapter").exists()
     tuned = load_file(folder / "model.safetensors")
@@ -128,8 +185,9 @@ def test_full_fine_tuning_trains_every_weight_and_saves_a_whole_model(tmp_path, 
     assert json.loads((folder / "tunesmith.json").read_text())["method"] == "full"
     loaded = load_run(result.run_dir)  # what eval and chat open
     assert not hasattr(loaded.model, "disable_adapter")
-    assert torch.equal(loaded.model.state_dict()["model.layers.0.mlp.up_proj.weight"],
-                       tuned["model.layers.0.mlp.up_proj.weight"])
+    assert torch.equal(
+        loaded.model.state_dict()["model.layers.0.mlp.up_proj.weight"], tuned["model.layers.0.mlp.up_proj.weight"]
+    )
 
 
 class _NaNGradient(torch.autograd.Function):
@@ -146,7 +204,8 @@ class _NaNGradient(torch.autograd.Function):
 
 @pytest.mark.parametrize("kind", ["loss", "gradient norm"])
 def test_a_non_finite_step_stops_the_run_naming_that_step_and_its_rows_and_saves_nothing_non_finite(
-        kind, tmp_path, tiny_model_dir, data, monkeypatch):
+    kind, tmp_path, tiny_model_dir, data, monkeypatch
+):
     """A NaN injected into one known micro-batch (the second of optimizer step 4): the run stops at
     step 4 naming exactly the rows of both micro-batches of that step (read back from the token ids the
     model was fed, not from the guard's own bookkeeping), checkpoints 1-3 stay finite and none at or
@@ -183,9 +242,17 @@ def test_a_non_finite_step_stops_the_run_naming_that_step_and_its_rows_and_saves
         return model
 
     monkeypatch.setattr(run_module, "_load_trainable_model", load_poisoned)
-    config = config_for(data, tiny_model_dir, tmp_path, "train.packing=none", "train.batch_size=2",
-                        f"train.gradient_accumulation={accumulation}", "train.max_steps=8", "train.save_steps=1",
-                        "train.keep_checkpoints=10")
+    config = config_for(
+        data,
+        tiny_model_dir,
+        tmp_path,
+        "train.packing=none",
+        "train.batch_size=2",
+        f"train.gradient_accumulation={accumulation}",
+        "train.max_steps=8",
+        "train.save_steps=1",
+        "train.keep_checkpoints=10",
+    )
     with pytest.raises(NonFiniteError) as e:
         tunesmith.train(config)
     message = str(e.value)
@@ -226,12 +293,26 @@ def test_adamw_8bit_trains_on_cpu_checkpoints_8bit_state_and_resumes_exactly(tmp
 
     from tunesmith.training import checkpoints as ck
 
-    result = tunesmith.train(config_for(data, tiny_model_dir, tmp_path, "train.optimizer=adamw_8bit", "lora.r=64",
-                                        "train.max_steps=4", "train.batch_size=2", "train.learning_rate=1e-2",
-                                        "train.save_steps=2", "train.keep_checkpoints=3"))
+    result = tunesmith.train(
+        config_for(
+            data,
+            tiny_model_dir,
+            tmp_path,
+            "train.optimizer=adamw_8bit",
+            "lora.r=64",
+            "train.max_steps=4",
+            "train.batch_size=2",
+            "train.learning_rate=1e-2",
+            "train.save_steps=2",
+            "train.keep_checkpoints=3",
+        )
+    )
     run = result.run_dir
-    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
-              if "loss" in json.loads(line)]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
     assert len(losses) == 4 and all(x == x for x in losses)
     state = load_file(run / "checkpoints" / "step-2" / "optimizer.safetensors")
     assert any(t.dtype == torch.uint8 for t in state.values()), {k: t.dtype for k, t in list(state.items())[:6]}

@@ -17,7 +17,11 @@ def test_json_valid_wants_an_object():
 def test_exact_strips_whitespace_only():
     assert exact(" yes\n", "yes") == 1.0
     assert exact("Yes", "yes") == 0.0
-    assert score("1", "1", ["exact", "json_exact", "json_valid"]) == {"exact": 1.0, "json_exact": 1.0, "json_valid": 0.0}
+    assert score("1", "1", ["exact", "json_exact", "json_valid"]) == {
+        "exact": 1.0,
+        "json_exact": 1.0,
+        "json_valid": 0.0,
+    }
 
 
 # --- metrics added with issue 6; every expected value below is worked out by hand in the comment ---
@@ -29,7 +33,12 @@ import pytest  # noqa: E402
 
 from tunesmith.errors import UserError  # noqa: E402
 from tunesmith.evaluate.metrics import (  # noqa: E402
-    contains, json_fields, normalize_answer, normalized, resolve_metrics, rouge_l,
+    contains,
+    json_fields,
+    normalize_answer,
+    normalized,
+    resolve_metrics,
+    rouge_l,
 )
 
 
@@ -61,11 +70,12 @@ def test_json_fields_counts_equal_leaves_of_the_reference():
     # leaves: intent, slots.room, slots.level, tags -> 4
     assert json_fields(reference, reference) == 1.0
     # intent right, room wrong, level right, tags wrong order -> 2/4
-    assert json_fields('{"intent": "lights_on", "slots": {"room": "hall", "level": 3}, "tags": ["b", "a"]}',
-                       reference) == 0.5
+    assert (
+        json_fields('{"intent": "lights_on", "slots": {"room": "hall", "level": 3}, "tags": ["b", "a"]}', reference)
+        == 0.5
+    )
     # extra keys in the prediction do not count against it; "3" (a string) is not 3 -> 2/4 (intent, tags)
-    assert json_fields('{"intent": "lights_on", "x": 1, "slots": {"level": "3"}, "tags": ["a", "b"]}',
-                       reference) == 0.5
+    assert json_fields('{"intent": "lights_on", "x": 1, "slots": {"level": "3"}, "tags": ["a", "b"]}', reference) == 0.5
     assert json_fields('{"intent": "lights_on", "slots": {"room": "kitchen"', reference) == 0.0  # not JSON
     assert json_fields('{"level": 1}', '{"level": true}') == 0.0  # True == 1 in Python, not in JSON
     assert json_fields("[1, 2]", "[1, 2]") == 1.0  # a non-object reference: parsed equality
@@ -85,7 +95,8 @@ def test_user_metric_module_function(tmp_path, monkeypatch):
     (tmp_path / "my_eval_metrics.py").write_text(
         "def length_ratio(prediction, reference):\n"
         "    return min(len(prediction), len(reference)) / max(len(prediction), len(reference), 1)\n"
-        "def too_big(prediction, reference):\n    return 2.0\n")
+        "def too_big(prediction, reference):\n    return 2.0\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         scores = score("abcd", "ab", ["exact", "my_eval_metrics:length_ratio"])

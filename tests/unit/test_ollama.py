@@ -13,40 +13,53 @@ from pathlib import Path
 import pytest
 
 from tunesmith.errors import UserError
-from tunesmith.export.ollama import (TurnWrappers, go_template, ollama_template, render_go_template,
-                                     write_modelfile)
+from tunesmith.export.ollama import TurnWrappers, go_template, ollama_template, render_go_template, write_modelfile
 from tunesmith.formatting.template import ChatTemplate
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "chat_templates"
 # The embedded SmolLM2's ChatML template, as a run records it (with a default system prompt).
-SMOLLM = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>"
-          "system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
-          "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+SMOLLM = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>"
+    "system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 def fixture_meta(name: str, end_of_turn: list[str], system_prompt: str | None = None) -> dict:
     config = json.loads((FIXTURES / name / "tokenizer_config.json").read_text(encoding="utf-8"))
     token = lambda value: value["content"] if isinstance(value, dict) else value or ""  # noqa: E731
-    return {"base_model": name, "method": "lora", "template_name": f"{name} (the model's own)",
-            "chat_template": config["chat_template"],
-            "special_tokens": {"bos_token": token(config.get("bos_token")),
-                               "eos_token": token(config.get("eos_token"))},
-            "end_of_turn": end_of_turn, "system_prompt": system_prompt, "train_on": "assistant"}
+    return {
+        "base_model": name,
+        "method": "lora",
+        "template_name": f"{name} (the model's own)",
+        "chat_template": config["chat_template"],
+        "special_tokens": {"bos_token": token(config.get("bos_token")), "eos_token": token(config.get("eos_token"))},
+        "end_of_turn": end_of_turn,
+        "system_prompt": system_prompt,
+        "train_on": "assistant",
+    }
 
 
 def smollm_meta(system_prompt: str | None = "Convert the request to intent JSON.") -> dict:
-    return {"base_model": "smollm2-135m-instruct", "template_name": "the model's own chat template",
-            "chat_template": SMOLLM, "special_tokens": {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"},
-            "end_of_turn": ["<|im_end|>", "<|endoftext|>"], "system_prompt": system_prompt, "train_on": "assistant"}
+    return {
+        "base_model": "smollm2-135m-instruct",
+        "template_name": "the model's own chat template",
+        "chat_template": SMOLLM,
+        "special_tokens": {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"},
+        "end_of_turn": ["<|im_end|>", "<|endoftext|>"],
+        "system_prompt": system_prompt,
+        "train_on": "assistant",
+    }
 
 
 REPRESENTABLE = {
     "smollm-chatml": smollm_meta,
     "phi-3": lambda: fixture_meta("phi-3-mini-128k-instruct", ["<|endoftext|>", "<|end|>"], "Be brief."),
     "gemma": lambda: fixture_meta("gemma-1-2b-it", ["<eos>", "<end_of_turn>"]),
-    "qwen2.5-like": lambda: dict(smollm_meta(), chat_template=(FIXTURES / "qwen2.5-instruct" /
-                                                               "chat_template.jinja").read_text(encoding="utf-8")),
+    "qwen2.5-like": lambda: dict(
+        smollm_meta(), chat_template=(FIXTURES / "qwen2.5-instruct" / "chat_template.jinja").read_text(encoding="utf-8")
+    ),
 }
 
 CHATS = [
@@ -93,8 +106,10 @@ def test_template_reproduces_the_training_render(which):
 def test_smollm_template_keeps_its_default_system_prompt():
     source = ollama_template(smollm_meta())
     rendered = render_go_template(source, [{"role": "user", "content": "hi"}])
-    assert rendered == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
-                        "<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    assert rendered == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+        "<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_phi3_closes_a_final_answer_with_eos_as_in_training():
@@ -163,8 +178,10 @@ def test_history_rewriting_template_is_refused_before_any_file(tmp_path):
 
 
 def test_literal_braces_quotes_and_tabs_survive(tmp_path):
-    source = ("{% for m in messages %}{{ '{{' + m.role + '}}\t\"\"\"' }}{{ m.content }}{{ '\n' }}{% endfor %}"
-              "{% if add_generation_prompt %}{{ '{{assistant}}\t' }}{% endif %}")
+    source = (
+        "{% for m in messages %}{{ '{{' + m.role + '}}\t\"\"\"' }}{{ m.content }}{{ '\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '{{assistant}}\t' }}{% endif %}"
+    )
     meta = smollm_meta(None) | {"chat_template": source, "template_name": "braces"}
     chat = ChatTemplate(source, name="braces")
     template = ollama_template(meta)
@@ -193,17 +210,29 @@ def test_bos_is_left_to_a_gguf_that_adds_it(tmp_path):
 
 
 def test_go_renderer_follows_go_semantics_for_trim_and_else_if():
-    source = ('{{- range $i, $m := .Messages }}\n  {{- if eq .Role "user" }}U:{{ .Content }}\n'
-              '{{ else if eq $m.Role "assistant" }}A:{{ $m.Content }} {{- "!" }}\n{{ else }}?{{ end -}}\n  {{ end }}')
-    messages = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y "},
-                {"role": "tool", "content": "z"}]
+    source = (
+        '{{- range $i, $m := .Messages }}\n  {{- if eq .Role "user" }}U:{{ .Content }}\n'
+        '{{ else if eq $m.Role "assistant" }}A:{{ $m.Content }} {{- "!" }}\n{{ else }}?{{ end -}}\n  {{ end }}'
+    )
+    messages = [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": "y "},
+        {"role": "tool", "content": "z"},
+    ]
     # `{{-` trims the template's own whitespace before it, never a value: "y " keeps its space
     assert render_go_template(source, messages) == "U:x\nA:y !\n?"
 
 
 def test_a_hand_made_template_is_rendered_from_its_wrappers():
-    wrappers = TurnWrappers(header="<s>", default_system="", system=None, user=("[U]", "\n"),
-                            assistant=("[A]", "</s>"), generation_prompt="[A]", closing="")
+    wrappers = TurnWrappers(
+        header="<s>",
+        default_system="",
+        system=None,
+        user=("[U]", "\n"),
+        assistant=("[A]", "</s>"),
+        generation_prompt="[A]",
+        closing="",
+    )
     source = go_template(wrappers)
     assert render_go_template(source, [{"role": "user", "content": "q"}]) == "<s>[U]q\n[A]"
     assert render_go_template(go_template(wrappers, header=False), []) == ""
@@ -253,6 +282,12 @@ def test_real_go_text_template_renders_the_same(which, tmp_path):
     (tmp_path / "main.go").write_text(GO_PROGRAM, encoding="utf-8")
     (tmp_path / "template.txt").write_text(source, encoding="utf-8")
     (tmp_path / "chats.json").write_text(json.dumps(chats), encoding="utf-8")
-    done = subprocess.run(["go", "run", "main.go", "template.txt", "chats.json"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, check=True)
+    done = subprocess.run(
+        ["go", "run", "main.go", "template.txt", "chats.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     assert json.loads(done.stdout) == [render_go_template(source, chat) for chat in chats]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from functools import lru_cache
+from functools import cache
 
 import pytest
 
@@ -19,13 +19,16 @@ def optimal_bin_count(lengths: list[int], capacity: int) -> int:
     """Exact minimum by search over bin loads (small inputs only)."""
     items = sorted(lengths, reverse=True)
 
-    @lru_cache(maxsize=None)
+    @cache
     def fewest(i: int, loads: tuple[int, ...]) -> int:
         if i == len(items):
             return len(loads)
         options = {tuple(sorted((*loads, items[i])))}  # a new bin
-        options |= {tuple(sorted((*loads[:j], load + items[i], *loads[j + 1:])))
-                    for j, load in enumerate(loads) if load + items[i] <= capacity}
+        options |= {
+            tuple(sorted((*loads[:j], load + items[i], *loads[j + 1 :])))
+            for j, load in enumerate(loads)
+            if load + items[i] <= capacity
+        }
         return min(fewest(i + 1, option) for option in options)
 
     return fewest(0, ())
@@ -41,14 +44,17 @@ def test_every_item_lands_in_exactly_one_bin_and_no_bin_overflows(seed):
     assert all(group for group in bins)
 
 
-@pytest.mark.parametrize(("lengths", "optimal"), [
-    ([7, 3, 6, 4, 5, 5], 3),                       # perfect pairs
-    ([4, 4, 4, 4, 3, 3, 2, 2, 2, 2], 3),           # small items fill the gaps the large ones leave
-    ([6, 6, 6, 4, 4, 4], 3),
-    ([10, 10, 10], 3),                             # exactly full bins
-    ([1] * 25, 3),
-    ([9, 8, 2, 2, 5, 4], 4),                       # 9 shares with nothing: 4 is optimal
-])
+@pytest.mark.parametrize(
+    ("lengths", "optimal"),
+    [
+        ([7, 3, 6, 4, 5, 5], 3),  # perfect pairs
+        ([4, 4, 4, 4, 3, 3, 2, 2, 2, 2], 3),  # small items fill the gaps the large ones leave
+        ([6, 6, 6, 4, 4, 4], 3),
+        ([10, 10, 10], 3),  # exactly full bins
+        ([1] * 25, 3),
+        ([9, 8, 2, 2, 5, 4], 4),  # 9 shares with nothing: 4 is optimal
+    ],
+)
 def test_optimal_on_crafted_cases(lengths, optimal):
     assert len(best_fit_decreasing(lengths, capacity=10)) == optimal
 
@@ -98,8 +104,10 @@ def test_an_item_longer_than_a_bin_is_refused():
 
 
 def test_pack_keeps_every_token_restarts_positions_and_masks_each_start():
-    rows = [{"input_ids": list(range(100 * k, 100 * k + n)), "labels": list(range(100 * k, 100 * k + n))}
-            for k, n in enumerate(random_lengths(3, n=40, low=1, high=30))]
+    rows = [
+        {"input_ids": list(range(100 * k, 100 * k + n)), "labels": list(range(100 * k, 100 * k + n))}
+        for k, n in enumerate(random_lengths(3, n=40, low=1, high=30))
+    ]
     bins = pack(rows, capacity=64)
     assert all(len(b["input_ids"]) == len(b["labels"]) == len(b["position_ids"]) <= 64 for b in bins)
     tokens = sorted(t for b in bins for t in b["input_ids"])

@@ -25,9 +25,16 @@ def tokenizer():
 
 
 def samples(count: int) -> list[Conversation]:
-    return [Conversation((Message("user", f"What is {i} times {i % 7}?"),
-                          Message("assistant", f"{i * (i % 7)}" + " and more" * (i % 5))),
-                         Provenance("mem.jsonl", i + 1)) for i in range(count)]
+    return [
+        Conversation(
+            (
+                Message("user", f"What is {i} times {i % 7}?"),
+                Message("assistant", f"{i * (i % 7)}" + " and more" * (i % 5)),
+            ),
+            Provenance("mem.jsonl", i + 1),
+        )
+        for i in range(count)
+    ]
 
 
 def options(tokenizer) -> dict:
@@ -47,9 +54,12 @@ def test_workers_give_the_examples_of_one_process_in_order(tokenizer, monkeypatc
 
 def test_a_refused_row_in_a_worker_is_the_same_one_line_error(tokenizer, monkeypatch):
     monkeypatch.setattr(prepare, "PARALLEL_ROWS", 50)
-    template = ChatTemplate("{% for m in messages %}{% if m.content == 'bad' %}{{ raise_exception('no bad rows') }}"
-                            "{% endif %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}"
-                            "{% if add_generation_prompt %}<|assistant|>{% endif %}", name="strict.jinja")
+    template = ChatTemplate(
+        "{% for m in messages %}{% if m.content == 'bad' %}{{ raise_exception('no bad rows') }}"
+        "{% endif %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}",
+        name="strict.jinja",
+    )
     rows = samples(120)
     for i in (77, 101):  # the first refused row is the one named, wherever the pieces finish
         rows[i] = Conversation((Message("user", "bad"), Message("assistant", "x")), Provenance("mem.jsonl", i + 1))

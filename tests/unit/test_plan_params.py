@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import pytest
 
-from tunesmith.plan.estimate import parameter_counts
+from tunesmith.plan.shapes import parameter_counts
 
 
 def llama2_7b():
     from transformers import LlamaConfig
 
-    return LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                       intermediate_size=11008, vocab_size=32000, tie_word_embeddings=False)
+    return LlamaConfig(
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        intermediate_size=11008,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    )
 
 
 def test_llama2_7b_lora_r8_q_v_is_the_known_4194304():
@@ -29,8 +36,14 @@ def test_llama2_7b_full_fine_tuning_trains_the_known_6738415616():
 def test_mistral_7b_gqa_lora_on_attention():
     from transformers import MistralConfig
 
-    config = MistralConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                           intermediate_size=14336, vocab_size=32000)
+    config = MistralConfig(
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        vocab_size=32000,
+    )
     r, h, kv = 16, 4096, 8 * 128  # k_proj and v_proj map 4096 -> 1024 (8 KV heads of 128)
     per_layer = r * (h + h) + r * (h + kv) + r * (h + kv) + r * (h + h)
     trainable, _ = parameter_counts(config, method="lora", r=r, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -41,8 +54,15 @@ def test_qwen2_all_linear_leaves_out_the_head():
     from transformers import Qwen2Config
 
     h, i, heads, kv_heads, layers, r = 896, 4864, 14, 2, 24, 8  # Qwen2-0.5B's shapes
-    config = Qwen2Config(hidden_size=h, intermediate_size=i, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                         num_hidden_layers=layers, vocab_size=151936, tie_word_embeddings=True)
+    config = Qwen2Config(
+        hidden_size=h,
+        intermediate_size=i,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        num_hidden_layers=layers,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    )
     kv = kv_heads * (h // heads)
     shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]  # q k v o gate up down
     expected = layers * sum(r * (a + b) for a, b in shapes)
@@ -56,8 +76,14 @@ def test_qwen2_all_linear_leaves_out_the_head():
 def test_dora_adds_one_magnitude_per_output_feature(r):
     from transformers import LlamaConfig
 
-    config = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=1000)
+    config = LlamaConfig(
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1000,
+    )
     kv = 2 * 64
     lora, _ = parameter_counts(config, method="lora", r=r, target_modules=["q_proj", "v_proj"])
     dora, _ = parameter_counts(config, method="lora", r=r, target_modules=["q_proj", "v_proj"], dora=True)

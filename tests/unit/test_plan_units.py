@@ -19,8 +19,11 @@ H100_GIB = H100_MIB / 1024  # 79.6484375
 @pytest.fixture()
 def config_file(tmp_path, tiny_model_dir, chat_jsonl):
     path = tmp_path / "run.yaml"
-    path.write_text(f"model:\n  name: {tiny_model_dir}\ndata:\n  train: {chat_jsonl}\ntemplate:\n  max_length: 64\n"
-                    "train:\n  batch_size: 4\n", encoding="utf-8")
+    path.write_text(
+        f"model:\n  name: {tiny_model_dir}\ndata:\n  train: {chat_jsonl}\ntemplate:\n  max_length: 64\n"
+        "train:\n  batch_size: 4\n",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -46,8 +49,9 @@ def test_gpu_h100_80gb_and_the_same_vram_in_gib_are_the_same_target(config_file,
     peak = by_name["recommended"].pop("peak_bytes"), by_vram["recommended"].pop("peak_bytes")
     assert by_name["recommended"] == by_vram["recommended"] and by_name["recommended"]["fits"]
     assert peak[0] == pytest.approx(peak[1], rel=0.01)
-    assert by_name["estimates"]["lora"]["total_bytes"] == pytest.approx(by_vram["estimates"]["lora"]["total_bytes"],
-                                                                         rel=0.01)
+    assert by_name["estimates"]["lora"]["total_bytes"] == pytest.approx(
+        by_vram["estimates"]["lora"]["total_bytes"], rel=0.01
+    )
 
 
 def test_the_printed_plan_states_gib_for_both_and_the_data_sheet_figure_for_the_gpu(config_file, capsys):

@@ -16,8 +16,10 @@ from tunesmith.training.prepare import prepare
 def setup(tmp_path, monkeypatch, tiny_model_dir):
     monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "train.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
-            for i in range(20)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+        for i in range(20)
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return data, tiny_model_dir
 
@@ -42,8 +44,11 @@ def test_changing_any_input_misses(setup, tmp_path):
     assert not run(data, model, "template.max_length=64").cached
     assert not run(data, model, "template.train_on=all").cached
     template = tmp_path / "plain.jinja"
-    template.write_text("{% for m in messages %}{{ m.role }}: {{ m.content }}{{ eos_token }}\n{% endfor %}"
-                        "{% if add_generation_prompt %}assistant: {% endif %}", encoding="utf-8")
+    template.write_text(
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}{{ eos_token }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}",
+        encoding="utf-8",
+    )
     assert not run(data, model, f"template.chat_template={template}").cached
     other_tokenizer = tmp_path / "other-model"
     shutil.copytree(model, other_tokenizer)
@@ -52,8 +57,10 @@ def test_changing_any_input_misses(setup, tmp_path):
     (other_tokenizer / "tokenizer.json").write_text(json.dumps(definition))
     assert not run(data, other_tokenizer).cached
     with data.open("a") as handle:
-        handle.write(json.dumps({"messages": [{"role": "user", "content": "new"},
-                                              {"role": "assistant", "content": "row"}]}) + "\n")
+        handle.write(
+            json.dumps({"messages": [{"role": "user", "content": "new"}, {"role": "assistant", "content": "row"}]})
+            + "\n"
+        )
     assert not run(data, model).cached
     assert run(data, model).cached
 
@@ -63,7 +70,9 @@ def test_every_example_field_survives_the_cache(tmp_path, monkeypatch):
     from tunesmith.formatting.encode import Example
 
     monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path))
-    examples = [Example([1, 1, 5], [-100, -100, 5], 1, True, "a.jsonl:3", False, 2, True),
-                Example([7, 8], [-100, 8], 1, False, "a.jsonl:4", True, 0, False)]
+    examples = [
+        Example([1, 1, 5], [-100, -100, 5], 1, True, "a.jsonl:3", False, 2, True),
+        Example([7, 8], [-100, 8], 1, False, "a.jsonl:4", True, 0, False),
+    ]
     cache.store("k", examples, {"rows": 2})
     assert cache.load("k").examples == examples

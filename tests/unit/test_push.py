@@ -12,11 +12,14 @@ from pathlib import Path
 import pytest
 
 from tunesmith.errors import UserError
-from tunesmith.export.hub import PushPlan, model_card, push_run, validate_repo_id
+from tunesmith.export.hub import PushPlan, push_run, validate_repo_id
+from tunesmith.export.model_card import model_card
 
 TOKEN = "hf_secretTOKENvalue1234567890"
-TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-            "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 CONFIG = """\
 name: fake-run
 output_dir: runs
@@ -42,20 +45,45 @@ train:
   batch_size: 8
   seed: 42
 """
-RESULTS = {"n": 60, "metrics": ["json_exact", "json_valid", "exact"],
-           "tuned": {"json_exact": 0.9833, "json_valid": 1.0, "exact": 0.9167},
-           "base": {"json_exact": 0.0123, "json_valid": 0.35, "exact": 0.0}}
-REPORT = {"template": "the model's own chat template", "system_prompt": "Convert the request to intent JSON.",
-          "end_of_turn": ["<|im_end|>", "<|endoftext|>"],
-          "splits": {"train": {"rows": 420, "tokens": 23308, "trainable_tokens": 10608, "truncated": 0,
-                               "trainable_share": 0.4551, "quarantined": 3},
-                     "validation": {"rows": 40, "tokens": 2226, "trainable_tokens": 1022, "truncated": 0,
-                                    "trainable_share": 0.4591, "quarantined": 0},
-                     "test": {"rows": 60}}}
-META = {"base_model": "smollm2-135m-instruct", "template_name": "the model's own chat template",
-        "chat_template": TEMPLATE, "special_tokens": {"eos_token": "<|im_end|>"},
-        "end_of_turn": ["<|im_end|>", "<|endoftext|>"], "system_prompt": "Convert the request to intent JSON.",
-        "train_on": "assistant"}
+RESULTS = {
+    "n": 60,
+    "metrics": ["json_exact", "json_valid", "exact"],
+    "tuned": {"json_exact": 0.9833, "json_valid": 1.0, "exact": 0.9167},
+    "base": {"json_exact": 0.0123, "json_valid": 0.35, "exact": 0.0},
+}
+REPORT = {
+    "template": "the model's own chat template",
+    "system_prompt": "Convert the request to intent JSON.",
+    "end_of_turn": ["<|im_end|>", "<|endoftext|>"],
+    "splits": {
+        "train": {
+            "rows": 420,
+            "tokens": 23308,
+            "trainable_tokens": 10608,
+            "truncated": 0,
+            "trainable_share": 0.4551,
+            "quarantined": 3,
+        },
+        "validation": {
+            "rows": 40,
+            "tokens": 2226,
+            "trainable_tokens": 1022,
+            "truncated": 0,
+            "trainable_share": 0.4591,
+            "quarantined": 0,
+        },
+        "test": {"rows": 60},
+    },
+}
+META = {
+    "base_model": "smollm2-135m-instruct",
+    "template_name": "the model's own chat template",
+    "chat_template": TEMPLATE,
+    "special_tokens": {"eos_token": "<|im_end|>"},
+    "end_of_turn": ["<|im_end|>", "<|endoftext|>"],
+    "system_prompt": "Convert the request to intent JSON.",
+    "train_on": "assistant",
+}
 ADAPTER_FILES = {
     "adapter_config.json": json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 24.0}).encode(),
     "adapter_model.safetensors": bytes(range(256)) * 4,
@@ -119,7 +147,7 @@ def test_dry_run_lists_the_adapter_files_and_the_card_without_a_token(run_dir, n
         assert local == run_dir / "adapter" / path and size == len(ADAPTER_FILES[path])
     text = "\n".join(logged)
     assert "dry run" in text
-    for path, data in ADAPTER_FILES.items():
+    for path, _data in ADAPTER_FILES.items():
         assert any(line.split() and line.split()[0] == path for line in logged), path
     assert any(line.split() and line.split()[0] == "README.md" for line in logged)
     assert "README.md" not in [path for _, path, _ in plan.files]
@@ -157,9 +185,24 @@ def test_unknown_target_and_missing_run_are_user_errors(run_dir, tmp_path):
         push_run(tmp_path / "nope", "alice/x", dry_run=True)
 
 
-@pytest.mark.parametrize("repo_id", ["noslash", "a/b/c", "-x/y", "user/re po", "user/", "/repo", "user/repo-",
-                                     "user/re--po", "user/re..po", "us er/repo", "user/repo.git", "user/répo",
-                                     "user/" + "x" * 97])
+@pytest.mark.parametrize(
+    "repo_id",
+    [
+        "noslash",
+        "a/b/c",
+        "-x/y",
+        "user/re po",
+        "user/",
+        "/repo",
+        "user/repo-",
+        "user/re--po",
+        "user/re..po",
+        "us er/repo",
+        "user/repo.git",
+        "user/répo",
+        "user/" + "x" * 97,
+    ],
+)
 def test_invalid_repo_ids_are_user_errors(run_dir, repo_id):
     with pytest.raises(UserError, match="invalid Hub repo id"):
         push_run(run_dir, repo_id, dry_run=True)
@@ -196,11 +239,14 @@ def test_card_without_eval_results_says_so(run_dir):
     assert "No evaluation was recorded" in card
 
 
-@pytest.mark.parametrize("what, library, snippet", [
-    ("adapter", "peft", 'PeftModel.from_pretrained(base, "alice/smart-home")'),
-    ("merged", "transformers", 'AutoModelForCausalLM.from_pretrained("alice/smart-home"'),
-    ("gguf", "gguf", "ollama create smart-home -f Modelfile"),
-])
+@pytest.mark.parametrize(
+    "what, library, snippet",
+    [
+        ("adapter", "peft", 'PeftModel.from_pretrained(base, "alice/smart-home")'),
+        ("merged", "transformers", 'AutoModelForCausalLM.from_pretrained("alice/smart-home"'),
+        ("gguf", "gguf", "ollama create smart-home -f Modelfile"),
+    ],
+)
 def test_card_says_how_to_run_each_target(run_dir, what, library, snippet):
     _add_merged(run_dir)
     _add_gguf(run_dir)
@@ -250,15 +296,23 @@ def _handler(hub: _Hub):
             if path == "/api/repos/create":
                 payload = json.loads(body)
                 hub.created.append(payload)
-                return self._reply(200, {"url": f"http://{self.headers['Host']}/{payload['organization']}/"
-                                                 f"{payload['name']}"})
+                return self._reply(
+                    200, {"url": f"http://{self.headers['Host']}/{payload['organization']}/{payload['name']}"}
+                )
             if path == "/api/validate-yaml":
                 return self._reply(200, {})
             parts = path.split("/")  # '', api, models, ns, name, preupload|commit, revision
             if len(parts) == 7 and parts[1:3] == ["api", "models"] and parts[5] == "preupload":
                 files = json.loads(body)["files"]
-                return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                                                    "oid": None} for f in files]})
+                return self._reply(
+                    200,
+                    {
+                        "files": [
+                            {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+                            for f in files
+                        ]
+                    },
+                )
             if len(parts) == 7 and parts[1:3] == ["api", "models"] and parts[5] == "commit":
                 for line in body.splitlines():
                     item = json.loads(line)
@@ -268,8 +322,13 @@ def _handler(hub: _Hub):
                         hub.files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
                     else:
                         hub.unknown.append(f"commit item {item['key']}")
-                return self._reply(200, {"commitUrl": f"http://{self.headers['Host']}/{parts[3]}/{parts[4]}/commit/"
-                                                      + "a" * 40, "commitOid": "a" * 40})
+                return self._reply(
+                    200,
+                    {
+                        "commitUrl": f"http://{self.headers['Host']}/{parts[3]}/{parts[4]}/commit/" + "a" * 40,
+                        "commitOid": "a" * 40,
+                    },
+                )
             hub.unknown.append(f"POST {path}")
             return self._reply(404, {"error": "not emulated"})
 
@@ -304,19 +363,24 @@ def fake_hub(monkeypatch):
 
 def test_push_uploads_the_files_and_the_card_with_the_token(run_dir, no_token, fake_hub, capsys):
     logged: list[str] = []
-    plan = push_run(run_dir, "alice/smart-home", private=True, token=TOKEN, endpoint=fake_hub.endpoint,
-                    log=logged.append)
+    plan = push_run(
+        run_dir, "alice/smart-home", private=True, token=TOKEN, endpoint=fake_hub.endpoint, log=logged.append
+    )
     assert fake_hub.unknown == []
     assert len(fake_hub.created) == 1
     assert {k: fake_hub.created[0].get(k) for k in ("name", "organization", "visibility")} == {
-        "name": "smart-home", "organization": "alice", "visibility": "private"}
+        "name": "smart-home",
+        "organization": "alice",
+        "visibility": "private",
+    }
     assert set(fake_hub.files) == set(ADAPTER_FILES) | {"README.md"}
     for name, data in ADAPTER_FILES.items():
         assert fake_hub.files[name] == data
     assert fake_hub.files["README.md"].decode("utf-8") == plan.card
     assert "fake-run" in fake_hub.commit_summary
-    assert fake_hub.requests and all(headers.get("authorization") == f"Bearer {TOKEN}"
-                                     for _, _, headers in fake_hub.requests)
+    assert fake_hub.requests and all(
+        headers.get("authorization") == f"Bearer {TOKEN}" for _, _, headers in fake_hub.requests
+    )
     assert plan.commit_url and plan.commit_url.endswith("a" * 40)
     # the token never shows: not in the card, the log, or anything printed
     printed = capsys.readouterr()

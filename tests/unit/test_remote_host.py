@@ -10,42 +10,61 @@ import pytest
 from tunesmith.errors import UserError
 from tunesmith.remote.host import BASE_OPTIONS, Host, SshSettings, parse_host
 
-HOSTILE = ["a b'c\"$(touch SENTINEL);d.jsonl", "x; touch SENTINEL", "`touch SENTINEL`", "$HOME", "*", "-rf",
-           "new\nline", "tab\there", "back\\slash", "", "'", '"', "é ü 中文"]
+HOSTILE = [
+    "a b'c\"$(touch SENTINEL);d.jsonl",
+    "x; touch SENTINEL",
+    "`touch SENTINEL`",
+    "$HOME",
+    "*",
+    "-rf",
+    "new\nline",
+    "tab\there",
+    "back\\slash",
+    "",
+    "'",
+    '"',
+    "é ü 中文",
+]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("gpu", Host(None, "gpu", None)),
-    ("alice@gpu-1", Host("alice", "gpu-1", None)),
-    ("alice@gpu-1.example.org:2222", Host("alice", "gpu-1.example.org", 2222)),
-    ("root@127.0.0.1:22", Host("root", "127.0.0.1", 22)),
-    ("bob@[::1]:2200", Host("bob", "::1", 2200)),
-    ("fe80::1", Host(None, "fe80::1", None)),
-    ("my_alias", Host(None, "my_alias", None)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("gpu", Host(None, "gpu", None)),
+        ("alice@gpu-1", Host("alice", "gpu-1", None)),
+        ("alice@gpu-1.example.org:2222", Host("alice", "gpu-1.example.org", 2222)),
+        ("root@127.0.0.1:22", Host("root", "127.0.0.1", 22)),
+        ("bob@[::1]:2200", Host("bob", "::1", 2200)),
+        ("fe80::1", Host(None, "fe80::1", None)),
+        ("my_alias", Host(None, "my_alias", None)),
+    ],
+)
 def test_parse_host(text, expected):
     assert parse_host(text) == expected
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("-oProxyCommand=touch SENTINEL", "must not start with '-'"),
-    ("-p22", "must not start with '-'"),
-    ("alice@-oProxyCommand=x", "not a host name"),
-    ("-alice@host", "must not start with '-'"),
-    ("alice@host -oProxyCommand=x", "whitespace"),
-    ("alice@host\n", "whitespace"),
-    ("alice@ho\x00st", "control"),
-    ("a;b@host", "not a valid user name"),
-    ("alice@host;touch", "not a host name"),
-    ("alice@$(touch)", "not a host name"),
-    ("alice@`id`", "not a host name"),
-    ("alice@host:0", "port"),
-    ("alice@host:70000", "port"),
-    ("alice@host:22x", "port"),
-    ("alice@", "not a host name"),
-    ("", "empty"),
-    ("[::1", "expected [address]:port"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("-oProxyCommand=touch SENTINEL", "must not start with '-'"),
+        ("-p22", "must not start with '-'"),
+        ("alice@-oProxyCommand=x", "not a host name"),
+        ("-alice@host", "must not start with '-'"),
+        ("alice@host -oProxyCommand=x", "whitespace"),
+        ("alice@host\n", "whitespace"),
+        ("alice@ho\x00st", "control"),
+        ("a;b@host", "not a valid user name"),
+        ("alice@host;touch", "not a host name"),
+        ("alice@$(touch)", "not a host name"),
+        ("alice@`id`", "not a host name"),
+        ("alice@host:0", "port"),
+        ("alice@host:70000", "port"),
+        ("alice@host:22x", "port"),
+        ("alice@", "not a host name"),
+        ("", "empty"),
+        ("[::1", "expected [address]:port"),
+    ],
+)
 def test_refused_hosts(text, reason):
     with pytest.raises(UserError, match=reason.replace("[", r"\[").replace("$", r"\$")):
         parse_host(text)

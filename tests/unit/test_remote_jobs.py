@@ -62,8 +62,9 @@ def test_stage_places_hostile_names_byte_for_byte(remote, tmp_path):
     data = tmp_path / HOSTILE_FILE
     data.write_bytes(b"\x00\xffbytes\n")
     sha = remote.upload([data])[data]
-    remote.call("stage", name=HOSTILE_RUN, config_yaml="name: x\n",
-                files=[{"path": f"data/{HOSTILE_FILE}", "sha": sha}])
+    remote.call(
+        "stage", name=HOSTILE_RUN, config_yaml="name: x\n", files=[{"path": f"data/{HOSTILE_FILE}", "sha": sha}]
+    )
     placed = Path(remote.base, "jobs", HOSTILE_RUN, "data", HOSTILE_FILE)
     assert placed.read_bytes() == data.read_bytes()
     answer = remote.call("hash", name=HOSTILE_RUN, paths=[f"data/{HOSTILE_FILE}"])
@@ -114,10 +115,18 @@ def test_stage_config_rewrites_paths_for_the_host(tmp_path, monkeypatch):
     (tmp_path / "sub" / HOSTILE_FILE).write_text(json.dumps(ROW) + "\n")
     (tmp_path / "t.jinja").write_text("{{ messages }}")
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "data": {"train": [HOSTILE_FILE, {"path": f"sub/{HOSTILE_FILE}", "weight": 2}],
-                 "validation": "bundled:smart_home/val.jsonl"},
-        "template": {"chat_template": "t.jinja"}, "train": {"epochs": 2}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "train": [HOSTILE_FILE, {"path": f"sub/{HOSTILE_FILE}", "weight": 2}],
+                    "validation": "bundled:smart_home/val.jsonl",
+                },
+                "template": {"chat_template": "t.jinja"},
+                "train": {"epochs": 2},
+            }
+        )
+    )
     staged = stage_config(config, ["train.max_steps=3", f"name={HOSTILE_RUN}"], "/srv/base")
     remote = yaml.safe_load(staged.config_yaml)
     assert staged.name == HOSTILE_RUN == remote["name"]
@@ -127,8 +136,11 @@ def test_stage_config_rewrites_paths_for_the_host(tmp_path, monkeypatch):
     assert remote["data"]["validation"] == "bundled:smart_home/val.jsonl"
     assert remote["template"]["chat_template"] == "template/t.jinja"
     assert remote["train"]["max_steps"] == 3 and remote["train"]["epochs"] == 2.0
-    assert staged.files == {f"data/{HOSTILE_FILE}": Path(HOSTILE_FILE), f"data/1/{HOSTILE_FILE}": Path("sub", HOSTILE_FILE),
-                            "template/t.jinja": Path("t.jinja")}
+    assert staged.files == {
+        f"data/{HOSTILE_FILE}": Path(HOSTILE_FILE),
+        f"data/1/{HOSTILE_FILE}": Path("sub", HOSTILE_FILE),
+        "template/t.jinja": Path("t.jinja"),
+    }
     from tunesmith.config import Config
 
     Config.model_validate(remote)  # the host reads a valid config
@@ -149,15 +161,24 @@ def test_exit_codes_and_descriptions():
     assert exit_code({"state": "stopped", "exit_code": 143}) == 143
     assert exit_code({"state": "failed", "exit_code": 2}) == 2
     assert exit_code({"state": "lost"}) == 1
-    text = describe({"name": "r", "state": "stopped", "exit_code": 143, "manifest_status": "interrupted",
-                     "last_metrics": {"step": 4, "loss": 1.5}, "checkpoints": ["step-4"]})
+    text = describe(
+        {
+            "name": "r",
+            "state": "stopped",
+            "exit_code": 143,
+            "manifest_status": "interrupted",
+            "last_metrics": {"step": 4, "loss": 1.5},
+            "checkpoints": ["step-4"],
+        }
+    )
     assert text == "r: stopped; exit code 143; manifest: interrupted; step 4, loss 1.5000; checkpoints: step-4"
 
 
 def _start(remote: LocalRemote, name: str, code: str) -> dict:
     remote.call("stage", name=name, config_yaml="", files=[])
-    return remote.call("start", name=name, argv=[sys.executable, "-c", code], env={"SECRET_TOKEN": "s3cret"},
-                       agent=agent_source())
+    return remote.call(
+        "start", name=name, argv=[sys.executable, "-c", code], env={"SECRET_TOKEN": "s3cret"}, agent=agent_source()
+    )
 
 
 def _wait(remote: LocalRemote, name: str, timeout: float = 30) -> dict:

@@ -27,33 +27,61 @@ def external_urls(html: str) -> list[str]:
     return re.findall(r"""(?:src|href)\s*=\s*["']?\s*((?:https?:)?//[^"'\s>]*)|url\(\s*["']?((?:https?:)?//)""", html)
 
 
-def make_run(folder: Path, *, train=FALLING_TRAIN, evals=(), results=None, samples=None,
-             data_report=None, config=None) -> Path:
+def make_run(
+    folder: Path, *, train=FALLING_TRAIN, evals=(), results=None, samples=None, data_report=None, config=None
+) -> Path:
     """A synthetic run folder with the files a finished run writes."""
     folder.mkdir(parents=True, exist_ok=True)
-    records = [{"step": s, "epoch": s / 10, "loss": loss, "lr": 1e-3 * (1 - s / 30), "grad_norm": 1.0,
-                "tokens_seen": 100 * s, "tokens_per_s": 500.0 + s, "elapsed_s": float(s), "memory_mb": 900.0}
-               for s, loss in train]
-    records += [{"step": s, "epoch": s / 10, "eval_loss": loss, "elapsed_s": float(s), "memory_mb": 900.0}
-                for s, loss in evals]
+    records = [
+        {
+            "step": s,
+            "epoch": s / 10,
+            "loss": loss,
+            "lr": 1e-3 * (1 - s / 30),
+            "grad_norm": 1.0,
+            "tokens_seen": 100 * s,
+            "tokens_per_s": 500.0 + s,
+            "elapsed_s": float(s),
+            "memory_mb": 900.0,
+        }
+        for s, loss in train
+    ]
+    records += [
+        {"step": s, "epoch": s / 10, "eval_loss": loss, "elapsed_s": float(s), "memory_mb": 900.0} for s, loss in evals
+    ]
     records.sort(key=lambda r: (r["step"], "eval_loss" in r))
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    (folder / "config.yaml").write_text(config or "name: synthetic\nmethod: lora\nmodel:\n  name: tiny\n"
-                                        "lora:\n  r: 4\n  alpha: 8.0\ntrain:\n  epochs: 3.0\n  learning_rate: 0.001\n",
-                                        encoding="utf-8")
-    report = data_report or {"template": "model", "splits": {
-        "train": {"rows": 10, "tokens": 1000, "trainable_tokens": 400, "truncated": 0, "missing_end_of_turn": 0,
-                  "trainable_share": 0.4}}}
+    (folder / "config.yaml").write_text(
+        config
+        or "name: synthetic\nmethod: lora\nmodel:\n  name: tiny\n"
+        "lora:\n  r: 4\n  alpha: 8.0\ntrain:\n  epochs: 3.0\n  learning_rate: 0.001\n",
+        encoding="utf-8",
+    )
+    report = data_report or {
+        "template": "model",
+        "splits": {
+            "train": {
+                "rows": 10,
+                "tokens": 1000,
+                "trainable_tokens": 400,
+                "truncated": 0,
+                "missing_end_of_turn": 0,
+                "trainable_share": 0.4,
+            }
+        },
+    }
     (folder / "data_report.json").write_text(json.dumps(report), encoding="utf-8")
     if results is not None:
         (folder / "eval").mkdir(exist_ok=True)
         (folder / "eval" / "results.json").write_text(json.dumps(results), encoding="utf-8")
-        (folder / "eval" / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples or []),
-                                                       encoding="utf-8")
+        (folder / "eval" / "samples.jsonl").write_text(
+            "".join(json.dumps(s) + "\n" for s in samples or []), encoding="utf-8"
+        )
     return folder
 
 
 # --- the overfitting rule ---------------------------------------------------------------------------
+
 
 def test_overfitting_fires_when_eval_rises_while_train_falls():
     evals = [(5, 2.0), (10, 1.6), (15, 1.8), (20, 2.1)]  # lowest 1.6 at step 10, last 2.1: +31%
@@ -80,11 +108,27 @@ def test_overfitting_needs_train_loss_falling():
 
 
 def test_data_warnings_for_truncated_rows_and_low_trained_share():
-    report = {"splits": {"train": {"rows": 50, "tokens": 10000, "trainable_tokens": 300, "truncated": 7,
-                                   "missing_end_of_turn": 0, "trainable_share": 0.03},
-                         "validation": {"rows": 5, "tokens": 500, "trainable_tokens": 200, "truncated": 0,
-                                        "missing_end_of_turn": 0, "trainable_share": 0.4},
-                         "test": {"rows": 9}}}
+    report = {
+        "splits": {
+            "train": {
+                "rows": 50,
+                "tokens": 10000,
+                "trainable_tokens": 300,
+                "truncated": 7,
+                "missing_end_of_turn": 0,
+                "trainable_share": 0.03,
+            },
+            "validation": {
+                "rows": 5,
+                "tokens": 500,
+                "trainable_tokens": 200,
+                "truncated": 0,
+                "missing_end_of_turn": 0,
+                "trainable_share": 0.4,
+            },
+            "test": {"rows": 9},
+        }
+    }
     notes = data_warnings(report)
     assert len(notes) == 2
     assert notes[0].startswith("truncated rows: 7 of 50 train rows")
@@ -94,26 +138,50 @@ def test_data_warnings_for_truncated_rows_and_low_trained_share():
 
 # --- the page ---------------------------------------------------------------------------------------
 
-RESULTS = {"n": 3, "metrics": ["exact", "json_valid"],
-           "base": {"exact": 0.0, "json_valid": 0.3333, "loss": 2.5, "perplexity": 12.18, "loss_tokens": 1234},
-           "tuned": {"exact": 0.6667, "json_valid": 1.0, "loss": 0.9, "perplexity": 2.46, "loss_tokens": 1234},
-           "difference": {"exact": 0.6667, "json_valid": 0.6667, "loss": -1.6, "perplexity": -9.72}}
+RESULTS = {
+    "n": 3,
+    "metrics": ["exact", "json_valid"],
+    "base": {"exact": 0.0, "json_valid": 0.3333, "loss": 2.5, "perplexity": 12.18, "loss_tokens": 1234},
+    "tuned": {"exact": 0.6667, "json_valid": 1.0, "loss": 0.9, "perplexity": 2.46, "loss_tokens": 1234},
+    "difference": {"exact": 0.6667, "json_valid": 0.6667, "loss": -1.6, "perplexity": -9.72},
+}
 HOSTILE = '<script>alert("x")</script><img src="https://evil.example/a.png"> & \'quotes\''
 SAMPLES = [
-    {"source": "t.jsonl:1", "prompt": "same", "reference": "a", "base": "a", "tuned": "a",
-     "base_scores": {"exact": 1.0, "json_valid": 1.0}, "tuned_scores": {"exact": 1.0, "json_valid": 1.0}},
-    {"source": "t.jsonl:2", "prompt": HOSTILE, "reference": "{\"ok\": true}", "base": HOSTILE,
-     "tuned": "{\"ok\": true}", "base_scores": {"exact": 0.0, "json_valid": 0.0},
-     "tuned_scores": {"exact": 1.0, "json_valid": 1.0}},
-    {"source": "t.jsonl:3", "prompt": "half", "reference": "b", "base": "x", "tuned": "{}",
-     "base_scores": {"exact": 0.0, "json_valid": 0.0}, "tuned_scores": {"exact": 0.0, "json_valid": 1.0}},
+    {
+        "source": "t.jsonl:1",
+        "prompt": "same",
+        "reference": "a",
+        "base": "a",
+        "tuned": "a",
+        "base_scores": {"exact": 1.0, "json_valid": 1.0},
+        "tuned_scores": {"exact": 1.0, "json_valid": 1.0},
+    },
+    {
+        "source": "t.jsonl:2",
+        "prompt": HOSTILE,
+        "reference": '{"ok": true}',
+        "base": HOSTILE,
+        "tuned": '{"ok": true}',
+        "base_scores": {"exact": 0.0, "json_valid": 0.0},
+        "tuned_scores": {"exact": 1.0, "json_valid": 1.0},
+    },
+    {
+        "source": "t.jsonl:3",
+        "prompt": "half",
+        "reference": "b",
+        "base": "x",
+        "tuned": "{}",
+        "base_scores": {"exact": 0.0, "json_valid": 0.0},
+        "tuned_scores": {"exact": 0.0, "json_valid": 1.0},
+    },
 ]
 
 
 @pytest.fixture()
 def full_run(tmp_path) -> Path:
-    run = make_run(tmp_path / "run", evals=[(5, 2.0), (10, 1.6), (15, 1.8), (20, 2.1)], results=RESULTS,
-                   samples=SAMPLES)
+    run = make_run(
+        tmp_path / "run", evals=[(5, 2.0), (10, 1.6), (15, 1.8), (20, 2.1)], results=RESULTS, samples=SAMPLES
+    )
     write_report(run)
     return run
 
@@ -181,18 +249,31 @@ def test_empty_folder_still_gets_a_page(tmp_path):
 
 
 def test_truncation_and_low_share_appear_as_warnings(tmp_path):
-    report = {"splits": {"train": {"rows": 20, "tokens": 5000, "trainable_tokens": 100, "truncated": 4,
-                                   "missing_end_of_turn": 0, "trainable_share": 0.02}}}
+    report = {
+        "splits": {
+            "train": {
+                "rows": 20,
+                "tokens": 5000,
+                "trainable_tokens": 100,
+                "truncated": 4,
+                "missing_end_of_turn": 0,
+                "trainable_share": 0.02,
+            }
+        }
+    }
     html = write_report(make_run(tmp_path / "r", data_report=report)).read_text(encoding="utf-8")
     assert 'data-kind="truncated rows"' in html and 'data-kind="low trainable-token share"' in html
 
 
 def test_quickstart_shaped_run_has_no_overfitting_warning(tmp_path):
     """The quick start's curves: train loss 2.5 falling to ~0.01 over 53 steps, one evaluation at the end."""
-    train = [(s, max(2.5 * 0.8 ** s, 0.005)) for s in range(1, 54)]
-    results = {"n": 60, "metrics": ["json_exact", "json_valid", "exact"],
-               "tuned": {"json_exact": 0.9833, "json_valid": 1.0, "exact": 0.9833},
-               "base": {"json_exact": 0.0, "json_valid": 0.0, "exact": 0.0}}
+    train = [(s, max(2.5 * 0.8**s, 0.005)) for s in range(1, 54)]
+    results = {
+        "n": 60,
+        "metrics": ["json_exact", "json_valid", "exact"],
+        "tuned": {"json_exact": 0.9833, "json_valid": 1.0, "exact": 0.9833},
+        "base": {"json_exact": 0.0, "json_valid": 0.0, "exact": 0.0},
+    }
     run = make_run(tmp_path / "qs", train=train, evals=[(53, 0.00996)], results=results, samples=[])
     html = write_report(run).read_text(encoding="utf-8")
     assert "overfitting:" not in html and 'id="no-warnings"' in html
@@ -200,23 +281,45 @@ def test_quickstart_shaped_run_has_no_overfitting_warning(tmp_path):
 
 # --- a real run -------------------------------------------------------------------------------------
 
+
 def test_real_overfitting_run_is_warned(tiny_model_dir, tmp_path):
     """4 rows, 30 epochs of full fine-tuning, validated on 4 other rows: the tiny model memorizes."""
     import tunesmith
     from tunesmith.config import load_config
 
     def rows(answers, first):
-        return "".join(json.dumps({"messages": [{"role": "user", "content": f"Name thing {first + i}."},
-                                                {"role": "assistant", "content": a}]}) + "\n"
-                       for i, a in enumerate(answers))
+        return "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"Name thing {first + i}."},
+                        {"role": "assistant", "content": a},
+                    ]
+                }
+            )
+            + "\n"
+            for i, a in enumerate(answers)
+        )
 
     train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
     train.write_text(rows(["red apple pie", "blue ocean wave", "green forest tree", "yellow sun ray"], 0))
     val.write_text(rows(["quantum flux drive", "marble statue hall", "violin string song", "desert camel ride"], 100))
-    config = load_config(None, [f"data.train={train}", f"data.validation={val}", f"model.name={tiny_model_dir}",
-                                f"output_dir={tmp_path / 'runs'}", "name=overfit", "method=full",
-                                "train.epochs=30", "train.batch_size=4", "train.learning_rate=3e-2",
-                                "train.eval_steps=5", "train.logging_steps=1"])
+    config = load_config(
+        None,
+        [
+            f"data.train={train}",
+            f"data.validation={val}",
+            f"model.name={tiny_model_dir}",
+            f"output_dir={tmp_path / 'runs'}",
+            "name=overfit",
+            "method=full",
+            "train.epochs=30",
+            "train.batch_size=4",
+            "train.learning_rate=3e-2",
+            "train.eval_steps=5",
+            "train.logging_steps=1",
+        ],
+    )
     result = tunesmith.train(config)
     html = (result.run_dir / "report.html").read_text(encoding="utf-8")
     assert 'data-kind="overfitting"' in html, re.findall(r'<li class="warning"[^>]*>[^<]*', html)

@@ -22,8 +22,15 @@ from tunesmith.training.resume import load_run_config
 
 
 def write_rows(path: Path, n: int, answer) -> Path:
-    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                          {"role": "assistant", "content": answer(i)}]} for i in range(n)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {i} plus {i}?"},
+                {"role": "assistant", "content": answer(i)},
+            ]
+        }
+        for i in range(n)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
@@ -32,13 +39,25 @@ def write_rows(path: Path, n: int, answer) -> Path:
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume-data")
     # the validation answers contradict the training ones, so eval loss turns up once training bites
-    return {"root": root, "train": write_rows(root / "train.jsonl", 16, lambda i: f"{i + i}"),
-            "validation": write_rows(root / "val.jsonl", 8, lambda i: f"banana {i}")}
+    return {
+        "root": root,
+        "train": write_rows(root / "train.jsonl", 16, lambda i: f"{i + i}"),
+        "validation": write_rows(root / "val.jsonl", 8, lambda i: f"banana {i}"),
+    }
 
 
 def settings(data, model_dir, output: Path, name: str, *extra: str) -> list[str]:
-    return [f"data.train={data['train']}", f"model.name={model_dir}", f"output_dir={output}", f"name={name}",
-            "train.batch_size=2", "train.learning_rate=1e-2", "lora.r=4", "train.packing=none", *extra]
+    return [
+        f"data.train={data['train']}",
+        f"model.name={model_dir}",
+        f"output_dir={output}",
+        f"name={name}",
+        "train.batch_size=2",
+        "train.learning_rate=1e-2",
+        "lora.r=4",
+        "train.packing=none",
+        *extra,
+    ]
 
 
 def quiet() -> Console:
@@ -53,9 +72,21 @@ def printed(console: Console) -> str:
 def finished(data, tiny_model_dir, tmp_path_factory):
     """2 epochs of 4 optimizer steps (2 micro-batches each), dropout on, eval each epoch, a checkpoint every 2."""
     output = tmp_path_factory.mktemp("resume-runs")
-    config = load_config(None, settings(data, tiny_model_dir, output, "full", f"data.validation={data['validation']}",
-                                        "train.epochs=2", "train.gradient_accumulation=2", "lora.dropout=0.1",
-                                        "train.save_steps=2", "train.keep_checkpoints=4"))
+    config = load_config(
+        None,
+        settings(
+            data,
+            tiny_model_dir,
+            output,
+            "full",
+            f"data.validation={data['validation']}",
+            "train.epochs=2",
+            "train.gradient_accumulation=2",
+            "lora.dropout=0.1",
+            "train.save_steps=2",
+            "train.keep_checkpoints=4",
+        ),
+    )
     result = tunesmith.train(config, console=quiet())
     return result.run_dir
 
@@ -79,8 +110,10 @@ def adapter_diff(a: Path, b: Path) -> float:
 
 def records(run: Path) -> list[dict]:
     keys = ("step", "loss", "eval_loss", "lr", "grad_norm", "tokens_seen")
-    return [{k: v for k, v in json.loads(line).items() if k in keys}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k in keys}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def test_checkpoints_hold_the_whole_state_without_pickle(finished):
@@ -89,9 +122,18 @@ def test_checkpoints_hold_the_whole_state_without_pickle(finished):
     for step, folder in ck.checkpoint_steps(root):
         assert ck.is_complete(folder)
         names = {p.name for p in folder.iterdir()}
-        assert {"adapter_model.safetensors", "adapter_config.json", "optimizer.safetensors", "optimizer.json",
-                "scheduler.json", "rng.json", "rng.safetensors", "trainer_state.json", "tunesmith.json",
-                "manifest.json"} <= names
+        assert {
+            "adapter_model.safetensors",
+            "adapter_config.json",
+            "optimizer.safetensors",
+            "optimizer.json",
+            "scheduler.json",
+            "rng.json",
+            "rng.safetensors",
+            "trainer_state.json",
+            "tunesmith.json",
+            "manifest.json",
+        } <= names
         state = json.loads((folder / "trainer_state.json").read_text())
         assert state["global_step"] == step
         meta = ck.read_meta(folder)
@@ -130,8 +172,10 @@ def test_a_damaged_or_half_written_checkpoint_is_never_resumed_from(finished, tm
     out = printed(console)
     assert "step-6 (step 6" in out
     assert "ignored and removed incomplete checkpoints: .step-9.tmp-x1" in out.replace("\n", "")
-    assert "hash mismatch in step-8/adapter_model.safetensors: checkpoint step-8 moved aside to " \
-           "checkpoints/rejected/step-8" in out.replace("\n", "")
+    assert (
+        "hash mismatch in step-8/adapter_model.safetensors: checkpoint step-8 moved aside to "
+        "checkpoints/rejected/step-8" in out.replace("\n", "")
+    )
     assert adapter_diff(run / "adapter", finished / "adapter") <= 1e-6
     assert not half.exists() and ck.is_complete(run / "checkpoints" / "step-8")  # rewritten by the resumed run
 
@@ -198,8 +242,10 @@ def test_a_completed_or_missing_run_is_refused_in_one_line(finished, tmp_path, c
     err = capsys.readouterr().err
     assert "already completed" in err and err.count("\n") == 1
     config = tmp_path / "mine.yaml"
-    config.write_text(f"data:\n  train: {data['train']}\nmodel:\n  name: {tiny_model_dir}\n"
-                      f"output_dir: {tmp_path / 'runs'}\n", encoding="utf-8")
+    config.write_text(
+        f"data:\n  train: {data['train']}\nmodel:\n  name: {tiny_model_dir}\noutput_dir: {tmp_path / 'runs'}\n",
+        encoding="utf-8",
+    )
     assert main(["train", str(config), "--resume"]) == 2
     assert "--resume needs to know the run" in capsys.readouterr().err
     assert main(["train", str(config), "--resume", "--set", "name=gone"]) == 2
@@ -210,17 +256,33 @@ def test_a_completed_or_missing_run_is_refused_in_one_line(finished, tmp_path, c
 
 
 def test_eval_features_need_a_validation_split(data, tiny_model_dir, tmp_path):
-    config = load_config(None, settings(data, tiny_model_dir, tmp_path, "x", "train.load_best_at_end=true"))
     with pytest.raises(UserError, match="train.load_best_at_end needs a validation split"):
-        tunesmith.train(config, console=quiet())
+        tunesmith.train(
+            load_config(None, settings(data, tiny_model_dir, tmp_path, "x", "train.load_best_at_end=true")),
+            console=quiet(),
+        )
     assert not (tmp_path / "x").exists()
 
 
 def early_stopping_run(data, model_dir, output: Path, *extra: str) -> tuple[Path, Console]:
-    config = load_config(None, settings(data, model_dir, output, "es", f"data.validation={data['validation']}",
-                                        "train.batch_size=4", "train.max_steps=30", "train.eval_steps=1",
-                                        "train.early_stopping_patience=2", "train.load_best_at_end=true",
-                                        "train.lr_scheduler=constant", "train.warmup_ratio=0", *extra))
+    config = load_config(
+        None,
+        settings(
+            data,
+            model_dir,
+            output,
+            "es",
+            f"data.validation={data['validation']}",
+            "train.batch_size=4",
+            "train.max_steps=30",
+            "train.eval_steps=1",
+            "train.early_stopping_patience=2",
+            "train.load_best_at_end=true",
+            "train.lr_scheduler=constant",
+            "train.warmup_ratio=0",
+            *extra,
+        ),
+    )
     console = quiet()
     return tunesmith.train(config, console=console).run_dir, console
 
@@ -258,8 +320,11 @@ def test_early_stopping_patience_count_survives_a_resume(data, tiny_model_dir, t
 
 
 def test_run_folder_guard_keeps_folders_worth_resuming(tmp_path):
-    for name, keep, with_checkpoint, kept in [("a", False, False, False), ("b", False, True, True),
-                                              ("c", True, False, True)]:
+    for name, keep, with_checkpoint, kept in [
+        ("a", False, False, False),
+        ("b", False, True, True),
+        ("c", True, False, True),
+    ]:
         folder = tmp_path / name
         (folder / "checkpoints" / ("step-3" if with_checkpoint else "")).mkdir(parents=True)
         with pytest.raises(UserError), run_folder_guard(folder, keep=keep):

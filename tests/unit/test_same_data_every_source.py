@@ -15,20 +15,32 @@ from tunesmith.data.load import SourceSpec, load_split
 from tunesmith.data.types import Provenance
 
 ROWS = [
-    {"id": "r1", "messages": [
-        {"role": "system", "content": "Be exact."},
-        {"role": "user", "content": "Wie spät ist es in 東京?"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "clock", "arguments": "{\"city\": \"Tokyo\"}"}}]},
-        {"role": "tool", "content": "21:04", "tool_call_id": "c1", "name": "clock"},
-        {"role": "assistant", "content": "Es ist 21:04.", "weight": 1},
-    ], "tools": [{"type": "function", "function": {"name": "clock", "parameters": {"type": "object"}}}]},
-    {"id": "r2", "messages": [
-        {"role": "user", "content": "Line one\nline \"two\", with a comma"},
-        {"role": "assistant", "content": "ok", "weight": 0},
-        {"role": "user", "content": "again"},
-        {"role": "assistant", "content": [{"type": "text", "text": "done "}, {"type": "text", "text": "now"}]},
-    ]},
+    {
+        "id": "r1",
+        "messages": [
+            {"role": "system", "content": "Be exact."},
+            {"role": "user", "content": "Wie spät ist es in 東京?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "clock", "arguments": '{"city": "Tokyo"}'}}
+                ],
+            },
+            {"role": "tool", "content": "21:04", "tool_call_id": "c1", "name": "clock"},
+            {"role": "assistant", "content": "Es ist 21:04.", "weight": 1},
+        ],
+        "tools": [{"type": "function", "function": {"name": "clock", "parameters": {"type": "object"}}}],
+    },
+    {
+        "id": "r2",
+        "messages": [
+            {"role": "user", "content": 'Line one\nline "two", with a comma'},
+            {"role": "assistant", "content": "ok", "weight": 0},
+            {"role": "user", "content": "again"},
+            {"role": "assistant", "content": [{"type": "text", "text": "done "}, {"type": "text", "text": "now"}]},
+        ],
+    },
 ]
 
 
@@ -50,17 +62,26 @@ def write_csv(folder):
         writer = csv.DictWriter(handle, fieldnames=["id", "messages", "tools"])
         writer.writeheader()
         for row in ROWS:
-            writer.writerow({"id": row["id"], "messages": json.dumps(row["messages"], ensure_ascii=False),
-                             "tools": json.dumps(row["tools"]) if "tools" in row else ""})
+            writer.writerow(
+                {
+                    "id": row["id"],
+                    "messages": json.dumps(row["messages"], ensure_ascii=False),
+                    "tools": json.dumps(row["tools"]) if "tools" in row else "",
+                }
+            )
     return str(path)
 
 
 def write_parquet(folder):
     """Nested columns hold JSON text: Arrow needs one schema for every message, which free-form chats lack."""
     path = folder / "d.parquet"
-    table = pa.table({"id": [r["id"] for r in ROWS],
-                      "messages": [json.dumps(r["messages"], ensure_ascii=False) for r in ROWS],
-                      "tools": [json.dumps(r["tools"]) if "tools" in r else None for r in ROWS]})
+    table = pa.table(
+        {
+            "id": [r["id"] for r in ROWS],
+            "messages": [json.dumps(r["messages"], ensure_ascii=False) for r in ROWS],
+            "tools": [json.dumps(r["tools"]) if "tools" in r else None for r in ROWS],
+        }
+    )
     pq.write_table(table, path)
     return str(path)
 
@@ -69,8 +90,16 @@ def write_datasets_folder(folder):
     from datasets import Dataset
 
     path = folder / "saved"
-    Dataset.from_list([{"id": r["id"], "messages": json.dumps(r["messages"], ensure_ascii=False),
-                        "tools": json.dumps(r.get("tools", []))} for r in ROWS]).save_to_disk(str(path))
+    Dataset.from_list(
+        [
+            {
+                "id": r["id"],
+                "messages": json.dumps(r["messages"], ensure_ascii=False),
+                "tools": json.dumps(r.get("tools", [])),
+            }
+            for r in ROWS
+        ]
+    ).save_to_disk(str(path))
     return str(path)
 
 

@@ -9,8 +9,10 @@ from torch.overrides import TorchFunctionMode
 from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
 
 from tunesmith.formatting.collate import collate_packed
-from tunesmith.models.attention import spans
-from tunesmith.models.load import attention_implementation
+from tunesmith.machine import attention_implementation
+from tunesmith.models.attention import register, spans
+
+register()  # `segments` loadable by name in the models these tests build
 
 
 class CountAttention(TorchFunctionMode):
@@ -29,8 +31,9 @@ class CountAttention(TorchFunctionMode):
 
 
 def load(folder, kernel):
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
-                                                attn_implementation=attention_implementation(kernel, "cpu"))
+    return AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation=attention_implementation(kernel, "cpu")
+    )
 
 
 def packed_batch(lengths, seed=0):
@@ -73,15 +76,25 @@ def test_loss_and_gradients_equal_sdpa_with_its_block_mask(tiny_model_dir):
 def test_generation_with_left_padding_falls_back_to_sdpa(tiny_model_dir):
     ids = torch.tensor([[0, 0, 17, 18, 19], [20, 21, 22, 23, 24]])
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
-    outputs = {kernel: load(tiny_model_dir, kernel).generate(input_ids=ids, attention_mask=mask, max_new_tokens=6,
-                                                             do_sample=False, pad_token_id=0)
-               for kernel in ("segments", "sdpa")}
+    outputs = {
+        kernel: load(tiny_model_dir, kernel).generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0
+        )
+        for kernel in ("segments", "sdpa")
+    }
     assert torch.equal(outputs["segments"], outputs["sdpa"])
 
 
 def test_a_conversation_longer_than_the_sliding_window_keeps_the_window(tmp_path):
-    config = MistralConfig(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, sliding_window=6)
+    config = MistralConfig(
+        vocab_size=1000,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=6,
+    )
     torch.manual_seed(0)
     MistralForCausalLM(config).save_pretrained(tmp_path)
     for lengths, segmented in (((10, 4), False), ((5, 4, 6), True)):
@@ -89,8 +102,9 @@ def test_a_conversation_longer_than_the_sliding_window_keeps_the_window(tmp_path
         logits = {}
         for kernel in ("segments", "sdpa"):
             with CountAttention() as seen, torch.no_grad():
-                logits[kernel] = load(tmp_path, kernel)(input_ids=batch["input_ids"],
-                                                        position_ids=batch["position_ids"], use_cache=False).logits
+                logits[kernel] = load(tmp_path, kernel)(
+                    input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+                ).logits
             if kernel == "segments":
                 assert (len(seen.calls) == 2 * len(lengths)) is segmented
         torch.testing.assert_close(logits["segments"], logits["sdpa"], atol=1e-5, rtol=1e-5)

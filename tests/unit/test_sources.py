@@ -117,8 +117,11 @@ def test_tsv_is_split_on_tabs(tmp_path):
     path = tmp_path / "rows.tsv"
     path.write_text("id\ttext\n1\théllo, wörld\n2\t日本語\n\n3\tplain\n", encoding="utf-8")
     rows = _read(path)
-    assert [row.data for row in rows] == [{"id": "1", "text": "héllo, wörld"}, {"id": "2", "text": "日本語"},
-                                          {"id": "3", "text": "plain"}]
+    assert [row.data for row in rows] == [
+        {"id": "1", "text": "héllo, wörld"},
+        {"id": "2", "text": "日本語"},
+        {"id": "3", "text": "plain"},
+    ]
     assert _lines(rows) == [2, 3, 5]
 
 
@@ -166,8 +169,9 @@ def test_dataset_dict_folder_reads_its_only_split_and_refuses_to_guess_among_sev
     datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)}).save_to_disk(str(one))
     assert [row.data for row in _read(one)] == ROWS
     several = tmp_path / "several"
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS),
-                          "test": datasets.Dataset.from_list(ROWS[:1])}).save_to_disk(str(several))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(ROWS), "test": datasets.Dataset.from_list(ROWS[:1])}
+    ).save_to_disk(str(several))
     with pytest.raises(UserError, match=r"splits train, test; point at one split's folder, e\.g\. .*train"):
         open_source(str(several))
     assert len(_read(several / "test")) == 1
@@ -243,7 +247,12 @@ def test_json_bad_utf8_and_non_objects_are_issues_and_reading_goes_on(tmp_path):
     path.write_bytes(b'\xef\xbb\xbf[{"a": 1},\n {"a": "\xc3"},\n [1],\n null,\n {"a": "\xc3\xa9"}]')
     rows = _read(path)
     assert [(row.where.line, row.issue and row.issue.code) for row in rows] == [
-        (1, "bom"), (2, "invalid_utf8"), (3, "not_an_object"), (4, "not_an_object"), (5, None)]
+        (1, "bom"),
+        (2, "invalid_utf8"),
+        (3, "not_an_object"),
+        (4, "not_an_object"),
+        (5, None),
+    ]
     assert "byte offset 22" in rows[1].issue.message  # BOM 3 + line 1 11 + 8
     assert rows[3].issue.message == "expected a JSON object, got null" and rows[4].data == {"a": "é"}
 
@@ -268,7 +277,7 @@ def test_csv_row_with_too_many_fields_and_one_with_too_few(tmp_path):
 
 def test_csv_invalid_utf8_costs_one_row_and_a_bom_is_dropped(tmp_path):
     path = tmp_path / "rows.csv"
-    path.write_bytes(b'\xef\xbb\xbfa,b\n1,\xff\n2,ok\n')
+    path.write_bytes(b"\xef\xbb\xbfa,b\n1,\xff\n2,ok\n")
     rows = _read(path)
     assert rows[0].issue.code == "invalid_utf8" and rows[0].where.line == 2
     assert "byte offset 9" in rows[0].issue.message  # counted in the file, BOM included
@@ -335,8 +344,15 @@ def _write_csv(path: Path, count: int) -> None:
     path.write_text("i\n" + "".join(f"{i}\n" for i in range(count)))
 
 
-@pytest.mark.parametrize(("name", "write"), [("big.jsonl", _write_jsonl), ("big.json", _write_json_array),
-                                             ("data.json", _write_json_data), ("big.csv", _write_csv)])
+@pytest.mark.parametrize(
+    ("name", "write"),
+    [
+        ("big.jsonl", _write_jsonl),
+        ("big.json", _write_json_array),
+        ("data.json", _write_json_data),
+        ("big.csv", _write_csv),
+    ],
+)
 def test_rows_stream_without_reading_the_file_to_the_end(tmp_path, name, write):
     path = tmp_path / name
     write(path, 200_000)
@@ -352,12 +368,26 @@ def test_rows_stream_without_reading_the_file_to_the_end(tmp_path, name, write):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    elements=st.lists(st.one_of(
-        st.dictionaries(st.text(max_size=5), st.recursive(
-            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
-            max_leaves=8), max_size=4),
-        st.integers(), st.text(max_size=3)), max_size=12),
+    elements=st.lists(
+        st.one_of(
+            st.dictionaries(
+                st.text(max_size=5),
+                st.recursive(
+                    st.none()
+                    | st.booleans()
+                    | st.integers()
+                    | st.floats(allow_nan=False, allow_infinity=False)
+                    | st.text(),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+                    max_leaves=8,
+                ),
+                max_size=4,
+            ),
+            st.integers(),
+            st.text(max_size=3),
+        ),
+        max_size=12,
+    ),
     indent=st.sampled_from([None, 0, 2]),
     chunk=st.integers(min_value=1, max_value=40),
 )

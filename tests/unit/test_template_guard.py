@@ -15,8 +15,10 @@ from tunesmith.formatting.template import ChatTemplate
 
 USER = [{"role": "user", "content": "x"}]
 CHATTY = "{% for i in range(100000) %}{% for j in range(100000) %}{{ j }},{% endfor %}{% endfor %}"
-SILENT = ("{% set ns = namespace(n=0) %}{% for i in range(100000) %}{% for j in range(100000) %}"
-          "{% set ns.n = ns.n + 1 %}{% endfor %}{% endfor %}{{ ns.n }}")
+SILENT = (
+    "{% set ns = namespace(n=0) %}{% for i in range(100000) %}{% for j in range(100000) %}"
+    "{% set ns.n = ns.n + 1 %}{% endfor %}{% endfor %}{{ ns.n }}"
+)
 
 
 def test_output_cap_stops_rendering_as_soon_as_it_is_passed():

@@ -18,22 +18,37 @@ from pathlib import Path
 import pytest
 
 from tunesmith.data.formats import FormatOptions, to_sample
-from tunesmith.data.types import Provenance
+from tunesmith.data.types import IGNORE_INDEX, Provenance
 from tunesmith.errors import UserError
-from tunesmith.formatting.encode import IGNORE_INDEX, encode
+from tunesmith.formatting.encode import encode
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "chat_templates"
 DOC = Path(__file__).parents[2] / "docs" / "chat-templates.md"
 TEMPLATES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
-STOP = {"phi-3-mini-128k-instruct": "<|end|>", "granite-3.1-1b-a400m-instruct": "<|end_of_text|>",
-        "llama-3.2-3b-instruct": "<|eot_id|>", "qwen2.5-instruct": "<|im_end|>", "smollm3-3b": "<|im_end|>",
-        "deepseek-r1-distill-qwen-32b": "<｜end▁of▁sentence｜>", "gemma-1-2b-it": "<end_of_turn>",
-        "trl-cohere": "<|END_OF_TURN_TOKEN|>", "trl-lfm2": "<|im_end|>", "trl-llama3": "<|eot_id|>",
-        "trl-nemotron_3_super": "<|im_end|>", "trl-qwen3_5_nothink": "<|im_end|>", "trl-qwen3_vl": "<|im_end|>"}
+STOP = {
+    "phi-3-mini-128k-instruct": "<|end|>",
+    "granite-3.1-1b-a400m-instruct": "<|end_of_text|>",
+    "llama-3.2-3b-instruct": "<|eot_id|>",
+    "qwen2.5-instruct": "<|im_end|>",
+    "smollm3-3b": "<|im_end|>",
+    "deepseek-r1-distill-qwen-32b": "<｜end▁of▁sentence｜>",
+    "gemma-1-2b-it": "<end_of_turn>",
+    "trl-cohere": "<|END_OF_TURN_TOKEN|>",
+    "trl-lfm2": "<|im_end|>",
+    "trl-llama3": "<|eot_id|>",
+    "trl-nemotron_3_super": "<|im_end|>",
+    "trl-qwen3_5_nothink": "<|im_end|>",
+    "trl-qwen3_vl": "<|im_end|>",
+}
 
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                                                           "required": ["city"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
 TOOL_RESULT = {"role": "tool", "content": '{"temp": 21}', "tool_call_id": "call_1", "name": "get_weather"}
 
@@ -51,13 +66,24 @@ CASES: dict[str, tuple[list[dict], list[dict]]] = {
     "multi-turn": ([_u("Hi there"), _a("Hello! How can I help?"), _u("Say ok twice"), _a("ok ok")], []),
     "system message": ([{"role": "system", "content": "Be terse."}, _u("Hi"), _a("Hello.")], []),
     "whitespace in the answer": ([_u("Hi"), _a("  Hello there. \n")], []),
-    "tool call, result, answer": ([_u("Weather in Paris?"), _a("", tool_calls=[CALL]), TOOL_RESULT,
-                                   _a("It is 21 degrees in Paris.")], [WEATHER]),
-    "tool call after text": ([_u("Weather in Paris?"), _a("Let me check.", tool_calls=[CALL]), TOOL_RESULT,
-                              _a("It is 21 degrees in Paris.")], [WEATHER]),
+    "tool call, result, answer": (
+        [_u("Weather in Paris?"), _a("", tool_calls=[CALL]), TOOL_RESULT, _a("It is 21 degrees in Paris.")],
+        [WEATHER],
+    ),
+    "tool call after text": (
+        [
+            _u("Weather in Paris?"),
+            _a("Let me check.", tool_calls=[CALL]),
+            TOOL_RESULT,
+            _a("It is 21 degrees in Paris."),
+        ],
+        [WEATHER],
+    ),
     "reasoning in a field": ([_u("What is 2+2?"), _a("4", reasoning_content="Two plus two is four.")], []),
-    "inline <think> in two turns": ([_u("2+2?"), _a("<think>\nAdd them.\n</think>\n\n4"), _u("3+3?"),
-                                     _a("<think>\nAdd again.\n</think>\n\n6")], []),
+    "inline <think> in two turns": (
+        [_u("2+2?"), _a("<think>\nAdd them.\n</think>\n\n4"), _u("3+3?"), _a("<think>\nAdd again.\n</think>\n\n6")],
+        [],
+    ),
 }
 
 
@@ -78,6 +104,7 @@ def _leaves(value):
 
 def expected(tokenizer, name: str, messages: list[dict], tools: list[dict]) -> list[tuple[list, list]] | str:
     """(prompt ids, trained ids) for each assistant turn, from transformers; or why it is not faithful."""
+
     def render(msgs, **kw):
         return tokenizer.apply_chat_template(msgs, tools=tools or None, tokenize=False, **kw)
 
@@ -98,13 +125,16 @@ def expected(tokenizer, name: str, messages: list[dict], tools: list[dict]) -> l
         prompt, own = render(messages[:i], add_generation_prompt=True), render(messages[: i + 1])
         if not own.startswith(prompt):
             return "generation prompt is not a prefix"
-        rest = own[len(prompt):]
+        rest = own[len(prompt) :]
         if STOP[name] not in rest:
             return "no stop token"
         generated = rest[: rest.index(STOP[name]) + len(STOP[name])]
         needed = [m["content"].strip(), m.get("reasoning_content", "").strip()]
-        needed += [v for call in m.get("tool_calls", []) for v in [call["function"]["name"],
-                                                                   *_leaves(call["function"]["arguments"])]]
+        needed += [
+            v
+            for call in m.get("tool_calls", [])
+            for v in [call["function"]["name"], *_leaves(call["function"]["arguments"])]
+        ]
         if any(n not in generated for n in needed if n):
             return "turn not rendered as given"
         turns.append((_ids(tokenizer, prompt), _ids(tokenizer, generated)))
@@ -122,8 +152,14 @@ def outcome(name: str, case: str, loaded) -> tuple[str, str]:
     messages, tools = CASES[case]
     want = expected(tokenizer, name, messages, tools)
     try:
-        examples = encode(conversation(messages, tools), template, tokenizer, train_on="assistant",
-                          max_length=100_000, markers=markers)
+        examples = encode(
+            conversation(messages, tools),
+            template,
+            tokenizer,
+            train_on="assistant",
+            max_length=100_000,
+            markers=markers,
+        )
     except UserError as err:
         assert isinstance(want, str), f"{name} / {case}: refused although faithful: {err}"
         assert str(err).startswith(f"chat template {template.name}") and "\n" not in str(err)
@@ -151,12 +187,17 @@ def _runs(example) -> list[tuple[int, int]]:
 
 
 def _reason(message: str) -> str:
-    for key, short in (("generation prompt", "prompt differs"), ("rewrites", "text dropped"),
-                       ("row's tools", "tools lost"),
-                       ("reasoning", "reasoning lost"),
-                       ("tool call", "tool call lost"), ("tool result", "tool result lost"),
-                       ("tools", "tools lost"), ("stop token", "no stop"),
-                       ("refused the conversation", "template raises")):
+    for key, short in (
+        ("generation prompt", "prompt differs"),
+        ("rewrites", "text dropped"),
+        ("row's tools", "tools lost"),
+        ("reasoning", "reasoning lost"),
+        ("tool call", "tool call lost"),
+        ("tool result", "tool result lost"),
+        ("tools", "tools lost"),
+        ("stop token", "no stop"),
+        ("refused the conversation", "template raises"),
+    ):
         if key in message:
             return short
     return "refused"

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from tunesmith.data.types import Conversation, Message, Provenance
+from tunesmith.data.types import IGNORE_INDEX, Conversation, Message, Provenance
 from tunesmith.errors import UserError
 from tunesmith.formatting.builtin import BUILTIN_NAMES, BUILTIN_TOKENS
-from tunesmith.formatting.encode import IGNORE_INDEX, build_template, encode, end_of_turn_markers
+from tunesmith.formatting.encode import build_template, encode, end_of_turn_markers
 from tunesmith.formatting.prepare import SplitReport, encode_split, warnings_for
 from tunesmith.formatting.template import ChatTemplate
 
@@ -23,8 +23,9 @@ def conversation(*turns: tuple[str, str], line: int = 1) -> Conversation:
     return Conversation(tuple(Message(role, text) for role, text in turns), Provenance("mem.jsonl", line))
 
 
-CHAT = conversation(("system", "Be terse."), ("user", "Hi there"), ("assistant", "Hello!"), ("user", "Say ok"),
-                    ("assistant", "ok"))
+CHAT = conversation(
+    ("system", "Be terse."), ("user", "Hi there"), ("assistant", "Hello!"), ("user", "Say ok"), ("assistant", "ok")
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,34 +43,58 @@ def tokenizer_for(name: str, smol_path: Path):
 
 
 EXPECTED = {
-    "chatml": ("<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n"
-               "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nSay ok<|im_end|>\n"
-               "<|im_start|>assistant\nok<|im_end|>\n", "ok<|im_end|>\n", "<|im_end|>"),
-    "chatml_tools": ("<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n"
-                     "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nSay ok<|im_end|>\n"
-                     "<|im_start|>assistant\nok<|im_end|>\n", "ok<|im_end|>\n", "<|im_end|>"),
-    "llama3": ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe terse.<|eot_id|>"
-               "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
-               "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
-               "<|start_header_id|>user<|end_header_id|>\n\nSay ok<|eot_id|>"
-               "<|start_header_id|>assistant<|end_header_id|>\n\nok<|eot_id|>",
-               "ok<|eot_id|>", "<|eot_id|>"),
-    "mistral": ("<s>[INST] Be terse.\n\nHi there [/INST] Hello!</s>[INST] Say ok [/INST] ok</s>", " ok</s>",
-                "</s>"),
-    "gemma": ("<bos><start_of_turn>user\nBe terse.\n\nHi there<end_of_turn>\n"
-              "<start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\nSay ok<end_of_turn>\n"
-              "<start_of_turn>model\nok<end_of_turn>\n",
-              "ok<end_of_turn>\n", "<end_of_turn>"),
-    "phi3": ("<|system|>\nBe terse.<|end|>\n<|user|>\nHi there<|end|>\n<|assistant|>\nHello!<|end|>\n<|user|>\nSay ok"
-             "<|end|>\n<|assistant|>\nok<|end|>\n</s>", "ok<|end|>\n</s>", "<|end|>"),
-    "alpaca": ("Be terse.\n\n### Instruction:\nHi there\n\n### Response:\nHello!</s>\n\n### Instruction:\nSay ok"
-               "\n\n### Response:\nok</s>", "ok</s>", "</s>"),
+    "chatml": (
+        "<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n"
+        "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nSay ok<|im_end|>\n"
+        "<|im_start|>assistant\nok<|im_end|>\n",
+        "ok<|im_end|>\n",
+        "<|im_end|>",
+    ),
+    "chatml_tools": (
+        "<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n"
+        "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nSay ok<|im_end|>\n"
+        "<|im_start|>assistant\nok<|im_end|>\n",
+        "ok<|im_end|>\n",
+        "<|im_end|>",
+    ),
+    "llama3": (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe terse.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nSay ok<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nok<|eot_id|>",
+        "ok<|eot_id|>",
+        "<|eot_id|>",
+    ),
+    "mistral": ("<s>[INST] Be terse.\n\nHi there [/INST] Hello!</s>[INST] Say ok [/INST] ok</s>", " ok</s>", "</s>"),
+    "gemma": (
+        "<bos><start_of_turn>user\nBe terse.\n\nHi there<end_of_turn>\n"
+        "<start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\nSay ok<end_of_turn>\n"
+        "<start_of_turn>model\nok<end_of_turn>\n",
+        "ok<end_of_turn>\n",
+        "<end_of_turn>",
+    ),
+    "phi3": (
+        "<|system|>\nBe terse.<|end|>\n<|user|>\nHi there<|end|>\n<|assistant|>\nHello!<|end|>\n<|user|>\nSay ok"
+        "<|end|>\n<|assistant|>\nok<|end|>\n</s>",
+        "ok<|end|>\n</s>",
+        "<|end|>",
+    ),
+    "alpaca": (
+        "Be terse.\n\n### Instruction:\nHi there\n\n### Response:\nHello!</s>\n\n### Instruction:\nSay ok"
+        "\n\n### Response:\nok</s>",
+        "ok</s>",
+        "</s>",
+    ),
 }
 
 
 def test_every_builtin_has_an_expected_rendering():
-    assert set(EXPECTED) == set(BUILTIN_NAMES) == {"chatml", "chatml_tools", "llama3", "mistral", "gemma", "phi3",
-                                                   "alpaca"}
+    assert (
+        set(EXPECTED)
+        == set(BUILTIN_NAMES)
+        == {"chatml", "chatml_tools", "llama3", "mistral", "gemma", "phi3", "alpaca"}
+    )
 
 
 @pytest.mark.parametrize("name", BUILTIN_NAMES)
@@ -82,10 +107,17 @@ def test_builtin_renders_a_multi_turn_conversation_exactly(name, smol_path):
     # what inference prompts with, then the answer and what follows it, is exactly the training text
     prompt = template.render(messages[:4], add_generation_prompt=True)
     assert prompt + answer == full
-    examples = encode(CHAT, template, tokenizer, train_on="assistant", max_length=512,
-                      markers=end_of_turn_markers(tokenizer, template))
-    trained = "".join(tokenizer.decode([t for t, label in zip(e.input_ids, e.labels) if label != IGNORE_INDEX])
-                      for e in examples)
+    examples = encode(
+        CHAT,
+        template,
+        tokenizer,
+        train_on="assistant",
+        max_length=512,
+        markers=end_of_turn_markers(tokenizer, template),
+    )
+    trained = "".join(
+        tokenizer.decode([t for t, label in zip(e.input_ids, e.labels) if label != IGNORE_INDEX]) for e in examples
+    )
     # Mistral's answer follows "[/INST] ": the byte-level tokenizer joins that space to the answer's first token.
     assert trained == (f" Hello!{eot} ok{eot}" if name == "mistral" else f"Hello!{eot}ok{eot}")
     assert all(e.eot_trained for e in examples)
@@ -98,8 +130,9 @@ def test_builtin_needs_its_special_tokens(name, smol_path):
     if not missing:  # SmolLM2 is a ChatML model: the chatml built-in fits it
         assert build_template(tokenizer, name).name == "built-in chatml"
         return
-    with pytest.raises(UserError, match=f"built-in chat template {name} needs special tokens .*: "
-                                        + ", ".join(map(_escape, missing))):
+    with pytest.raises(
+        UserError, match=f"built-in chat template {name} needs special tokens .*: " + ", ".join(map(_escape, missing))
+    ):
         build_template(tokenizer, name)
 
 
@@ -136,15 +169,19 @@ def test_builtin_chatml_matches_qwens_template_given_a_system_prompt(smol_path):
 def test_no_model_template_points_to_the_builtins(smol_path):
     tokenizer = AutoTokenizer.from_pretrained(smol_path)
     tokenizer.chat_template = None
-    with pytest.raises(UserError, match="no chat template of its own.*chatml, chatml_tools, llama3, mistral, gemma, phi3, alpaca"):
+    with pytest.raises(
+        UserError, match="no chat template of its own.*chatml, chatml_tools, llama3, mistral, gemma, phi3, alpaca"
+    ):
         build_template(tokenizer, "model")
 
 
 # ---- generation blocks -----------------------------------------------------------------------
 
-SIGNED = ("{% for m in messages %}{% if m.role == 'assistant' %}<|im_start|>assistant\n{% generation %}"
-          "{{ m.content }} -- bot<|im_end|>{% endgeneration %}\n{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}"
-          "<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+SIGNED = (
+    "{% for m in messages %}{% if m.role == 'assistant' %}<|im_start|>assistant\n{% generation %}"
+    "{{ m.content }} -- bot<|im_end|>{% endgeneration %}\n{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+    "<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def test_generation_blocks_render_clean_and_mark_what_trains(smol_path):
@@ -160,18 +197,24 @@ def test_generation_blocks_render_clean_and_mark_what_trains(smol_path):
     trained = tokenizer.decode([t for t, label in zip(example.input_ids, example.labels) if label != IGNORE_INDEX])
     assert trained == "Hello! -- bot<|im_end|>ok -- bot<|im_end|>" and example.eot_trained
     [last] = encode(CHAT, template, tokenizer, train_on="last", max_length=512, markers=markers)
-    assert tokenizer.decode([t for t, label in zip(last.input_ids, last.labels) if label != IGNORE_INDEX]) == \
-        "ok -- bot<|im_end|>"
+    assert (
+        tokenizer.decode([t for t, label in zip(last.input_ids, last.labels) if label != IGNORE_INDEX])
+        == "ok -- bot<|im_end|>"
+    )
 
 
 # ---- the audit -------------------------------------------------------------------------------
+
 
 def test_double_bos_is_detected_and_reported():
     """The template writes BOS itself (once: we tokenize without adding special tokens); a row whose
     text starts with the BOS text gets a second one, and the audit counts it."""
     tokenizer = AutoTokenizer.from_pretrained(FIXTURES / "phi-3-mini-128k-instruct")
-    template = ChatTemplate("{{ bos_token }}{% for m in messages %}{{ m.content }}<|end|>{% endfor %}",
-                            name="bos.jinja", special_tokens={"bos_token": "<s>"})
+    template = ChatTemplate(
+        "{{ bos_token }}{% for m in messages %}{{ m.content }}<|end|>{% endfor %}",
+        name="bos.jinja",
+        special_tokens={"bos_token": "<s>"},
+    )
     markers = end_of_turn_markers(tokenizer)
     clean = conversation(("user", "Hi"), ("assistant", "Hello"))
     holds_bos = conversation(("user", "<s>Hi"), ("assistant", "Hello"), line=2)
@@ -180,8 +223,9 @@ def test_double_bos_is_detected_and_reported():
     assert one.input_ids[:2] == [tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids("▁Hi")]
     assert not one.double_bos
     assert two.input_ids[:2] == [tokenizer.bos_token_id] * 2 and two.double_bos
-    _, report = encode_split([clean, holds_bos], template, tokenizer, train_on="assistant", max_length=64,
-                             markers=markers, split="train")
+    _, report = encode_split(
+        [clean, holds_bos], template, tokenizer, train_on="assistant", max_length=64, markers=markers, split="train"
+    )
     assert report.double_bos == 1
     assert any("1 train rows start with two BOS tokens" in w for w in warnings_for(report, "train"))
 
@@ -189,16 +233,24 @@ def test_double_bos_is_detected_and_reported():
 def test_truncated_assistant_turns_are_counted_partly_and_wholly():
     tokenizer = AutoTokenizer.from_pretrained(FIXTURES / "granite-3.1-1b-a400m-instruct")
     template, markers = build_template(tokenizer, "model"), end_of_turn_markers(tokenizer)
-    chat = conversation(("user", "Hi"), ("assistant", "one two three four five six"), ("user", "More"),
-                        ("assistant", "seven eight"))
+    chat = conversation(
+        ("user", "Hi"), ("assistant", "one two three four five six"), ("user", "More"), ("assistant", "seven eight")
+    )
     [full] = encode(chat, template, tokenizer, train_on="assistant", max_length=512, markers=markers)
     first_answer = next(i for i, label in enumerate(full.labels) if label != IGNORE_INDEX)
     cases = {len(full.input_ids): 0, first_answer + 2: 2, first_answer + 8: 1}  # cut: nowhere, in turn 1, after it
     for max_length, expected in cases.items():
         [example] = encode(chat, template, tokenizer, train_on="assistant", max_length=max_length, markers=markers)
         assert example.truncated_turns == expected, max_length
-    _, report = encode_split([chat, chat], template, tokenizer, train_on="assistant", max_length=first_answer + 2,
-                             markers=markers, split="train")
+    _, report = encode_split(
+        [chat, chat],
+        template,
+        tokenizer,
+        train_on="assistant",
+        max_length=first_answer + 2,
+        markers=markers,
+        split="train",
+    )
     assert (report.truncated, report.truncated_turns) == (2, 4)
     assert any("4 assistant turns in train were cut by max_length" in w for w in warnings_for(report, "train"))
 
@@ -212,24 +264,43 @@ def test_low_trainable_share_warns():
 
 # ---- a template that trains nothing stops the run before the model loads -----------------------
 
+
 def test_a_template_that_marks_no_assistant_token_stops_training_before_the_model_loads(tmp_path):
     import tunesmith
     from tunesmith.config import load_config
 
     model = tmp_path / "weightless-model"
     model.mkdir()
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                 "config.json"):
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "config.json",
+    ):
         shutil.copy(FIXTURES / "phi-3-mini-128k-instruct" / name, model / name)
     drops = tmp_path / "drops-answers.jinja"
-    drops.write_text("{% for m in messages %}{% if m.role != 'assistant' %}<|{{ m.role }}|>\n{{ m.content }}<|end|>\n"
-                     "{% endif %}{% endfor %}", encoding="utf-8")
+    drops.write_text(
+        "{% for m in messages %}{% if m.role != 'assistant' %}<|{{ m.role }}|>\n{{ m.content }}<|end|>\n"
+        "{% endif %}{% endfor %}",
+        encoding="utf-8",
+    )
     data = tmp_path / "chat.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"What is {i}+{i}?"},
-                          {"role": "assistant", "content": str(2 * i)}]} for i in range(4)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"What is {i}+{i}?"}, {"role": "assistant", "content": str(2 * i)}]}
+        for i in range(4)
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    config = load_config(None, [f"data.train={data}", f"model.name={model}", f"output_dir={tmp_path / 'runs'}",
-                                "name=never", f"template.chat_template={drops}"])
+    config = load_config(
+        None,
+        [
+            f"data.train={data}",
+            f"model.name={model}",
+            f"output_dir={tmp_path / 'runs'}",
+            "name=never",
+            f"template.chat_template={drops}",
+        ],
+    )
     with pytest.raises(UserError, match=rf"chat.jsonl:1: chat template {drops} leaves out or rewrites the answer"):
         tunesmith.train(config)
     assert not (tmp_path / "runs" / "never").exists()
@@ -248,18 +319,23 @@ def test_data_check_counts_a_split_row_once_and_warns_on_double_bos(tmp_path, sm
     from tunesmith.formatting.measure import measure_for
 
     doubled = tmp_path / "bos.jinja"
-    doubled.write_text("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
-                       "{% endfor %}", encoding="utf-8")
+    doubled.write_text(
+        "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}",
+        encoding="utf-8",
+    )
     data = tmp_path / "d.jsonl"
-    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
-                                             {"role": "assistant", "content": "Hello"}]}) + "\n", encoding="utf-8")
-    measure = measure_for(str(smol_path), train_on="assistant", template=str(doubled))
+    data.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}) + "\n",
+        encoding="utf-8",
+    )
+    measure = measure_for(_tokenizer(smol_path), train_on="assistant", template=str(doubled))
     report = check_files([str(data)], options=FormatOptions(), measure=measure, max_length=64, workers=1)
     assert [(i.code, i.severity) for i in report.issues] == [("double_bos", "warning")]
 
     tokenizer = AutoTokenizer.from_pretrained(smol_path)
-    [example] = encode(CHAT, ChatTemplate(SIGNED, name="s"), tokenizer, train_on="assistant", max_length=10**9,
-                       markers=("<|im_end|>",))
+    [example] = encode(
+        CHAT, ChatTemplate(SIGNED, name="s"), tokenizer, train_on="assistant", max_length=10**9, markers=("<|im_end|>",)
+    )
     examples = [example] * 3  # as a row split into three sequences
     measured = Measured.of(examples, max_length=10)
     length = len(examples[0].input_ids)
@@ -273,7 +349,14 @@ def test_a_short_answer_is_not_found_inside_the_template_text(smol_path):
     tokenizer = tokenizer_for("gemma", smol_path)
     template = build_template(tokenizer, "gemma")
     chat = conversation(("user", "  Which word names your role?  "), ("assistant", "model"))
-    [example] = encode(chat, template, tokenizer, train_on="assistant", max_length=64,
-                       markers=end_of_turn_markers(tokenizer))
+    [example] = encode(
+        chat, template, tokenizer, train_on="assistant", max_length=64, markers=end_of_turn_markers(tokenizer)
+    )
     trained = tokenizer.decode([t for t, label in zip(example.input_ids, example.labels) if label != IGNORE_INDEX])
     assert trained == "model<end_of_turn>" and example.eot_trained
+
+
+def _tokenizer(folder):
+    from tunesmith.models.load import ModelRef, load_tokenizer
+
+    return load_tokenizer(ModelRef(str(folder), str(folder), "local"))

@@ -36,13 +36,17 @@ def long_prompt_data(tmp_path) -> Path:
 
 def _train(tmp_path, model: Path, data: Path, *extra: str) -> list[str]:
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {{name: {model}}}\ndata: {{train: {data}}}\ntemplate: {{max_length: 64}}\n"
-                      "train: {max_steps: 1, batch_size: 2}\nlora: {r: 2}\n", encoding="utf-8")
+    config.write_text(
+        f"model: {{name: {model}}}\ndata: {{train: {data}}}\ntemplate: {{max_length: 64}}\n"
+        "train: {max_steps: 1, batch_size: 2}\nlora: {r: 2}\n",
+        encoding="utf-8",
+    )
     return ["train", str(config), "--set", f"output_dir={tmp_path / 'runs'}", "--set", "name=r", *extra]
 
 
-def test_a_prompt_longer_than_max_length_stops_the_run_naming_the_row_and_lengths(tmp_path, tiny_model_dir,
-                                                                                   long_prompt_data, capsys):
+def test_a_prompt_longer_than_max_length_stops_the_run_naming_the_row_and_lengths(
+    tmp_path, tiny_model_dir, long_prompt_data, capsys
+):
     code = main(_train(tmp_path, tiny_model_dir, long_prompt_data))
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
@@ -51,14 +55,17 @@ def test_a_prompt_longer_than_max_length_stops_the_run_naming_the_row_and_length
     assert not (tmp_path / "runs" / "r").exists()
 
 
-def test_with_skip_the_long_prompt_goes_to_quarantine_with_its_reason(tmp_path, tiny_model_dir, long_prompt_data,
-                                                                      capsys):
+def test_with_skip_the_long_prompt_goes_to_quarantine_with_its_reason(
+    tmp_path, tiny_model_dir, long_prompt_data, capsys
+):
     code = main(_train(tmp_path, tiny_model_dir, long_prompt_data, "--set", "data.on_bad_row=skip"))
     assert code == 0, capsys.readouterr().err
     [record] = [json.loads(line) for line in (tmp_path / "runs" / "r" / "quarantine.jsonl").read_text().splitlines()]
     assert (record["file"], record["line"], record["split"]) == (str(long_prompt_data), 4, "train")
     assert record["issues"][0]["code"] == "too_long"
-    assert record["issues"][0]["message"].startswith("prompt is ") and "max_length is 64" in record["issues"][0]["message"]
+    assert (
+        record["issues"][0]["message"].startswith("prompt is ") and "max_length is 64" in record["issues"][0]["message"]
+    )
     report = json.loads((tmp_path / "runs" / "r" / "data_report.json").read_text())
     assert report["splits"]["train"]["rows"] == 8 and report["splits"]["train"]["quarantined"] == 1
 

@@ -21,8 +21,10 @@ ALL = "tracking.backends=[mlflow,wandb,tensorboard]"
 
 
 def _config(tmp_path, *overrides):
-    return load_config(None, [f"data.train={tmp_path / 'missing.jsonl'}", f"output_dir={tmp_path / 'runs'}",
-                              "name=tracked", *overrides])
+    return load_config(
+        None,
+        [f"data.train={tmp_path / 'missing.jsonl'}", f"output_dir={tmp_path / 'runs'}", "name=tracked", *overrides],
+    )
 
 
 def test_report_to_is_the_chosen_backends(tmp_path):
@@ -33,8 +35,13 @@ def test_report_to_is_the_chosen_backends(tmp_path):
 def test_training_arguments_carry_report_to_and_run_name(tmp_path):
     from tunesmith.training.trainer import training_arguments
 
-    args = training_arguments(_config(tmp_path, "tracking.backends=[tensorboard]"), tmp_path / "ck",
-                              device="cpu", precision="fp32", has_eval=False)
+    args = training_arguments(
+        _config(tmp_path, "tracking.backends=[tensorboard]"),
+        tmp_path / "ck",
+        device="cpu",
+        precision="fp32",
+        has_eval=False,
+    )
     assert args.report_to == ["tensorboard"] and args.run_name == "tracked"
     plain = training_arguments(_config(tmp_path), tmp_path / "ck", device="cpu", precision="fp32", has_eval=False)
     assert plain.report_to == []
@@ -57,8 +64,11 @@ def test_missing_package_is_one_line_user_error_before_any_data_or_folder(tmp_pa
 def test_missing_package_through_the_cli_exits_2_naming_the_config_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "wandb", None)
     config = tmp_path / "run.yaml"
-    config.write_text(f"name: tracked\noutput_dir: {tmp_path / 'runs'}\ndata:\n  train: {tmp_path / 'x.jsonl'}\n"
-                      "tracking:\n  backends: [tensorboard, wandb]\n", encoding="utf-8")
+    config.write_text(
+        f"name: tracked\noutput_dir: {tmp_path / 'runs'}\ndata:\n  train: {tmp_path / 'x.jsonl'}\n"
+        "tracking:\n  backends: [tensorboard, wandb]\n",
+        encoding="utf-8",
+    )
     assert main(["train", str(config)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith(f"error: {config}:6: tracking.backends: wandb needs the tunesmith[tracking] extra")
@@ -74,8 +84,9 @@ def test_no_backends_needs_no_package(tmp_path, monkeypatch):
 def test_mlflow_file_store_and_disabled_integration_are_refused_up_front(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     with pytest.raises(UserError, match="MLFLOW_ALLOW_FILE_STORE"):
-        tracking.check_tracking(_config(tmp_path, "tracking.backends=[mlflow]",
-                                        f"tracking.mlflow_uri=file://{tmp_path / 'mlruns'}"))
+        tracking.check_tracking(
+            _config(tmp_path, "tracking.backends=[mlflow]", f"tracking.mlflow_uri=file://{tmp_path / 'mlruns'}")
+        )
     monkeypatch.setenv("DISABLE_MLFLOW_INTEGRATION", "TRUE")
     with pytest.raises(UserError, match="DISABLE_MLFLOW_INTEGRATION"):
         tracking.check_tracking(_config(tmp_path, "tracking.backends=[mlflow]"))
@@ -130,16 +141,28 @@ def test_no_backends_touch_nothing(tmp_path):
 
 
 def test_secret_values_come_from_secret_named_variables():
-    env = {"HF_TOKEN": "hf_abcdefgh", "WANDB_API_KEY": "k" * 40, "MLFLOW_TRACKING_PASSWORD": "pw-123456",
-           "TOKENIZERS_PARALLELISM": "false-but-long", "HF_HUB_OFFLINE": "1", "AWS_SECRET_ACCESS_KEY": "aws-xyz-123",
-           "SHORT_TOKEN": "abc", "PATH": "/usr/bin:/bin"}
+    env = {
+        "HF_TOKEN": "hf_abcdefgh",
+        "WANDB_API_KEY": "k" * 40,
+        "MLFLOW_TRACKING_PASSWORD": "pw-123456",
+        "TOKENIZERS_PARALLELISM": "false-but-long",
+        "HF_HUB_OFFLINE": "1",
+        "AWS_SECRET_ACCESS_KEY": "aws-xyz-123",
+        "SHORT_TOKEN": "abc",
+        "PATH": "/usr/bin:/bin",
+    }
     assert set(tracking.secret_values(env)) == {"hf_abcdefgh", "k" * 40, "pw-123456", "aws-xyz-123"}
 
 
 def test_config_params_are_flat_and_redacted(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_test_SECRET123456")
-    config = _config(tmp_path, "tracking.backends=[mlflow]", "tracking.project=team-hf_test_SECRET123456",
-                     "tracking.mlflow_uri=https://alice:s3cr3t-pass@mlflow.example.com/", "eval.max_new_tokens=7")
+    config = _config(
+        tmp_path,
+        "tracking.backends=[mlflow]",
+        "tracking.project=team-hf_test_SECRET123456",
+        "tracking.mlflow_uri=https://alice:s3cr3t-pass@mlflow.example.com/",
+        "eval.max_new_tokens=7",
+    )
     params = tracking.config_params(config)
     assert params["tunesmith.tracking.project"] == "team-<redacted>"
     assert params["tunesmith.tracking.mlflow_uri"] == "https://alice:<redacted>@mlflow.example.com/"

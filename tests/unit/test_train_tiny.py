@@ -20,23 +20,51 @@ from tunesmith.errors import UserError
 def finished_run(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny-run")
     data = root / "chat.jsonl"
-    rows = [{"messages": [{"role": "system", "content": "Answer briefly."},
-                          {"role": "user", "content": f"What is {i} plus {i}?"},
-                          {"role": "assistant", "content": f"{i + i}"}]} for i in range(16)]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": f"What is {i} plus {i}?"},
+                {"role": "assistant", "content": f"{i + i}"},
+            ]
+        }
+        for i in range(16)
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    config = load_config(None, [f"data.train={data}", f"data.test={data}", f"model.name={tiny_model_dir}",
-                                f"output_dir={root / 'runs'}", "name=tiny", "train.max_steps=4",
-                                "train.batch_size=4", "train.learning_rate=1e-2", "lora.r=4",
-                                "eval.limit=3", "eval.max_new_tokens=4", "eval.metrics=[exact]"])
+    config = load_config(
+        None,
+        [
+            f"data.train={data}",
+            f"data.test={data}",
+            f"model.name={tiny_model_dir}",
+            f"output_dir={root / 'runs'}",
+            "name=tiny",
+            "train.max_steps=4",
+            "train.batch_size=4",
+            "train.learning_rate=1e-2",
+            "lora.r=4",
+            "eval.limit=3",
+            "eval.max_new_tokens=4",
+            "eval.metrics=[exact]",
+        ],
+    )
     return tunesmith.train(config), tiny_model_dir
 
 
 def test_run_folder_has_every_artifact(finished_run):
     result, _ = finished_run
     run = result.run_dir
-    for name in ("config.yaml", "data_report.json", "metrics.jsonl", "adapter/adapter_config.json",
-                 "adapter/adapter_model.safetensors", "adapter/tunesmith.json", "eval/results.json",
-                 "eval/samples.jsonl", "manifest.json"):
+    for name in (
+        "config.yaml",
+        "data_report.json",
+        "metrics.jsonl",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/tunesmith.json",
+        "eval/results.json",
+        "eval/samples.jsonl",
+        "manifest.json",
+    ):
         assert (run / name).is_file(), name
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "completed" and result.status == "completed"

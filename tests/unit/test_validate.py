@@ -32,36 +32,50 @@ def found(sample) -> list[tuple[str, str, str]]:
 
 
 def test_a_clean_conversation_has_no_issues():
-    clean = conv(Message("system", "Be brief."), user("Weather in Paris?"), assistant("", tool_calls=(CALL,)),
-                 Message("tool", "18C", name="get_weather", tool_call_id="call_1"),
-                 assistant("18C and sunny.", weight=1),
-                 user("Thanks"), assistant("You're welcome.", weight=0))
+    clean = conv(
+        Message("system", "Be brief."),
+        user("Weather in Paris?"),
+        assistant("", tool_calls=(CALL,)),
+        Message("tool", "18C", name="get_weather", tool_call_id="call_1"),
+        assistant("18C and sunny.", weight=1),
+        user("Thanks"),
+        assistant("You're welcome.", weight=0),
+    )
     assert check_sample(clean) == []
 
 
-@pytest.mark.parametrize(("sample", "expected"), [
-    (conv(user(), assistant("  ")), ("empty_content", "messages[1].content", "error")),
-    (conv(user(""), assistant()), ("empty_content", "messages[0].content", "warning")),
-    (conv(Message("system", ""), user(), assistant()), ("empty_content", "messages[0].content", "warning")),
-    (conv(user(), user("again"), assistant()), ("consecutive_roles", "messages[1].role", "warning")),
-    (conv(user(), assistant(), Message("system", "late"), user(), assistant()),
-     ("system_not_first", "messages[2].role", "error")),
-    (conv(user(), Message("tool", "18C"), assistant()), ("orphan_tool_message", "messages[1].role", "error")),
-    (conv(user(), assistant("", tool_calls=(CALL,)), Message("tool", "18C", tool_call_id="call_9"), assistant()),
-     ("unknown_tool_call_id", "messages[2].tool_call_id", "error")),
-    (conv(user(weight=1.0), assistant()), ("weight_not_assistant", "messages[0].weight", "error")),
-    (conv(user()), ("no_assistant", "messages", "error")),
-    (conv(user(), assistant(weight=0.0), user(), assistant(weight=0.0)), ("all_weights_zero", "messages", "error")),
-    (conv(), ("empty_conversation", "messages", "error")),
-    (conv(user("a\ud800b"), assistant()), ("lone_surrogate", "messages[0].content", "error")),
-    (conv(user(), assistant("", tool_calls=(ToolCall("f", '"\udc00"'),))),
-     ("lone_surrogate", "messages[1].tool_calls[0]", "error")),
-    (TextSample("x\udfff", WHERE), ("lone_surrogate", "text", "error")),
-    (TextSample(" \n", WHERE), ("empty_text", "text", "error")),
-    (TokenSample((), None, WHERE), ("empty_input_ids", "input_ids", "error")),
-    (TokenSample((1, 2, 3), (-100, -100, -100), WHERE), ("no_trainable_tokens", "labels", "error")),
-    (TokenSample((1, 2, 3), (1, 2), WHERE), ("bad_labels", "labels", "error")),
-])
+@pytest.mark.parametrize(
+    ("sample", "expected"),
+    [
+        (conv(user(), assistant("  ")), ("empty_content", "messages[1].content", "error")),
+        (conv(user(""), assistant()), ("empty_content", "messages[0].content", "warning")),
+        (conv(Message("system", ""), user(), assistant()), ("empty_content", "messages[0].content", "warning")),
+        (conv(user(), user("again"), assistant()), ("consecutive_roles", "messages[1].role", "warning")),
+        (
+            conv(user(), assistant(), Message("system", "late"), user(), assistant()),
+            ("system_not_first", "messages[2].role", "error"),
+        ),
+        (conv(user(), Message("tool", "18C"), assistant()), ("orphan_tool_message", "messages[1].role", "error")),
+        (
+            conv(user(), assistant("", tool_calls=(CALL,)), Message("tool", "18C", tool_call_id="call_9"), assistant()),
+            ("unknown_tool_call_id", "messages[2].tool_call_id", "error"),
+        ),
+        (conv(user(weight=1.0), assistant()), ("weight_not_assistant", "messages[0].weight", "error")),
+        (conv(user()), ("no_assistant", "messages", "error")),
+        (conv(user(), assistant(weight=0.0), user(), assistant(weight=0.0)), ("all_weights_zero", "messages", "error")),
+        (conv(), ("empty_conversation", "messages", "error")),
+        (conv(user("a\ud800b"), assistant()), ("lone_surrogate", "messages[0].content", "error")),
+        (
+            conv(user(), assistant("", tool_calls=(ToolCall("f", '"\udc00"'),))),
+            ("lone_surrogate", "messages[1].tool_calls[0]", "error"),
+        ),
+        (TextSample("x\udfff", WHERE), ("lone_surrogate", "text", "error")),
+        (TextSample(" \n", WHERE), ("empty_text", "text", "error")),
+        (TokenSample((), None, WHERE), ("empty_input_ids", "input_ids", "error")),
+        (TokenSample((1, 2, 3), (-100, -100, -100), WHERE), ("no_trainable_tokens", "labels", "error")),
+        (TokenSample((1, 2, 3), (1, 2), WHERE), ("bad_labels", "labels", "error")),
+    ],
+)
 def test_each_rule_fires_with_code_field_and_severity(sample, expected):
     assert found(sample) == [expected]
     issue = check_sample(sample)[0]
@@ -70,20 +84,28 @@ def test_each_rule_fires_with_code_field_and_severity(sample, expected):
 
 def test_every_issue_carries_a_hint_where_a_fix_is_not_obvious():
     issue = check_sample(conv(user()))[0]
-    assert str(issue) == ("data.jsonl:7: messages: no assistant message, so nothing would train "
-                          "(every conversation needs at least one assistant reply)")
+    assert str(issue) == (
+        "data.jsonl:7: messages: no assistant message, so nothing would train "
+        "(every conversation needs at least one assistant reply)"
+    )
 
 
 def test_parallel_tool_results_and_tool_call_turns_are_fine():
     second = ToolCall("get_time", "{}", id="call_2")
-    sample = conv(user(), assistant("", tool_calls=(CALL, second)), Message("tool", "18C", tool_call_id="call_1"),
-                  Message("tool", "noon", tool_call_id="call_2"), assistant())
+    sample = conv(
+        user(),
+        assistant("", tool_calls=(CALL, second)),
+        Message("tool", "18C", tool_call_id="call_1"),
+        Message("tool", "noon", tool_call_id="call_2"),
+        assistant(),
+    )
     assert check_sample(sample) == []
 
 
 def test_a_tool_message_after_a_plain_assistant_turn_is_an_orphan():
-    sample = conv(user(), assistant("", tool_calls=(CALL,)), Message("tool", "18C"), assistant("done"),
-                  Message("tool", "late"))
+    sample = conv(
+        user(), assistant("", tool_calls=(CALL,)), Message("tool", "18C"), assistant("done"), Message("tool", "late")
+    )
     assert found(sample) == [("orphan_tool_message", "messages[4].role", "error")]
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 SHOWN_ISSUES = 20
 DEFAULT_MAX_LENGTH = 1024  # the default of template.max_length, so check sees what train would cut
@@ -19,44 +20,68 @@ FORMAT_NAMES = "auto, messages, sharegpt, alpaca, qa, prompt_completion, text, t
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
-    data = verbs.add_parser("data", help="check, measure, convert and split data files",
-                            description="Look at data files before training on them: every row checked, "
-                                        "every problem named by file:line and field.")
+    data = verbs.add_parser(
+        "data",
+        help="check, measure, convert and split data files",
+        description="Look at data files before training on them: every row checked, "
+        "every problem named by file:line and field.",
+    )
     commands = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
-    check = commands.add_parser("check", help="check every row; exit 2 if the data would stop a run",
-                                description="Check every row of FILE(s): unreadable rows, rows that fit no format, "
-                                            "rows that train nothing, duplicates, overlap between splits, and "
-                                            "with --model, rows longer than --max-length.")
+    check = commands.add_parser(
+        "check",
+        help="check every row; exit 2 if the data would stop a run",
+        description="Check every row of FILE(s): unreadable rows, rows that fit no format, "
+        "rows that train nothing, duplicates, overlap between splits, and "
+        "with --model, rows longer than --max-length.",
+    )
     _add_reading(check)
     _add_model(check)
     for split in ("validation", "test"):
-        check.add_argument(f"--{split}", dest=f"{split}_files", action="append", default=[], metavar="FILE",
-                           help=f"a {split} file: its rows that also appear in FILE(s), the training data, "
-                                "are reported (repeatable)")
+        check.add_argument(
+            f"--{split}",
+            dest=f"{split}_files",
+            action="append",
+            default=[],
+            metavar="FILE",
+            help=f"a {split} file: its rows that also appear in FILE(s), the training data, are reported (repeatable)",
+        )
     check.add_argument("--report", metavar="OUT.json", help="write every issue and all statistics as JSON")
-    check.add_argument("--fail-on", choices=("error", "warning"), default="error",
-                       help="exit 2 on any error (default), or on any warning too")
+    check.add_argument(
+        "--fail-on",
+        choices=("error", "warning"),
+        default="error",
+        help="exit 2 on any error (default), or on any warning too",
+    )
     check.set_defaults(handler="tunesmith.cli.data:run_check")
 
-    stats = commands.add_parser("stats", help="rows, formats, roles and (with --model) token statistics",
-                                description="Statistics of the valid rows of FILE(s).")
+    stats = commands.add_parser(
+        "stats",
+        help="rows, formats, roles and (with --model) token statistics",
+        description="Statistics of the valid rows of FILE(s).",
+    )
     _add_reading(stats)
     _add_model(stats)
     stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
     stats.set_defaults(handler="tunesmith.cli.data:run_stats")
 
-    convert = commands.add_parser("convert", help="any supported format to normalized JSONL",
-                                  description="Write the rows of FILE(s) as normalized JSONL ({messages}, {text} or "
-                                              "{input_ids}). With bad rows nothing is written, unless --skip-bad.")
+    convert = commands.add_parser(
+        "convert",
+        help="any supported format to normalized JSONL",
+        description="Write the rows of FILE(s) as normalized JSONL ({messages}, {text} or "
+        "{input_ids}). With bad rows nothing is written, unless --skip-bad.",
+    )
     _add_reading(convert)
     convert.add_argument("-o", "--output", required=True, metavar="OUT.jsonl", help="the file to write")
     _add_skip_bad(convert)
     convert.set_defaults(handler="tunesmith.cli.data:run_convert")
 
-    split = commands.add_parser("split", help="train/validation/test by content hash (stable as data grows)",
-                                description="Split FILE(s) into DIR/train.jsonl, validation.jsonl and test.jsonl. "
-                                            "A row's split depends only on its content and --seed, so adding rows "
-                                            "never moves old ones, and duplicates share a split.")
+    split = commands.add_parser(
+        "split",
+        help="train/validation/test by content hash (stable as data grows)",
+        description="Split FILE(s) into DIR/train.jsonl, validation.jsonl and test.jsonl. "
+        "A row's split depends only on its content and --seed, so adding rows "
+        "never moves old ones, and duplicates share a split.",
+    )
     _add_reading(split)
     split.add_argument("--out", required=True, metavar="DIR", help="folder for the split files")
     split.add_argument("--validation", type=float, default=0.05, help="fraction for validation (default 0.05)")
@@ -67,37 +92,70 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def _add_reading(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE",
-                        help="data file (.jsonl .json .csv .tsv .parquet), datasets folder, hf:NAME[:SPLIT] "
-                             "or bundled:NAME/FILE")
+    parser.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="data file (.jsonl .json .csv .tsv .parquet), datasets folder, hf:NAME[:SPLIT] or bundled:NAME/FILE",
+    )
     parser.add_argument("--format", default="auto", help=f"row format, one of {FORMAT_NAMES} (default auto)")
-    parser.add_argument("--column", dest="columns", action="append", default=[], metavar="KEY=NAME",
-                        help="your column name for a canonical key, e.g. --column instruction=task (repeatable)")
-    parser.add_argument("--role", dest="roles", action="append", default=[], metavar="SPEAKER=ROLE",
-                        help="a ShareGPT speaker as a role, e.g. --role bot=assistant (repeatable)")
+    parser.add_argument(
+        "--column",
+        dest="columns",
+        action="append",
+        default=[],
+        metavar="KEY=NAME",
+        help="your column name for a canonical key, e.g. --column instruction=task (repeatable)",
+    )
+    parser.add_argument(
+        "--role",
+        dest="roles",
+        action="append",
+        default=[],
+        metavar="SPEAKER=ROLE",
+        help="a ShareGPT speaker as a role, e.g. --role bot=assistant (repeatable)",
+    )
 
 
 def _add_model(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="count tokens with this model's tokenizer and chat template: a built-in "
-                                        "name (smollm2-135m-instruct), a local folder or a hub id")
-    parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
-                        help=f"longest row in tokens, as template.max_length (default {DEFAULT_MAX_LENGTH})")
-    parser.add_argument("--train-on", choices=("assistant", "last", "all", "completion"), default="assistant",
-                        help="which turns train, as template.train_on (default assistant)")
-    parser.add_argument("--template", default="model",
-                        help="chat template: the model's own (default) or a .jinja file, as template.chat_template")
+    parser.add_argument(
+        "--model",
+        help="count tokens with this model's tokenizer and chat template: a built-in "
+        "name (smollm2-135m-instruct), a local folder or a hub id",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=DEFAULT_MAX_LENGTH,
+        help=f"longest row in tokens, as template.max_length (default {DEFAULT_MAX_LENGTH})",
+    )
+    parser.add_argument(
+        "--train-on",
+        choices=("assistant", "last", "all", "completion"),
+        default="assistant",
+        help="which turns train, as template.train_on (default assistant)",
+    )
+    parser.add_argument(
+        "--template",
+        default="model",
+        help="chat template: the model's own (default) or a .jinja file, as template.chat_template",
+    )
 
 
 def _add_skip_bad(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="write the good rows even when some rows are bad (they are listed, exit 0)")
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="write the good rows even when some rows are bad (they are listed, exit 0)",
+    )
 
 
 def format_options(args: argparse.Namespace) -> Any:
     from tunesmith.data.formats import FormatOptions
 
-    return FormatOptions(format=args.format, columns=_pairs(args.columns, "--column"),
-                         roles=_pairs(args.roles, "--role"))
+    return FormatOptions(
+        format=args.format, columns=_pairs(args.columns, "--column"), roles=_pairs(args.roles, "--role")
+    )
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, str]:
@@ -125,17 +183,25 @@ def _check(args: argparse.Namespace, log: Callable[[str], None]) -> Any:
         splits.update({file: split for split, files in held_out.items() for file in files})
     measure = None
     if args.model:
-        from tunesmith.cli.common import quiet_libraries
+        from tunesmith.console import quiet_libraries
         from tunesmith.formatting.measure import measure_for
 
         quiet_libraries()
-        measure = measure_for(args.model, train_on=args.train_on, template=args.template, log=log)
-    return check_files([*args.files, *held_out["validation"], *held_out["test"]], options=format_options(args),
-                       measure=measure, max_length=args.max_length, splits=splits)
+        from tunesmith.models.load import load_tokenizer, resolve_model
+
+        tokenizer = load_tokenizer(resolve_model(args.model, log=log))
+        measure = measure_for(tokenizer, train_on=args.train_on, template=args.template)
+    return check_files(
+        [*args.files, *held_out["validation"], *held_out["test"]],
+        options=format_options(args),
+        measure=measure,
+        max_length=args.max_length,
+        splits=splits,
+    )
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from tunesmith.cli.common import make_console
+    from tunesmith.console import make_console
 
     console = make_console()
     report = _check(args, console.print)
@@ -150,16 +216,20 @@ def run_check(args: argparse.Namespace) -> int:
     failed = report.failed(args.fail_on)
     verdict = "[red]the data would stop a run[/]" if failed else "[green]OK to train[/]"
     if not failed and not args.model:
-        verdict += (" as far as checked without --model (not checked: token counts against max_length, the "
-                    "chat template's render of each row, rows that train no token)")
+        verdict += (
+            " as far as checked without --model (not checked: token counts against max_length, the "
+            "chat template's render of each row, rows that train no token)"
+        )
     counts = report.counts_by_severity
-    console.print(f"{_plural(counts['error'], 'error')}, {_plural(counts['warning'], 'warning')}: {verdict}"
-                  + (" (--fail-on warning)" if failed and args.fail_on == "warning" else ""))
+    console.print(
+        f"{_plural(counts['error'], 'error')}, {_plural(counts['warning'], 'warning')}: {verdict}"
+        + (" (--fail-on warning)" if failed and args.fail_on == "warning" else "")
+    )
     return 2 if failed else 0
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from tunesmith.cli.common import make_console
+    from tunesmith.console import make_console
 
     console = _stderr_console() if args.json else make_console()
     report = _check(args, console.print)
@@ -171,7 +241,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from tunesmith.cli.common import make_console
+    from tunesmith.console import make_console
     from tunesmith.data.convert import convert_files
 
     console = make_console()
@@ -180,20 +250,30 @@ def run_convert(args: argparse.Namespace) -> int:
         _say(console, f"{reference}: {fmt} ({reason})")
     print_issues(console, summary.bad)
     if not summary.written:
-        _say(console, f"{_plural(summary.rows - summary.rows_written, 'bad row')}: nothing written "
-                      "(fix them, or pass --skip-bad)")
+        _say(
+            console,
+            f"{_plural(summary.rows - summary.rows_written, 'bad row')}: nothing written "
+            "(fix them, or pass --skip-bad)",
+        )
         return 2
     _say(console, f"Wrote {summary.rows_written} of {summary.rows} rows to {summary.out_path}")
     return 0
 
 
 def run_split(args: argparse.Namespace) -> int:
-    from tunesmith.cli.common import make_console
+    from tunesmith.console import make_console
     from tunesmith.data.split import split_files
 
     console = make_console()
-    summary = split_files(args.files, args.out, validation=args.validation, test=args.test,
-                          options=format_options(args), seed=args.seed, keep_good=args.skip_bad)
+    summary = split_files(
+        args.files,
+        args.out,
+        validation=args.validation,
+        test=args.test,
+        options=format_options(args),
+        seed=args.seed,
+        keep_good=args.skip_bad,
+    )
     print_issues(console, summary.bad)
     if not summary.written:
         bad = summary.rows - sum(summary.counts.values())
@@ -220,14 +300,21 @@ def _stderr_console() -> Any:
 
 # ---- printing: plain text through rich, never markup from the data (field paths hold brackets) ----
 
+
 def print_files(console: Any, report: Any) -> None:
     from rich.table import Table
 
     for f in report.files:
         _say(console, f"{f.reference}: {f.format} ({f.reason})" if f.reason else f"{f.reference}: format unknown")
     table = Table(show_edge=False)
-    for name, justify in (("file", "left"), ("kind", "left"), ("format", "left"), ("rows", "right"),
-                          ("errors", "right"), ("warnings", "right")):
+    for name, justify in (
+        ("file", "left"),
+        ("kind", "left"),
+        ("format", "left"),
+        ("rows", "right"),
+        ("errors", "right"),
+        ("warnings", "right"),
+    ):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for f in report.files:
         table.add_row(f.reference, f.kind, f.format, str(f.rows), str(f.errors), str(f.warnings))
@@ -244,21 +331,38 @@ def print_stats(console: Any, stats: Any, *, model: str | None) -> None:
     _say(console, f"Rows: {stats.rows} read, {stats.valid_rows} valid ({formats})")
     if stats.conversations:
         roles = ", ".join(f"{role} {count}" for role, count in sorted(stats.messages_by_role.items()))
-        _say(console, f"Conversations: {stats.conversations}, {stats.turns_mean:g} messages on average, "
-                      f"at most {stats.turns_max} ({roles})")
+        _say(
+            console,
+            f"Conversations: {stats.conversations}, {stats.turns_mean:g} messages on average, "
+            f"at most {stats.turns_max} ({roles})",
+        )
     tokens = stats.tokens
     if tokens is None:
-        _say(console, "No token statistics: pass --model NAME (e.g. --model smollm2-135m-instruct) to count tokens"
-             if model is None else "No token statistics: no valid rows")
+        _say(
+            console,
+            "No token statistics: pass --model NAME (e.g. --model smollm2-135m-instruct) to count tokens"
+            if model is None
+            else "No token statistics: no valid rows",
+        )
         return
-    _say(console, f"Tokens ({model}): {tokens.total_tokens} in {tokens.rows} rows, {tokens.trainable_tokens} trained "
-                  f"({tokens.trainable_share:.1%}); per row mean {tokens.mean:g}, p50 {tokens.p50}, "
-                  f"p90 {tokens.p90}, p99 {tokens.p99}, max {tokens.max}")
-    _say(console, f"Over max_length {tokens.max_length}: {tokens.rows_over_max_length} rows, "
-                  f"{tokens.tokens_cut} tokens would be cut ({tokens.trainable_tokens_cut} of them trained)")
+    _say(
+        console,
+        f"Tokens ({model}): {tokens.total_tokens} in {tokens.rows} rows, {tokens.trainable_tokens} trained "
+        f"({tokens.trainable_share:.1%}); per row mean {tokens.mean:g}, p50 {tokens.p50}, "
+        f"p90 {tokens.p90}, p99 {tokens.p99}, max {tokens.max}",
+    )
+    _say(
+        console,
+        f"Over max_length {tokens.max_length}: {tokens.rows_over_max_length} rows, "
+        f"{tokens.tokens_cut} tokens would be cut ({tokens.trainable_tokens_cut} of them trained)",
+    )
     if tokens.rows_missing_end_of_turn:
-        _say(console, f"{tokens.rows_missing_end_of_turn} rows have an assistant turn whose end-of-turn token does "
-                      "not train: the model may not learn to stop", style="yellow")
+        _say(
+            console,
+            f"{tokens.rows_missing_end_of_turn} rows have an assistant turn whose end-of-turn token does "
+            "not train: the model may not learn to stop",
+            style="yellow",
+        )
     _print_histogram(console, tokens.histogram)
 
 

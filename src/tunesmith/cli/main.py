@@ -16,12 +16,21 @@ import sys
 from tunesmith import __version__
 from tunesmith.errors import TunesmithError, UserError
 
-VERB_MODULES = ("tunesmith.cli.train", "tunesmith.cli.evaluate", "tunesmith.cli.data", "tunesmith.cli.inspect",
-                "tunesmith.cli.export", "tunesmith.cli.remote", "tunesmith.cli.plan")
+VERB_MODULES = (
+    "tunesmith.cli.train",
+    "tunesmith.cli.evaluate",
+    "tunesmith.cli.data",
+    "tunesmith.cli.inspect",
+    "tunesmith.cli.export",
+    "tunesmith.cli.remote",
+    "tunesmith.cli.plan",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune language models: data file in, model you can run out.")
+    parser = argparse.ArgumentParser(
+        prog="tunesmith", description="Fine-tune language models: data file in, model you can run out."
+    )
     parser.add_argument("--version", action="version", version=f"tunesmith {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for name in VERB_MODULES:

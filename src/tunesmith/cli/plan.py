@@ -15,31 +15,45 @@ GIB = 2**30  # the one memory unit plan and doctor print: GiB (2^30 bytes); see 
 
 def register(verbs: argparse._SubParsersAction) -> None:
     plan = verbs.add_parser(
-        "plan", help="memory and time estimate, recommended settings",
+        "plan",
+        help="memory and time estimate, recommended settings",
         description="Estimate a run's peak memory by part (weights, adapter, gradients, optimizer, activations, "
-                    "logits) from the model's config (built on the meta device: no weights are loaded) and the "
-                    "data's real token counts after templating and packing; recommend settings that fit a target "
-                    "memory, and estimate steps and time per epoch. Memory is in GiB (2^30 bytes) throughout: "
-                    "--vram is GiB, and a --gpu is sized by the memory nvidia-smi reports for it (an H100 80GB: "
-                    "81559 MiB = 79.6 GiB), so --gpu NAME and --vram given that MiB / 1024 are the same target.")
+        "logits) from the model's config (built on the meta device: no weights are loaded) and the "
+        "data's real token counts after templating and packing; recommend settings that fit a target "
+        "memory, and estimate steps and time per epoch. Memory is in GiB (2^30 bytes) throughout: "
+        "--vram is GiB, and a --gpu is sized by the memory nvidia-smi reports for it (an H100 80GB: "
+        "81559 MiB = 79.6 GiB), so --gpu NAME and --vram given that MiB / 1024 are the same target.",
+    )
     plan.add_argument("config", help="YAML config file")
     target = plan.add_mutually_exclusive_group()
-    target.add_argument("--vram", type=float, metavar="GIB",
-                        help="target GPU memory in GiB (2^30 bytes): nvidia-smi's memory.total in MiB / 1024")
-    target.add_argument("--gpu", metavar="NAME",
-                        help="a known GPU (T4, L4, A10G, A100-40GB, A100-80GB, H100-80GB, H200, ...), sized by "
-                             "the memory nvidia-smi reports for it, in GiB")
+    target.add_argument(
+        "--vram",
+        type=float,
+        metavar="GIB",
+        help="target GPU memory in GiB (2^30 bytes): nvidia-smi's memory.total in MiB / 1024",
+    )
+    target.add_argument(
+        "--gpu",
+        metavar="NAME",
+        help="a known GPU (T4, L4, A10G, A100-40GB, A100-80GB, H100-80GB, H200, ...), sized by "
+        "the memory nvidia-smi reports for it, in GiB",
+    )
     plan.add_argument("--all-methods", action="store_true", help="estimate full, LoRA and QLoRA side by side")
-    plan.add_argument("--measure", action="store_true",
-                      help="time a short real warm-up (a few steps; this loads the model) instead of using the "
-                           "hardware's known throughput")
+    plan.add_argument(
+        "--measure",
+        action="store_true",
+        help="time a short real warm-up (a few steps; this loads the model) instead of using the "
+        "hardware's known throughput",
+    )
     plan.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     add_set_option(plan)
     plan.set_defaults(handler="tunesmith.cli.plan:run_plan")
 
     doctor = verbs.add_parser(
-        "doctor", help="torch/CUDA, GPUs, bf16, bitsandbytes, attention kernels, free disk",
-        description="Report what this machine can run and what it means for your config.")
+        "doctor",
+        help="torch/CUDA, GPUs, bf16, bitsandbytes, attention kernels, free disk",
+        description="Report what this machine can run and what it means for your config.",
+    )
     doctor.add_argument("config", nargs="?", help="a config to check against this machine (optional)")
     doctor.add_argument("--json", action="store_true", help="print one JSON object")
     add_set_option(doctor)
@@ -47,8 +61,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from tunesmith.cli.common import make_console, quiet_libraries
     from tunesmith.config import load_config
+    from tunesmith.console import make_console, quiet_libraries
     from tunesmith.plan import gpus
 
     config = load_config(args.config, args.overrides)
@@ -68,6 +82,7 @@ def plan(config, *, vram_gb=None, gpu=None, all_methods=False, measure=False) ->
 
     from tunesmith.models.quant import plannable
     from tunesmith.plan import estimate as est
+    from tunesmith.plan import recommend, shapes, timing
     from tunesmith.plan.gpus import GPU_EFFICIENCY, match_device_name
 
     here_cuda = torch.cuda.is_available()
@@ -87,13 +102,15 @@ def plan(config, *, vram_gb=None, gpu=None, all_methods=False, measure=False) ->
         device_kind, bf16 = "cpu", None
         target = available_memory_bytes()
         target_name = f"this machine's available memory ({target / GIB:.1f} GiB)"
-    hf_config = est.hf_config_for(config)
-    batch = est.micro_batch(config)
+    hf_config = shapes.hf_config_for(config)
+    batch = shapes.micro_batch(config)
     methods = ["full", "lora", "qlora"] if all_methods else [config.method]
     if not plannable(device_kind):
         methods = [m for m in methods if m != "qlora"] or ["lora"]
-    estimates = {m: est.estimate_memory(config, method=m, device_kind=device_kind, batch=batch, hf_config=hf_config,
-                                        bf16=bf16) for m in methods}
+    estimates = {
+        m: est.estimate_memory(config, method=m, device_kind=device_kind, batch=batch, hf_config=hf_config, bf16=bf16)
+        for m in methods
+    }
     own = estimates.get(config.method) or next(iter(estimates.values()))
     step_seconds = None
     if measure:
@@ -103,14 +120,25 @@ def plan(config, *, vram_gb=None, gpu=None, all_methods=False, measure=False) ->
     if device_kind == "cuda":
         rate = (gpu.tflops * 1e12 if gpu else 100e12) * GPU_EFFICIENCY
     else:
-        rate = est.cpu_flops_per_second() * est.CPU_EFFICIENCY
+        rate = timing.cpu_flops_per_second() * est.CPU_EFFICIENCY
     return {
-        "target": {"name": target_name, "device": device_kind, "bytes": int(target),
-                   "gib": round(int(target) / GIB, 2)},
+        "target": {
+            "name": target_name,
+            "device": device_kind,
+            "bytes": int(target),
+            "gib": round(int(target) / GIB, 2),
+        },
         "estimates": {m: e.as_dict() for m, e in estimates.items()},
-        "recommended": est.recommend(config, target_bytes=int(target), device_kind=device_kind, batch=batch,
-                                     hf_config=hf_config, bf16=bf16, methods=tuple(methods) if all_methods else None),
-        "time": est.time_estimate(config, own, hf_config, flops_per_second=rate, step_seconds=step_seconds),
+        "recommended": recommend.recommend(
+            config,
+            target_bytes=int(target),
+            device_kind=device_kind,
+            batch=batch,
+            hf_config=hf_config,
+            bf16=bf16,
+            methods=tuple(methods) if all_methods else None,
+        ),
+        "time": timing.time_estimate(config, own, hf_config, flops_per_second=rate, step_seconds=step_seconds),
     }
 
 
@@ -120,8 +148,10 @@ def _print_plan(result: dict, console) -> None:
     estimates = result["estimates"]
     first = next(iter(estimates.values()))
     batch = first["batch"]
-    console.print(f"Data: {batch['sequences']} sequences of <= {batch['max_length']} tokens; the largest micro-batch "
-                  f"has {batch['tokens']:,} tokens, {batch['trained']:,} of them trained")
+    console.print(
+        f"Data: {batch['sequences']} sequences of <= {batch['max_length']} tokens; the largest micro-batch "
+        f"has {batch['tokens']:,} tokens, {batch['trained']:,} of them trained"
+    )
     table = Table(title=f"Predicted peak memory ({result['target']['device']}), GiB (2^30 bytes)")
     table.add_column("part")
     for method in estimates:
@@ -132,19 +162,25 @@ def _print_plan(result: dict, console) -> None:
     table.add_row("[bold]peak[/]", *[f"[bold]{e['total_bytes'] / GIB:.2f}[/]" for e in estimates.values()])
     table.add_row("trainable params", *[f"{e['trainable']:,}" for e in estimates.values()])
     console.print(table)
-    console.print("peak = weights + adapter + optimizer + the larger of (activations + logits) and (gradients + "
-                  "the optimizer step's temporaries)" + (" + allocator" if "allocator" in parts else ""))
+    console.print(
+        "peak = weights + adapter + optimizer + the larger of (activations + logits) and (gradients + "
+        "the optimizer step's temporaries)" + (" + allocator" if "allocator" in parts else "")
+    )
     for method, e in estimates.items():
         loading = e["settings"].get("load_peak_bytes", 0)
         if loading and loading >= e["total_bytes"]:
-            console.print(f"{method}: the peak is while the quantized base loads ({loading / GIB:.2f} GiB: the "
-                          "checkpoint file's pages plus the quantized weights), above training's")
+            console.print(
+                f"{method}: the peak is while the quantized base loads ({loading / GIB:.2f} GiB: the "
+                "checkpoint file's pages plus the quantized weights), above training's"
+            )
     rec, target = result["recommended"], result["target"]
     if rec["fits"]:
-        console.print(f"Fits {target['name']}: method {rec['method']}, micro-batch "
-                      f"{rec['micro_batch']}, gradient accumulation {rec['gradient_accumulation']}, max_length "
-                      f"{rec['max_length']}, gradient checkpointing {'on' if rec['gradient_checkpointing'] else 'off'} "
-                      f"(peak {rec['peak_bytes'] / GIB:.2f} GiB){'; ' + rec['note'] if rec['note'] else ''}")
+        console.print(
+            f"Fits {target['name']}: method {rec['method']}, micro-batch "
+            f"{rec['micro_batch']}, gradient accumulation {rec['gradient_accumulation']}, max_length "
+            f"{rec['max_length']}, gradient checkpointing {'on' if rec['gradient_checkpointing'] else 'off'} "
+            f"(peak {rec['peak_bytes'] / GIB:.2f} GiB){'; ' + rec['note'] if rec['note'] else ''}"
+        )
     else:
         console.print(f"[red]Nothing fits {target['name']}[/]: {rec['note']}")
     t = result["time"]
@@ -154,8 +190,8 @@ def _print_plan(result: dict, console) -> None:
 
 
 def run_doctor(args: argparse.Namespace) -> int:
-    from tunesmith.cli.common import make_console
     from tunesmith.config import load_config
+    from tunesmith.console import make_console
     from tunesmith.plan.doctor import diagnose
 
     config = load_config(args.config, args.overrides) if args.config else None
@@ -164,14 +200,19 @@ def run_doctor(args: argparse.Namespace) -> int:
         print(json.dumps(facts, indent=2))
         return 0
     console = make_console()
-    console.print(f"torch {facts['torch']} (CUDA {facts['cuda'] or 'none'}), transformers {facts['transformers']}, "
-                  f"peft {facts['peft']}, {facts['cpu_cores']} CPU cores")
+    console.print(
+        f"torch {facts['torch']} (CUDA {facts['cuda'] or 'none'}), transformers {facts['transformers']}, "
+        f"peft {facts['peft']}, {facts['cpu_cores']} CPU cores"
+    )
     for g in facts["gpus"] or [{"name": "no CUDA GPU", "memory_gib": 0, "capability": "-"}]:
-        console.print(f"GPU: {g['name']}" + (f", {g['memory_gib']} GiB, compute {g['capability']}"
-                                             if g["memory_gib"] else ""))
-    console.print(f"bf16: {'yes' if facts['bf16'] else 'no'}, fp16: {'yes' if facts['fp16'] else 'no'}, "
-                  f"bitsandbytes: {facts['bitsandbytes'] or 'no'}, flash-attn: {facts['flash_attn'] or 'no'}, "
-                  f"flex attention: {'yes' if facts['flex_attention'] else 'no'}")
+        console.print(
+            f"GPU: {g['name']}" + (f", {g['memory_gib']} GiB, compute {g['capability']}" if g["memory_gib"] else "")
+        )
+    console.print(
+        f"bf16: {'yes' if facts['bf16'] else 'no'}, fp16: {'yes' if facts['fp16'] else 'no'}, "
+        f"bitsandbytes: {facts['bitsandbytes'] or 'no'}, flash-attn: {facts['flash_attn'] or 'no'}, "
+        f"flex attention: {'yes' if facts['flex_attention'] else 'no'}"
+    )
     console.print(f"cache: {facts['cache_dir']}")
     console.print("free disk: " + ", ".join(f"{k} {v} GiB" for k, v in facts["free_disk_gib"].items()))
     for note in facts["advice"]:

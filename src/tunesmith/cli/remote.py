@@ -10,9 +10,12 @@ from tunesmith.cli.common import add_set_option
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
-    remote = verbs.add_parser("remote", help="train on a GPU host over SSH",
-                              description="Run training on another machine through your own ssh "
-                                          "(~/.ssh/config, agent, keys and ProxyJump apply; unknown host keys are refused).")
+    remote = verbs.add_parser(
+        "remote",
+        help="train on a GPU host over SSH",
+        description="Run training on another machine through your own ssh "
+        "(~/.ssh/config, agent, keys and ProxyJump apply; unknown host keys are refused).",
+    )
     sub = remote.add_subparsers(dest="remote_verb", metavar="ACTION", required=True)
 
     check = sub.add_parser("check", help="is the host ready: python, disk, GPUs, memory for the config")
@@ -21,21 +24,32 @@ def register(verbs: argparse._SubParsersAction) -> None:
     _common(check)
     check.set_defaults(handler="tunesmith.cli.remote:run_check")
 
-    train = sub.add_parser("train", help="upload config and data, start the run detached, follow it",
-                           description="Upload CONFIG and the files it names (unchanged files are not sent again), "
-                                       "prepare a virtualenv on the host (reused later), start `tunesmith train` "
-                                       "detached and follow its log. Ctrl-C stops following, not the run. "
-                                       "With --resume, CONFIG is the run's name on the host.")
+    train = sub.add_parser(
+        "train",
+        help="upload config and data, start the run detached, follow it",
+        description="Upload CONFIG and the files it names (unchanged files are not sent again), "
+        "prepare a virtualenv on the host (reused later), start `tunesmith train` "
+        "detached and follow its log. Ctrl-C stops following, not the run. "
+        "With --resume, CONFIG is the run's name on the host.",
+    )
     train.add_argument("config", help="YAML config file (with --resume: the run name, or the config with its name)")
     add_set_option(train)
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run from its newest complete checkpoint (after a cancel or a reboot)")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run from its newest complete checkpoint (after a cancel or a reboot)",
+    )
     train.add_argument("--no-follow", action="store_true", help="start it and return")
     train.add_argument("--nproc", type=int, metavar="N", help="processes on the host (one per GPU)")
     train.add_argument("--wheel", metavar="PATH", help="install this tunesmith wheel instead of building one")
-    train.add_argument("--forward-env", action="append", default=[], metavar="NAME",
-                       help="also pass this environment variable to the run (through a 0600 file on the host); "
-                            "HF_TOKEN, WANDB_API_KEY, MLFLOW_TRACKING_* and HF_HUB_OFFLINE are passed when set")
+    train.add_argument(
+        "--forward-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also pass this environment variable to the run (through a 0600 file on the host); "
+        "HF_TOKEN, WANDB_API_KEY, MLFLOW_TRACKING_* and HF_HUB_OFFLINE are passed when set",
+    )
     _common(train)
     train.set_defaults(handler="tunesmith.cli.remote:run_train")
 
@@ -47,7 +61,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
     logs = sub.add_parser("logs", help="print a run's log (-f: follow it)")
     logs.add_argument("run", help="run name")
-    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the run ends (Ctrl-C stops watching)")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing until the run ends (Ctrl-C stops watching)"
+    )
     _common(logs)
     logs.set_defaults(handler="tunesmith.cli.remote:run_logs")
 
@@ -67,11 +83,17 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", required=True, metavar="USER@HOST[:PORT]", help="the host, as ssh takes it")
-    parser.add_argument("--ssh-config", metavar="FILE",
-                        help="ssh config file to use instead of ~/.ssh/config (default: $TUNESMITH_SSH_CONFIG)")
-    parser.add_argument("--remote-dir", metavar="DIR", help="tunesmith's folder on the host (default ~/.tunesmith-remote)")
-    parser.add_argument("--remote-python", default="python3", metavar="PYTHON",
-                        help="Python on the host (default python3)")
+    parser.add_argument(
+        "--ssh-config",
+        metavar="FILE",
+        help="ssh config file to use instead of ~/.ssh/config (default: $TUNESMITH_SSH_CONFIG)",
+    )
+    parser.add_argument(
+        "--remote-dir", metavar="DIR", help="tunesmith's folder on the host (default ~/.tunesmith-remote)"
+    )
+    parser.add_argument(
+        "--remote-python", default="python3", metavar="PYTHON", help="Python on the host (default python3)"
+    )
 
 
 def _remote(args: argparse.Namespace):
@@ -112,8 +134,9 @@ def run_train(args: argparse.Namespace) -> int:
             _say("note: --set is ignored with --resume (the run continues with its own config)")
         started = jobs.resume_train(remote, name, wheel=args.wheel, forward=args.forward_env, say=_say)
     else:
-        started = jobs.start_train(remote, args.config, args.overrides, wheel=args.wheel, nproc=args.nproc,
-                                   forward=args.forward_env, say=_say)
+        started = jobs.start_train(
+            remote, args.config, args.overrides, wheel=args.wheel, nproc=args.nproc, forward=args.forward_env, say=_say
+        )
     name = started["name"]
     hint = _hint(args, name)
     _say(f"started {name!r} on {remote.ssh.host} (pid {started['pid']}); it keeps running without this connection.")
@@ -129,8 +152,10 @@ def _follow(remote, name: str, hint: str) -> int:
     try:
         state = jobs.follow(remote, name)
     except KeyboardInterrupt:
-        _say(f"\nstopped following; the run goes on. Again: tunesmith remote logs -f {hint}; "
-             f"stop it: tunesmith remote cancel {hint}")
+        _say(
+            f"\nstopped following; the run goes on. Again: tunesmith remote logs -f {hint}; "
+            f"stop it: tunesmith remote cancel {hint}"
+        )
         return 130
     _say(jobs.describe(state))
     if state["state"] in ("completed", "stopped"):
@@ -191,8 +216,10 @@ def run_cancel(args: argparse.Namespace) -> int:
     if not answer.get("signalled"):
         print(f"not running: {jobs.describe(answer['state'])}")
         return 0
-    print(f"sent SIGTERM to {args.run!r} (pid {answer['pid']}): it finishes the current step, writes a checkpoint "
-          f"and stops. Continue later: tunesmith remote train {_hint(args, args.run)} --resume")
+    print(
+        f"sent SIGTERM to {args.run!r} (pid {answer['pid']}): it finishes the current step, writes a checkpoint "
+        f"and stops. Continue later: tunesmith remote train {_hint(args, args.run)} --resume"
+    )
     if args.wait:
         while (state := remote.call("status", name=args.run))["state"] == "running":
             time.sleep(1)

@@ -92,8 +92,12 @@ def reason_text(field: FieldInfo) -> str:
     default means (`None: ...`, `Default: ...`, `` `auto`: ... ``): a sentinel default needs saying."""
     sentences = _SENTENCE_END.split(" ".join((field.description or "").split()))
     default = None if field.is_required() else field.get_default(call_default_factory=True)
-    says_default = ("Default:", "Default ", *(("None:",) if default is None else ()),
-                    *((f"`{default}`:", f"`{default}` ") if isinstance(default, str) else ()))
+    says_default = (
+        "Default:",
+        "Default ",
+        *(("None:",) if default is None else ()),
+        *((f"`{default}`:", f"`{default}` ") if isinstance(default, str) else ()),
+    )
     return " ".join([sentences[0], *(s for s in sentences[1:] if s.startswith(says_default))])
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from tunesmith.config.checks import check_combinations
 from tunesmith.config.redact import redact_config
 from tunesmith.config.schema import Config
 from tunesmith.errors import UserError
@@ -38,7 +39,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         raise UserError(_describe(err, where, lines, set_by)) from None
     origins = {".".join(map(str, loc)): f"{where}:{line}" for loc, line in lines.items()}
     origins |= {".".join(map(str, loc)): f"--set {item}" for loc, item in set_by.items()}
-    return config.with_origins(origins)
+    config.with_origins(origins)
+    check_combinations(config)
+    return config
 
 
 def config_to_yaml(config: Config, *, redact: bool = True) -> str:

@@ -32,40 +32,52 @@ from typing import Any
 REDACTED = "<redacted>"
 
 # environment variables that hold secrets, by name
-_SECRET_ENV = re.compile(r"(^|_)(TOKEN|TOKENS|API_KEY|APIKEY|KEY|SECRET|SECRET_KEY|PASSWORD|PASSWD|PASS|PWD|AUTH|"
-                         r"ACCESS_KEY|PRIVATE_KEY|CONNECTION_STRING|CREDENTIALS?)($|_)", re.IGNORECASE)
+_SECRET_ENV = re.compile(
+    r"(^|_)(TOKEN|TOKENS|API_KEY|APIKEY|KEY|SECRET|SECRET_KEY|PASSWORD|PASSWD|PASS|PWD|AUTH|"
+    r"ACCESS_KEY|PRIVATE_KEY|CONNECTION_STRING|CREDENTIALS?)($|_)",
+    re.IGNORECASE,
+)
 _NOT_SECRET_ENV = re.compile(r"_(PATH|FILE|DIR|HOME|SOCK|URL_PATH)$|^(OLDPWD|PWD)$", re.IGNORECASE)
 _MIN_SECRET = 6  # shorter values ("1", "true") would redact half the text
 
 # mapping keys whose value is a secret, by name (matched on the last part of a dotted / snake name)
-_SECRET_KEY = re.compile(r"(^|[_.-])(token|api_?key|apikey|key|secret|secret_?key|client_?secret|password|passwd|"
-                         r"pwd|pass|auth|authorization|credentials?|private_?key|access_?key|sas|signature)$",
-                         re.IGNORECASE)
+_SECRET_KEY = re.compile(
+    r"(^|[_.-])(token|api_?key|apikey|key|secret|secret_?key|client_?secret|password|passwd|"
+    r"pwd|pass|auth|authorization|credentials?|private_?key|access_?key|sas|signature)$",
+    re.IGNORECASE,
+)
 
 # scheme://user:password@  (the password runs to the last @ before the path)
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^/?#@:\s\"'<>]*):(?P<secret>[^\s/?#\"'<>]*)@",
-                           re.IGNORECASE)
+_URL_PASSWORD = re.compile(
+    r"(?P<head>\b[a-z][a-z0-9+.-]*://[^/?#@:\s\"'<>]*):(?P<secret>[^\s/?#\"'<>]*)@", re.IGNORECASE
+)
 # ?name=value / &name=value / ;name=value, for secret-looking names
 _QUERY_SECRET = re.compile(r"(?P<head>[?&;](?P<name>[A-Za-z0-9_.\-]*)=)(?P<secret>[^&#\s\"'<>|()\[\]{}\\,]+)")
 _QUERY_NAME = re.compile(r"token|key|secret|passw|pwd|sig|auth|credential|session", re.IGNORECASE)
 
-_TOKEN_SHAPES = [re.compile(p) for p in (
-    r"\bhf_[A-Za-z0-9]{30,}",                                        # Hugging Face
-    r"\bapi_org_[A-Za-z0-9]{30,}",                                   # Hugging Face (org API)
-    r"\bsk-(?=[A-Za-z_-]*\d)[A-Za-z0-9_-]{20,}",                     # OpenAI, Anthropic (sk-proj-, sk-ant-)
-    r"\bgh[pousr]_[A-Za-z0-9]{30,}",                                 # GitHub
-    r"\bgithub_pat_[A-Za-z0-9_]{40,}",                               # GitHub fine-grained
-    r"\bglpat-[A-Za-z0-9_-]{20,}",                                   # GitLab
-    r"\bxox[abposre]-[A-Za-z0-9-]{10,}",                             # Slack
-    r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",                                # AWS access key id
-    r"\bAIza[0-9A-Za-z_-]{35}",                                      # Google API key
-    r"\bdapi[0-9a-f]{32}\b",                                         # Databricks
-    r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",  # JSON web token
-    r"-----BEGIN[A-Z ]*PRIVATE KEY-----[\s\S]*?-----END[A-Z ]*PRIVATE KEY-----",
-)]
+_TOKEN_SHAPES = [
+    re.compile(p)
+    for p in (
+        r"\bhf_[A-Za-z0-9]{30,}",  # Hugging Face
+        r"\bapi_org_[A-Za-z0-9]{30,}",  # Hugging Face (org API)
+        r"\bsk-(?=[A-Za-z_-]*\d)[A-Za-z0-9_-]{20,}",  # OpenAI, Anthropic (sk-proj-, sk-ant-)
+        r"\bgh[pousr]_[A-Za-z0-9]{30,}",  # GitHub
+        r"\bgithub_pat_[A-Za-z0-9_]{40,}",  # GitHub fine-grained
+        r"\bglpat-[A-Za-z0-9_-]{20,}",  # GitLab
+        r"\bxox[abposre]-[A-Za-z0-9-]{10,}",  # Slack
+        r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",  # AWS access key id
+        r"\bAIza[0-9A-Za-z_-]{35}",  # Google API key
+        r"\bdapi[0-9a-f]{32}\b",  # Databricks
+        r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",  # JSON web token
+        r"-----BEGIN[A-Z ]*PRIVATE KEY-----[\s\S]*?-----END[A-Z ]*PRIVATE KEY-----",
+    )
+]
 # the credential of an Authorization header: 16+ token characters, one of them a digit or symbol (not a word)
-_AUTH_HEADER = re.compile(r"\b(?P<head>(?:Bearer|Basic)\s+)"
-                          r"(?P<secret>(?=[A-Za-z]*[0-9._~+/=-])[A-Za-z0-9._~+/\-]{16,}=*)", re.IGNORECASE)
+_AUTH_HEADER = re.compile(
+    r"\b(?P<head>(?:Bearer|Basic)\s+)"
+    r"(?P<secret>(?=[A-Za-z]*[0-9._~+/=-])[A-Za-z0-9._~+/\-]{16,}=*)",
+    re.IGNORECASE,
+)
 
 
 def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -75,8 +87,11 @@ def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
     ['hf_abcdefgh']
     """
     environ = os.environ if environ is None else environ
-    found = {value for name, value in environ.items()
-             if _SECRET_ENV.search(name) and not _NOT_SECRET_ENV.search(name) and len(value.strip()) >= _MIN_SECRET}
+    found = {
+        value
+        for name, value in environ.items()
+        if _SECRET_ENV.search(name) and not _NOT_SECRET_ENV.search(name) and len(value.strip()) >= _MIN_SECRET
+    }
     return sorted(found, key=lambda v: (-len(v), v))
 
 
@@ -110,9 +125,14 @@ def redact_text(text: str, secrets: list[str] | None = None) -> str:
         text = shape.sub(REDACTED, text)
     text = _AUTH_HEADER.sub(lambda m: m.group("head") + REDACTED, text)
     text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:{REDACTED}@" if m.group("secret") else m.group(0), text)
-    return _QUERY_SECRET.sub(lambda m: m.group("head") + REDACTED
-                             if _QUERY_NAME.search(m.group("name")) and m.group("secret") != REDACTED
-                             else m.group(0), text)
+    return _QUERY_SECRET.sub(
+        lambda m: (
+            m.group("head") + REDACTED
+            if _QUERY_NAME.search(m.group("name")) and m.group("secret") != REDACTED
+            else m.group(0)
+        ),
+        text,
+    )
 
 
 def redact_tree(value: Any, secrets: list[str] | None = None, *, key: str | None = None) -> Any:
@@ -128,8 +148,10 @@ def redact_tree(value: Any, secrets: list[str] | None = None, *, key: str | None
             return _redact_leaves(value)
         return REDACTED
     if isinstance(value, dict):  # a secret in a key itself is redacted too
-        return {redact_text(k, secrets) if isinstance(k, str) else k: redact_tree(v, secrets, key=str(k))
-                for k, v in value.items()}
+        return {
+            redact_text(k, secrets) if isinstance(k, str) else k: redact_tree(v, secrets, key=str(k))
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return [redact_tree(v, secrets) for v in value]
     if isinstance(value, str):
@@ -199,5 +221,4 @@ def url_credentials(url: str) -> tuple[str, str | None, str | None]:
     if not match:
         return url, None, None
     user, sep, password = match.group("userinfo").partition(":")
-    return (match.group("scheme") + match.group("rest"), unquote(user) or None,
-            unquote(password) if sep else None)
+    return (match.group("scheme") + match.group("rest"), unquote(user) or None, unquote(password) if sep else None)

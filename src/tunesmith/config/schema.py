@@ -9,7 +9,7 @@ alone. Models are frozen and forbid unknown keys, so a typo is an error, never a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -40,8 +40,26 @@ class ModelConfig(Section):
 
 
 FormatName = Literal["auto", "messages", "sharegpt", "alpaca", "qa", "prompt_completion", "text", "tokens"]
-ColumnKey = Literal["messages", "tools", "id", "conversations", "from", "value", "system", "instruction", "input",
-                    "output", "history", "question", "answer", "prompt", "completion", "text", "input_ids", "labels"]
+ColumnKey = Literal[
+    "messages",
+    "tools",
+    "id",
+    "conversations",
+    "from",
+    "value",
+    "system",
+    "instruction",
+    "input",
+    "output",
+    "history",
+    "question",
+    "answer",
+    "prompt",
+    "completion",
+    "text",
+    "input_ids",
+    "labels",
+]
 """The canonical keys a file's own column names can be mapped to (see data/formats.py)."""
 RoleName = Literal["system", "user", "assistant", "tool", "function_call"]
 
@@ -65,7 +83,7 @@ class DataSource(Section):
     """ShareGPT role names of this file; default `data.roles`."""
 
 
-DataFiles = Union[str, list[Union[str, DataSource]]]
+DataFiles = str | list[str | DataSource]
 
 
 class DataConfig(Section):
@@ -106,7 +124,7 @@ class TemplateConfig(Section):
     max_length: int = Field(1024, gt=8)
     """Longest tokenized conversation; longer rows are cut and counted in the data report."""
 
-    variables: dict[str, Union[bool, int, float, str]] = {}
+    variables: dict[str, bool | int | float | str] = {}
     """Extra variables the chat template reads, e.g. `enable_thinking: false`; every render gets them, at
     training and at inference (they are saved with the adapter)."""
 
@@ -239,9 +257,21 @@ class DistributedConfig(Section):
 
 
 class EvalConfig(Section):
-    metrics: list[Union[Literal["exact", "normalized", "contains", "regex", "json_exact", "json_valid", "json_fields",
-                                "rouge_l", "tool_call", "tool_name"],
-                        Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]]] = ["exact"]
+    metrics: list[
+        Literal[
+            "exact",
+            "normalized",
+            "contains",
+            "regex",
+            "json_exact",
+            "json_valid",
+            "json_fields",
+            "rouge_l",
+            "tool_call",
+            "tool_name",
+        ]
+        | Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+    ] = ["exact"]
     """Generation metrics on the test split: `exact` (same text), `normalized` (same after lowercasing and
     dropping punctuation, articles and extra spaces), `contains` (the reference appears in the answer),
     `regex` (the answer matches `eval.regex`), `json_exact` (same parsed JSON), `json_valid` (a JSON
@@ -265,7 +295,7 @@ class EvalConfig(Section):
     """Evaluate at most this many test rows (the first ones)."""
 
     @model_validator(mode="after")
-    def _regex_is_usable(self) -> "EvalConfig":
+    def _regex_is_usable(self) -> EvalConfig:
         import re
 
         if "regex" in self.metrics and not self.regex:
@@ -318,7 +348,7 @@ class Config(Section):
         """
         return self._origins.get(key, "config")
 
-    def with_origins(self, origins: dict[str, str]) -> "Config":
+    def with_origins(self, origins: dict[str, str]) -> Config:
         self._origins.update(origins)
         return self
 

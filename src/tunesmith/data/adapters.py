@@ -21,7 +21,17 @@ from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.data.chat_messages import messages, tool_call
-from tunesmith.data.types import ROLES, Conversation, Message, Provenance, Role, TextSample, TokenSample, ToolCall
+from tunesmith.data.types import (
+    IGNORE_INDEX,
+    ROLES,
+    Conversation,
+    Message,
+    Provenance,
+    Role,
+    TextSample,
+    TokenSample,
+    ToolCall,
+)
 from tunesmith.data.values import as_dict, as_list, decoded, fail, kind, message_weight, short, text
 
 if TYPE_CHECKING:
@@ -30,13 +40,19 @@ if TYPE_CHECKING:
 FUNCTION_CALL = "function_call"
 """ShareGPT speaker whose `value` is a JSON function call `{"name", "arguments"}` (or a list of them)."""
 SHAREGPT_ROLES: Mapping[str, str] = {
-    "human": "user", "user": "user",
-    "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant", "model": "assistant",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "model": "assistant",
     "system": "system",
-    "observation": "tool", "tool": "tool", "function_response": "tool",
+    "observation": "tool",
+    "tool": "tool",
+    "function_response": "tool",
     "function_call": FUNCTION_CALL,
 }
-IGNORED_LABEL = -100
 
 
 class Fields:
@@ -57,8 +73,11 @@ class Fields:
     def required(self, canonical: str) -> Any:
         if not self.has(canonical):
             renamed = self.key(canonical) != canonical
-            hint = (f"data.columns maps {canonical} to it" if renamed
-                    else f"if your file names it differently, set data.columns: {{{canonical}: YOUR_KEY}}")
+            hint = (
+                f"data.columns maps {canonical} to it"
+                if renamed
+                else f"if your file names it differently, set data.columns: {{{canonical}: YOUR_KEY}}"
+            )
             fail(self.where, "missing_key", self.key(canonical), "missing", hint)
         return self.get(canonical)
 
@@ -81,15 +100,17 @@ class Fields:
         if value is None or value == "":
             return ()
         field = self.key("tools")
-        return tuple(as_dict(item, self.where, f"{field}[{i}]")
-                     for i, item in enumerate(as_list(value, self.where, field)))
+        return tuple(
+            as_dict(item, self.where, f"{field}[{i}]") for i, item in enumerate(as_list(value, self.where, field))
+        )
 
     def system(self) -> list[Message]:
         content = self.optional_text("system")
         return [Message("system", content)] if content else []
 
-    def conversation(self, messages: list[Message] | tuple[Message, ...], prompt_messages: int | None = None
-                     ) -> Conversation:
+    def conversation(
+        self, messages: list[Message] | tuple[Message, ...], prompt_messages: int | None = None
+    ) -> Conversation:
         return Conversation(tuple(messages), self.where, self.id(), self.tools(), prompt_messages)
 
 
@@ -118,8 +139,13 @@ def sharegpt_turn(item: Any, f: Fields, roles: Mapping[str, str], field: str) ->
             fail(f.where, "missing_key", f"{field}.{key}", "missing")
     speaker = item[who]
     if not isinstance(speaker, str) or speaker not in roles:
-        fail(f.where, "unknown_role", f"{field}.{who}", f"unknown speaker {short(speaker)} (known: {', '.join(roles)})",
-             f"map it to one of {', '.join(ROLES)} with data.roles")
+        fail(
+            f.where,
+            "unknown_role",
+            f"{field}.{who}",
+            f"unknown speaker {short(speaker)} (known: {', '.join(roles)})",
+            f"map it to one of {', '.join(ROLES)} with data.roles",
+        )
     role = "assistant" if roles[speaker] == FUNCTION_CALL else roles[speaker]
     turn_weight = message_weight(item, role, f.where, field)
     if roles[speaker] == FUNCTION_CALL:
@@ -159,8 +185,10 @@ def history(f: Fields) -> list[Message]:
     for i, pair in enumerate(as_list(value, f.where, field)):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             fail(f.where, "wrong_type", f"{field}[{i}]", f"expected a [user, assistant] pair, got {kind(pair)}")
-        turns += [Message("user", text(pair[0], f.where, f"{field}[{i}][0]")),
-                  Message("assistant", text(pair[1], f.where, f"{field}[{i}][1]"))]
+        turns += [
+            Message("user", text(pair[0], f.where, f"{field}[{i}][0]")),
+            Message("assistant", text(pair[1], f.where, f"{field}[{i}][1]")),
+        ]
     return turns
 
 
@@ -197,8 +225,11 @@ def is_chat_json(value: str) -> bool:
     (True, False)
     """
     parsed = decoded(value, list)
-    return (isinstance(parsed, list) and bool(parsed)
-            and all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in parsed))
+    return (
+        isinstance(parsed, list)
+        and bool(parsed)
+        and all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in parsed)
+    )
 
 
 def from_text(f: Fields) -> TextSample:
@@ -217,8 +248,13 @@ def from_tokens(f: Fields) -> TokenSample:
         return TokenSample(ids, None, f.where, f.id())
     labels = token_ids(labels_value, f.where, labels_field, allow_ignored=True)
     if len(labels) != len(ids):
-        fail(f.where, "bad_labels", labels_field, f"{len(labels)} labels for {len(ids)} input_ids",
-             "labels must line up with input_ids, one per token")
+        fail(
+            f.where,
+            "bad_labels",
+            labels_field,
+            f"{len(labels)} labels for {len(ids)} input_ids",
+            "labels must line up with input_ids, one per token",
+        )
     return TokenSample(ids, labels, f.where, f.id())
 
 
@@ -227,7 +263,7 @@ def token_ids(value: Any, where: Provenance, field: str, allow_ignored: bool) ->
     for i, token in enumerate(ids):
         if not isinstance(token, Integral) or isinstance(token, bool):
             fail(where, "wrong_type", f"{field}[{i}]", f"expected an integer, got {kind(token)}")
-        if token < 0 and not (allow_ignored and token == IGNORED_LABEL):
+        if token < 0 and not (allow_ignored and token == IGNORE_INDEX):
             allowed = "≥ 0 or -100" if allow_ignored else "≥ 0"
             fail(where, "bad_token_id", f"{field}[{i}]", f"expected an integer {allowed}, got {token}")
     return tuple(int(token) for token in ids)

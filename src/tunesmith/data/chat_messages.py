@@ -20,9 +20,14 @@ from tunesmith.data.values import as_dict, as_list, fail, kind, message_weight, 
 MESSAGE_ROLES: Mapping[str, str] = {**{role: role for role in ROLES}, "developer": "system", "function": "tool"}
 # Content part types of other media (OpenAI, Anthropic-style and LLaMA-Factory names), by medium.
 MEDIA_PARTS: Mapping[str, str] = {
-    "image": "image", "image_url": "image", "input_image": "image",
-    "video": "video", "video_url": "video",
-    "audio": "audio", "audio_url": "audio", "input_audio": "audio",
+    "image": "image",
+    "image_url": "image",
+    "input_image": "image",
+    "video": "video",
+    "video_url": "video",
+    "audio": "audio",
+    "audio_url": "audio",
+    "input_audio": "audio",
 }
 VISION_HINT = "vision models are not supported; remove the images or the rows"
 
@@ -39,14 +44,24 @@ def message(item: Any, where: Provenance, field: str) -> Message:
         fail(where, "missing_key", f"{field}.role", "missing")
     role = item["role"]
     if not isinstance(role, str) or role not in MESSAGE_ROLES:
-        fail(where, "unknown_role", f"{field}.role", f"unknown role {short(role)}",
-             f"expected one of {', '.join(MESSAGE_ROLES)}")
+        fail(
+            where,
+            "unknown_role",
+            f"{field}.role",
+            f"unknown role {short(role)}",
+            f"expected one of {', '.join(MESSAGE_ROLES)}",
+        )
     calls = tool_calls(item, where, field)
     role = MESSAGE_ROLES[role]
-    return Message(role, content(item, where, field, bool(calls)), message_weight(item, role, where, field), calls,
-                   optional_str(item.get("name"), where, f"{field}.name"),
-                   optional_str(item.get("tool_call_id"), where, f"{field}.tool_call_id"),
-                   reasoning(item, where, field))
+    return Message(
+        role,
+        content(item, where, field, bool(calls)),
+        message_weight(item, role, where, field),
+        calls,
+        optional_str(item.get("name"), where, f"{field}.name"),
+        optional_str(item.get("tool_call_id"), where, f"{field}.tool_call_id"),
+        reasoning(item, where, field),
+    )
 
 
 def reasoning(item: dict, where: Provenance, field: str) -> str | None:
@@ -69,8 +84,13 @@ def content(item: dict, where: Provenance, field: str, has_calls: bool) -> str:
             return ""
         if "content" not in item:
             fail(where, "missing_key", f"{field}.content", "missing")
-        fail(where, "wrong_type", f"{field}.content", "expected a string, got null",
-             "only a message with tool_calls may have null content")
+        fail(
+            where,
+            "wrong_type",
+            f"{field}.content",
+            "expected a string, got null",
+            "only a message with tool_calls may have null content",
+        )
     value = item["content"]
     if isinstance(value, str):
         return value
@@ -88,8 +108,13 @@ def text_part(part: Any, where: Provenance, field: str) -> str:
     if isinstance(kind_, str) and kind_ in MEDIA_PARTS:
         fail(where, "vision_row", field, f"{MEDIA_PARTS[kind_]} content is not supported yet", VISION_HINT)
     if kind_ != "text":
-        fail(where, "unsupported_content", field, f"content part of type {short(kind_)} is not supported",
-             "only text parts can be trained")
+        fail(
+            where,
+            "unsupported_content",
+            field,
+            f"content part of type {short(kind_)} is not supported",
+            "only text parts can be trained",
+        )
     key = "value" if "text" not in part and "value" in part else "text"  # LLaMA-Factory v1 says value
     if key not in part:
         fail(where, "missing_key", f"{field}.text", "missing")
@@ -111,15 +136,21 @@ def tool_call(value: Any, where: Provenance, field: str) -> ToolCall:
     """`{"id"?, "type": "function", "function": {"name", "arguments"}}`, or the flat `{"name", "arguments"}`."""
     call = as_dict(value, where, field)
     if call.get("type", "function") != "function":
-        fail(where, "unsupported_content", f"{field}.type", f"tool call of type {short(call['type'])} is not supported",
-             "only function calls")
+        fail(
+            where,
+            "unsupported_content",
+            f"{field}.type",
+            f"tool call of type {short(call['type'])} is not supported",
+            "only function calls",
+        )
     function, path = (call, field) if "function" not in call else (call["function"], f"{field}.function")
     function = as_dict(function, where, path)
     if "name" not in function:
         fail(where, "missing_key", f"{path}.name", "missing")
     name = text(function["name"], where, f"{path}.name")
-    return ToolCall(name, arguments(function, where, f"{path}.arguments"),
-                    optional_str(call.get("id"), where, f"{field}.id"))
+    return ToolCall(
+        name, arguments(function, where, f"{path}.arguments"), optional_str(call.get("id"), where, f"{field}.id")
+    )
 
 
 def arguments(function: dict, where: Provenance, field: str) -> str | dict:

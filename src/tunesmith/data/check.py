@@ -76,8 +76,9 @@ class FileStream:
 
     def empty_file_issue(self) -> Issue:
         label = str(self.source.path) if self.source.path is not None else self.reference  # as its rows name it
-        return Issue("empty_file", "error", Provenance(label, 0), "", "the file has no rows",
-                     "line 0 means the file as a whole")
+        return Issue(
+            "empty_file", "error", Provenance(label, 0), "", "the file has no rows", "line 0 means the file as a whole"
+        )
 
 
 @dataclass(frozen=True)
@@ -118,9 +119,13 @@ class Report:
         return counts["error"] > 0 or (fail_on == "warning" and counts["warning"] > 0)
 
     def to_json(self) -> dict[str, Any]:
-        return {"files": [asdict(f) for f in self.files], "counts": self.counts_by_severity,
-                "counts_by_code": self.counts_by_code, "issues": [issue.as_dict() for issue in self.issues],
-                "stats": self.stats.to_json()}
+        return {
+            "files": [asdict(f) for f in self.files],
+            "counts": self.counts_by_severity,
+            "counts_by_code": self.counts_by_code,
+            "issues": [issue.as_dict() for issue in self.issues],
+            "stats": self.stats.to_json(),
+        }
 
 
 @dataclass
@@ -131,9 +136,15 @@ class _Seen:
     near: dict[bytes, Provenance] = field(default_factory=dict)
 
 
-def check_files(references: list[str], *, options: FormatOptions, measure: Measure | None = None,
-                max_length: int | None = None, splits: dict[str, str] | None = None,
-                workers: int | None = None) -> Report:
+def check_files(
+    references: list[str],
+    *,
+    options: FormatOptions,
+    measure: Measure | None = None,
+    max_length: int | None = None,
+    splits: dict[str, str] | None = None,
+    workers: int | None = None,
+) -> Report:
     """Check every row of every file; issues come back in the order the files were given.
 
     `splits` maps a reference to its split name; rows of any other split that also appear in a
@@ -152,15 +163,27 @@ def check_files(references: list[str], *, options: FormatOptions, measure: Measu
             stream = FileStream(reference, options)
             issues = _check_stream(stream, seen, split, stats, measurer)
             counts = Counter(issue.severity for issue in issues)
-            results[index] = (FileReport(reference, stream.source.kind, stream.format or "unknown", stream.reason,
-                                         stream.rows, stream.source.fingerprint(), split, counts["error"],
-                                         counts["warning"]), issues)
+            results[index] = (
+                FileReport(
+                    reference,
+                    stream.source.kind,
+                    stream.format or "unknown",
+                    stream.reason,
+                    stream.rows,
+                    stream.source.fingerprint(),
+                    split,
+                    counts["error"],
+                    counts["warning"],
+                ),
+                issues,
+            )
     ordered = [results[i] for i in range(len(references))]
     return Report([f for f, _ in ordered], [issue for _, issues in ordered for issue in issues], stats.result())
 
 
-def _check_stream(stream: FileStream, seen: dict[str, _Seen], split: str | None, stats: StatsAccumulator,
-                  measurer: Measurer) -> list[Issue]:
+def _check_stream(
+    stream: FileStream, seen: dict[str, _Seen], split: str | None, stats: StatsAccumulator, measurer: Measurer
+) -> list[Issue]:
     """A file's rows in chunks. Each chunk's samples are sent to be encoded, and while that runs the
     next chunk is read and classified; then the chunk's rows get token, duplicate and overlap
     checks, in file order."""
@@ -179,8 +202,15 @@ def _check_stream(stream: FileStream, seen: dict[str, _Seen], split: str | None,
     return issues
 
 
-def _finish_chunk(chunk: list[tuple[Sample | None, list[Issue]]], results: Callable[[], list], fmt: str | None,
-                  own: _Seen, train: _Seen | None, measurer: Measurer, stats: StatsAccumulator) -> list[Issue]:
+def _finish_chunk(
+    chunk: list[tuple[Sample | None, list[Issue]]],
+    results: Callable[[], list],
+    fmt: str | None,
+    own: _Seen,
+    train: _Seen | None,
+    measurer: Measurer,
+    stats: StatsAccumulator,
+) -> list[Issue]:
     issues: list[Issue] = []
     measured = iter(results())
     for sample, row_issues in chunk:
@@ -210,14 +240,38 @@ def _repeats(sample: Sample, own: _Seen, train: _Seen | None) -> list[Issue]:
     exact, near = _short(content_key(sample)), _short(near_key(sample))
     issues = []
     if train is not None and (first := train.exact.get(exact) or train.near.get(near)) is not None:
-        issues.append(Issue("split_overlap", "warning", sample.source, "", f"also in the training data at {first}",
-                            "a held-out row seen in training makes its scores look better than they are"))
+        issues.append(
+            Issue(
+                "split_overlap",
+                "warning",
+                sample.source,
+                "",
+                f"also in the training data at {first}",
+                "a held-out row seen in training makes its scores look better than they are",
+            )
+        )
     if (first := own.exact.get(exact)) is not None:
-        issues.append(Issue("duplicate", "warning", sample.source, "", f"duplicate of {first}",
-                            "repeated rows weigh more in training; remove it if that is not intended"))
+        issues.append(
+            Issue(
+                "duplicate",
+                "warning",
+                sample.source,
+                "",
+                f"duplicate of {first}",
+                "repeated rows weigh more in training; remove it if that is not intended",
+            )
+        )
     elif (first := own.near.get(near)) is not None:
-        issues.append(Issue("near_duplicate", "warning", sample.source, "",
-                            f"same as {first} except for case, spacing or punctuation", "remove one of them"))
+        issues.append(
+            Issue(
+                "near_duplicate",
+                "warning",
+                sample.source,
+                "",
+                f"same as {first} except for case, spacing or punctuation",
+                "remove one of them",
+            )
+        )
     own.exact.setdefault(exact, sample.source)
     own.near.setdefault(near, sample.source)
     return issues
@@ -228,29 +282,61 @@ def _short(key: str) -> bytes:
     return bytes.fromhex(key[:32])
 
 
-def _token_issues(sample: Sample, measured: Measured | str, max_length: int | None,
-                  stats: StatsAccumulator) -> list[Issue]:
+def _token_issues(
+    sample: Sample, measured: Measured | str, max_length: int | None, stats: StatsAccumulator
+) -> list[Issue]:
     """Rows the template refuses, rows that train nothing, rows max_length cuts, double BOS."""
     if isinstance(measured, str) and measured.startswith("too long: "):  # the row, not the template
         reason, _, hint = measured.removeprefix("too long: ").partition("; ")
         return [Issue("too_long", "error", sample.source, "", reason, hint)]
     if isinstance(measured, str):  # the chat template refused this conversation (e.g. roles out of order)
-        return [Issue("render_failed", "error", sample.source, "", measured,
-                      "the model's chat template cannot render this row")]
+        return [
+            Issue(
+                "render_failed",
+                "error",
+                sample.source,
+                "",
+                measured,
+                "the model's chat template cannot render this row",
+            )
+        ]
     stats.add_measured(measured)
     if measured.trainable == 0:
-        return [Issue("no_trainable_tokens", "error", sample.source, "", "no token of this row trains",
-                      "check train_on and that the template renders the assistant text")]
+        return [
+            Issue(
+                "no_trainable_tokens",
+                "error",
+                sample.source,
+                "",
+                "no token of this row trains",
+                "check train_on and that the template renders the assistant text",
+            )
+        ]
     issues = []
     if measured.double_bos:
-        issues.append(Issue("double_bos", "warning", sample.source, "", "the tokens start with two BOS tokens",
-                            "the template writes BOS itself; remove the BOS text from the data"))
+        issues.append(
+            Issue(
+                "double_bos",
+                "warning",
+                sample.source,
+                "",
+                "the tokens start with two BOS tokens",
+                "the template writes BOS itself; remove the BOS text from the data",
+            )
+        )
     if max_length is None or not measured.tokens_cut:
         return issues
-    message = (f"{measured.longest} tokens, max_length {max_length}: {measured.tokens_cut} tokens "
-               "would be cut")
+    message = f"{measured.longest} tokens, max_length {max_length}: {measured.tokens_cut} tokens would be cut"
     if measured.trainable_cut >= measured.trainable:
-        return [*issues, Issue("nothing_trains_after_cut", "error", sample.source, "",
-                               f"too long: {message}, and with them every trained token (the prompt fills max_length)",
-                               "raise max_length or shorten the prompt; data.on_bad_row: skip leaves such rows out")]
+        return [
+            *issues,
+            Issue(
+                "nothing_trains_after_cut",
+                "error",
+                sample.source,
+                "",
+                f"too long: {message}, and with them every trained token (the prompt fills max_length)",
+                "raise max_length or shorten the prompt; data.on_bad_row: skip leaves such rows out",
+            ),
+        ]
     return [*issues, Issue("too_long", "warning", sample.source, "", message, "raise max_length or shorten the row")]

@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterator
 from typing import IO, Any
 
 from tunesmith.data.check import FileStream, has_error
@@ -143,8 +143,9 @@ def good_samples(references: list[str], options: FormatOptions, summary: Any) ->
         summary.files.append((reference, stream.format or "unknown", stream.reason))
 
 
-def convert_files(references: list[str], out_path: str | Path, options: FormatOptions, *,
-                  keep_good: bool = False) -> ConvertSummary:
+def convert_files(
+    references: list[str], out_path: str | Path, options: FormatOptions, *, keep_good: bool = False
+) -> ConvertSummary:
     """Convert every file to one normalized JSONL file, atomically.
 
     With bad rows the output is written only under `keep_good=True` (then without those rows).

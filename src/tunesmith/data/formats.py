@@ -15,15 +15,31 @@ from types import MappingProxyType
 
 from tunesmith.data.adapters import ADAPTERS, FUNCTION_CALL, Fields
 from tunesmith.data.chat_messages import VISION_HINT
-from tunesmith.data.values import decoded, fail
 from tunesmith.data.sources import iter_rows
 from tunesmith.data.types import ROLES, Conversation, Provenance, RowError, Sample
+from tunesmith.data.values import decoded, fail
 from tunesmith.errors import UserError
 
 FORMATS: tuple[str, ...] = ("messages", "sharegpt", "alpaca", "qa", "prompt_completion", "text", "tokens")
 CANONICAL_KEYS: tuple[str, ...] = (
-    "messages", "tools", "id", "conversations", "from", "value", "system", "instruction", "input", "output",
-    "history", "question", "answer", "prompt", "completion", "text", "input_ids", "labels",
+    "messages",
+    "tools",
+    "id",
+    "conversations",
+    "from",
+    "value",
+    "system",
+    "instruction",
+    "input",
+    "output",
+    "history",
+    "question",
+    "answer",
+    "prompt",
+    "completion",
+    "text",
+    "input_ids",
+    "labels",
 )
 # First match wins, so a row with both `messages` and `text` is chat.
 _DETECTION: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -36,8 +52,9 @@ _DETECTION: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("text", ("text",)),
 )
 _SHOWN_KEYS = 20
-MEDIA_KEYS: Mapping[str, str] = MappingProxyType({"images": "image", "image": "image", "videos": "video",
-                                                 "audios": "audio"})
+MEDIA_KEYS: Mapping[str, str] = MappingProxyType(
+    {"images": "image", "image": "image", "videos": "video", "audios": "audio"}
+)
 """Row keys of LLaMA-Factory's (and others') multimodal rows; the text holds `<image>` placeholders."""
 _KTO_LABELS = {"true", "false"}  # CSV cells
 
@@ -82,17 +99,27 @@ def detect_format(row: dict, where: Provenance, options: FormatOptions) -> tuple
     f = Fields(row, where, options)
     if "chosen" in row and "rejected" in row:
         # Checked first: training on such a row's other keys would silently drop the preference.
-        fail(where, "unknown_format", "", f"row fits no known format (its keys: {_keys(row)})",
-             "chosen/rejected is preference data (DPO), which supervised fine-tuning does not support; "
-             "keep only the chosen answer, e.g. as messages")
+        fail(
+            where,
+            "unknown_format",
+            "",
+            f"row fits no known format (its keys: {_keys(row)})",
+            "chosen/rejected is preference data (DPO), which supervised fine-tuning does not support; "
+            "keep only the chosen answer, e.g. as messages",
+        )
     for fmt, keys in _DETECTION:
         if all(f.has(key) for key in keys):
             names = [f.key(key) for key in keys]
             return fmt, f"key {names[0]}" if len(names) == 1 else f"keys {' and '.join(names)}"
     if isinstance(row.get("content"), str):
         return "text", "key content (a string)"
-    fail(where, "unknown_format", "", f"row fits no known format (its keys: {_keys(row)})",
-         f"set data.format (one of {', '.join(FORMATS)}) and data.columns")
+    fail(
+        where,
+        "unknown_format",
+        "",
+        f"row fits no known format (its keys: {_keys(row)})",
+        f"set data.format (one of {', '.join(FORMATS)}) and data.columns",
+    )
 
 
 def to_sample(row: dict, where: Provenance, fmt: str, options: FormatOptions) -> Sample:
@@ -114,9 +141,14 @@ def refuse_unsupported(row: dict, where: Provenance, options: FormatOptions) -> 
     if isinstance(label, str):
         label = label.strip().lower() if label.strip().lower() in _KTO_LABELS else None
     if isinstance(label, (bool, str)) and Fields(row, where, options).has("completion"):
-        fail(where, "kto_row", "label", "this is a KTO row (an answer marked good or bad); supervised training "
-             "would train every answer as if it were good",
-             "use a preference objective (method kto, coming) or drop the rows with label false and the label column")
+        fail(
+            where,
+            "kto_row",
+            "label",
+            "this is a KTO row (an answer marked good or bad); supervised training "
+            "would train every answer as if it were good",
+            "use a preference objective (method kto, coming) or drop the rows with label false and the label column",
+        )
     for key, medium in MEDIA_KEYS.items():
         value = decoded(row.get(key), list)  # a CSV cell "[]" is no images
         if value is not None and not (isinstance(value, (str, list, tuple, dict)) and not value):
@@ -142,8 +174,10 @@ def load_conversations(reference: str, data_format: str = "auto") -> list[Conver
         except RowError as err:
             raise UserError(str(err.issue)) from None
         if not isinstance(sample, Conversation):
-            raise UserError(f"{raw.where}: rows in the {fmt} format are not conversations "
-                            "(expected chat data: messages, sharegpt, alpaca, qa or prompt_completion)")
+            raise UserError(
+                f"{raw.where}: rows in the {fmt} format are not conversations "
+                "(expected chat data: messages, sharegpt, alpaca, qa or prompt_completion)"
+            )
         _check_trainable(sample)
         conversations.append(sample)
     if not conversations:

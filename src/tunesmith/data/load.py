@@ -60,8 +60,10 @@ def load_split(specs: list[SourceSpec], *, split: str, policy: str, seed: int) -
         loaded.samples += chosen
     if errors and policy == "fail":
         rows = len(loaded.quarantined)
-        raise UserError(f"{errors[0]} ({rows} bad {split} row{'s' if rows > 1 else ''}; see them all with "
-                        f"`tunesmith data check`, or set data.on_bad_row: skip)")
+        raise UserError(
+            f"{errors[0]} ({rows} bad {split} row{'s' if rows > 1 else ''}; see them all with "
+            f"`tunesmith data check`, or set data.on_bad_row: skip)"
+        )
     if not loaded.samples:
         raise UserError(f"{specs[0].reference}: no usable {split} rows")
     return loaded
@@ -80,8 +82,17 @@ def _read_file(spec: SourceSpec, loaded: LoadedSplit) -> tuple[list[Sample], lis
         samples.append(sample)
     if stream.rows == 0:
         raise UserError(f"{spec.reference}: the file has no rows")
-    loaded.files.append(FileSummary(spec.reference, stream.source.kind, stream.format or "unknown", stream.reason,
-                                    stream.rows, 0, stream.source.fingerprint()))
+    loaded.files.append(
+        FileSummary(
+            spec.reference,
+            stream.source.kind,
+            stream.format or "unknown",
+            stream.reason,
+            stream.rows,
+            0,
+            stream.source.fingerprint(),
+        )
+    )
     return samples, bad
 
 

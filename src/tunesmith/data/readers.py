@@ -11,7 +11,6 @@ number); use `iter_rows` from there rather than these directly.
 from __future__ import annotations
 
 import codecs
-import csv
 import json
 import re
 from collections.abc import Iterator
@@ -19,9 +18,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from tunesmith.data.types import Issue, Provenance, RawRow
-from tunesmith.errors import UserError
 
-_UTF8_HINT = "save the file as UTF-8"
+UTF8_HINT = "save the file as UTF-8"
 _JSON_SHAPE_HINT = 'use [{...}, ...], {"rows": [{...}, ...]} or columns {"a": [...], "b": [...]} of equal length'
 # Bytes that are not UTF-8 decode under "surrogateescape" to these lone surrogates; valid UTF-8
 # never produces them, so finding one in decoded text means the file had a bad byte there.
@@ -29,14 +27,20 @@ _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
-def _error_row(where: Provenance, code: str, message: str, hint: str = "") -> RawRow:
+def error_row(where: Provenance, code: str, message: str, hint: str = "") -> RawRow:
     """A row that could not be read: no data, one error issue saying why."""
     return RawRow(where, None, Issue(code, "error", where, "", message, hint))
 
 
 def _bom_warning(where: Provenance) -> Issue:
-    return Issue("bom", "warning", where, "", "the file starts with a UTF-8 byte-order mark; it was ignored",
-                 "save the file as UTF-8 without BOM")
+    return Issue(
+        "bom",
+        "warning",
+        where,
+        "",
+        "the file starts with a UTF-8 byte-order mark; it was ignored",
+        "save the file as UTF-8 without BOM",
+    )
 
 
 def _json_type(value: Any) -> str:
@@ -57,8 +61,12 @@ def _reason(err: json.JSONDecodeError) -> str:
 def _object_row(where: Provenance, value: Any, warning: Issue | None = None) -> RawRow:
     if isinstance(value, dict):
         return RawRow(where, value, warning)
-    return _error_row(where, "not_an_object", f"expected a JSON object, got {_json_type(value)}",
-                     "each row must be an object with named fields, like {\"text\": ...}")
+    return error_row(
+        where,
+        "not_an_object",
+        f"expected a JSON object, got {_json_type(value)}",
+        'each row must be an object with named fields, like {"text": ...}',
+    )
 
 
 # --- JSONL ---------------------------------------------------------------------------------------
@@ -82,13 +90,21 @@ def _jsonl_row(raw: bytes, where: Provenance, offset: int, has_bom: bool) -> Raw
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        return _error_row(where, "invalid_utf8", f"invalid UTF-8 at byte offset {offset + err.start} "
-                         f"(column {err.start + 1} of the line)", _UTF8_HINT)
+        return error_row(
+            where,
+            "invalid_utf8",
+            f"invalid UTF-8 at byte offset {offset + err.start} (column {err.start + 1} of the line)",
+            UTF8_HINT,
+        )
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        return _error_row(where, "invalid_json", f"invalid JSON: {_reason(err)} (column {err.colno})",
-                         "each line must be one complete JSON object")
+        return error_row(
+            where,
+            "invalid_json",
+            f"invalid JSON: {_reason(err)} (column {err.colno})",
+            "each line must be one complete JSON object",
+        )
     return _object_row(where, value, _bom_warning(where) if has_bom else None)
 
 
@@ -174,12 +190,17 @@ class _JsonCursor:
         line = self.line + self.buf.count("\n", self.pos, pos)
         newline = self.buf.rfind("\n", 0, pos)
         column = pos - newline if newline >= 0 else self._column_before + pos + 1
-        return _StopReading("invalid_json", line, f"invalid JSON: {message} (column {column}); "
-                            "the rest of the file was not read", "fix the JSON here; a missing comma or quote?")
+        return _StopReading(
+            "invalid_json",
+            line,
+            f"invalid JSON: {message} (column {column}); the rest of the file was not read",
+            "fix the JSON here; a missing comma or quote?",
+        )
 
     def shape_error(self, message: str) -> _StopReading:
-        return _StopReading("unsupported_json_shape", self.line, f"{message}; the rest of the file was not read",
-                            _JSON_SHAPE_HINT)
+        return _StopReading(
+            "unsupported_json_shape", self.line, f"{message}; the rest of the file was not read", _JSON_SHAPE_HINT
+        )
 
     def _fill(self) -> None:
         """Drop what was consumed and read on; reads grow with the buffer so a huge element costs O(n)."""
@@ -209,12 +230,12 @@ def json_rows(path: Path) -> Iterator[RawRow]:
             for line, value, bad_offset in _top_level_rows(cursor):
                 where = Provenance(label, line)
                 if bad_offset is not None:
-                    yield _error_row(where, "invalid_utf8", f"invalid UTF-8 at byte offset {bad_offset}", _UTF8_HINT)
+                    yield error_row(where, "invalid_utf8", f"invalid UTF-8 at byte offset {bad_offset}", UTF8_HINT)
                 else:
                     yield _object_row(where, value, _bom_warning(where) if has_bom else None)
                 has_bom = False
         except _StopReading as stop:
-            yield _error_row(Provenance(label, stop.line), stop.code, stop.message, stop.hint)
+            yield error_row(Provenance(label, stop.line), stop.code, stop.message, stop.hint)
 
 
 def _top_level_rows(cursor: _JsonCursor) -> Iterator[tuple[int, Any, int | None]]:
@@ -271,8 +292,9 @@ def _object_key(cursor: _JsonCursor) -> str:
     return key
 
 
-def _columnar_rows(cursor: _JsonCursor, first_key: str, first: list[tuple[int, Any, int | None]]
-                   ) -> Iterator[tuple[int, Any, int | None]]:
+def _columnar_rows(
+    cursor: _JsonCursor, first_key: str, first: list[tuple[int, Any, int | None]]
+) -> Iterator[tuple[int, Any, int | None]]:
     """Rows {key: column[i]} of {"a": [...], "b": [...]} once every column is read.
 
     Columns are held whole (a row is only complete once the last column is read), so memory here
@@ -284,12 +306,21 @@ def _columnar_rows(cursor: _JsonCursor, first_key: str, first: list[tuple[int, A
         key = _object_key(cursor)
         line, column, bad_offset = cursor.value()
         if bad_offset is not None:
-            raise _StopReading("invalid_utf8", line, f"invalid UTF-8 at byte offset {bad_offset} in column {key!r}; "
-                               "the rest of the file was not read", _UTF8_HINT)
+            raise _StopReading(
+                "invalid_utf8",
+                line,
+                f"invalid UTF-8 at byte offset {bad_offset} in column {key!r}; the rest of the file was not read",
+                UTF8_HINT,
+            )
         if not isinstance(column, list) or len(column) != len(first):
             found = str(len(column)) if isinstance(column, list) else f"a {_json_type(column)}"
-            raise _StopReading("unsupported_json_shape", line, f"read as columns, {first_key!r} has {len(first)} "
-                               f"values but {key!r} has {found}; the rest of the file was not read", _JSON_SHAPE_HINT)
+            raise _StopReading(
+                "unsupported_json_shape",
+                line,
+                f"read as columns, {first_key!r} has {len(first)} "
+                f"values but {key!r} has {found}; the rest of the file was not read",
+                _JSON_SHAPE_HINT,
+            )
         columns[key] = column
     cursor.take("}")
     for index, (line, _, bad_offset) in enumerate(first):
@@ -297,81 +328,3 @@ def _columnar_rows(cursor: _JsonCursor, first_key: str, first: list[tuple[int, A
 
 
 # --- CSV / TSV -----------------------------------------------------------------------------------
-
-
-class _LineFeed:
-    """Physical lines of a byte stream as text for `csv.reader`, noting the first bad byte of a record.
-
-    Decoding line by line (not the whole file) keeps one bad byte from failing every later row.
-    """
-
-    def __init__(self, handle: BinaryIO):
-        self._handle = handle
-        self._offset = 0
-        self.bad_offset: int | None = None
-
-    def __iter__(self) -> _LineFeed:
-        return self
-
-    def __next__(self) -> str:
-        raw = next(self._handle)
-        start, self._offset = self._offset, self._offset + len(raw)
-        if start == 0 and raw.startswith(codecs.BOM_UTF8):
-            # Excel writes a BOM before CSV and every CSV reader accepts it: drop it silently.
-            raw, start = raw[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            if self.bad_offset is None:
-                self.bad_offset = start + err.start
-            return raw.decode("utf-8", "surrogateescape")
-
-
-def csv_rows(path: Path, delimiter: str = ",") -> Iterator[RawRow]:
-    """Rows of a CSV (or, with a tab delimiter, TSV) file as {column: text}, empty cells as "".
-
-    The first record is the header; a row's line is where its record starts (quoted cells may span
-    lines). Cells stay text: format adapters parse JSON where they expect a structured value.
-    """
-    # csv caps a field at 128 KiB process-wide; long documents in one cell are normal for training
-    # data, so lift the cap (to the largest value a C long holds on every platform).
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
-    label = str(path)
-    with path.open("rb") as handle:
-        feed = _LineFeed(handle)
-        records = csv.reader(feed, delimiter=delimiter)
-        header = _csv_header(records, feed, path)
-        while True:
-            start, feed.bad_offset = records.line_num + 1, None
-            try:
-                fields = next(records)
-            except StopIteration:
-                return
-            except csv.Error as err:
-                yield _error_row(Provenance(label, start), "bad_csv_row", f"unreadable CSV record: {err}")
-                continue
-            if fields:  # [] is a blank line
-                yield _csv_row(header, fields, Provenance(label, start), feed.bad_offset)
-
-
-def _csv_header(records: Iterator[list[str]], feed: _LineFeed, path: Path) -> list[str]:
-    """The column names; a header that cannot be read makes the whole file unusable."""
-    try:
-        header = next((fields for fields in records if fields), [])
-    except csv.Error as err:
-        raise UserError(f"{path}: cannot read the CSV header: {err}") from None
-    if feed.bad_offset is not None:
-        raise UserError(f"{path}: the header is not valid UTF-8 (byte offset {feed.bad_offset}); {_UTF8_HINT}")
-    duplicates = sorted({name for name in header if header.count(name) > 1})
-    if duplicates:
-        raise UserError(f"{path}: the header names a column more than once: {', '.join(duplicates)}")
-    return header
-
-
-def _csv_row(header: list[str], fields: list[str], where: Provenance, bad_offset: int | None) -> RawRow:
-    if bad_offset is not None:
-        return _error_row(where, "invalid_utf8", f"invalid UTF-8 at byte offset {bad_offset}", _UTF8_HINT)
-    if len(fields) > len(header):
-        return _error_row(where, "bad_csv_row", f"the record has {len(fields)} fields but the header has {len(header)}",
-                         "quote cells that contain the delimiter")
-    return RawRow(where, dict(zip(header, fields)))

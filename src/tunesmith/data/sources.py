@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from tunesmith.data import readers
+from tunesmith.data import csv_reader, readers
 from tunesmith.data.types import Provenance, RawRow
 from tunesmith.errors import UserError
 
@@ -33,11 +33,18 @@ HUB_DEFAULT_SPLIT = "train"  # what hub datasets almost always name their traini
 SourceKind = Literal["jsonl", "json", "csv", "tsv", "parquet", "hf_disk", "hf_hub"]
 FileKind = Literal["jsonl", "json", "csv", "tsv", "parquet"]
 _KIND_BY_SUFFIX: dict[str, FileKind] = {
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
 }
 _TEXT_READERS: dict[str, Callable[[Path], Iterator[RawRow]]] = {
-    "jsonl": readers.jsonl_rows, "json": readers.json_rows, "csv": readers.csv_rows,
-    "tsv": partial(readers.csv_rows, delimiter="\t"),
+    "jsonl": readers.jsonl_rows,
+    "json": readers.json_rows,
+    "csv": csv_reader.csv_rows,
+    "tsv": partial(csv_reader.csv_rows, delimiter="\t"),
 }
 _SUPPORTED = ".jsonl, .json, .csv, .tsv, .parquet, a datasets folder, hf:NAME"
 _DATASET_MARKERS = ("dataset_info.json", "state.json")  # what `Dataset.save_to_disk` writes
@@ -143,8 +150,9 @@ def parse_hub_reference(reference: str) -> tuple[str, str]:
     """
     name, has_split, split = reference[len(HUB_PREFIX) :].partition(":")
     if not name or (has_split and not split) or ":" in split:
-        raise UserError(f"{reference}: expected {HUB_PREFIX}NAME or {HUB_PREFIX}NAME:SPLIT "
-                        "(e.g. hf:tatsu-lab/alpaca:train)")
+        raise UserError(
+            f"{reference}: expected {HUB_PREFIX}NAME or {HUB_PREFIX}NAME:SPLIT (e.g. hf:tatsu-lab/alpaca:train)"
+        )
     return name, split or HUB_DEFAULT_SPLIT
 
 
@@ -172,8 +180,10 @@ def _datasets_split_folder(reference: str, folder: Path) -> Path:
     if any((folder / marker).is_file() for marker in _DATASET_MARKERS):
         return folder
     if not (folder / _DATASET_DICT_MARKER).is_file():
-        raise UserError(f"{reference}: a folder, but not one saved by datasets (no dataset_info.json, state.json "
-                        f"or dataset_dict.json); point at a data file (supported: {_SUPPORTED})")
+        raise UserError(
+            f"{reference}: a folder, but not one saved by datasets (no dataset_info.json, state.json "
+            f"or dataset_dict.json); point at a data file (supported: {_SUPPORTED})"
+        )
     try:
         splits = [str(split) for split in json.loads((folder / _DATASET_DICT_MARKER).read_text("utf-8"))["splits"]]
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -181,8 +191,10 @@ def _datasets_split_folder(reference: str, folder: Path) -> Path:
     if len(splits) == 1:
         return folder / splits[0]
     example = HUB_DEFAULT_SPLIT if HUB_DEFAULT_SPLIT in splits else (splits or ["SPLIT"])[0]
-    raise UserError(f"{reference}: a saved DatasetDict with splits {', '.join(splits) or '(none)'}; "
-                    f"point at one split's folder, e.g. {folder / example}")
+    raise UserError(
+        f"{reference}: a saved DatasetDict with splits {', '.join(splits) or '(none)'}; "
+        f"point at one split's folder, e.g. {folder / example}"
+    )
 
 
 def _parquet_rows(path: Path) -> Iterator[RawRow]:

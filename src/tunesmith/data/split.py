@@ -61,8 +61,16 @@ class SplitSummary:
     """(reference, detected format, why) per input file."""
 
 
-def split_files(references: list[str], out_dir: str | Path, *, validation: float, test: float,
-                options: FormatOptions, seed: str = "", keep_good: bool = False) -> SplitSummary:
+def split_files(
+    references: list[str],
+    out_dir: str | Path,
+    *,
+    validation: float,
+    test: float,
+    options: FormatOptions,
+    seed: str = "",
+    keep_good: bool = False,
+) -> SplitSummary:
     """Write `train.jsonl` and, when their fraction is above 0, `validation.jsonl` and `test.jsonl`
     (normalized JSONL, as `convert` writes) to `out_dir`, all or nothing."""
     _check_fractions(validation, test)

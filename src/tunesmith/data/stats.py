@@ -18,10 +18,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-from tunesmith.data.types import Conversation, Sample
+from tunesmith.data.types import IGNORE_INDEX, Conversation, Sample
 from tunesmith.errors import UserError
 
-IGNORE_INDEX = -100
 HISTOGRAM_BINS = 10
 CHUNK_ROWS = 1024  # rows encoded per round trip to the workers: big enough to amortize, small for memory
 MAX_WORKERS = 8
@@ -104,14 +103,26 @@ class Measured(NamedTuple):
             e = examples[0]
             n = len(e.input_ids)
             cut = n - max_length if max_length is not None and n > max_length else 0
-            return cls(n, e.n_trainable, e.eot_trained, trainable_beyond(e.labels, max_length) if cut else 0, n, cut,
-                       e.double_bos)
+            return cls(
+                n,
+                e.n_trainable,
+                e.eot_trained,
+                trainable_beyond(e.labels, max_length) if cut else 0,
+                n,
+                cut,
+                e.double_bos,
+            )
         lengths = [len(e.input_ids) for e in examples]
         limit = max_length if max_length is not None else max(lengths, default=0)
-        return cls(sum(lengths), sum(e.n_trainable for e in examples), all(e.eot_trained for e in examples),
-                   sum(trainable_beyond(e.labels, limit) for e, n in zip(examples, lengths) if n > limit),
-                   max(lengths, default=0), sum(max(0, n - limit) for n in lengths),
-                   any(e.double_bos for e in examples))
+        return cls(
+            sum(lengths),
+            sum(e.n_trainable for e in examples),
+            all(e.eot_trained for e in examples),
+            sum(trainable_beyond(e.labels, limit) for e, n in zip(examples, lengths) if n > limit),
+            max(lengths, default=0),
+            sum(max(0, n - limit) for n in lengths),
+            any(e.double_bos for e in examples),
+        )
 
 
 @dataclass
@@ -159,21 +170,37 @@ class StatsAccumulator:
             self.trainable_cut += measured.trainable_cut
 
     def result(self) -> Stats:
-        return Stats(self.rows, self.valid_rows, dict(self.by_format), self.conversations,
-                     round(self.turns / self.conversations, 3) if self.conversations else 0.0, self.turns_max,
-                     dict(self.by_role), self._token_stats())
+        return Stats(
+            self.rows,
+            self.valid_rows,
+            dict(self.by_format),
+            self.conversations,
+            round(self.turns / self.conversations, 3) if self.conversations else 0.0,
+            self.turns_max,
+            dict(self.by_role),
+            self._token_stats(),
+        )
 
     def _token_stats(self) -> TokenStats | None:
         if not self.lengths:
             return None
         ordered = sorted(self.lengths)
         return TokenStats(
-            rows=len(ordered), total_tokens=self.total_tokens, trainable_tokens=self.trainable_tokens,
-            mean=round(self.total_tokens / len(ordered), 3), p50=percentile(ordered, 50),
-            p90=percentile(ordered, 90), p99=percentile(ordered, 99), max=ordered[-1],
-            histogram=histogram(ordered, self.max_length), max_length=self.max_length,
-            rows_over_max_length=self.over, tokens_cut=self.cut, trainable_tokens_cut=self.trainable_cut,
-            rows_missing_end_of_turn=self.missing_end_of_turn)
+            rows=len(ordered),
+            total_tokens=self.total_tokens,
+            trainable_tokens=self.trainable_tokens,
+            mean=round(self.total_tokens / len(ordered), 3),
+            p50=percentile(ordered, 50),
+            p90=percentile(ordered, 90),
+            p99=percentile(ordered, 99),
+            max=ordered[-1],
+            histogram=histogram(ordered, self.max_length),
+            max_length=self.max_length,
+            rows_over_max_length=self.over,
+            tokens_cut=self.cut,
+            trainable_tokens_cut=self.trainable_cut,
+            rows_missing_end_of_turn=self.missing_end_of_turn,
+        )
 
 
 def trainable_beyond(labels: list[int], position: int) -> int:
@@ -210,8 +237,11 @@ def histogram(ordered: list[int], max_length: int | None, bins: int = HISTOGRAM_
             over += 1
         else:
             counts[min(bins - 1, max(0, length - 1) // width)] += 1
-    out = [{"low": i * width + 1, "high": min(limit, (i + 1) * width), "rows": n} for i, n in enumerate(counts)
-           if i * width + 1 <= limit]
+    out = [
+        {"low": i * width + 1, "high": min(limit, (i + 1) * width), "rows": n}
+        for i, n in enumerate(counts)
+        if i * width + 1 <= limit
+    ]
     if max_length is not None:
         out.append({"low": max_length + 1, "high": None, "rows": over})
     return out
@@ -268,8 +298,12 @@ class Measurer:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
-                                            initializer=_start_worker, initargs=(self.measure, self.max_length))
+            self.pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_start_worker,
+                initargs=(self.measure, self.max_length),
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 Severity = Literal["error", "warning"]
+
+IGNORE_INDEX = -100
+"""The label of a position that is not trained (what PyTorch's cross-entropy and transformers skip)."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ class TokenSample:
     id: str = ""
 
 
-Sample = Union[Conversation, TextSample, TokenSample]
+Sample = Conversation | TextSample | TokenSample
 
 
 @dataclass(frozen=True)
@@ -177,8 +180,15 @@ class Issue:
         return f"{place}{self.message}{hint}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "severity": self.severity, "file": self.where.file, "line": self.where.line,
-                "field": self.field, "message": self.message, "hint": self.hint}
+        return {
+            "code": self.code,
+            "severity": self.severity,
+            "file": self.where.file,
+            "line": self.where.line,
+            "field": self.field,
+            "message": self.message,
+            "hint": self.hint,
+        }
 
 
 class RowError(Exception):

@@ -14,10 +14,7 @@ import re
 import unicodedata
 from typing import Any
 
-from tunesmith.data.types import Conversation, Issue, Message, Sample, TextSample, TokenSample
-
-IGNORE_INDEX = -100
-
+from tunesmith.data.types import IGNORE_INDEX, Conversation, Issue, Message, Sample, TextSample, TokenSample
 
 # JSON may spell half a UTF-16 pair ("\\ud800"); Python keeps it, but no tokenizer can encode it.
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -34,8 +31,16 @@ def check_sample(sample: Sample) -> list[Issue]:
         if _SURROGATE.search(sample.text):
             return [_surrogate_issue(sample, "text")]
         if len(sample.text) > MAX_ROW_CHARS:
-            return [_issue(sample, "too_long", "error", "text", f"the text is {len(sample.text):,} characters, far "
-                           "more than any max_length holds", "split it into documents of a few thousand characters")]
+            return [
+                _issue(
+                    sample,
+                    "too_long",
+                    "error",
+                    "text",
+                    f"the text is {len(sample.text):,} characters, far more than any max_length holds",
+                    "split it into documents of a few thousand characters",
+                )
+            ]
         if not sample.text.strip():
             return [_issue(sample, "empty_text", "error", "text", "the text is empty", "remove the row")]
         return []
@@ -47,16 +52,26 @@ def _issue(sample: Sample, code: str, severity: str, field: str, message: str, h
 
 
 def _surrogate_issue(sample: Sample, field: str) -> Issue:
-    return _issue(sample, "lone_surrogate", "error", field, "the text holds half of a UTF-16 surrogate pair "
-                  "(a \\ud800-\\udfff escape on its own), which no tokenizer can encode",
-                  "the file was probably cut or converted badly; fix or remove the character")
+    return _issue(
+        sample,
+        "lone_surrogate",
+        "error",
+        field,
+        "the text holds half of a UTF-16 surrogate pair "
+        "(a \\ud800-\\udfff escape on its own), which no tokenizer can encode",
+        "the file was probably cut or converted badly; fix or remove the character",
+    )
 
 
 def _check_surrogates(conv: Conversation) -> list[Issue]:
     """Lone surrogates in anything a template may render: content, names, tool calls."""
     for index, m in enumerate(conv.messages):
-        for key, value in (("content", m.content), ("reasoning", m.reasoning or ""), ("name", m.name or ""),
-                           ("tool_call_id", m.tool_call_id or "")):
+        for key, value in (
+            ("content", m.content),
+            ("reasoning", m.reasoning or ""),
+            ("name", m.name or ""),
+            ("tool_call_id", m.tool_call_id or ""),
+        ):
             if not value.isascii() and _SURROGATE.search(value):  # isascii is O(1): most text skips the search
                 return [_surrogate_issue(conv, f"messages[{index}].{key}")]
         for number, call in enumerate(m.tool_calls):
@@ -77,8 +92,16 @@ def _check_conversation(conv: Conversation) -> list[Issue]:
         return [_issue(conv, "empty_conversation", "error", "messages", "the conversation has no messages")]
     size = sum(len(m.content) + len(m.reasoning or "") for m in conv.messages)
     if size > MAX_ROW_CHARS:
-        return [_issue(conv, "too_long", "error", "messages", f"the row is {size:,} characters, far more than any "
-                       "max_length holds", "shorten or split it, or set data.on_bad_row: skip to leave such rows out")]
+        return [
+            _issue(
+                conv,
+                "too_long",
+                "error",
+                "messages",
+                f"the row is {size:,} characters, far more than any max_length holds",
+                "shorten or split it, or set data.on_bad_row: skip to leave such rows out",
+            )
+        ]
     issues: list[Issue] = []
     for index, message in enumerate(conv.messages):
         issues += _check_message(conv, index, message)
@@ -93,27 +116,65 @@ def _check_message(conv: Conversation, index: int, message: Message) -> list[Iss
     issues = []
     field = f"messages[{index}]"
     if _IMAGE_PLACEHOLDER in message.content:
-        issues.append(_issue(conv, "vision_row", "error", f"{field}.content",
-                             f"an {_IMAGE_PLACEHOLDER} placeholder: image content is not supported yet",
-                             "vision models are not supported; remove the images or the rows"))
+        issues.append(
+            _issue(
+                conv,
+                "vision_row",
+                "error",
+                f"{field}.content",
+                f"an {_IMAGE_PLACEHOLDER} placeholder: image content is not supported yet",
+                "vision models are not supported; remove the images or the rows",
+            )
+        )
     if message.role == "assistant" and "{{" in message.content and (found := _PLACEHOLDER.search(message.content)):
-        issues.append(_issue(conv, "template_placeholder", "warning", f"{field}.content",
-                             f"unreplaced placeholder {found.group()} in the answer",
-                             "the model would learn to write it; fill it in or remove the row"))
+        issues.append(
+            _issue(
+                conv,
+                "template_placeholder",
+                "warning",
+                f"{field}.content",
+                f"unreplaced placeholder {found.group()} in the answer",
+                "the model would learn to write it; fill it in or remove the row",
+            )
+        )
     if message.reasoning is not None and message.role != "assistant":
-        issues.append(_issue(conv, "reasoning_not_assistant", "error", f"{field}.reasoning",
-                             f"reasoning on a {message.role} message", "only assistant messages have reasoning"))
+        issues.append(
+            _issue(
+                conv,
+                "reasoning_not_assistant",
+                "error",
+                f"{field}.reasoning",
+                f"reasoning on a {message.role} message",
+                "only assistant messages have reasoning",
+            )
+        )
     if not message.content.strip() and not message.tool_calls:
         if message.role == "assistant":
-            issues.append(_issue(conv, "empty_content", "error", f"{field}.content",
-                                 "assistant message is empty", "the model would learn to answer with nothing"))
+            issues.append(
+                _issue(
+                    conv,
+                    "empty_content",
+                    "error",
+                    f"{field}.content",
+                    "assistant message is empty",
+                    "the model would learn to answer with nothing",
+                )
+            )
         else:
-            issues.append(_issue(conv, "empty_content", "warning", f"{field}.content",
-                                 f"{message.role} message is empty"))
+            issues.append(
+                _issue(conv, "empty_content", "warning", f"{field}.content", f"{message.role} message is empty")
+            )
     if message.weight is not None and message.role != "assistant":
-        issues.append(_issue(conv, "weight_not_assistant", "error", f"{field}.weight",
-                             f"a weight on a {message.role} message has no effect",
-                             "only assistant messages take a weight (0 or 1)"))
+        issues.append(
+            _issue(
+                conv,
+                "weight_not_assistant",
+                "error",
+                f"{field}.weight",
+                f"a weight on a {message.role} message has no effect",
+                "only assistant messages take a weight (0 or 1)",
+            )
+        )
     return issues
 
 
@@ -125,8 +186,16 @@ def _check_order(conv: Conversation) -> list[Issue]:
     for index, message in enumerate(conv.messages):
         field = f"messages[{index}]"
         if message.role == "system" and index > 0:
-            issues.append(_issue(conv, "system_not_first", "error", f"{field}.role",
-                                 "system message is not the first message", "move it to the start"))
+            issues.append(
+                _issue(
+                    conv,
+                    "system_not_first",
+                    "error",
+                    f"{field}.role",
+                    "system message is not the first message",
+                    "move it to the start",
+                )
+            )
         if message.role == "tool":
             issues += _check_tool_message(conv, field, message, caller)
         elif message.role == "assistant" and message.tool_calls:
@@ -135,35 +204,71 @@ def _check_order(conv: Conversation) -> list[Issue]:
             caller = None
         # Parallel tool results are several tool messages in a row, and that is how they should look.
         if previous is not None and previous.role == message.role and message.role != "tool":
-            issues.append(_issue(conv, "consecutive_roles", "warning", f"{field}.role",
-                                 f"two {message.role} messages in a row (messages {index - 1} and {index})",
-                                 "merge them; some chat templates refuse this"))
+            issues.append(
+                _issue(
+                    conv,
+                    "consecutive_roles",
+                    "warning",
+                    f"{field}.role",
+                    f"two {message.role} messages in a row (messages {index - 1} and {index})",
+                    "merge them; some chat templates refuse this",
+                )
+            )
         previous = message
     return issues
 
 
 def _check_tool_message(conv: Conversation, field: str, message: Message, caller: Message | None) -> list[Issue]:
     if caller is None:
-        return [_issue(conv, "orphan_tool_message", "error", f"{field}.role",
-                       "tool message does not follow an assistant message with tool_calls",
-                       "a tool result must answer a call the assistant made")]
+        return [
+            _issue(
+                conv,
+                "orphan_tool_message",
+                "error",
+                f"{field}.role",
+                "tool message does not follow an assistant message with tool_calls",
+                "a tool result must answer a call the assistant made",
+            )
+        ]
     ids = {call.id for call in caller.tool_calls if call.id is not None}
     if message.tool_call_id is not None and ids and message.tool_call_id not in ids:
-        return [_issue(conv, "unknown_tool_call_id", "error", f"{field}.tool_call_id",
-                       f"tool_call_id {message.tool_call_id!r} answers no call of the assistant message before it",
-                       f"known ids: {', '.join(sorted(ids))}")]
+        return [
+            _issue(
+                conv,
+                "unknown_tool_call_id",
+                "error",
+                f"{field}.tool_call_id",
+                f"tool_call_id {message.tool_call_id!r} answers no call of the assistant message before it",
+                f"known ids: {', '.join(sorted(ids))}",
+            )
+        ]
     return []
 
 
 def _check_trains_something(conv: Conversation) -> list[Issue]:
     assistants = [m for m in conv.messages if m.role == "assistant"]
     if not assistants:
-        return [_issue(conv, "no_assistant", "error", "messages", "no assistant message, so nothing would train",
-                       "every conversation needs at least one assistant reply")]
+        return [
+            _issue(
+                conv,
+                "no_assistant",
+                "error",
+                "messages",
+                "no assistant message, so nothing would train",
+                "every conversation needs at least one assistant reply",
+            )
+        ]
     if all(m.weight == 0 for m in assistants):
-        return [_issue(conv, "all_weights_zero", "error", "messages",
-                       "every assistant message has weight 0, so nothing would train",
-                       "set weight 1 (or remove the weight) on the turns to learn")]
+        return [
+            _issue(
+                conv,
+                "all_weights_zero",
+                "error",
+                "messages",
+                "every assistant message has weight 0, so nothing would train",
+                "set weight 1 (or remove the weight) on the turns to learn",
+            )
+        ]
     return []
 
 
@@ -173,17 +278,32 @@ def _check_tokens(sample: TokenSample) -> list[Issue]:
     if sample.labels is None:
         return []
     if len(sample.labels) != len(sample.input_ids):
-        return [_issue(sample, "bad_labels", "error", "labels",
-                       f"{len(sample.labels)} labels for {len(sample.input_ids)} input_ids",
-                       "labels must be as long as input_ids")]
+        return [
+            _issue(
+                sample,
+                "bad_labels",
+                "error",
+                "labels",
+                f"{len(sample.labels)} labels for {len(sample.input_ids)} input_ids",
+                "labels must be as long as input_ids",
+            )
+        ]
     if all(label == IGNORE_INDEX for label in sample.labels[1:]):
-        return [_issue(sample, "no_trainable_tokens", "error", "labels",
-                       f"every label is {IGNORE_INDEX}, so nothing would train",
-                       "the first position never trains; mark the tokens to learn with their ids")]
+        return [
+            _issue(
+                sample,
+                "no_trainable_tokens",
+                "error",
+                "labels",
+                f"every label is {IGNORE_INDEX}, so nothing would train",
+                "the first position never trains; mark the tokens to learn with their ids",
+            )
+        ]
     return []
 
 
 # ---- content keys: the same content gives the same key, wherever and however often it appears ----
+
 
 def canonical_content(sample: Sample) -> dict[str, Any]:
     """What a sample says, without where it came from or its id: the basis of `content_key`.
@@ -248,10 +368,17 @@ def near_key(sample: Sample) -> str:
     """
     if isinstance(sample, Conversation):
         # Normalized text holds no control characters, so \x1e and \x1f separate unambiguously.
-        form = "\x1e".join("\x1f".join([m.role, normalize_text(m.content),
-                                         *(f"{c.name}\x1d{normalize_text(c.arguments_text)}" for c in m.tool_calls),
-                                         *([] if m.reasoning is None else [f"\x1c{normalize_text(m.reasoning)}"])])
-                           for m in sample.messages)
+        form = "\x1e".join(
+            "\x1f".join(
+                [
+                    m.role,
+                    normalize_text(m.content),
+                    *(f"{c.name}\x1d{normalize_text(c.arguments_text)}" for c in m.tool_calls),
+                    *([] if m.reasoning is None else [f"\x1c{normalize_text(m.reasoning)}"]),
+                ]
+            )
+            for m in sample.messages
+        )
     elif isinstance(sample, TextSample):
         form = normalize_text(sample.text)
     else:

@@ -77,8 +77,13 @@ def weight(value: Any, where: Provenance, field: str) -> float | None:
         return _WEIGHT_TEXT[value.strip()]
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value in (0, 1):
         return float(value)
-    fail(where, "bad_weight", field, f"expected 0 or 1, got {short(value)}",
-         "weight 1 trains this assistant turn, 0 leaves it out of the loss")
+    fail(
+        where,
+        "bad_weight",
+        field,
+        f"expected 0 or 1, got {short(value)}",
+        "weight 1 trains this assistant turn, 0 leaves it out of the loss",
+    )
 
 
 def message_weight(item: dict, role: str, where: Provenance, field: str) -> float | None:
@@ -90,8 +95,13 @@ def message_weight(item: dict, role: str, where: Provenance, field: str) -> floa
     given = weight(item.get("weight"), where, f"{field}.weight")
     loss = weight(item.get("loss_weight"), where, f"{field}.loss_weight")
     if given is not None and loss is not None and given != loss:
-        fail(where, "conflicting_weight", f"{field}.loss_weight",
-             f"loss_weight {loss:g} disagrees with weight {given:g}", "give one of them")
+        fail(
+            where,
+            "conflicting_weight",
+            f"{field}.loss_weight",
+            f"loss_weight {loss:g} disagrees with weight {given:g}",
+            "give one of them",
+        )
     if loss == 0 and given is None and role != "assistant":
         return None
     return given if given is not None else loss

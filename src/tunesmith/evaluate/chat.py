@@ -29,8 +29,14 @@ def answer_once(run_dir: str | Path, request: str, *, system: str | None = None,
     return generate(run.model, run.tokenizer, [prompt], max_new_tokens=max_new_tokens, stop_ids=stops)[0].strip()
 
 
-def chat(run_dir: str | Path, *, console: Any, system: str | None = None, max_new_tokens: int = 512,
-         stdin: TextIO | None = None) -> list[dict]:
+def chat(
+    run_dir: str | Path,
+    *,
+    console: Any,
+    system: str | None = None,
+    max_new_tokens: int = 512,
+    stdin: TextIO | None = None,
+) -> list[dict]:
     """Read user turns line by line (until EOF or /exit), stream each answer, keep the history
     (returned at the end: the messages of the last conversation)."""
     from transformers import TextStreamer
@@ -65,7 +71,13 @@ def _stream_reply(run: LoadedRun, history: list[dict], stops: list[int], max_new
     batch = run.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(run.model.device)
     streamer = streamer_cls(run.tokenizer, skip_prompt=True, skip_special_tokens=True)
     with torch.inference_mode():
-        out = run.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
-                                 pad_token_id=run.tokenizer.pad_token_id, streamer=streamer)
+        out = run.model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=stops,
+            pad_token_id=run.tokenizer.pad_token_id,
+            streamer=streamer,
+        )
     new_tokens = out[0, batch["input_ids"].shape[1] :]
     return run.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()

@@ -14,10 +14,21 @@ from tunesmith.formatting.encode import Example, generation_prompt
 from tunesmith.formatting.template import ChatTemplate
 
 
-def evaluate_model(model: Any, tokenizer: Any, template: ChatTemplate, conversations: list[Conversation], *,
-                   metrics: list[str], stop_ids: list[int], compare_base: bool, max_new_tokens: int | None,
-                   batch_size: int, console: Any, regex: str | None = None,
-                   loss_examples: list[Example] | None = None) -> dict:
+def evaluate_model(
+    model: Any,
+    tokenizer: Any,
+    template: ChatTemplate,
+    conversations: list[Conversation],
+    *,
+    metrics: list[str],
+    stop_ids: list[int],
+    compare_base: bool,
+    max_new_tokens: int | None,
+    batch_size: int,
+    console: Any,
+    regex: str | None = None,
+    loss_examples: list[Example] | None = None,
+) -> dict:
     """Generate for every conversation's last assistant turn with the tuned model (and the base);
     with `loss_examples` (the split encoded as in training), also the loss and perplexity of each."""
     scorers = resolve_metrics(metrics, regex=regex)  # a bad user metric fails before any generation
@@ -28,14 +39,16 @@ def evaluate_model(model: Any, tokenizer: Any, template: ChatTemplate, conversat
     outputs: dict[str, list[str]] = {}
     losses: dict[str, dict] = {}
     with console.status(f"Generating {len(prompts)} answers with the tuned model"):
-        outputs["tuned"] = generate(model, tokenizer, prompts, max_new_tokens=limit, stop_ids=stop_ids,
-                                    batch_size=batch_size)
+        outputs["tuned"] = generate(
+            model, tokenizer, prompts, max_new_tokens=limit, stop_ids=stop_ids, batch_size=batch_size
+        )
         if loss_examples:
             losses["tuned"] = split_loss(model, loss_examples)
     if compare_base and hasattr(model, "disable_adapter"):
         with console.status(f"Generating {len(prompts)} answers with the base model"), model.disable_adapter():
-            outputs["base"] = generate(model, tokenizer, prompts, max_new_tokens=limit, stop_ids=stop_ids,
-                                       batch_size=batch_size)
+            outputs["base"] = generate(
+                model, tokenizer, prompts, max_new_tokens=limit, stop_ids=stop_ids, batch_size=batch_size
+            )
             if loss_examples:
                 losses["base"] = split_loss(model, loss_examples)
     return _summarize(conversations, prompts, references, outputs, metrics, scorers, losses)
@@ -47,8 +60,15 @@ def _default_cap(tokenizer: Any, references: list[str]) -> int:
     return longest + 16
 
 
-def _summarize(conversations, prompts, references, outputs: dict[str, list[str]], metrics: list[str],
-               scorers: dict, losses: dict[str, dict]) -> dict:
+def _summarize(
+    conversations,
+    prompts,
+    references,
+    outputs: dict[str, list[str]],
+    metrics: list[str],
+    scorers: dict,
+    losses: dict[str, dict],
+) -> dict:
     samples = []
     totals = {model: dict.fromkeys(metrics, 0.0) for model in outputs}
     for i, conversation in enumerate(conversations):
@@ -63,15 +83,17 @@ def _summarize(conversations, prompts, references, outputs: dict[str, list[str]]
                 totals[model][name] += value
         samples.append(sample)
     n = len(conversations)
-    summary: dict[str, dict] = {model: {name: round(v / n, 4) for name, v in values.items()}
-                                for model, values in totals.items()}
+    summary: dict[str, dict] = {
+        model: {name: round(v / n, 4) for name, v in values.items()} for model, values in totals.items()
+    }
     for model, loss in losses.items():
         summary[model].update(loss=loss["loss"], perplexity=loss["perplexity"], loss_tokens=loss["tokens"])
     results: dict[str, Any] = {"n": n, "metrics": metrics, **summary}
     if "base" in summary:
         names = [*metrics, *(["loss", "perplexity"] if losses else [])]
-        results["difference"] = {name: _difference(summary["tuned"].get(name), summary["base"].get(name))
-                                 for name in names}
+        results["difference"] = {
+            name: _difference(summary["tuned"].get(name), summary["base"].get(name)) for name in names
+        }
     return results | {"samples": samples}
 
 

@@ -12,8 +12,9 @@ def stop_token_ids(tokenizer: Any, markers: list[str]) -> list[int]:
     return list(dict.fromkeys(ids or [tokenizer.eos_token_id]))
 
 
-def generate(model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int, stop_ids: list[int],
-             batch_size: int = 16) -> list[str]:
+def generate(
+    model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int, stop_ids: list[int], batch_size: int = 16
+) -> list[str]:
     """Complete each rendered prompt greedily; returns the new text without special tokens.
 
     Prompts are padded on the left (generation continues from the right edge) through the tokenizer
@@ -23,11 +24,21 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: 
     outputs: list[str] = []
     model.eval()
     for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
-                          padding_side="left", add_special_tokens=False).to(model.device)
+        batch = tokenizer(
+            prompts[start : start + batch_size],
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,
+        ).to(model.device)
         with torch.inference_mode():
-            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                       eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
+            generated = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stop_ids,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         new_tokens = generated[:, batch["input_ids"].shape[1] :]
         outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     return outputs
@@ -78,8 +89,9 @@ def prompt_messages(conversation: Any, system: str | None = None, template: Any 
     return messages
 
 
-def generate_file(target: str, in_path: str, out_path: str, *, max_new_tokens: int = 256, batch_size: int = 16,
-                  console: Any = None) -> int:
+def generate_file(
+    target: str, in_path: str, out_path: str, *, max_new_tokens: int = 256, batch_size: int = 16, console: Any = None
+) -> int:
     """Answer every row of `in_path` greedily with `target` (run folder, model folder or built-in
     name), writing one JSON line per row to `out_path` (through a temporary file and a rename):
     {"id", "line", "answer"}. Returns the number of rows."""
@@ -95,16 +107,21 @@ def generate_file(target: str, in_path: str, out_path: str, *, max_new_tokens: i
     prompts = []
     for conversation in conversations:
         tools = None if "tools" in run.template.drop else [dict(tool) for tool in conversation.tools] or None
-        prompts.append(run.template.render(prompt_messages(conversation, system, run.template),
-                                           add_generation_prompt=True, tools=tools))
+        prompts.append(
+            run.template.render(
+                prompt_messages(conversation, system, run.template), add_generation_prompt=True, tools=tools
+            )
+        )
     stops = stop_token_ids(run.tokenizer, run.meta["end_of_turn"])
     if console is not None:
         with console.status(f"Generating {len(prompts)} answers"):
-            answers = generate(run.model, run.tokenizer, prompts, max_new_tokens=max_new_tokens, stop_ids=stops,
-                               batch_size=batch_size)
+            answers = generate(
+                run.model, run.tokenizer, prompts, max_new_tokens=max_new_tokens, stop_ids=stops, batch_size=batch_size
+            )
     else:
-        answers = generate(run.model, run.tokenizer, prompts, max_new_tokens=max_new_tokens, stop_ids=stops,
-                           batch_size=batch_size)
+        answers = generate(
+            run.model, run.tokenizer, prompts, max_new_tokens=max_new_tokens, stop_ids=stops, batch_size=batch_size
+        )
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -14,19 +14,28 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tunesmith.data.types import Sample
+from tunesmith.data.types import IGNORE_INDEX, Sample
 from tunesmith.formatting.collate import collate_packed
-from tunesmith.formatting.encode import IGNORE_INDEX, Example
+from tunesmith.formatting.encode import Example
 from tunesmith.formatting.prepare import encode_split
 
 DEFAULT_TOKENS_PER_BATCH = 4096
 
 
-def encode_for_loss(samples: list[Sample], template: Any, tokenizer: Any, *, train_on: str, max_length: int,
-                    markers: tuple[str, ...] | list[str], split: str = "test") -> list[Example]:
+def encode_for_loss(
+    samples: list[Sample],
+    template: Any,
+    tokenizer: Any,
+    *,
+    train_on: str,
+    max_length: int,
+    markers: tuple[str, ...] | list[str],
+    split: str = "test",
+) -> list[Example]:
     """The split's Examples, exactly as training would build them."""
-    examples, _ = encode_split(samples, template, tokenizer, train_on=train_on, max_length=max_length,
-                               markers=tuple(markers), split=split)
+    examples, _ = encode_split(
+        samples, template, tokenizer, train_on=train_on, max_length=max_length, markers=tuple(markers), split=split
+    )
     return examples
 
 
@@ -67,11 +76,14 @@ def split_loss(model: Any, examples: list[Example], *, tokens_per_batch: int = D
             keep = torch.cat([trained, torch.zeros_like(trained[:, :1])], dim=1)  # last position predicts nothing
             with torch.inference_mode():
                 # use_cache=False keeps packed conversations apart (see training/trainer.py)
-                outputs = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
-                                use_cache=False, logits_to_keep=keep)
+                outputs = model(
+                    input_ids=batch["input_ids"].to(device),
+                    position_ids=batch["position_ids"].to(device),
+                    use_cache=False,
+                    logits_to_keep=keep,
+                )
                 logits = outputs.logits.float()
-                total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[trained],
-                                               reduction="sum"))
+                total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[trained], reduction="sum"))
             count += int(trained.sum())
     finally:
         model.train(was_training)

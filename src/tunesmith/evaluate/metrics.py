@@ -116,8 +116,9 @@ def json_fields(prediction: str, reference: str) -> float:
     if not isinstance(pred, dict):
         return 0.0
     wanted, got = _leaves(ref), _leaves(pred)
-    hits = sum(1 for path, value in wanted.items() if path in got and got[path] == value
-               and type(got[path]) is type(value))
+    hits = sum(
+        1 for path, value in wanted.items() if path in got and got[path] == value and type(got[path]) is type(value)
+    )
     return hits / len(wanted)
 
 
@@ -192,9 +193,17 @@ def tool_name(prediction: str, reference: str) -> float:
     return float(bool(expected) and got is not None and [n for n, _ in got] == [n for n, _ in expected])
 
 
-METRICS: dict[str, Metric] = {"exact": exact, "normalized": normalized, "contains": contains,
-                              "json_exact": json_exact, "json_valid": json_valid, "json_fields": json_fields,
-                              "rouge_l": rouge_l, "tool_call": tool_call, "tool_name": tool_name}
+METRICS: dict[str, Metric] = {
+    "exact": exact,
+    "normalized": normalized,
+    "contains": contains,
+    "json_exact": json_exact,
+    "json_valid": json_valid,
+    "json_fields": json_fields,
+    "rouge_l": rouge_l,
+    "tool_call": tool_call,
+    "tool_name": tool_name,
+}
 
 
 def user_metric(entry: str) -> Metric:
@@ -203,8 +212,10 @@ def user_metric(entry: str) -> Metric:
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # noqa: BLE001 - any import failure is the user's module
-        raise UserError(f"eval.metrics: {entry}: cannot import {module_name} "
-                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+        raise UserError(
+            f"eval.metrics: {entry}: cannot import {module_name} "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
     function = getattr(module, function_name, None)
     if not callable(function):
         raise UserError(f"eval.metrics: {entry}: {module_name} has no function {function_name}")
@@ -238,13 +249,15 @@ def resolve_metrics(names: list[str], *, regex: str | None = None) -> dict[str, 
         elif ":" in name:
             resolved[name] = user_metric(name)
         else:
-            raise UserError(f"eval.metrics: unknown metric {name!r}; known: {', '.join([*METRICS, 'regex'])} "
-                            "or module:function")
+            raise UserError(
+                f"eval.metrics: unknown metric {name!r}; known: {', '.join([*METRICS, 'regex'])} or module:function"
+            )
     return resolved
 
 
-def score(prediction: str, reference: str, names: list[str] | dict[str, Metric], *,
-          regex: str | None = None) -> dict[str, float]:
+def score(
+    prediction: str, reference: str, names: list[str] | dict[str, Metric], *, regex: str | None = None
+) -> dict[str, float]:
     """Every metric's score for one answer; `names` may be already resolved (`resolve_metrics`)."""
     metrics = names if isinstance(names, dict) else resolve_metrics(names, regex=regex)
     return {name: metric(prediction, reference) for name, metric in metrics.items()}

@@ -47,7 +47,6 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     from transformers import AutoTokenizer
 
     from tunesmith.config import load_config
-    from tunesmith.formatting.template import ChatTemplate
     from tunesmith.models.load import ModelRef, load_adapter, load_model, resolve_model
 
     folder = Path(run_dir)
@@ -72,17 +71,18 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 def trained_quantization(config: Any, device: str) -> Any:
     """The bitsandbytes settings the run's base was trained with (None: unquantized), so eval and chat
     run the adapter on the very base it learned against; refused where they cannot load."""
+    from tunesmith.machine import pick_precision, quantized_bits
     from tunesmith.models.quant import bitsandbytes_config, support
-    from tunesmith.training.hardware import pick_precision
-    from tunesmith.training.methods import quantized_bits
 
     bits = quantized_bits(config)
     if not bits:
         return None
     reason = support(device)
     if reason:
-        raise UserError(f"this run's adapter was trained on a {bits}-bit base, which cannot load here: {reason}; "
-                        "or merge it on a machine where it can (tunesmith merge) and use the merged model")
+        raise UserError(
+            f"this run's adapter was trained on a {bits}-bit base, which cannot load here: {reason}; "
+            "or merge it on a machine where it can (tunesmith merge) and use the merged model"
+        )
     return bitsandbytes_config(bits, pick_precision(config.train.precision, device))
 
 
@@ -90,8 +90,12 @@ def recorded_template(meta: dict) -> ChatTemplate:
     """The training template as a run (or a merged model) recorded it: source, variables, dropped fields, stops."""
     from tunesmith.formatting.template import ChatTemplate
 
-    template = ChatTemplate(meta["chat_template"], name=meta["template_name"], special_tokens=meta["special_tokens"],
-                            drop=tuple(meta.get("drop", ())))
+    template = ChatTemplate(
+        meta["chat_template"],
+        name=meta["template_name"],
+        special_tokens=meta["special_tokens"],
+        drop=tuple(meta.get("drop", ())),
+    )
     template.probes["stops"] = tuple(meta.get("end_of_turn", ()))
     return template
 
@@ -107,8 +111,9 @@ def open_model(target: str | Path) -> LoadedRun:
     if folder.is_dir() and any((folder / name / RUN_META).is_file() for name in ("adapter", "model")):
         return load_run(folder)
     if folder.is_dir() and not (folder / "config.json").is_file():
-        raise UserError(f"{target} is neither a finished tunesmith run (adapter/ or model/) "
-                        "nor a model folder (config.json)")
+        raise UserError(
+            f"{target} is neither a finished tunesmith run (adapter/ or model/) nor a model folder (config.json)"
+        )
     return _load_plain_model(str(target))
 
 
@@ -116,7 +121,6 @@ def _load_plain_model(name: str) -> LoadedRun:
     import torch
 
     from tunesmith.formatting.encode import build_template, end_of_turn_markers
-    from tunesmith.formatting.template import ChatTemplate
     from tunesmith.models.load import load_model, load_tokenizer, resolve_model
 
     ref = resolve_model(name)
@@ -128,8 +132,12 @@ def _load_plain_model(name: str) -> LoadedRun:
         template = recorded_template(meta)
     else:
         template = build_template(tokenizer, "model")
-        meta = {"template_name": template.name, "chat_template": template.source,
-                "special_tokens": template.special_tokens, "end_of_turn": list(end_of_turn_markers(tokenizer, template)),
-                "system_prompt": None}
+        meta = {
+            "template_name": template.name,
+            "chat_template": template.source,
+            "special_tokens": template.special_tokens,
+            "end_of_turn": list(end_of_turn_markers(tokenizer, template)),
+            "system_prompt": None,
+        }
     model = load_model(ref, device=device)
     return LoadedRun(Path(ref.path), model, tokenizer, template, meta, None)

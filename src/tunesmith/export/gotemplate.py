@@ -24,8 +24,10 @@ def render_go_template(source: str, messages: list[dict], *, system: str = "") -
     return "".join(out)
 
 
-_GO_TOKEN = re.compile(r"""\s*(?:("(?:\\.|[^"\\])*")|(`[^`]*`)|(\()|(\))|(:=|=)|(,)|(-?\d+)"""
-                       r"""|(\$[\w]*(?:\.\w+)*)|((?:\.\w+)+|\.)|([A-Za-z_]\w*))""")
+_GO_TOKEN = re.compile(
+    r"""\s*(?:("(?:\\.|[^"\\])*")|(`[^`]*`)|(\()|(\))|(:=|=)|(,)|(-?\d+)"""
+    r"""|(\$[\w]*(?:\.\w+)*)|((?:\.\w+)+|\.)|([A-Za-z_]\w*))"""
+)
 _GO_ESCAPE = re.compile(r"\\(?:x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|[abfnrtv\\'\"])")
 _GO_SIMPLE = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
 
@@ -74,7 +76,7 @@ def _go_parse(items: list[tuple[str, str]], at: list[int]) -> tuple[list, tuple[
         if kind == "text":
             nodes.append(("text", body))
         elif body == "end" or body == "else" or body.startswith("else if "):
-            return nodes, (body, body[len("else if "):] if body.startswith("else if ") else "")
+            return nodes, (body, body[len("else if ") :] if body.startswith("else if ") else "")
         elif body.startswith("if "):
             branches, otherwise, condition = [], [], body[3:]
             while True:
@@ -225,4 +227,3 @@ def _go_unquote(literal: str) -> str:
         return _GO_SIMPLE.get(code, code)
 
     return _GO_ESCAPE.sub(one, literal[1:-1])
-

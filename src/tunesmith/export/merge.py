@@ -17,13 +17,14 @@ import json
 import os
 import shlex
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tunesmith.errors import TunesmithError, UserError
 from tunesmith.evaluate.runs import RUN_META, read_run_meta, trained_quantization, weights_folder
+from tunesmith.machine import quantized_bits
 from tunesmith.runfolder import disk_full, ensure_space, is_disk_full, sha256_file, write_json
-from tunesmith.training.methods import quantized_bits
 
 MERGED = "merged"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -36,8 +37,11 @@ below 1): (W + BA)x and Wx + B(Ax) differ by rounding only, which grows with the
 PROBES: tuple[tuple[dict, ...], ...] = (
     ({"role": "user", "content": "Hello! What can you help me with today?"},),
     ({"role": "user", "content": "Name three colours."}, {"role": "assistant", "content": "Red, green and blue."}),
-    ({"role": "user", "content": "What is 12 times 7?"}, {"role": "assistant", "content": "84."},
-     {"role": "user", "content": "And that divided by 4?"}),
+    (
+        {"role": "user", "content": "What is 12 times 7?"},
+        {"role": "assistant", "content": "84."},
+        {"role": "user", "content": "And that divided by 4?"},
+    ),
 )
 """Conversations the merged and the adapter model must score alike (the run's system prompt goes first)."""
 
@@ -68,8 +72,10 @@ def merge_run(run_dir: Path, *, dtype: str | None = None, log: Log = print) -> P
     save_dtype = _save_dtype(dtype, config)
     meta = read_run_meta(run_dir)
     bits = quantized_bits(config)
-    log(f"merging {weights} into {config.model.name} "
-        + (f"de-quantized from the {bits}-bit base it trained on (float32)" if bits else "(float32)"))
+    log(
+        f"merging {weights} into {config.model.name} "
+        + (f"de-quantized from the {bits}-bit base it trained on (float32)" if bits else "(float32)")
+    )
     model, tokenizer = _adapter_model(run_dir, config, log)
     prompts = probe_prompts(meta)
     before = probe_logits(model, tokenizer, prompts)
@@ -77,16 +83,27 @@ def merge_run(run_dir: Path, *, dtype: str | None = None, log: Log = print) -> P
     difference = max_difference(before, probe_logits(model, tokenizer, prompts))
     allowed = allowed_difference(before)
     if not difference <= allowed:  # also catches NaN
-        raise TunesmithError(f"merge check failed: merged and adapter logits differ by up to {difference:.3g} "
-                             f"(allowed {allowed:.3g}) on {len(prompts)} prompts; nothing was written")
-    log(f"checked: merged logits equal the adapter model's within {difference:.2g} (allowed {allowed:.2g}) "
-        f"on {len(prompts)} prompts")
-    record = {**meta, "method": meta.get("method") or config.method, "merged_from": "adapter",
-              "adapter_sha256": digest, "dtype": save_dtype, "merge_max_logit_difference": difference}
+        raise TunesmithError(
+            f"merge check failed: merged and adapter logits differ by up to {difference:.3g} "
+            f"(allowed {allowed:.3g}) on {len(prompts)} prompts; nothing was written"
+        )
+    log(
+        f"checked: merged logits equal the adapter model's within {difference:.2g} (allowed {allowed:.2g}) "
+        f"on {len(prompts)} prompts"
+    )
+    record = {
+        **meta,
+        "method": meta.get("method") or config.method,
+        "merged_from": "adapter",
+        "adapter_sha256": digest,
+        "dtype": save_dtype,
+        "merge_max_logit_difference": difference,
+    }
     if bits:
         record["quantized_base_bits"] = bits
-        record["difference_from_unquantized_base_adapter"] = _unquantized_difference(run_dir, config, model, tokenizer,
-                                                                                     prompts, bits, log)
+        record["difference_from_unquantized_base_adapter"] = _unquantized_difference(
+            run_dir, config, model, tokenizer, prompts, bits, log
+        )
     _write_atomically(target, model, tokenizer, record, save_dtype)
     log(f"wrote {target} ({save_dtype} safetensors, tokenizer with the training template)")
     return target
@@ -115,9 +132,9 @@ def merged_logits_difference(run_dir: Path, merged_dir: Path | None = None) -> f
 
 def probe_prompts(meta: dict) -> list[str]:
     """The probe conversations rendered with the training template, after the run's system prompt."""
-    from tunesmith.formatting.template import ChatTemplate
+    from tunesmith.evaluate.runs import recorded_template
 
-    template = ChatTemplate(meta["chat_template"], name=meta["template_name"], special_tokens=meta["special_tokens"])
+    template = recorded_template(meta)
     system = [{"role": "system", "content": meta["system_prompt"]}] if meta.get("system_prompt") else []
     prompts = []
     for probe in PROBES:
@@ -127,8 +144,9 @@ def probe_prompts(meta: dict) -> list[str]:
         except UserError:  # a template that refuses this shape (e.g. no system role): the others suffice
             continue
     if not prompts:
-        raise UserError(f"chat template {meta['template_name']} refused every probe conversation; "
-                        "the merge cannot be checked")
+        raise UserError(
+            f"chat template {meta['template_name']} refused every probe conversation; the merge cannot be checked"
+        )
     return prompts
 
 
@@ -165,11 +183,14 @@ def _existing_merge(target: Path, adapter_file: Path, digest: str, dtype: str | 
     """RUN/merged is there: fine if it came from this very adapter (and dtype), an error otherwise."""
     recorded = _read_json(target / RUN_META)
     if recorded.get("adapter_sha256") != digest:
-        raise UserError(f"{target} was not merged from the current {adapter_file} (the adapter changed, or the "
-                        f"folder is incomplete); delete {target} and merge again")
+        raise UserError(
+            f"{target} was not merged from the current {adapter_file} (the adapter changed, or the "
+            f"folder is incomplete); delete {target} and merge again"
+        )
     if dtype is not None and recorded.get("dtype") != dtype:
-        raise UserError(f"{target} holds {recorded.get('dtype')} weights, not {dtype}; "
-                        f"delete {target} to merge again as {dtype}")
+        raise UserError(
+            f"{target} holds {recorded.get('dtype')} weights, not {dtype}; delete {target} to merge again as {dtype}"
+        )
     log(f"already merged: {target} (adapter sha256 {digest[:12]}, {recorded.get('dtype')})")
     return target
 
@@ -196,8 +217,9 @@ def _save_dtype(dtype: str | None, config: Any) -> str:
     return dtype
 
 
-def _unquantized_difference(run_dir: Path, config: Any, merged: Any, tokenizer: Any, prompts: list[str], bits: int,
-                            log: Log) -> float:
+def _unquantized_difference(
+    run_dir: Path, config: Any, merged: Any, tokenizer: Any, prompts: list[str], bits: int, log: Log
+) -> float:
     """How far the merged model (de-quantized base + update) is from the same adapter on the
     unquantized base: the quantization error the adapter was trained around, stated, never hidden."""
     from tunesmith.models.load import load_adapter, load_model, resolve_model
@@ -208,9 +230,11 @@ def _unquantized_difference(run_dir: Path, config: Any, merged: Any, tokenizer: 
     del other
     difference = max_difference(reference, probe_logits(merged, tokenizer, prompts))
     top = max(float(x.abs().max()) for x in reference)
-    log(f"note: the adapter trained on a {bits}-bit base and the merge keeps that base de-quantized (what it "
+    log(
+        f"note: the adapter trained on a {bits}-bit base and the merge keeps that base de-quantized (what it "
         f"learned against); the same adapter on the unquantized base gives logits up to {difference:.3g} away "
-        f"(largest |logit| {top:.3g}): the quantization error, recorded in {MERGED}/{RUN_META}")
+        f"(largest |logit| {top:.3g}): the quantization error, recorded in {MERGED}/{RUN_META}"
+    )
     return difference
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tunesmith.errors import TunesmithError, UserError
 from tunesmith.evaluate.runs import read_run_meta
@@ -34,8 +35,12 @@ _VALID_NAME = re.compile(rf"^(?:{_NAME_PART}/)?{_NAME_PART}(?::{_NAME_PART})?$",
 _SYSTEM = "You are terse.\nAnswer in one line."
 _USER = ('Say "hi" {{ twice }}', "Now in French, please.")
 _ASSISTANT = ("<think>\nA greeting, twice.\n</think>\n\nhi hi", "salut {salut}")
-_VERIFY_SHAPES = (("user", "assistant"), ("user",), ("user", "assistant", "user"),
-                  ("user", "assistant", "user", "assistant"))
+_VERIFY_SHAPES = (
+    ("user", "assistant"),
+    ("user",),
+    ("user", "assistant", "user"),
+    ("user", "assistant", "user", "assistant"),
+)
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,9 @@ class TurnWrappers:
     """After the last message when it is the assistant's (no generation prompt), e.g. an eos token."""
 
 
-def write_modelfile(run_dir: Path, gguf_path: Path, *, name: str | None = None,
-                    log: Callable[[str], None] = print) -> Path:
+def write_modelfile(
+    run_dir: Path, gguf_path: Path, *, name: str | None = None, log: Callable[[str], None] = print
+) -> Path:
     """Write RUN/export/Modelfile for `gguf_path` and print the `ollama create` command; return its path.
 
     `name` (default: the run folder's name, made a valid Ollama name) goes into the printed command.
@@ -87,8 +93,10 @@ def create_command(modelfile: Path, name: str) -> list[str]:
 def ollama_name(name: str) -> str:
     """`name` if Ollama accepts it as a model name ([namespace/]model[:tag]), else a UserError."""
     if not _VALID_NAME.match(name):
-        raise UserError(f"{name!r} is not a valid Ollama model name: use letters, digits, '_', '-' and '.', "
-                        "starting with a letter, digit or '_' (optionally namespace/ before and :tag after)")
+        raise UserError(
+            f"{name!r} is not a valid Ollama model name: use letters, digits, '_', '-' and '.', "
+            "starting with a letter, digit or '_' (optionally namespace/ before and :tag after)"
+        )
     return name
 
 
@@ -105,10 +113,12 @@ def default_ollama_name(folder_name: str) -> str:
 
 def modelfile_text(meta: dict, template: str, *, from_path: str, name: str) -> str:
     """The Modelfile: FROM, TEMPLATE, one `PARAMETER stop` per end-of-turn marker, SYSTEM if trained with one."""
-    lines = [f"# Ollama Modelfile written by tunesmith; training template: {_one_line(meta['template_name'])}",
-             f"# ollama create {name} -f {MODELFILE}",
-             f"FROM {from_path}",
-             f'TEMPLATE """{template}"""']
+    lines = [
+        f"# Ollama Modelfile written by tunesmith; training template: {_one_line(meta['template_name'])}",
+        f"# ollama create {name} -f {MODELFILE}",
+        f"FROM {from_path}",
+        f'TEMPLATE """{template}"""',
+    ]
     for marker in meta["end_of_turn"]:
         if '"' in marker or not marker.isprintable():
             raise UserError(f"end-of-turn marker {marker!r} cannot be written as an Ollama stop parameter")
@@ -126,17 +136,20 @@ def ollama_template(meta: dict, *, header: bool = True) -> str:
 
     `header=False` leaves out a leading BOS token the template writes (the GGUF tokenizer adds one).
     """
-    from tunesmith.formatting.template import ChatTemplate
+    from tunesmith.evaluate.runs import recorded_template
 
-    chat = ChatTemplate(meta["chat_template"], name=meta["template_name"], special_tokens=meta["special_tokens"])
+    chat = recorded_template(meta)
     _refuse_dated(chat)
     wrappers = chat_wrappers(chat, meta["end_of_turn"])
     source = go_template(wrappers)
     for messages, prompt in _verify_conversations(wrappers.system is not None):
         expected = chat.render(messages, add_generation_prompt=prompt)
         if render_go_template(source, messages) != expected:
-            raise _unrepresentable(chat, f"a {len(messages)}-message conversation renders differently (the "
-                                         "template rewrites or moves contents, e.g. drops earlier reasoning)")
+            raise _unrepresentable(
+                chat,
+                f"a {len(messages)}-message conversation renders differently (the "
+                "template rewrites or moves contents, e.g. drops earlier reasoning)",
+            )
     return source if header else go_template(wrappers, header=False)
 
 
@@ -160,7 +173,7 @@ def chat_wrappers(chat: Any, markers: list[str] | tuple[str, ...]) -> TurnWrappe
     assistant_end, user_asked, user_unasked = full[-1], asked[-1], unasked[-1]
     user_suffix = _suffix([between["ua"], user_asked, user_unasked], markers)
     assistant_suffix = _suffix([between["au"], assistant_end], markers)
-    user_prefix = between["au"][len(assistant_suffix):]
+    user_prefix = between["au"][len(assistant_suffix) :]
     first_user = bare[0]
     if not first_user.endswith(user_prefix) or (has_system and not between["su"].endswith(user_prefix)):
         raise _unrepresentable(chat, "a user turn is written differently depending on what precedes it")
@@ -170,12 +183,16 @@ def chat_wrappers(chat: Any, markers: list[str] | tuple[str, ...]) -> TurnWrappe
     header = bos if bos and "bos_token" in chat.source and all(s.startswith(bos) for s in starts) else ""
     wrapped_system = None
     if system is not None:
-        wrapped_system = (system[0][len(header):], between["su"][: len(between["su"]) - len(user_prefix)])
-    return TurnWrappers(header=header, default_system=before_user[len(header):], system=wrapped_system,
-                        user=(user_prefix, user_suffix),
-                        assistant=(between["ua"][len(user_suffix):], assistant_suffix),
-                        generation_prompt=user_asked[len(user_suffix):],
-                        closing=assistant_end[len(assistant_suffix):])
+        wrapped_system = (system[0][len(header) :], between["su"][: len(between["su"]) - len(user_prefix)])
+    return TurnWrappers(
+        header=header,
+        default_system=before_user[len(header) :],
+        system=wrapped_system,
+        user=(user_prefix, user_suffix),
+        assistant=(between["ua"][len(user_suffix) :], assistant_suffix),
+        generation_prompt=user_asked[len(user_suffix) :],
+        closing=assistant_end[len(assistant_suffix) :],
+    )
 
 
 def go_template(w: TurnWrappers, *, header: bool = True) -> str:
@@ -192,14 +209,17 @@ def go_template(w: TurnWrappers, *, header: bool = True) -> str:
     keyword = "if"
     for role, wrapper in roles:
         if wrapper is not None:
-            lines.append(f'{{{{- {keyword} eq .Role "{role}" }}}}{_print(wrapper[0])}{{{{ .Content }}}}'
-                         f"{_print(wrapper[1])}")
+            lines.append(
+                f'{{{{- {keyword} eq .Role "{role}" }}}}{_print(wrapper[0])}{{{{ .Content }}}}{_print(wrapper[1])}'
+            )
             keyword = "else if"
     lines.append("{{- end }}")
     ending = ""
     if w.closing:
-        ending = (f'{{{{ if eq .Role "assistant" }}}}{_print(w.closing)}'
-                  f"{{{{ else }}}}{_print(w.generation_prompt)}{{{{ end }}}}")
+        ending = (
+            f'{{{{ if eq .Role "assistant" }}}}{_print(w.closing)}'
+            f"{{{{ else }}}}{_print(w.generation_prompt)}{{{{ end }}}}"
+        )
     elif w.generation_prompt:
         ending = f'{{{{ if ne .Role "assistant" }}}}{_print(w.generation_prompt)}{{{{ end }}}}'
     if ending:
@@ -259,15 +279,19 @@ def _refuse_dated(chat: Any) -> None:
 
     dated = "\ue022"
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
-    variables = dict(chat.special_tokens, messages=messages, add_generation_prompt=False, tools=None,
-                     strftime_now=lambda fmt: dated)  # shadows the sandbox's global of that name
+    variables = dict(
+        chat.special_tokens, messages=messages, add_generation_prompt=False, tools=None, strftime_now=lambda fmt: dated
+    )  # shadows the sandbox's global of that name
     try:
         text = render_capped(compile_template(chat.source, chat.name), variables)
     except Exception:  # a refusal here is reported by the render checks that follow
         return
     if dated in text:
-        raise _unrepresentable(chat, "it writes today's date into every prompt (strftime_now); train with a "
-                                     "template without the date to export to Ollama")
+        raise _unrepresentable(
+            chat,
+            "it writes today's date into every prompt (strftime_now); train with a "
+            "template without the date to export to Ollama",
+        )
 
 
 def _unrepresentable(chat: Any, reason: str) -> UserError:
@@ -295,7 +319,7 @@ def _relative_from(gguf_path: Path, folder: Path) -> str:
 def _check_modelfile_value(what: str, value: str) -> None:
     """Ollama's Modelfile parser ends a value at `\"\"\"` and drops characters that are not printable."""
     if '"""' in value or any(not (ch.isprintable() or ch in "\n\t") for ch in value):
-        raise UserError(f"{what} holds '\"\"\"' or unprintable characters, which an Ollama Modelfile cannot carry")
+        raise UserError(f'{what} holds \'"""\' or unprintable characters, which an Ollama Modelfile cannot carry')
 
 
 def _print(text: str) -> str:

@@ -11,7 +11,7 @@ be split into pieces and the model would learn to spell it, so a missing token i
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -39,7 +39,7 @@ def is_builtin(setting: str) -> bool:
     return setting in BUILTIN_TOKENS
 
 
-@lru_cache(maxsize=None)
+@cache
 def builtin_source(name: str) -> str:
     """The Jinja text of a built-in template."""
     return resources.files("tunesmith.formatting").joinpath("templates", f"{name}.jinja").read_text(encoding="utf-8")
@@ -62,9 +62,11 @@ def check_builtin(name: str, tokenizer: Any) -> None:
     """Raise a `UserError` naming every special token the template needs and the tokenizer lacks."""
     missing = missing_tokens(name, tokenizer)
     if missing:
-        raise UserError(f"built-in chat template {name} needs special tokens the tokenizer does not have: "
-                        f"{', '.join(missing)}; pick a template that matches the model "
-                        f"(one of {', '.join(BUILTIN_NAMES)}) or a .jinja file")
+        raise UserError(
+            f"built-in chat template {name} needs special tokens the tokenizer does not have: "
+            f"{', '.join(missing)}; pick a template that matches the model "
+            f"(one of {', '.join(BUILTIN_NAMES)}) or a .jinja file"
+        )
 
 
 def _added_vocab(tokenizer: Any) -> dict[str, int]:

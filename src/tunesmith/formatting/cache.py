@@ -107,10 +107,15 @@ def _flatten(examples: list[Example]) -> dict[str, Any]:
         labels.extend(e.labels)
     lengths = np.fromiter((len(e.input_ids) for e in examples), dtype=np.int64, count=len(examples))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    flags = np.array([[e.n_trainable, e.truncated, e.eot_trained, e.truncated_turns, e.double_bos]
-                      for e in examples], dtype=np.int64)
-    return {"input_ids": np.frombuffer(ids, dtype=np.int32), "labels": np.frombuffer(labels, dtype=np.int32),
-            "offsets": offsets, "flags": flags.reshape(-1, len(_FLAGS))}
+    flags = np.array(
+        [[e.n_trainable, e.truncated, e.eot_trained, e.truncated_turns, e.double_bos] for e in examples], dtype=np.int64
+    )
+    return {
+        "input_ids": np.frombuffer(ids, dtype=np.int32),
+        "labels": np.frombuffer(labels, dtype=np.int32),
+        "offsets": offsets,
+        "flags": flags.reshape(-1, len(_FLAGS)),
+    }
 
 
 _FLAGS = ("n_trainable", "truncated", "eot_trained", "truncated_turns", "double_bos")
@@ -124,8 +129,9 @@ def _unflatten(arrays: dict[str, Any], sources: list[str]) -> list[Example]:
     for i, source in enumerate(sources):
         a, b = offsets[i], offsets[i + 1]
         n_trainable, truncated, eot, cut_turns, double_bos = flags[i]
-        out.append(Example(ids[a:b], labels[a:b], n_trainable, bool(truncated), source, bool(eot), cut_turns,
-                           bool(double_bos)))
+        out.append(
+            Example(ids[a:b], labels[a:b], n_trainable, bool(truncated), source, bool(eot), cut_turns, bool(double_bos))
+        )
     return out
 
 

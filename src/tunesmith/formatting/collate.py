@@ -15,10 +15,11 @@ padding and on each row's first token.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
-from tunesmith.formatting.encode import IGNORE_INDEX
+from tunesmith.data.types import IGNORE_INDEX
 
 
 def collate_packed(features: list[dict[str, Any]]) -> dict[str, Any]:

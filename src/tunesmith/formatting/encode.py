@@ -16,16 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data.types import Conversation, Sample, TextSample
+from tunesmith.data.types import IGNORE_INDEX, Conversation, Sample, TextSample
 from tunesmith.data.validate import MAX_ROW_CHARS
 from tunesmith.errors import UserError
 from tunesmith.formatting.builtin import BUILTIN_NAMES, builtin_source, check_builtin, is_builtin
-from tunesmith.formatting.probe import (arguments_form, special_strings, stop_markers, template_stop,
-                                        unknown_special_tokens)
+from tunesmith.formatting.probe import (
+    arguments_form,
+    special_strings,
+    stop_markers,
+    template_stop,
+    unknown_special_tokens,
+)
 from tunesmith.formatting.template import ChatTemplate, template_from_file
 from tunesmith.formatting.turns import Turn, check_rendered, inference_turn
 
-IGNORE_INDEX = -100
 TOO_LONG = "too long: "
 """How a row's error starts when the row itself is too long (not the template's fault): data check
 names it too_long and `data.on_bad_row: skip` leaves the row out."""
@@ -46,30 +50,36 @@ class Example:
     """The ids start with two BOS tokens (the template writes BOS and the text held one too)."""
 
 
-def build_template(tokenizer: Any, setting: str, *, variables: dict[str, Any] | None = None,
-                   drop: tuple[str, ...] | list[str] = ()) -> ChatTemplate:
+def build_template(
+    tokenizer: Any, setting: str, *, variables: dict[str, Any] | None = None, drop: tuple[str, ...] | list[str] = ()
+) -> ChatTemplate:
     """The template a run uses: the model's own (`model`), a built-in by name, or a `.jinja` file.
     `variables` go to every render (`enable_thinking`); `drop` names message fields left out."""
     specials = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or "", **(variables or {})}
     if setting == "model":
         source = getattr(tokenizer, "chat_template", None)
         if not isinstance(source, str) or not source:
-            raise UserError("the model has no chat template of its own; set template.chat_template to a built-in "
-                            f"one ({', '.join(BUILTIN_NAMES)}) or a .jinja file")
+            raise UserError(
+                "the model has no chat template of its own; set template.chat_template to a built-in "
+                f"one ({', '.join(BUILTIN_NAMES)}) or a .jinja file"
+            )
         folder = Path(str(getattr(tokenizer, "name_or_path", "") or "")).name
         name = f"{folder} (the model's own)" if folder else "the model's own"
         template = ChatTemplate(source, name=name, special_tokens=specials, drop=tuple(drop))
     elif is_builtin(setting):
         check_builtin(setting, tokenizer)
-        template = ChatTemplate(builtin_source(setting), name=f"built-in {setting}", special_tokens=specials,
-                                drop=tuple(drop))
+        template = ChatTemplate(
+            builtin_source(setting), name=f"built-in {setting}", special_tokens=specials, drop=tuple(drop)
+        )
     else:
         source = template_from_file(setting)
         missing = unknown_special_tokens(source, tokenizer)
         if missing:
-            raise UserError(f"chat template {setting} writes {', '.join(missing[:3])}, which the tokenizer does not "
-                            "have as single tokens (they would be split into pieces and trained as text); use "
-                            "the model's own template, or add them to the tokenizer as special tokens")
+            raise UserError(
+                f"chat template {setting} writes {', '.join(missing[:3])}, which the tokenizer does not "
+                "have as single tokens (they would be split into pieces and trained as text); use "
+                "the model's own template, or add them to the tokenizer as special tokens"
+            )
         template = ChatTemplate(source, name=setting, special_tokens=specials, drop=tuple(drop))
     template.probes["tool_hint"] = _tool_hint(tokenizer)
     return template
@@ -77,8 +87,10 @@ def build_template(tokenizer: Any, setting: str, *, variables: dict[str, Any] | 
 
 def _tool_hint(tokenizer: Any) -> str:
     if {"<|im_start|>", "<|im_end|>"} <= set(getattr(tokenizer, "get_added_vocab", dict)()):
-        return ("set template.chat_template: chatml_tools (a built-in ChatML template with Hermes/Qwen-style "
-                "<tool_call> JSON calls and tool results)")
+        return (
+            "set template.chat_template: chatml_tools (a built-in ChatML template with Hermes/Qwen-style "
+            "<tool_call> JSON calls and tool results)"
+        )
     return "choose a template that renders tool calls and tool results (template.chat_template: a .jinja file)"
 
 
@@ -100,8 +112,10 @@ def trained_messages(conversation: Conversation, train_on: str) -> set[int]:
         default = set(assistants[-1:])
     elif train_on == "completion":
         if conversation.prompt_messages is None:
-            raise UserError(f"{conversation.source}: template.train_on: completion needs prompt/completion rows "
-                            "(this row has no prompt/completion split); use assistant or last")
+            raise UserError(
+                f"{conversation.source}: template.train_on: completion needs prompt/completion rows "
+                "(this row has no prompt/completion split); use assistant or last"
+            )
         default = {i for i in assistants if i >= conversation.prompt_messages}
     else:
         default = set(assistants)
@@ -128,14 +142,24 @@ def template_messages(conversation: Conversation, template: ChatTemplate) -> tup
     return messages, tools
 
 
-def encode(conversation: Conversation, template: ChatTemplate, tokenizer: Any, *, train_on: str,
-           max_length: int, markers: tuple[str, ...], trace: list[dict] | None = None) -> list[Example]:
+def encode(
+    conversation: Conversation,
+    template: ChatTemplate,
+    tokenizer: Any,
+    *,
+    train_on: str,
+    max_length: int,
+    markers: tuple[str, ...],
+    trace: list[dict] | None = None,
+) -> list[Example]:
     """Tokenize a conversation and mark which tokens train (see the module doc). `trace`, when
     given, receives what `inspect --json` shows of each Example."""
     size = sum(len(m.content) + len(m.reasoning or "") for m in conversation.messages)
     if size > MAX_ROW_CHARS:  # data validation refuses these first; a row that did not pass through it
-        raise UserError(f"{TOO_LONG}the row is {size:,} characters, far more than any max_length holds; shorten or "
-                        "split it, or set data.on_bad_row: skip to leave such rows out")
+        raise UserError(
+            f"{TOO_LONG}the row is {size:,} characters, far more than any max_length holds; shorten or "
+            "split it, or set data.on_bad_row: skip to leave such rows out"
+        )
     messages, tools = template_messages(conversation, template)
     full = template.render(messages, tools=tools)
     check_rendered(template, messages, tools, full)
@@ -174,8 +198,9 @@ def _with_template_stop(template: ChatTemplate, tokenizer: Any, markers: tuple[s
     """The caller's stops plus the one the template writes after an answer (found once per template)."""
     written = template.probes.get("written_stop")
     if written is None:
-        written = template.probes["written_stop"] = template_stop(template, list(markers),
-                                                                    special_strings(tokenizer)) or ""
+        written = template.probes["written_stop"] = (
+            template_stop(template, list(markers), special_strings(tokenizer)) or ""
+        )
     return (*markers, written) if written and written not in markers else markers
 
 
@@ -189,8 +214,10 @@ def _shared_pieces(tokenizer: Any, text: str, turns: list[Turn]) -> list[tuple[s
     position. A piece is (text, trains, ids or None to tokenize it alone).
     """
     first = turns[0]
-    pieces: list[tuple[str, bool, list[int] | None]] = [(text[: first.start], False, None),
-                                                        (first.generated, True, None)]
+    pieces: list[tuple[str, bool, list[int] | None]] = [
+        (text[: first.start], False, None),
+        (first.generated, True, None),
+    ]
     if len(turns) == 1:
         return pieces
     held = [token for piece in _encode_pieces(tokenizer, [p for p, _, _ in pieces]) for token in piece]
@@ -200,21 +227,27 @@ def _shared_pieces(tokenizer: Any, text: str, turns: list[Turn]) -> list[tuple[s
     for turn, prompt, answer in zip(turns[1:], prompts, generated):
         if prompt[: len(held)] != held:
             return turn
-        pieces += [(text[cursor : turn.start], False, prompt[len(held):]), (turn.generated, True, answer)]
+        pieces += [(text[cursor : turn.start], False, prompt[len(held) :]), (turn.generated, True, answer)]
         held = [*prompt, *answer]
         cursor = turn.end
     return pieces
 
 
-def _example(tokenizer: Any, pieces: list[tuple[str, bool, list[int] | None]], turns: list[Turn], max_length: int,
-             source: str, text: str) -> tuple[Example, dict]:
+def _example(
+    tokenizer: Any,
+    pieces: list[tuple[str, bool, list[int] | None]],
+    turns: list[Turn],
+    max_length: int,
+    source: str,
+    text: str,
+) -> tuple[Example, dict]:
     """The Example of `pieces`, and what `inspect --json` shows of it (`text`: the render through the last stop)."""
     alone = iter(_encode_pieces(tokenizer, [piece for piece, _, given in pieces if given is None]))
     encoded = [given if given is not None else next(alone) for _, _, given in pieces]
     ids: list[int] = []
     labels: list[int] = []
     turn_ends: list[int] = []
-    for (piece, trains, _), piece_ids in zip(pieces, encoded):
+    for (_piece, trains, _), piece_ids in zip(pieces, encoded):
         ids += piece_ids
         labels += piece_ids if trains else [IGNORE_INDEX] * len(piece_ids)
         if trains:
@@ -225,9 +258,17 @@ def _example(tokenizer: Any, pieces: list[tuple[str, bool, list[int] | None]], t
     if labels:
         labels[0] = IGNORE_INDEX  # the first token is never predicted: keeps packed rows apart
     n_trainable = len(labels) - labels.count(IGNORE_INDEX)
-    record = {"source": source, "input_ids": ids, "labels": labels, "text": text,
-              "trained": [turn.generated for turn in turns], "prompts": [turn.prompt for turn in turns]}
-    example = Example(ids, labels, n_trainable, truncated, source, cut_turns == 0, cut_turns, _double_bos(tokenizer, ids))
+    record = {
+        "source": source,
+        "input_ids": ids,
+        "labels": labels,
+        "text": text,
+        "trained": [turn.generated for turn in turns],
+        "prompts": [turn.prompt for turn in turns],
+    }
+    example = Example(
+        ids, labels, n_trainable, truncated, source, cut_turns == 0, cut_turns, _double_bos(tokenizer, ids)
+    )
     return example, record
 
 
@@ -240,13 +281,22 @@ def _encode_pieces(tokenizer: Any, pieces: list[str]) -> list[list[int]]:
     return [tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else [] for piece in pieces]
 
 
-def encode_sample(sample: Sample, template: ChatTemplate, tokenizer: Any, *, train_on: str, max_length: int,
-                  markers: tuple[str, ...], trace: list[dict] | None = None) -> list[Example]:
+def encode_sample(
+    sample: Sample,
+    template: ChatTemplate,
+    tokenizer: Any,
+    *,
+    train_on: str,
+    max_length: int,
+    markers: tuple[str, ...],
+    trace: list[dict] | None = None,
+) -> list[Example]:
     """Any sample to its Examples: chat through the template (see `encode`), raw text with every
     token trained (plus eos, so documents end), pre-tokenized rows as given."""
     if isinstance(sample, Conversation):
-        return encode(sample, template, tokenizer, train_on=train_on, max_length=max_length, markers=markers,
-                      trace=trace)
+        return encode(
+            sample, template, tokenizer, train_on=train_on, max_length=max_length, markers=markers, trace=trace
+        )
     if isinstance(sample, TextSample):
         ids = tokenizer(sample.text, add_special_tokens=False)["input_ids"]
         if tokenizer.eos_token_id is not None:
@@ -263,8 +313,9 @@ def encode_sample(sample: Sample, template: ChatTemplate, tokenizer: Any, *, tra
     return [Example(ids, labels, n_trainable, truncated, str(sample.source), True)]
 
 
-def generation_prompt(conversation: Conversation, template: ChatTemplate,
-                      markers: tuple[str, ...] = ()) -> tuple[str, str | None]:
+def generation_prompt(
+    conversation: Conversation, template: ChatTemplate, markers: tuple[str, ...] = ()
+) -> tuple[str, str | None]:
     """The prompt (all messages before the last assistant turn) and that turn's reference: its
     content, or, for a turn that calls tools, the text the template writes for it up to the stop."""
     messages, tools = template_messages(conversation, template)

@@ -7,19 +7,22 @@ sums their tokens and trained tokens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from tunesmith.formatting.encode import Example, build_template, encode_sample, end_of_turn_markers
 
 
-def measure_for(model: str, *, train_on: str, template: str = "model",
-                log: Callable[[str], None] = lambda m: None) -> Callable[[Any], list[Example]]:
-    """Sample -> its Examples, with the model's tokenizer and its own template (or a built-in one,
-    or a `.jinja` file)."""
-    from tunesmith.models.load import load_tokenizer, resolve_model
-
-    tokenizer = load_tokenizer(resolve_model(model, log=log))
+def measure_for(tokenizer: Any, *, train_on: str, template: str = "model") -> Callable[[Any], list[Example]]:
+    """Sample -> its Examples, with the model's tokenizer (`models.load.load_tokenizer`) and its own
+    template (or a built-in one, or a `.jinja` file)."""
     chat_template = build_template(tokenizer, template)
-    return partial(encode_sample, template=chat_template, tokenizer=tokenizer, train_on=train_on,
-                   max_length=10**9, markers=end_of_turn_markers(tokenizer, chat_template))
+    return partial(
+        encode_sample,
+        template=chat_template,
+        tokenizer=tokenizer,
+        train_on=train_on,
+        max_length=10**9,
+        markers=end_of_turn_markers(tokenizer, chat_template),
+    )

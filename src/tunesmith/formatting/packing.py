@@ -18,11 +18,11 @@ each row's first label is -100, so no token learns to predict the start of the n
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from collections.abc import Sequence as SequenceABC
-from typing import Mapping, Sequence
+from dataclasses import dataclass
 
-from tunesmith.formatting.encode import IGNORE_INDEX
+from tunesmith.data.types import IGNORE_INDEX
 
 
 def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -135,9 +135,11 @@ class PackingSummary:
         return -(-self.tokens // self.capacity)
 
 
-def summarize(rows: Sequence[Mapping[str, Sequence[int]]], bins: Sequence[Mapping[str, Sequence[int]]],
-              capacity: int) -> PackingSummary:
+def summarize(
+    rows: Sequence[Mapping[str, Sequence[int]]], bins: Sequence[Mapping[str, Sequence[int]]], capacity: int
+) -> PackingSummary:
     """Counts of a packing: rows, bins, tokens, capacity."""
     # a bin holds its rows' tokens exactly, so the rows are counted (no bin is built for it)
-    return PackingSummary(rows=len(rows), bins=len(bins), tokens=sum(len(r["input_ids"]) for r in rows),
-                          capacity=capacity)
+    return PackingSummary(
+        rows=len(rows), bins=len(bins), tokens=sum(len(r["input_ids"]) for r in rows), capacity=capacity
+    )

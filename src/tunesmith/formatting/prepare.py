@@ -12,9 +12,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from tunesmith.data.types import Conversation, Sample
+from tunesmith.data.types import IGNORE_INDEX, Conversation, Sample
 from tunesmith.errors import UserError
-from tunesmith.formatting.encode import IGNORE_INDEX, TOO_LONG, Example, encode_sample
+from tunesmith.formatting.encode import TOO_LONG, Example, encode_sample
 from tunesmith.formatting.template import ChatTemplate
 
 LOW_TRAINABLE_SHARE = 0.05
@@ -42,9 +42,18 @@ class SplitReport:
         return self.trainable_tokens / max(self.tokens, 1)
 
 
-def encode_split(samples: list[Sample], template: ChatTemplate, tokenizer: Any, *, train_on: str,
-                 max_length: int, markers: tuple[str, ...], split: str, on_bad_row: str = "fail",
-                 skipped: list[dict] | None = None) -> tuple[list[Example], SplitReport]:
+def encode_split(
+    samples: list[Sample],
+    template: ChatTemplate,
+    tokenizer: Any,
+    *,
+    train_on: str,
+    max_length: int,
+    markers: tuple[str, ...],
+    split: str,
+    on_bad_row: str = "fail",
+    skipped: list[dict] | None = None,
+) -> tuple[list[Example], SplitReport]:
     """Encode every sample and flatten their Examples. A row too long to train (its prompt alone
     fills max_length, or its text is far beyond any max_length) is an error naming it, or with
     `on_bad_row: skip` is left out and recorded in `skipped` ({file, line, issues}); a row that
@@ -53,24 +62,39 @@ def encode_split(samples: list[Sample], template: ChatTemplate, tokenizer: Any, 
     counts the cut turn."""
     options = {"train_on": train_on, "max_length": max_length, "markers": markers}
     rows = encode_rows(samples, template, tokenizer, dict(options, on_bad_row=on_bad_row))
-    long = [(sample, row) for sample, row in zip(samples, rows) if isinstance(row, str)
-            or (row and sum(e.n_trainable for e in row) == 0 and all(e.truncated for e in row))]
+    long = [
+        (sample, row)
+        for sample, row in zip(samples, rows)
+        if isinstance(row, str) or (row and sum(e.n_trainable for e in row) == 0 and all(e.truncated for e in row))
+    ]
     if long:
-        reasons = [row if isinstance(row, str) else _prompt_too_long(sample, template, tokenizer, options)
-                   for sample, row in long]
+        reasons = [
+            row if isinstance(row, str) else _prompt_too_long(sample, template, tokenizer, options)
+            for sample, row in long
+        ]
         if on_bad_row != "skip":
-            raise UserError(f"{long[0][0].source}: {reasons[0]} ({len(long)} of {len(rows)} {split} rows); raise "
-                            "template.max_length, or set data.on_bad_row: skip to leave such rows out")
+            raise UserError(
+                f"{long[0][0].source}: {reasons[0]} ({len(long)} of {len(rows)} {split} rows); raise "
+                "template.max_length, or set data.on_bad_row: skip to leave such rows out"
+            )
         for (sample, _), reason in zip(long, reasons):
             if skipped is not None:
-                skipped.append({"file": sample.source.file, "line": sample.source.line, "row": None,
-                                "issues": [{"code": "too_long", "severity": "error", "message": reason}]})
+                skipped.append(
+                    {
+                        "file": sample.source.file,
+                        "line": sample.source.line,
+                        "row": None,
+                        "issues": [{"code": "too_long", "severity": "error", "message": reason}],
+                    }
+                )
         kept = {id(sample) for sample, _ in long}
         rows = [row for sample, row in zip(samples, rows) if id(sample) not in kept]
     empty = [row[0].source_id for row in rows if row and sum(e.n_trainable for e in row) == 0]
     if empty:
-        raise UserError(f"{empty[0]}: {len(empty)} of {len(rows)} {split} rows train no token "
-                        f"with {template.name} and train_on={train_on} (is the assistant text rendered?)")
+        raise UserError(
+            f"{empty[0]}: {len(empty)} of {len(rows)} {split} rows train no token "
+            f"with {template.name} and train_on={train_on} (is the assistant text rendered?)"
+        )
     examples = [e for row in rows for e in row if e.n_trainable > 0]
     report = SplitReport(
         rows=len(rows),
@@ -100,8 +124,9 @@ _job: tuple[list[Sample], ChatTemplate, Any, dict[str, Any]] | None = None
 results crosses between processes."""
 
 
-def encode_rows(samples: list[Sample], template: ChatTemplate, tokenizer: Any, options: dict[str, Any],
-                workers: int | None = None) -> list[list[Example] | str]:
+def encode_rows(
+    samples: list[Sample], template: ChatTemplate, tokenizer: Any, options: dict[str, Any], workers: int | None = None
+) -> list[list[Example] | str]:
     """Each sample's Examples, in order. Rendering and tokenizing are independent per row, so a
     large split is cut into pieces encoded by one forked process per CPU (Linux; elsewhere, or
     with one CPU, in this process). The first row a template refuses raises its UserError here."""
@@ -118,8 +143,9 @@ def encode_rows(samples: list[Sample], template: ChatTemplate, tokenizer: Any, o
     pieces = [(start, min(start + size, len(samples))) for start in range(0, len(samples), size)]
     _job = (samples, template, tokenizer, options)
     try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                 initializer=_ignore_interrupts) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("fork"), initializer=_ignore_interrupts
+        ) as pool:
             return [row for piece in pool.map(_encode_piece, pieces) for row in piece]
     finally:
         _job = None
@@ -134,11 +160,12 @@ def _ignore_interrupts() -> None:
 def _encode_piece(bounds: tuple[int, int]) -> list[list[Example] | str]:
     assert _job is not None
     samples, template, tokenizer, options = _job
-    return [_encode_row(s, template, tokenizer, **options) for s in samples[bounds[0]:bounds[1]]]
+    return [_encode_row(s, template, tokenizer, **options) for s in samples[bounds[0] : bounds[1]]]
 
 
-def _encode_row(sample: Sample, template: ChatTemplate, tokenizer: Any, *, on_bad_row: str = "fail",
-                **options: Any) -> list[Example] | str:
+def _encode_row(
+    sample: Sample, template: ChatTemplate, tokenizer: Any, *, on_bad_row: str = "fail", **options: Any
+) -> list[Example] | str:
     """One sample's Examples; a template refusing it is an error naming the row. A row too long to
     encode at all is, with `on_bad_row: skip`, the reason instead (the caller leaves it out)."""
     try:
@@ -146,7 +173,7 @@ def _encode_row(sample: Sample, template: ChatTemplate, tokenizer: Any, *, on_ba
     except UserError as err:
         message = str(err)
         if on_bad_row == "skip" and message.startswith(TOO_LONG):
-            return message[len(TOO_LONG):].split(";")[0]
+            return message[len(TOO_LONG) :].split(";")[0]
         if message.startswith(str(sample.source)):
             raise
         raise UserError(f"{sample.source}: {message.removeprefix(TOO_LONG)}") from None
@@ -170,15 +197,23 @@ def warnings_for(report: SplitReport, split: str) -> list[str]:
     if report.truncated:
         notes.append(f"{report.truncated} {split} rows are longer than max_length and were cut")
     if report.truncated_turns:
-        notes.append(f"{report.truncated_turns} assistant turns in {split} were cut by max_length, partly or "
-                     "wholly; raise template.max_length or shorten the rows")
+        notes.append(
+            f"{report.truncated_turns} assistant turns in {split} were cut by max_length, partly or "
+            "wholly; raise template.max_length or shorten the rows"
+        )
     if report.missing_end_of_turn:
-        notes.append(f"{report.missing_end_of_turn} {split} rows have an assistant turn whose end-of-turn token "
-                     "is not trained; the model may not learn to stop")
+        notes.append(
+            f"{report.missing_end_of_turn} {split} rows have an assistant turn whose end-of-turn token "
+            "is not trained; the model may not learn to stop"
+        )
     if report.double_bos:
-        notes.append(f"{report.double_bos} {split} rows start with two BOS tokens (the template writes BOS and "
-                     "the text holds one too); remove the BOS text from the data")
+        notes.append(
+            f"{report.double_bos} {split} rows start with two BOS tokens (the template writes BOS and "
+            "the text holds one too); remove the BOS text from the data"
+        )
     if report.tokens and report.trainable_share < LOW_TRAINABLE_SHARE:
-        notes.append(f"only {report.trainable_share:.1%} of {split} tokens train (under "
-                     f"{LOW_TRAINABLE_SHARE:.0%}); most compute goes into prompts (check train_on and the data)")
+        notes.append(
+            f"only {report.trainable_share:.1%} of {split} tokens train (under "
+            f"{LOW_TRAINABLE_SHARE:.0%}); most compute goes into prompts (check train_on and the data)"
+        )
     return notes

@@ -21,13 +21,29 @@ from tunesmith.errors import UserError
 
 # Strings that end an assistant turn in the templates people use: stops where the tokenizer has them as
 # special tokens.
-KNOWN_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>",
-                     "<|end_of_text|>", "<｜end▁of▁sentence｜>", "<|END_OF_TURN_TOKEN|>", "<|return|>", "<|call|>")
+KNOWN_END_OF_TURN = (
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<end_of_turn>",
+    "<|end|>",
+    "</s>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<｜end▁of▁sentence｜>",
+    "<|END_OF_TURN_TOKEN|>",
+    "<|return|>",
+    "<|call|>",
+)
 
 PROBE_VALUE = "probe value 7"
-PROBE_TOOL = {"type": "function", "function": {
-    "name": "tunesmith_probe", "description": "probe",
-    "parameters": {"type": "object", "properties": {"probe_key": {"type": "string"}}, "required": ["probe_key"]}}}
+PROBE_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "tunesmith_probe",
+        "description": "probe",
+        "parameters": {"type": "object", "properties": {"probe_key": {"type": "string"}}, "required": ["probe_key"]},
+    },
+}
 _ARGS = {"probe_key": PROBE_VALUE}
 # Spellings of special tokens in template text: <|x|>, <｜x｜>, Gemma's <start_of_turn>/<end_of_turn>.
 SPECIAL_SPELLING = re.compile(r"<\|[^<>|\s]{1,48}\|>|<｜[^<>\s]{1,48}｜>|<(?:start|end)_of_turn>")
@@ -45,10 +61,18 @@ def _arguments_form(template: Any) -> str:
     text_json = json.dumps(_ARGS)
     as_object = _probe_call(template, dict(_ARGS))
     as_string = _probe_call(template, text_json)
-    object_ok = as_object is not None and PROBE_VALUE in as_object and "{'probe_key'" not in as_object \
+    object_ok = (
+        as_object is not None
+        and PROBE_VALUE in as_object
+        and "{'probe_key'" not in as_object
         and '\\"probe_key' not in as_object
-    string_ok = as_string is not None and (text_json in as_string or PROBE_VALUE in as_string) \
-        and '\\"probe_key' not in as_string and "{'probe_key'" not in as_string
+    )
+    string_ok = (
+        as_string is not None
+        and (text_json in as_string or PROBE_VALUE in as_string)
+        and '\\"probe_key' not in as_string
+        and "{'probe_key'" not in as_string
+    )
     if object_ok and string_ok:
         return "given"
     if object_ok:
@@ -58,9 +82,12 @@ def _arguments_form(template: Any) -> str:
 
 def _probe_call(template: Any, arguments: Any) -> str | None:
     call = {"type": "function", "id": "call_1", "function": {"name": "tunesmith_probe", "arguments": arguments}}
-    messages = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "", "tool_calls": [call]},
-                {"role": "tool", "content": "pong", "name": "tunesmith_probe", "tool_call_id": "call_1"},
-                {"role": "assistant", "content": "done"}]
+    messages = [
+        {"role": "user", "content": "ping"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "pong", "name": "tunesmith_probe", "tool_call_id": "call_1"},
+        {"role": "assistant", "content": "done"},
+    ]
     try:
         return template.render(messages, tools=[PROBE_TOOL])
     except UserError:
@@ -115,15 +142,14 @@ def template_stop(template: Any, stops: list[str], specials: frozenset[str]) -> 
         full = template.render(messages)
     except UserError:
         return None
-    after = full[len(prompt):] if full.startswith(prompt) else full
+    after = full[len(prompt) :] if full.startswith(prompt) else full
     at = after.find("pong")
     if at == -1:
         return None
-    rest = after[at + len("pong"):].lstrip(" ")
+    rest = after[at + len("pong") :].lstrip(" ")
     if any(rest.startswith(stop) for stop in stops):
         return None
-    return next((token for token in sorted(specials, key=len, reverse=True) if token and rest.startswith(token)),
-                None)
+    return next((token for token in sorted(specials, key=len, reverse=True) if token and rest.startswith(token)), None)
 
 
 def unknown_special_tokens(source: str, tokenizer: Any) -> list[str]:

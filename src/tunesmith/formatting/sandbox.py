@@ -69,8 +69,9 @@ def split_generation(text: str) -> tuple[str, tuple[tuple[int, int], ...]]:
     return "".join(out).replace(GEN_OPEN, "").replace(GEN_CLOSE, ""), tuple(blocks)
 
 
-def render_capped(template: Any, variables: dict[str, Any], *, max_chars: int | None = None,
-                  seconds: float | None = None) -> str:
+def render_capped(
+    template: Any, variables: dict[str, Any], *, max_chars: int | None = None, seconds: float | None = None
+) -> str:
     """Render chunk by chunk; raise `RenderLimit` once the output or the time passes its cap
     (`MAX_RENDER_CHARS`, `RENDER_SECONDS` unless given).
 
@@ -104,8 +105,12 @@ def _arm_alarm(seconds: float) -> Any:
     """Start a SIGALRM timer that raises `RenderLimit`; return the handler to restore, or
     `_NOT_ARMED` off the main thread, without setitimer, when a timer is already running, or when
     the current handler was not set from Python (it could not be put back)."""
-    if (not hasattr(_signal, "setitimer") or threading.current_thread() is not threading.main_thread()
-            or _signal.getitimer(_signal.ITIMER_REAL)[0] > 0 or _signal.getsignal(_signal.SIGALRM) is None):
+    if (
+        not hasattr(_signal, "setitimer")
+        or threading.current_thread() is not threading.main_thread()
+        or _signal.getitimer(_signal.ITIMER_REAL)[0] > 0
+        or _signal.getsignal(_signal.SIGALRM) is None
+    ):
         return _NOT_ARMED
 
     def expire(signum: int, frame: Any) -> None:
@@ -168,8 +173,9 @@ def _environment() -> Any:
             _check_binop(operator, left, right)
             return super().call_binop(context, operator, left, right)
 
-    env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, GenerationBlocks],
-                  undefined=jinja2.Undefined)
+    env = Sandbox(
+        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, GenerationBlocks], undefined=jinja2.Undefined
+    )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -197,6 +203,7 @@ def _raise_exception(message: str) -> None:
     raise TemplateRefusal(message)
 
 
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
-            sort_keys: bool = False) -> str:
+def _tojson(
+    value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False
+) -> str:
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)

@@ -14,14 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import UserError
-from tunesmith.formatting.sandbox import (GEN_CLOSE, GEN_OPEN, RenderLimit, TemplateRefusal, compile_template,
-                                          render_capped, split_generation)
+from tunesmith.formatting.sandbox import (
+    GEN_CLOSE,
+    GEN_OPEN,
+    RenderLimit,
+    TemplateRefusal,
+    compile_template,
+    render_capped,
+    split_generation,
+)
 
 # Private-use characters: never produced by a template, vanishingly rare in data.
 _OPEN, _CLOSE = "\ue000", "\ue001"
 _ANCHOR = 16  # characters of template text before a content that a search must also find
 _GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
-
 
 
 @dataclass(frozen=True)
@@ -51,8 +57,14 @@ class ChatTemplate:
     ('<user>hi</s><assistant>yo</s>', [(6, 8), (23, 25)])
     """
 
-    def __init__(self, source: str, *, name: str, special_tokens: dict[str, Any] | None = None,
-                 drop: tuple[str, ...] | frozenset[str] = ()):
+    def __init__(
+        self,
+        source: str,
+        *,
+        name: str,
+        special_tokens: dict[str, Any] | None = None,
+        drop: tuple[str, ...] | frozenset[str] = (),
+    ):
         self.source = source
         self.name = name
         self.special_tokens = dict(special_tokens or {})
@@ -65,15 +77,18 @@ class ChatTemplate:
         self._template = compile_template(source, name)
         self._skeletons: dict[str, str] = {}
 
-    def render(self, messages: list[dict], *, add_generation_prompt: bool = False,
-               tools: list[dict] | None = None) -> str:
+    def render(
+        self, messages: list[dict], *, add_generation_prompt: bool = False, tools: list[dict] | None = None
+    ) -> str:
         """The text the model sees, generation markers removed."""
         text = self._render_marked(messages, add_generation_prompt, tools)
         if self.has_generation_blocks:
             text = text.replace(GEN_OPEN, "").replace(GEN_CLOSE, "")
         return text
 
-    def generation_blocks(self, messages: list[dict], *, tools: list[dict] | None = None) -> tuple[tuple[int, int], ...]:
+    def generation_blocks(
+        self, messages: list[dict], *, tools: list[dict] | None = None
+    ) -> tuple[tuple[int, int], ...]:
         """[start, end) of each `{% generation %}` block in the render of `messages` (none without such blocks)."""
         if not self.has_generation_blocks:
             return ()
@@ -89,8 +104,9 @@ class ChatTemplate:
         text, blocks = self._render_marked(messages, False, tools), ()
         if self.has_generation_blocks:
             text, blocks = split_generation(text)
-        shape = json.dumps([[{k: v for k, v in m.items() if k != "content"} for m in messages], tools],
-                           sort_keys=True, default=str)
+        shape = json.dumps(
+            [[{k: v for k, v in m.items() if k != "content"} for m in messages], tools], sort_keys=True, default=str
+        )
         skeleton = self._skeletons.get(shape)
         if skeleton is None:
             marked = [dict(m, content=f"{_OPEN}{i}{_CLOSE}") for i, m in enumerate(messages)]
@@ -103,8 +119,9 @@ class ChatTemplate:
         return Rendered(text=text, spans=tuple(spans), blocks=blocks)
 
     def _render_marked(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None) -> str:
-        variables = dict(self.special_tokens, messages=messages, add_generation_prompt=add_generation_prompt,
-                         tools=tools)
+        variables = dict(
+            self.special_tokens, messages=messages, add_generation_prompt=add_generation_prompt, tools=tools
+        )
         try:
             return render_capped(self._template, variables)
         except UserError:

@@ -49,28 +49,42 @@ def refuse(template: Any, what: str, way_out: str) -> UserError:
     return UserError(f"chat template {template.name} {what}; {way_out}")
 
 
-def inference_turn(template: Any, messages: list[dict], index: int, tools: list[dict] | None,
-                   stops: tuple[str, ...], *, full: str | None = None) -> Turn:
+def inference_turn(
+    template: Any,
+    messages: list[dict],
+    index: int,
+    tools: list[dict] | None,
+    stops: tuple[str, ...],
+    *,
+    full: str | None = None,
+) -> Turn:
     """Turn `index` as the model generates it; `full` is the render of `messages` when `index` is
     the last message (saves a render). Refuses (UserError) what cannot be trained faithfully."""
     prompt = template.render(messages[:index], add_generation_prompt=True, tools=tools)
-    own = full if full is not None and index == len(messages) - 1 else \
-        template.render(messages[: index + 1], tools=tools)
+    own = (
+        full if full is not None and index == len(messages) - 1 else template.render(messages[: index + 1], tools=tools)
+    )
     if not own.startswith(prompt):
         at = _common_prefix(prompt, own)
-        raise refuse(template, f"renders assistant messages[{index}] as {own[at:at + 40]!r} where its generation "
-                     f"prompt (what the model is given at inference) has {prompt[at:at + 40]!r}, so no training "
-                     "text matches inference",
-                     "set the template's variables in template.variables (e.g. enable_thinking: false), give the "
-                     "reasoning the template expects, or choose another template.chat_template")
+        raise refuse(
+            template,
+            f"renders assistant messages[{index}] as {own[at : at + 40]!r} where its generation "
+            f"prompt (what the model is given at inference) has {prompt[at : at + 40]!r}, so no training "
+            "text matches inference",
+            "set the template's variables in template.variables (e.g. enable_thinking: false), give the "
+            "reasoning the template expects, or choose another template.chat_template",
+        )
     end = first_stop(own, len(prompt), stops)
     if end is None:
         own, end = _stop_from_next_turn(template, messages, index, tools, stops, own)
     if end is None:
         check_generated(template, messages[index], Turn(index, len(prompt), len(own), own))
-        raise refuse(template, f"writes no stop token after assistant messages[{index}] (looked for "
-                     f"{', '.join(stops) or 'an eos token'}), so the model would never learn to stop",
-                     "use a template whose turns end with the tokenizer's eos or end-of-turn token")
+        raise refuse(
+            template,
+            f"writes no stop token after assistant messages[{index}] (looked for "
+            f"{', '.join(stops) or 'an eos token'}), so the model would never learn to stop",
+            "use a template whose turns end with the tokenizer's eos or end-of-turn token",
+        )
     turn = Turn(index, len(prompt), end, own, next((s for s in stops if own.endswith(s, 0, end)), ""))
     check_generated(template, messages[index], turn)
     _check_generation_blocks(template, messages[: index + 1], tools, turn)
@@ -87,13 +101,17 @@ def _check_generation_blocks(template: Any, messages: list[dict], tools: list[di
     if blocks and body:
         start, end = blocks[-1]
         if body not in turn.text[start:end]:
-            raise refuse(template, f"marks {turn.text[start:end][:40]!r} as generated with {{% generation %}} where "
-                         f"the model generates {body[:40]!r} for assistant messages[{turn.message}]",
-                         "fix the template's generation blocks or remove them")
+            raise refuse(
+                template,
+                f"marks {turn.text[start:end][:40]!r} as generated with {{% generation %}} where "
+                f"the model generates {body[:40]!r} for assistant messages[{turn.message}]",
+                "fix the template's generation blocks or remove them",
+            )
 
 
-def _stop_from_next_turn(template: Any, messages: list[dict], index: int, tools: list[dict] | None,
-                         stops: tuple[str, ...], own: str) -> tuple[str, int | None]:
+def _stop_from_next_turn(
+    template: Any, messages: list[dict], index: int, tools: list[dict] | None, stops: tuple[str, ...], own: str
+) -> tuple[str, int | None]:
     """A stop that is the start of the next turn (`<|user|>` in GLM-style formats): in the render
     with one more user message, the text right after this turn starts with a stop token."""
     try:
@@ -102,7 +120,7 @@ def _stop_from_next_turn(template: Any, messages: list[dict], index: int, tools:
         return own, None
     if not longer.startswith(own):
         return own, None
-    after = longer[len(own):]
+    after = longer[len(own) :]
     stop = next((s for s in stops if after.startswith(s)), None)
     return (own + stop, len(own) + len(stop)) if stop else (own, None)
 
@@ -126,27 +144,40 @@ def check_generated(template: Any, message: dict, turn: Turn) -> None:
     generated, index = turn.generated, turn.message
     reasoning = message.get("reasoning_content")
     if isinstance(reasoning, str) and reasoning.strip() and reasoning.strip() not in generated:
-        raise refuse(template, f"does not render the reasoning of assistant messages[{index}] (its "
-                     "reasoning_content/thinking field), so it would not train",
-                     "set template.drop: [reasoning] to train the answers without it, or choose a template "
-                     "that renders reasoning")
+        raise refuse(
+            template,
+            f"does not render the reasoning of assistant messages[{index}] (its "
+            "reasoning_content/thinking field), so it would not train",
+            "set template.drop: [reasoning] to train the answers without it, or choose a template "
+            "that renders reasoning",
+        )
     content = message.get("content") or ""
     if isinstance(content, str) and content.strip() and content.strip() not in generated:
         if "</think>" in content and content.split("</think>")[-1].strip() in generated:
-            raise refuse(template, f"drops the <think> reasoning of assistant messages[{index}] from what the "
-                         "model generates, so it would not train",
-                         "set template.drop: [reasoning] to train the answers without it, or choose a template "
-                         "that keeps reasoning in the final turn")
+            raise refuse(
+                template,
+                f"drops the <think> reasoning of assistant messages[{index}] from what the "
+                "model generates, so it would not train",
+                "set template.drop: [reasoning] to train the answers without it, or choose a template "
+                "that keeps reasoning in the final turn",
+            )
         what = "the text before the tool call" if message.get("tool_calls") else "the answer"
-        raise refuse(template, f"leaves out or rewrites {what} of assistant messages[{index}]",
-                     tool_way_out(template) if message.get("tool_calls") else "choose another template")
+        raise refuse(
+            template,
+            f"leaves out or rewrites {what} of assistant messages[{index}]",
+            tool_way_out(template) if message.get("tool_calls") else "choose another template",
+        )
     for number, call in enumerate(message.get("tool_calls") or ()):
         function = call.get("function", call)
         values = [str(function.get("name", "")), *_leaves(function.get("arguments"))]
         missing = [v for v in values if not _written(v, generated)]
         if missing:
-            raise refuse(template, f"does not render tool call {number} of assistant messages[{index}] "
-                         f"(missing {missing[0]!r}), so the call would not train", tool_way_out(template))
+            raise refuse(
+                template,
+                f"does not render tool call {number} of assistant messages[{index}] "
+                f"(missing {missing[0]!r}), so the call would not train",
+                tool_way_out(template),
+            )
 
 
 def check_rendered(template: Any, messages: list[dict], tools: list[dict] | None, text: str) -> None:
@@ -154,24 +185,38 @@ def check_rendered(template: Any, messages: list[dict], tools: list[dict] | None
     for tool in tools or ():
         name = (tool.get("function") or tool).get("name") if isinstance(tool, dict) else None
         if isinstance(name, str) and name not in text:
-            raise refuse(template, f"does not render the row's tools (tool {name!r} is not in the text), so the "
-                         "model would never see them", tool_way_out(template, drop=True))
+            raise refuse(
+                template,
+                f"does not render the row's tools (tool {name!r} is not in the text), so the "
+                "model would never see them",
+                tool_way_out(template, drop=True),
+            )
     for index, message in enumerate(messages):
         for number, call in enumerate(message.get("tool_calls") or ()):
             name = call.get("function", call).get("name", "")
             if name and name not in text:
-                raise refuse(template, f"does not render tool call {number} of messages[{index}] ({name!r})",
-                             tool_way_out(template))
+                raise refuse(
+                    template,
+                    f"does not render tool call {number} of messages[{index}] ({name!r})",
+                    tool_way_out(template),
+                )
         content = message.get("content")
-        if message["role"] == "tool" and isinstance(content, str) and content.strip() \
-                and not _written(content.strip(), text):
+        if (
+            message["role"] == "tool"
+            and isinstance(content, str)
+            and content.strip()
+            and not _written(content.strip(), text)
+        ):
             raise refuse(template, f"does not render the tool result messages[{index}]", tool_way_out(template))
 
 
 def tool_way_out(template: Any, *, drop: bool = False) -> str:
     hint = template.probes.get("tool_hint") or "choose a template that renders tool calls and results"
-    return f"{hint}, or, for rows without tool calls, set template.drop: [tools] to leave the schemas out" \
-        if drop else hint
+    return (
+        f"{hint}, or, for rows without tool calls, set template.drop: [tools] to leave the schemas out"
+        if drop
+        else hint
+    )
 
 
 def _leaves(value: Any) -> list[Any]:

@@ -8,11 +8,13 @@ model sees and the highlight is exactly its labels. Pure: a tokenizer's `decode`
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from itertools import groupby
-from typing import Any, Callable
+from typing import Any
 
-from tunesmith.formatting.encode import IGNORE_INDEX, Example
+from tunesmith.data.types import IGNORE_INDEX
+from tunesmith.formatting.encode import Example
 from tunesmith.formatting.prepare import LOW_TRAINABLE_SHARE, SplitReport
 
 # Tokens of left context when decoding one token: decoders treat a sequence's first token
@@ -58,11 +60,16 @@ class AuditLine:
 
 
 # Labels for the audit's counters; a counter added to SplitReport later shows under its own name.
-AUDIT_LABELS = {"rows": "rows", "examples": "training sequences", "tokens": "tokens",
-                "trainable_tokens": "trained tokens", "truncated": "rows cut at max_length",
-                "truncated_turns": "assistant turns cut at max_length",
-                "missing_end_of_turn": "rows whose end-of-turn token does not train",
-                "double_bos": "rows starting with two BOS tokens"}
+AUDIT_LABELS = {
+    "rows": "rows",
+    "examples": "training sequences",
+    "tokens": "tokens",
+    "trainable_tokens": "trained tokens",
+    "truncated": "rows cut at max_length",
+    "truncated_turns": "assistant turns cut at max_length",
+    "missing_end_of_turn": "rows whose end-of-turn token does not train",
+    "double_bos": "rows starting with two BOS tokens",
+}
 _SIZES = ("rows", "examples", "tokens", "trainable_tokens")  # every other counter counts a problem
 
 
@@ -82,7 +89,7 @@ def token_pieces(decode: Callable[[list[int]], str], ids: list[int]) -> list[str
         before, after = decode(ids[left:start]), decode(ids[left : i + 1])
         if after.endswith("\ufffd") and i + 1 < len(ids) and i + 1 - start < MAX_PENDING:
             continue
-        text = after[len(before):] if after.startswith(before) else after
+        text = after[len(before) :] if after.startswith(before) else after
         pieces.extend([""] * (i - start) + [text])
         starts.append(i + 1)
     return pieces
@@ -104,13 +111,18 @@ def segments(pieces: list[str], trained: list[bool]) -> tuple[Segment, ...]:
 def view_example(tokenizer: Any, example: Example, *, part: str | None = None) -> RowView:
     """Decode an example token by token and mark the tokens whose label trains; `part` says which
     of a row's sequences this is, when the row gave more than one."""
+
     def decode(ids: list[int]) -> str:
         return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     trained = [label != IGNORE_INDEX for label in example.labels]
-    return RowView(source=example.source_id, tokens=len(example.input_ids), trained_tokens=sum(trained),
-                   segments=segments(token_pieces(decode, list(example.input_ids)), trained),
-                   notes=tuple(([part] if part else []) + example_notes(example)))
+    return RowView(
+        source=example.source_id,
+        tokens=len(example.input_ids),
+        trained_tokens=sum(trained),
+        segments=segments(token_pieces(decode, list(example.input_ids)), trained),
+        notes=tuple(([part] if part else []) + example_notes(example)),
+    )
 
 
 def example_notes(example: Example) -> list[str]:
@@ -202,28 +214,42 @@ pre { white-space: pre-wrap; word-break: break-word; background: #fafafa; paddin
 """
 
 
-def html_page(rows: list[RowView], *, title: str, subtitle: str, audit: list[AuditLine],
-              warnings: list[str]) -> str:
+def html_page(rows: list[RowView], *, title: str, subtitle: str, audit: list[AuditLine], warnings: list[str]) -> str:
     """A self-contained page (inline CSS, no scripts, no network): the audit table first, a
     legend, then one block per row. Every piece of data is HTML-escaped; each audit number also
     sits raw in `data-key`/`data-value`, for tools.
     """
     esc = html.escape
-    lines = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{esc(title)}</title>",
-             f"<style>{_CSS}</style></head><body>", f"<h1>{esc(title)}</h1>", f"<p>{esc(subtitle)}</p>",
-             '<table class="audit">']
+    lines = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        f"<p>{esc(subtitle)}</p>",
+        '<table class="audit">',
+    ]
     for a in audit:
-        lines.append(f'<tr{" class=alert" if a.alert else ""}><td>{esc(a.label)}</td>'
-                     f'<td class="n" data-key="{esc(a.key)}" data-value="{a.value}">{esc(a.shown)}</td></tr>')
+        lines.append(
+            f"<tr{' class=alert' if a.alert else ''}><td>{esc(a.label)}</td>"
+            f'<td class="n" data-key="{esc(a.key)}" data-value="{a.value}">{esc(a.shown)}</td></tr>'
+        )
     lines.append("</table>")
     lines += [f'<p class="note">warning: {esc(note)}</p>' for note in warnings]
-    lines.append('<p class="legend">Legend: <span class="t">trained token</span> <span class="c">context, '
-                 "not trained</span> (↵ marks a trained newline)</p>")
+    lines.append(
+        '<p class="legend">Legend: <span class="t">trained token</span> <span class="c">context, '
+        "not trained</span> (↵ marks a trained newline)</p>"
+    )
     for row in rows:
         notes = "".join(f' <span class="note">[{esc(note)}]</span>' for note in row.notes)
-        body = "".join(f'<span class="t">{esc(visible(s.text))}</span>' if s.trained
-                       else f'<span class="c">{esc(s.text)}</span>' for s in row.segments if s.text)
-        lines.append(f'<div class="row"><h2>{esc(row.source)} <small>{row.tokens} tokens, '
-                     f"{row.trained_tokens} trained</small>{notes}</h2><pre>{body}</pre></div>")
+        body = "".join(
+            f'<span class="t">{esc(visible(s.text))}</span>' if s.trained else f'<span class="c">{esc(s.text)}</span>'
+            for s in row.segments
+            if s.text
+        )
+        lines.append(
+            f'<div class="row"><h2>{esc(row.source)} <small>{row.tokens} tokens, '
+            f"{row.trained_tokens} trained</small>{notes}</h2><pre>{body}</pre></div>"
+        )
     lines.append("</body></html>")
     return "\n".join(lines) + "\n"

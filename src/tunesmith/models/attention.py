@@ -9,9 +9,10 @@ mask (causal, grouped-query heads not repeated), and the outputs are concatenate
 the sum of the conversations' squared lengths and no mask is kept.
 
 Everything else (padded batches, generation with a KV cache, a single conversation, a
-conversation longer than a sliding window, attention-sink or position-bias layers) goes to plain sdpa with transformers' mask, so the kernel is correct for
-every call a model makes. It is registered through transformers' public `AttentionInterface`
-and `AttentionMaskInterface`, under the name `segments`.
+conversation longer than a sliding window, attention-sink or position-bias layers) goes to plain
+sdpa with transformers' mask, so the kernel is correct for every call a model makes. It is
+registered through transformers' public `AttentionInterface` and `AttentionMaskInterface`, under
+the name `segments`.
 """
 
 from __future__ import annotations
@@ -52,8 +53,12 @@ def segment_attention(module: Any, query: Any, key: Any, value: Any, attention_m
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     found = None
-    if (query.shape[2] == key.shape[2] and getattr(module, "is_causal", True)
-            and kwargs.get("s_aux") is None and kwargs.get("position_bias") is None):
+    if (
+        query.shape[2] == key.shape[2]
+        and getattr(module, "is_causal", True)
+        and kwargs.get("s_aux") is None
+        and kwargs.get("position_bias") is None
+    ):
         found = spans(kwargs.get("position_ids"), query.shape[2])
     window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
     if found is not None and window is not None and max(b - a for a, b in found) > window:
@@ -61,9 +66,12 @@ def segment_attention(module: Any, query: Any, key: Any, value: Any, attention_m
     if found is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     kwargs.pop("is_causal", None)
-    outputs = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
-                                      is_causal=True, **kwargs)[0]
-               for a, b in found]
+    outputs = [
+        sdpa_attention_forward(
+            module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, is_causal=True, **kwargs
+        )[0]
+        for a, b in found
+    ]
     return torch.cat(outputs, dim=1), None  # [batch, tokens, heads, head_dim], as sdpa returns
 
 

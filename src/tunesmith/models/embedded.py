@@ -77,12 +77,11 @@ def is_embedded_name(name: str) -> bool:
     return name in EMBEDDED_MODELS
 
 
-def cache_root() -> pathlib.Path:
-    """Where tunesmith keeps converted models (under `models/`): the cache folder `tunesmith.paths`
-    decides ($TUNESMITH_CACHE, else $XDG_CACHE_HOME/tunesmith, else ~/.cache/tunesmith)."""
-    from tunesmith.paths import cache_root as tunesmith_cache
+def models_dir() -> pathlib.Path:
+    """Where converted embedded models live: `models/` in the cache folder `tunesmith.paths` decides."""
+    from tunesmith.paths import cache_root
 
-    return tunesmith_cache()
+    return cache_root() / "models"
 
 
 def ensure_embedded_model(
@@ -98,7 +97,7 @@ def ensure_embedded_model(
     if spec is None:
         known = ", ".join(sorted(EMBEDDED_MODELS))
         raise UserError(f"unknown embedded model {name!r}; known: {known}")
-    final = cache_root() / "models" / spec.name
+    final = models_dir() / spec.name
     if _is_complete(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +118,7 @@ def ensure_embedded_model(
 def embedded_model_path(name: str) -> pathlib.Path | None:
     """The converted folder if it is already in the cache, else None (never downloads)."""
     spec = EMBEDDED_MODELS.get(name)
-    folder = cache_root() / "models" / spec.name if spec else None
+    folder = models_dir() / spec.name if spec else None
     return folder if folder is not None and _is_complete(folder) else None
 
 
@@ -252,9 +251,7 @@ def convert_gguf(gguf: pathlib.Path, out: pathlib.Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     settings = loaded.config.to_dict()
     for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
         settings.pop(key, None)  # GGUF leftovers; a plain folder must not claim to be quantized

@@ -6,9 +6,10 @@ unknown model is a clean exit 2, not a half-made run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tunesmith.errors import UserError
 from tunesmith.models.embedded import EMBEDDED_MODELS, embedded_model_path, ensure_embedded_model, is_embedded_name
@@ -24,8 +25,9 @@ class ModelRef:
     revision: str | None = None
 
 
-def resolve_model(name: str, *, revision: str | None = None, log: Callable[[str], None] = lambda m: None,
-                  fetch: bool = True) -> ModelRef | None:
+def resolve_model(
+    name: str, *, revision: str | None = None, log: Callable[[str], None] = lambda m: None, fetch: bool = True
+) -> ModelRef | None:
     """Find the model a config names, fetching the embedded one if needed.
 
     With `fetch=False` an embedded model that is not in the cache yet gives None instead of a
@@ -56,8 +58,10 @@ def _check_hub_id(name: str, revision: str | None) -> None:
     except (OSError, ValueError) as err:
         known = ", ".join(EMBEDDED_MODELS)
         reason = str(err).strip().splitlines()[0][:200]
-        raise UserError(f"model {name!r} is not a built-in name ({known}), not a local folder, "
-                        f"and the model hub could not provide it: {reason}") from None
+        raise UserError(
+            f"model {name!r} is not a built-in name ({known}), not a local folder, "
+            f"and the model hub could not provide it: {reason}"
+        ) from None
 
 
 def load_tokenizer(ref: ModelRef) -> Any:
@@ -69,55 +73,9 @@ def load_tokenizer(ref: ModelRef) -> Any:
     return tokenizer
 
 
-def torch_dtype(setting: str, device: str) -> Any:
-    """The weight dtype for a `model.dtype` setting on this device."""
-    import torch
-
-    if setting == "auto":
-        if device == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return getattr(torch, setting)
-
-
-def attention_implementation(setting: str, device: str) -> str:
-    """The `attn_implementation` for a `model.attention` setting on this device, or a UserError.
-
-    Packed training needs a kernel that keeps packed conversations apart. transformers does it
-    from `position_ids` (a block-diagonal mask for sdpa, eager and flex; varlen for flash), and
-    `segments` (models/attention.py) runs sdpa once per conversation, so what is refused here is
-    what cannot train on this device at all. `auto` is `segments` on CPU (no whole-row mask: the
-    measured lever in docs/benchmarks.md) and sdpa on a GPU, where the per-layer host read of the
-    conversation boundaries would stall the device (flash_attention_2 is varlen there).
-
-    >>> attention_implementation("auto", "cpu")
-    'segments'
-    """
-    if setting == "segments" or (setting == "auto" and device == "cpu"):
-        from tunesmith.models.attention import register
-
-        return register()
-    if setting == "auto":
-        return "sdpa"
-    if setting == "flash_attention_2":
-        if device != "cuda":
-            raise UserError("model.attention: flash_attention_2 needs a CUDA GPU; use sdpa or eager on CPU")
-        from transformers.utils import is_flash_attn_2_available
-
-        if not is_flash_attn_2_available():
-            raise UserError("model.attention: flash_attention_2 needs the flash-attn package "
-                            "(pip install flash-attn --no-build-isolation); or use sdpa")
-    if setting == "flex_attention" and device == "cpu":
-        import torch
-
-        # Checked on torch 2.13: flex_attention raises NotImplementedError on a CPU backward pass.
-        raise UserError(f"model.attention: flex_attention cannot train on CPU (torch {torch.__version__} has no "
-                        "FlexAttention backward pass there); use sdpa or eager")
-    return setting
-
-
-def load_model(ref: ModelRef, *, dtype: str = "auto", device: str = "cpu", attention: str = "auto",
-               quantization: Any = None) -> Any:
+def load_model(
+    ref: ModelRef, *, dtype: str = "auto", device: str = "cpu", attention: str = "auto", quantization: Any = None
+) -> Any:
     """The model of `ref` on `device`, with the `model.attention` kernel (checked for the device).
 
     `quantization` (a transformers `BitsAndBytesConfig`) loads the weights quantized, straight onto
@@ -126,16 +84,27 @@ def load_model(ref: ModelRef, *, dtype: str = "auto", device: str = "cpu", atten
     """
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"revision": ref.revision, "dtype": torch_dtype(dtype, device),
-                              "attn_implementation": attention_implementation(attention, device)}
+    from tunesmith.machine import SEGMENTS, attention_implementation, torch_dtype
+
+    kernel = attention_implementation(attention, device)
+    if kernel == SEGMENTS:
+        from tunesmith.models.attention import register
+
+        register()  # idempotent; the one place a kernel is registered with transformers
+    kwargs: dict[str, Any] = {
+        "revision": ref.revision,
+        "dtype": torch_dtype(dtype, device),
+        "attn_implementation": kernel,
+    }
     if quantization is not None:
         import torch
 
         from tunesmith.models.quant import own_storage
 
         placement = {"": torch.cuda.current_device() if device == "cuda" else "cpu"}
-        model = AutoModelForCausalLM.from_pretrained(ref.path, quantization_config=quantization,
-                                                     device_map=placement, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            ref.path, quantization_config=quantization, device_map=placement, **kwargs
+        )
         return own_storage(model) if device == "cpu" else model
     model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
     return model.to(device)

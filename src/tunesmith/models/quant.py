@@ -75,8 +75,9 @@ def bitsandbytes_config(bits: int, precision: str) -> Any:
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
     compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+    )
 
 
 def dequantized(model: Any) -> Any:
@@ -90,8 +91,10 @@ def dequantized(model: Any) -> Any:
     for name, module in model.named_modules():
         state = getattr(getattr(module, "weight", None), "quant_state", None)
         if getattr(state, "packing_format_for_cpu", False):
-            raise RuntimeError(f"{name}: its 4-bit weight was repacked for bitsandbytes' CPU kernel by a forward "
-                               "pass; de-quantize a freshly loaded model")
+            raise RuntimeError(
+                f"{name}: its 4-bit weight was repacked for bitsandbytes' CPU kernel by a forward "
+                "pass; de-quantize a freshly loaded model"
+            )
     return model.dequantize().float()
 
 

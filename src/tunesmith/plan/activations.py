@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 from tunesmith.errors import UserError
 
 if TYPE_CHECKING:
-    from tunesmith.plan.estimate import MicroBatch
-
+    from tunesmith.plan.shapes import MicroBatch
 
 
 class _Tally:
@@ -62,8 +61,16 @@ _TALLY: _Tally | None = None
 _KERNEL = "sdpa"
 
 
-def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: Any = None,
-               dropout: float = 0.0, **kwargs: Any) -> tuple[Any, None]:
+def _attention(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    scaling: Any = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[Any, None]:
     """Stand-in attention for the meta pass: records what the real kernel saves for backward."""
     import torch
 
@@ -72,8 +79,9 @@ def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: An
     if _KERNEL == "eager":
         from transformers.models.llama.modeling_llama import eager_attention_forward
 
-        return eager_attention_forward(module, query, key, value, attention_mask, scaling=scaling or 1.0,
-                                       dropout=dropout, **kwargs)
+        return eager_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling or 1.0, dropout=dropout, **kwargs
+        )
     kv_heads = key.shape[1]
     out = torch.empty(b, t, h, value.shape[-1], dtype=query.dtype, device=query.device)
     if tally is not None:
@@ -99,10 +107,9 @@ class _Emulation:
     weight's storage, so the tally leaves it out as it does the parameters)."""
 
     def __init__(self, dtype: Any, quantized: set[int], excluded: set[int]):
-        from torch.overrides import TorchFunctionMode
-
         import torch
         import torch.nn.functional as F
+        from torch.overrides import TorchFunctionMode
 
         emulation = self
         self.dtype, self.quantized = dtype, quantized
@@ -114,8 +121,10 @@ class _Emulation:
                 if func in matmuls and emulation.dtype is not None:
                     weight = args[1] if len(args) > 1 else kwargs.get("weight")
                     first = args[0]
-                    cast = [a.to(emulation.dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-                            for a in args]
+                    cast = [
+                        a.to(emulation.dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                        for a in args
+                    ]
                     quantized = func is F.linear and id(weight) in emulation.quantized
                     if quantized and len(cast) > 1 and cast[1] is not weight:
                         excluded.add(cast[1].untyped_storage()._cdata)  # before autograd saves it
@@ -126,8 +135,15 @@ class _Emulation:
         self.mode = Mode()
 
 
-def activation_bytes(model: Any, batch: MicroBatch, *, checkpointing: bool, attention: str = "sdpa",
-                     compute_dtype: Any = None, quantized: set[int] | None = None) -> dict[str, int]:
+def activation_bytes(
+    model: Any,
+    batch: MicroBatch,
+    *,
+    checkpointing: bool,
+    attention: str = "sdpa",
+    compute_dtype: Any = None,
+    quantized: set[int] | None = None,
+) -> dict[str, int]:
     """Bytes autograd keeps for the backward pass of one micro-batch, from a meta forward pass of
     the decoder (the output head is counted apart, see `logits_bytes`): "layers", "other" (the
     embedding output, the final norm), "mask", and "heap": the part of layers + other held in
@@ -147,6 +163,8 @@ def activation_bytes(model: Any, batch: MicroBatch, *, checkpointing: bool, atte
     for index, layer in enumerate(layers):
         hooks.append(layer.register_forward_pre_hook(lambda m, a, i=index: setattr(tally, "where", f"layer{i}")))
         hooks.append(layer.register_forward_hook(lambda m, a, o: setattr(tally, "where", "other")))
+    # The planner's own meta model: its config's kernel name is swapped for the tally's and back (transformers'
+    # set_attn_implementation would also swap the mask function, which is not what training uses).
     configs = [inner.config, *[getattr(inner.config, k) for k in ("text_config",) if hasattr(inner.config, k)]]
     saved_impl = [c._attn_implementation for c in configs]
     for c in configs:

@@ -37,14 +37,23 @@ def diagnose(config: Config | None = None) -> dict[str, Any]:
     """Facts about this environment and, for `config`, what they mean (`advice`)."""
     import torch
 
-    from tunesmith.training.hardware import cpu_has_native_bf16
+    from tunesmith.machine import cpu_has_native_bf16
 
-    facts: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda,
-                             "cuda_available": torch.cuda.is_available(), "gpus": []}
+    facts: dict[str, Any] = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "gpus": [],
+    }
     for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         props = torch.cuda.get_device_properties(i)
-        facts["gpus"].append({"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
-                              "capability": f"{props.major}.{props.minor}"})
+        facts["gpus"].append(
+            {
+                "name": props.name,
+                "memory_gib": round(props.total_memory / 2**30, 1),
+                "capability": f"{props.major}.{props.minor}",
+            }
+        )
     facts["bf16"] = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_native_bf16()
     facts["fp16"] = torch.cuda.is_available()
     facts["bitsandbytes"] = _version("bitsandbytes")
@@ -58,8 +67,10 @@ def diagnose(config: Config | None = None) -> dict[str, Any]:
     facts["cpu_cores"] = len(__import__("os").sched_getaffinity(0))
     cache = cache_root()
     facts["cache_dir"] = str(cache)
-    facts["free_disk_gib"] = {"cache": _free_gib(cache),
-                              "runs": _free_gib(Path(config.output_dir if config else "runs"))}
+    facts["free_disk_gib"] = {
+        "cache": _free_gib(cache),
+        "runs": _free_gib(Path(config.output_dir if config else "runs")),
+    }
     facts["advice"] = advice(facts, config)
     return facts
 
@@ -71,18 +82,24 @@ def advice(facts: dict[str, Any], config: Config | None) -> list[str]:
     if not gpu:
         notes.append("no CUDA GPU: training runs on CPU (fine for the embedded 135M model; slow beyond ~1B)")
     if not facts["bf16"]:
-        notes.append("no native bf16: precision auto trains in fp32" + (" (fp16 with loss scaling on this GPU)" if gpu else ""))
+        notes.append(
+            "no native bf16: precision auto trains in fp32" + (" (fp16 with loss scaling on this GPU)" if gpu else "")
+        )
     where = "this GPU" if gpu else "this CPU (bitsandbytes' CPU backend)"
     quantization = facts.get("quantization", "runs")
     if quantization == "runs":
-        notes.append(f"bitsandbytes {facts['bitsandbytes']} quantizes on {where}: qlora, load_in_8bit and adamw_8bit "
-                     "run here" + ("" if gpu else "; paged_adamw_8bit needs a GPU"))
+        notes.append(
+            f"bitsandbytes {facts['bitsandbytes']} quantizes on {where}: qlora, load_in_8bit and adamw_8bit "
+            "run here" + ("" if gpu else "; paged_adamw_8bit needs a GPU")
+        )
     else:
         notes.append(f"qlora, load_in_8bit and 8-bit optimizers cannot run here: {quantization}")
     if gpu and not facts["flash_attn"]:
-        notes.append("flash-attn is not installed: attention auto uses sdpa (packed batches build a T x T mask; "
-                     "flash_attention_2 avoids it for long packed micro-batches, and model.attention: segments "
-                     "runs sdpa once per packed conversation at one host sync per layer)")
+        notes.append(
+            "flash-attn is not installed: attention auto uses sdpa (packed batches build a T x T mask; "
+            "flash_attention_2 avoids it for long packed micro-batches, and model.attention: segments "
+            "runs sdpa once per packed conversation at one host sync per layer)"
+        )
     for where, free in facts["free_disk_gib"].items():
         if free is not None and free < 5:
             notes.append(f"only {free} GiB free for the {where} folder; checkpoints and merged models need more")

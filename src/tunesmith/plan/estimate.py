@@ -30,8 +30,14 @@ from typing import Any
 
 from tunesmith.config import Config
 from tunesmith.errors import UserError
-from tunesmith.models.quant import plannable
 from tunesmith.plan.activations import HEAP_BLOCK_BYTES, activation_bytes, logits_bytes, logits_heap_bytes
+from tunesmith.plan.shapes import (
+    MicroBatch,
+    _counts,
+    hf_config_for,
+    meta_model,
+    micro_batch,
+)
 
 METHODS = ("full", "lora", "qlora")
 CPU_HEAP_HOLES = {"bf16": 0.65, "fp32": 1.0}
@@ -73,22 +79,6 @@ NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
 per 256 of those."""
 
 
-@dataclass(frozen=True)
-class MicroBatch:
-    """The largest micro-batch the data gives, and what one epoch holds."""
-
-    rows: int  # tensor rows of the micro-batch (1 when packed: bins are concatenated)
-    tokens: int  # positions in the micro-batch, padding included
-    trained: int  # positions whose next token trains (where the output head runs)
-    longest: int  # the longest attention span (a bin, or the padded width)
-    sequences: int  # training sequences per epoch (bins when packed, else rows)
-    epoch_tokens: int
-    epoch_trained: int
-    max_length: int
-    mean_sequence: float  # mean conversation length (for attention FLOPs)
-    mean_micro_tokens: float = 0.0
-
-
 @dataclass
 class MemoryEstimate:
     """Predicted peak memory of a run, by part (bytes)."""
@@ -112,112 +102,8 @@ class MemoryEstimate:
 # models on the meta device
 
 
-def hf_config_for(config: Config) -> Any:
-    """The model's transformers config, read from its folder or the hub (no weights)."""
-    from transformers import AutoConfig
-
-    from tunesmith.models.load import resolve_model
-
-    try:
-        ref = resolve_model(config.model.name, revision=config.model.revision)
-    except UserError as err:
-        raise UserError(f"{config.origin('model.name')}: model.name: {err}") from None
-    return AutoConfig.from_pretrained(ref.path, revision=ref.revision)
-
-
-def meta_model(hf_config: Any, *, method: str = "lora", r: int = 16, alpha: float = 32,
-               target_modules: list[str] | str = "all-linear", dora: bool = False, dtype: Any = None,
-               attention: str = "sdpa") -> Any:
-    """The model of `hf_config` on the meta device, with the real PEFT adapter for lora/qlora."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype or torch.float32,
-                                                 attn_implementation=attention)
-    if method == "full":
-        model.requires_grad_(True)
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    peft_config = LoraConfig(r=r, lora_alpha=alpha, target_modules=target_modules, use_dora=dora,
-                             task_type="CAUSAL_LM", bias="none")
-    return get_peft_model(model, peft_config)
-
-
-def parameter_counts(hf_config: Any, *, method: str = "lora", r: int = 16, target_modules: list[str] | str = "all-linear",
-                     dora: bool = False) -> tuple[int, int]:
-    """(trainable, total) parameters, counted on a meta-device model with the real adapter."""
-    model = meta_model(hf_config, method=method, r=r, target_modules=target_modules, dora=dora)
-    return _counts(model)
-
-
-def _counts(model: Any) -> tuple[int, int]:
-    seen: set[int] = set()
-    trainable = total = 0
-    for p in model.parameters():  # tied weights are one parameter; .parameters() yields it once
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
-    return trainable, total
-
-
 # ----------------------------------------------------------------------------------------------
 # data
-
-
-def micro_batch(config: Config, *, console: Any = None, max_length: int | None = None,
-                batch_size: int | None = None) -> MicroBatch:
-    """The largest micro-batch of the training split as tunesmith will build it (templated,
-    tokenized, cut to max_length and packed by the real pipeline; no model weights loaded)."""
-    from tunesmith.training.prepare import prepare
-
-    config = _with(config, {"template.max_length": max_length} if max_length else {})
-    prepared = prepare(config, console or _QuietConsole(), print_warnings=False)
-    rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in prepared.splits["train"].examples]
-    return shape_of(rows, config, batch_size=batch_size)
-
-
-def shape_of(rows: list[dict], config: Config, *, batch_size: int | None = None) -> MicroBatch:
-    """A `MicroBatch` from encoded rows (`input_ids`, `labels`) under the config's packing."""
-    from tunesmith.formatting.packing import pack
-
-    b = batch_size or config.train.batch_size
-    length = config.template.max_length
-    sequences = pack(rows, length) if config.train.packing == "bins" else rows
-    sizes = [len(s["input_ids"]) for s in sequences]
-    # trained positions: labels that are not -100 after each sequence's first (the collator masks it)
-    trained = [sum(1 for x in s["labels"][1:] if x != -100) for s in sequences]
-    top = sorted(range(len(sequences)), key=lambda i: -sizes[i])[:b]
-    top_trained = sum(sorted(trained, reverse=True)[:b])
-    if config.train.packing == "bins":
-        tokens, n_rows, longest = sum(sizes[i] for i in top), 1, max(sizes, default=0)
-    else:
-        longest = max(sizes, default=0)
-        tokens, n_rows = longest * min(b, len(sizes)), min(b, len(sizes))
-    n = max(len(rows), 1)
-    return MicroBatch(rows=n_rows, tokens=max(tokens, 1), trained=max(top_trained, 1), longest=longest,
-                      sequences=len(sequences), epoch_tokens=sum(sizes), epoch_trained=sum(trained),
-                      max_length=length, mean_sequence=sum(len(r["input_ids"]) for r in rows) / n,
-                      mean_micro_tokens=sum(sizes) / max(math.ceil(len(sizes) / b), 1))
-
-
-def scaled_batch(batch: MicroBatch, *, batch_size_from: int, batch_size_to: int,
-                 max_length: int | None = None) -> MicroBatch:
-    """`batch` with another micro-batch size (and max_length): tokens scale with the bins per
-    micro-batch; a shorter max_length caps every bin (rows are cut)."""
-    scale = batch_size_to / batch_size_from
-    tokens, trained, longest = batch.tokens * scale, batch.trained * scale, batch.longest
-    if max_length and max_length < batch.max_length:
-        cut = max_length / batch.max_length
-        tokens, trained, longest = tokens * cut, trained * cut, min(longest, max_length)
-    return MicroBatch(rows=batch.rows if batch.rows == 1 else batch_size_to, tokens=max(int(tokens), 1),
-                      trained=max(int(trained), 1), longest=longest, sequences=batch.sequences,
-                      epoch_tokens=batch.epoch_tokens, epoch_trained=batch.epoch_trained,
-                      max_length=max_length or batch.max_length, mean_sequence=batch.mean_sequence,
-                      mean_micro_tokens=batch.mean_micro_tokens * scale)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,30 +111,33 @@ def scaled_batch(batch: MicroBatch, *, batch_size_from: int, batch_size_to: int,
 
 
 def _dtypes(config: Config, method: str, device_kind: str, bf16: bool | None) -> tuple[Any, Any, str]:
-    """(weight dtype, compute dtype, precision) as the trainer would pick them."""
+    """(weight dtype, compute dtype, precision) as the trainer would pick them (`tunesmith.machine`),
+    for this machine or, with `bf16`, a GPU that does (not) run bf16."""
     import torch
 
-    if device_kind == "cuda":
-        if bf16 is None:
-            bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        auto = torch.bfloat16 if bf16 else torch.float32
-        precision = {"auto": "bf16" if bf16 else "fp16"}.get(config.train.precision, config.train.precision)
-    else:
-        from tunesmith.training.hardware import cpu_has_native_bf16
+    from tunesmith.machine import pick_precision, torch_dtype
 
-        auto = torch.float32
-        precision = {"auto": "bf16" if cpu_has_native_bf16() else "fp32"}.get(config.train.precision,
-                                                                              config.train.precision)
-    weight = auto if config.model.dtype == "auto" else getattr(torch, config.model.dtype)
+    try:
+        precision = pick_precision(config.train.precision, device_kind, bf16=bf16)
+    except UserError:  # fp16 planned for a CPU: train refuses it; the estimate still says what it would take
+        precision = config.train.precision
+    weight = torch_dtype(config.model.dtype, device_kind, bf16=bf16)
     compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     if weight != torch.float32 and compute == torch.float32:
         compute = weight
     return weight, compute, precision
 
 
-def estimate_memory(config: Config, *, method: str | None = None, device_kind: str = "cpu",
-                    batch: MicroBatch | None = None, hf_config: Any = None, bf16: bool | None = None,
-                    console: Any = None) -> MemoryEstimate:
+def estimate_memory(
+    config: Config,
+    *,
+    method: str | None = None,
+    device_kind: str = "cpu",
+    batch: MicroBatch | None = None,
+    hf_config: Any = None,
+    bf16: bool | None = None,
+    console: Any = None,
+) -> MemoryEstimate:
     """Predicted peak memory of training `config` (with `method` instead of its own, if given) on
     `device_kind` ("cpu": resident memory above the idle process; "cuda": what
     `torch.cuda.max_memory_allocated` reports). No weights are allocated."""
@@ -265,9 +154,16 @@ def estimate_memory(config: Config, *, method: str | None = None, device_kind: s
         weight_dtype = compute_dtype if compute_dtype != torch.float32 else torch.bfloat16
     attention = _attention_kernel(config, device_kind)
     lora = config.lora
-    model = meta_model(hf_config, method="full" if method == "full" else "lora", r=lora.r, alpha=lora.alpha,
-                       target_modules=lora.target_modules, dora=lora.dora, dtype=weight_dtype,
-                       attention="sdpa")
+    model = meta_model(
+        hf_config,
+        method="full" if method == "full" else "lora",
+        r=lora.r,
+        alpha=lora.alpha,
+        target_modules=lora.target_modules,
+        dora=lora.dora,
+        dtype=weight_dtype,
+        attention="sdpa",
+    )
     trainable, total = _counts(model)
     quantized = _quantized_weights(model) if (method == "qlora" or config.model.load_in_8bit) else set()
     if method == "qlora":  # peft's prepare_model_for_kbit_training: every parameter not 4-bit in float32
@@ -281,13 +177,22 @@ def estimate_memory(config: Config, *, method: str | None = None, device_kind: s
     weights, adapter, trained_bytes = _weight_bytes(model, quantized, bits=4 if method == "qlora" else 8)
     state_bytes, step_temp = _optimizer_bytes(model, config.train.optimizer, device_kind)
     emulate = compute_dtype if compute_dtype != torch.float32 else None  # autocast is on in bf16/fp16 runs
-    act = activation_bytes(model, batch, checkpointing=config.train.gradient_checkpointing, attention=attention,
-                           compute_dtype=emulate, quantized=quantized)
+    act = activation_bytes(
+        model,
+        batch,
+        checkpointing=config.train.gradient_checkpointing,
+        attention=attention,
+        compute_dtype=emulate,
+        quantized=quantized,
+    )
     vocab = hf_config.get_text_config().vocab_size
     element = torch.empty((), dtype=compute_dtype).element_size()
     logits = logits_bytes(batch, vocab, element)
-    head = model.get_output_embeddings() if not hasattr(model, "get_base_model") else \
-        model.get_base_model().get_output_embeddings()
+    head = (
+        model.get_output_embeddings()
+        if not hasattr(model, "get_base_model")
+        else model.get_base_model().get_output_embeddings()
+    )
     head_grad = sum(p.numel() * p.element_size() for p in head.parameters() if p.requires_grad)
     parts = {
         "weights": weights,
@@ -309,12 +214,22 @@ def estimate_memory(config: Config, *, method: str | None = None, device_kind: s
     total_bytes = live + parts.get("allocator", 0)
     loading = total * stored + weights if device_kind == "cpu" and quantized else 0  # see _stored_element_size
     total_bytes = max(total_bytes, loading)
-    settings = {"micro_batch": config.train.batch_size, "gradient_accumulation": config.train.gradient_accumulation,
-                "max_length": config.template.max_length, "gradient_checkpointing": config.train.gradient_checkpointing,
-                "precision": precision, "attention": attention, "optimizer": config.train.optimizer,
-                "weight_dtype": str(weight_dtype).removeprefix("torch."), "tokens_per_micro_batch": batch.tokens,
-                "trained_positions_per_micro_batch": batch.trained, "optimizer_step_temporaries": step_temp,
-                "head_gradient": head_grad, "heap_activation_bytes": heap, "load_peak_bytes": loading}
+    settings = {
+        "micro_batch": config.train.batch_size,
+        "gradient_accumulation": config.train.gradient_accumulation,
+        "max_length": config.template.max_length,
+        "gradient_checkpointing": config.train.gradient_checkpointing,
+        "precision": precision,
+        "attention": attention,
+        "optimizer": config.train.optimizer,
+        "weight_dtype": str(weight_dtype).removeprefix("torch."),
+        "tokens_per_micro_batch": batch.tokens,
+        "trained_positions_per_micro_batch": batch.trained,
+        "optimizer_step_temporaries": step_temp,
+        "head_gradient": head_grad,
+        "heap_activation_bytes": heap,
+        "load_peak_bytes": loading,
+    }
     return MemoryEstimate(method, device_kind, parts, int(total_bytes), trainable, total, batch, settings)
 
 
@@ -348,10 +263,10 @@ def _heap_gradient_bytes(model: Any) -> int:
 
 
 def _attention_kernel(config: Config, device_kind: str) -> str:
-    setting = config.model.attention
-    if setting == "auto":
-        return "segments" if device_kind == "cpu" else "sdpa"
-    return setting if setting != "flex_attention" else "flash_attention_2"  # flex keeps O(T) too
+    from tunesmith.machine import attention_for
+
+    kernel = attention_for(config.model.attention, device_kind)
+    return "flash_attention_2" if kernel == "flex_attention" else kernel  # for memory: flex keeps O(T) too
 
 
 def _quantized_weights(model: Any) -> set[int]:
@@ -407,8 +322,9 @@ def _optimizer_bytes(model: Any, optimizer: str, device_kind: str) -> tuple[int,
     if optimizer in ("adamw_8bit", "paged_adamw_8bit"):
         # bitsandbytes: 8-bit states (+ an fp32 absmax per 2048) for tensors of >= 4096 values,
         # float32 states for smaller ones
-        state = sum(2 * (p.numel() + 4 * math.ceil(p.numel() / 2048)) if p.numel() >= 4096 else 8 * p.numel()
-                    for p in params)
+        state = sum(
+            2 * (p.numel() + 4 * math.ceil(p.numel() / 2048)) if p.numel() >= 4096 else 8 * p.numel() for p in params
+        )
         return state, 0
     if optimizer == "adafactor":
         state = sum((p.shape[0] + p.shape[-1]) * 4 if p.dim() >= 2 else p.numel() * 4 for p in params)
@@ -422,107 +338,5 @@ def peak_memory_for_config(config: Config) -> int:
     return estimate_memory(config, device_kind="cuda").total_bytes
 
 
-def _with(config: Config, overrides: dict[str, Any]) -> Config:
-    """`config` with dotted keys replaced (a new validated Config)."""
-    if not overrides:
-        return config
-    data = config.model_dump()
-    for key, value in overrides.items():
-        node = data
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
-    new = Config.model_validate(data)
-    return new.with_origins(dict(config._origins))
-
-
-class _QuietConsole:
-    def print(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
 # ----------------------------------------------------------------------------------------------
 # recommended settings and time
-
-
-def recommend(config: Config, *, target_bytes: int, device_kind: str, methods: tuple[str, ...] | None = None,
-              batch: MicroBatch | None = None, hf_config: Any = None, bf16: bool | None = None) -> dict[str, Any]:
-    """Settings that fit `target_bytes`: the config's method first (QLoRA where bitsandbytes runs), without
-    gradient checkpointing if possible (faster), the largest micro-batch up to the config's, the
-    config's max_length if anything fits with it; gradient accumulation keeps the effective batch
-    (micro-batch x accumulation) of the config."""
-    hf_config = hf_config or hf_config_for(config)
-    batch = batch or micro_batch(config)
-    usable = target_bytes * (1 - CUDA_HEADROOM) - CUDA_CONTEXT_BYTES if device_kind == "cuda" else target_bytes
-    order = [config.method, *[m for m in ("lora", "qlora", "full") if m != config.method]]
-    quantizes = plannable(device_kind)
-    order = [m for m in order if (methods is None or m in methods) and (m != "qlora" or quantizes)]
-    effective = config.train.batch_size * config.train.gradient_accumulation
-    lengths = [config.template.max_length]
-    while lengths[-1] // 2 >= 256:
-        lengths.append(lengths[-1] // 2)
-    for length in lengths:
-        for method in order:
-            for checkpointing in (False, True):
-                micro = config.train.batch_size
-                while micro >= 1:
-                    trial = _with(config, {"train.batch_size": micro, "template.max_length": length,
-                                           "train.gradient_checkpointing": checkpointing})
-                    shaped = scaled_batch(batch, batch_size_from=config.train.batch_size, batch_size_to=micro,
-                                          max_length=length)
-                    found = estimate_memory(trial, method=method, device_kind=device_kind, batch=shaped,
-                                            hf_config=hf_config, bf16=bf16)
-                    if found.total_bytes <= usable:
-                        return {"fits": True, "method": method, "micro_batch": micro,
-                                "gradient_accumulation": max(1, math.ceil(effective / micro)), "max_length": length,
-                                "gradient_checkpointing": checkpointing, "peak_bytes": found.total_bytes,
-                                "target_bytes": int(target_bytes),
-                                "note": "" if length == config.template.max_length else
-                                f"rows longer than {length} tokens are cut"}
-                    micro //= 2
-    return {"fits": False, "target_bytes": int(target_bytes), "method": None,
-            "note": "nothing fits: try a smaller model, QLoRA on a GPU, or more memory"}
-
-
-CPU_EFFICIENCY = 0.5
-"""Share of the measured matmul rate a CPU training step reaches (attention, norms, the optimizer)."""
-
-
-def cpu_flops_per_second(seconds: float = 1.0) -> float:
-    """float32 matmul rate of this machine, measured for about `seconds`."""
-    import time
-
-    import torch
-
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    a @ b
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        a @ b
-        done += 1
-    return done * 2 * 1024 ** 3 / (time.perf_counter() - started)
-
-
-def time_estimate(config: Config, estimate: MemoryEstimate, hf_config: Any, *, flops_per_second: float,
-                  step_seconds: float | None = None) -> dict[str, Any]:
-    """Optimizer steps and seconds per epoch: from a measured step time if given, else from the
-    model's FLOPs (6N per token for full fine-tuning, 4N for adapters, +2N with checkpointing,
-    attention, and the head at trained positions only) at `flops_per_second`."""
-    text = hf_config.get_text_config()
-    batch = estimate.batch
-    micro_steps = math.ceil(batch.sequences / config.train.batch_size)
-    steps = math.ceil(micro_steps / config.train.gradient_accumulation)
-    head = text.hidden_size * text.vocab_size
-    body = estimate.total_parameters - estimate.trainable * (estimate.method != "full") - head * 2
-    passes = (6 if estimate.method == "full" else 4) + (2 if config.train.gradient_checkpointing else 0)
-    heads = getattr(text, "num_attention_heads", 1)
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    attention = 6 * text.num_hidden_layers * heads * head_dim * batch.mean_sequence
-    flops = batch.epoch_tokens * (passes * max(body, 0) + attention) + batch.epoch_trained * 6 * head
-    if step_seconds is not None:
-        seconds, source = step_seconds * steps, "measured warm-up"
-    else:
-        seconds, source = flops / flops_per_second, f"{flops_per_second / 1e12:.2f} TFLOP/s effective"
-    return {"steps_per_epoch": steps, "seconds_per_epoch": round(seconds, 1), "epoch_tflops": round(flops / 1e12, 2),
-            "source": source}

@@ -59,29 +59,45 @@ class GPU:
         return f"{self.name} ({self.marketed_gb} GB card: {self.memory_gib:.1f} GiB as nvidia-smi reports)"
 
 
-KNOWN_GPUS: dict[str, GPU] = {g.name.lower(): g for g in (
-    GPU("T4", 16, 15360, False, 65),
-    GPU("V100-16GB", 16, 16160, False, 125),
-    GPU("V100-32GB", 32, 32768, False, 125),
-    GPU("L4", 24, 23034, True, 121),
-    GPU("A10G", 24, 23028, True, 70),
-    GPU("A10", 24, 23028, True, 125),
-    GPU("RTX-3090", 24, 24576, True, 71),
-    GPU("RTX-4090", 24, 24564, True, 165),
-    GPU("RTX-A6000", 48, 49140, True, 155),
-    GPU("L40S", 48, 46068, True, 362),
-    GPU("A100-40GB", 40, 40960, True, 312),
-    GPU("A100-80GB", 80, 81920, True, 312),
-    GPU("H100", 80, 81559, True, 989),
-    GPU("H100-PCIe", 80, 81559, True, 756),
-    GPU("H200", 141, 143771, True, 989),
-    GPU("B200", 180, 183359, True, 2250),
-)}
+KNOWN_GPUS: dict[str, GPU] = {
+    g.name.lower(): g
+    for g in (
+        GPU("T4", 16, 15360, False, 65),
+        GPU("V100-16GB", 16, 16160, False, 125),
+        GPU("V100-32GB", 32, 32768, False, 125),
+        GPU("L4", 24, 23034, True, 121),
+        GPU("A10G", 24, 23028, True, 70),
+        GPU("A10", 24, 23028, True, 125),
+        GPU("RTX-3090", 24, 24576, True, 71),
+        GPU("RTX-4090", 24, 24564, True, 165),
+        GPU("RTX-A6000", 48, 49140, True, 155),
+        GPU("L40S", 48, 46068, True, 362),
+        GPU("A100-40GB", 40, 40960, True, 312),
+        GPU("A100-80GB", 80, 81920, True, 312),
+        GPU("H100", 80, 81559, True, 989),
+        GPU("H100-PCIe", 80, 81559, True, 756),
+        GPU("H200", 141, 143771, True, 989),
+        GPU("B200", 180, 183359, True, 2250),
+    )
+}
 
-ALIASES = {"a100": "a100-80gb", "v100": "v100-16gb", "3090": "rtx-3090", "4090": "rtx-4090",
-           "a6000": "rtx-a6000", "h100-sxm": "h100", "h100-80gb": "h100", "h100-sxm-80gb": "h100",
-           "h100-pcie-80gb": "h100-pcie", "h200-141gb": "h200", "t4-16gb": "t4", "l4-24gb": "l4",
-           "l40s-48gb": "l40s", "a10g-24gb": "a10g", "b200-180gb": "b200"}
+ALIASES = {
+    "a100": "a100-80gb",
+    "v100": "v100-16gb",
+    "3090": "rtx-3090",
+    "4090": "rtx-4090",
+    "a6000": "rtx-a6000",
+    "h100-sxm": "h100",
+    "h100-80gb": "h100",
+    "h100-sxm-80gb": "h100",
+    "h100-pcie-80gb": "h100-pcie",
+    "h200-141gb": "h200",
+    "t4-16gb": "t4",
+    "l4-24gb": "l4",
+    "l40s-48gb": "l40s",
+    "a10g-24gb": "a10g",
+    "b200-180gb": "b200",
+}
 
 
 def known_names() -> str:

@@ -65,18 +65,26 @@ def warm_up(config: Config, *, steps: int = 4, console: Any = None) -> dict[str,
     import transformers  # noqa: F401 - imported before the baseline: libraries are not the run's memory
     from transformers import Trainer, TrainerCallback  # noqa: F401
 
-    from tunesmith.plan.estimate import _QuietConsole, _with
-    from tunesmith.training.hardware import pick_device, pick_precision
+    from tunesmith.machine import pick_device, pick_precision
+    from tunesmith.plan.shapes import QuietConsole, with_settings
     from tunesmith.training.methods import check_method, trainable_model
     from tunesmith.training.prepare import prepare
     from tunesmith.training.trainer import build_trainer, dataset_rows
 
-    config = _with(config, {"train.max_steps": steps, "train.save_steps": None, "tracking.backends": [],
-                            "data.validation": None, "data.test": None})
+    config = with_settings(
+        config,
+        {
+            "train.max_steps": steps,
+            "train.save_steps": None,
+            "tracking.backends": [],
+            "data.validation": None,
+            "data.test": None,
+        },
+    )
     device = pick_device()
     precision = pick_precision(config.train.precision, device)
     check_method(config, device)
-    prepared = prepare(config, console or _QuietConsole(), print_warnings=False)
+    prepared = prepare(config, console or QuietConsole(), print_warnings=False)
     rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in prepared.splits["train"].examples]
     train_rows = dataset_rows(rows, config)
     times: list[float] = []
@@ -95,14 +103,26 @@ def warm_up(config: Config, *, steps: int = 4, console: Any = None) -> dict[str,
         cuda_baseline = torch.cuda.memory_allocated()
     model = trainable_model(config, prepared.ref, device=device, precision=precision).model
     with tempfile.TemporaryDirectory(prefix="tunesmith-plan-") as scratch:
-        trainer = build_trainer(model, config, Path(scratch), train_rows, [], pad_id=prepared.tokenizer.pad_token_id or 0,
-                                device=device, precision=precision, callbacks=[Timer()])
+        trainer = build_trainer(
+            model,
+            config,
+            Path(scratch),
+            train_rows,
+            [],
+            pad_id=prepared.tokenizer.pad_token_id or 0,
+            device=device,
+            precision=precision,
+            callbacks=[Timer()],
+        )
         trainer.train()
         peak_rss = _status("VmHWM")
     result: dict[str, Any] = {
-        "device": device, "precision": precision, "steps": len(times),
+        "device": device,
+        "precision": precision,
+        "steps": len(times),
         "step_seconds": sum(times[1:]) / max(len(times) - 1, 1) if len(times) > 1 else (times[0] if times else None),
-        "baseline_rss_bytes": baseline, "peak_rss_bytes": peak_rss,
+        "baseline_rss_bytes": baseline,
+        "peak_rss_bytes": peak_rss,
         "peak_rss_above_idle_bytes": peak_rss - baseline if reset else None,
     }
     if device == "cuda":
@@ -113,13 +133,32 @@ def warm_up(config: Config, *, steps: int = 4, console: Any = None) -> dict[str,
 RANDOM_MODELS: dict[str, dict[str, Any]] = {
     # shapes unlike the embedded SmolLM2 (576 wide, 30 layers, head_dim 64, no biases), scaled so
     # that one CPU training step takes seconds; the embedded tokenizer's 49152-token vocabulary
-    "qwen2-biases": {"model_type": "qwen2", "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8,
-                     "num_attention_heads": 8, "num_key_value_heads": 2},  # Qwen2: q/k/v biases
-    "llama-wide": {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 4096, "num_hidden_layers": 4,
-                   "num_attention_heads": 16, "num_key_value_heads": 4},
-    "mistral-hd128": {"model_type": "mistral", "hidden_size": 1024, "intermediate_size": 2816,
-                      "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 128,
-                      "sliding_window": None},
+    "qwen2-biases": {
+        "model_type": "qwen2",
+        "hidden_size": 512,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+    },  # Qwen2: q/k/v biases
+    "llama-wide": {
+        "model_type": "llama",
+        "hidden_size": 2048,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 4,
+    },
+    "mistral-hd128": {
+        "model_type": "mistral",
+        "hidden_size": 1024,
+        "intermediate_size": 2816,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "head_dim": 128,
+        "sliding_window": None,
+    },
 }
 """Random-weight models built from configs, for checking the memory estimate off the embedded model."""
 
@@ -143,9 +182,16 @@ def random_model(folder: Path, shape: str) -> Path:
         if (source / name).exists():
             shutil.copy(source / name, folder / name)
     settings = dict(RANDOM_MODELS[shape])
-    config = AutoConfig.for_model(settings.pop("model_type"), vocab_size=49152, tie_word_embeddings=True,
-                                  bos_token_id=1, eos_token_id=2, pad_token_id=2, max_position_embeddings=4096,
-                                  **settings)
+    config = AutoConfig.for_model(
+        settings.pop("model_type"),
+        vocab_size=49152,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        max_position_embeddings=4096,
+        **settings,
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     return folder
@@ -155,8 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m tunesmith.plan.measure CONFIG [--steps N] [--set k=v ...]`: one JSON line."""
     import argparse
 
-    from tunesmith.cli.common import quiet_libraries
     from tunesmith.config import load_config
+    from tunesmith.console import quiet_libraries
 
     parser = argparse.ArgumentParser(prog="python -m tunesmith.plan.measure")
     parser.add_argument("config")

@@ -1,5 +1,8 @@
 """The helper that runs on the remote host: Python 3.8+ standard library only, no tunesmith needed.
 
+One file on purpose, over the 400-line rule: it is sent whole as the text of `python3 -c`, so it
+can import nothing of its own.
+
 The local side runs it as `python3 -c <this file's text>` through ssh. The first line of stdin is
 a JSON request ({"op": ..., ...}); what follows is the op's payload (file bytes). Ops that answer
 write one JSON object to stdout; `logs` and `fetch` stream bytes. A refusal exits with code 3 and
@@ -102,23 +105,45 @@ def op_probe(request, payload):
     smi = shutil.which("nvidia-smi")
     if smi:
         try:
-            done = subprocess.run([smi, "--query-gpu=index,name,driver_version,memory.total,memory.free",
-                                   "--format=csv,noheader,nounits"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+            done = subprocess.run(
+                [
+                    smi,
+                    "--query-gpu=index,name,driver_version,memory.total,memory.free",
+                    "--format=csv,noheader,nounits",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             if done.returncode == 0:
                 for line in done.stdout.splitlines():
                     parts = [p.strip() for p in line.split(",")]
                     if len(parts) == 5:
                         driver = parts[2]
-                        gpus.append({"index": int(parts[0]), "name": parts[1], "total_mib": float(parts[3]),
-                                     "free_mib": float(parts[4])})
+                        gpus.append(
+                            {
+                                "index": int(parts[0]),
+                                "name": parts[1],
+                                "total_mib": float(parts[3]),
+                                "free_mib": float(parts[4]),
+                            }
+                        )
             else:
                 smi_error = (done.stderr or done.stdout).strip()[-300:]
         except (OSError, subprocess.TimeoutExpired) as err:
             smi_error = str(err)
-    return {"python": sys.version.split()[0], "executable": sys.executable, "base": base,
-            "free_disk_bytes": usage.free, "gpus": gpus, "driver": driver, "nvidia_smi": smi,
-            "nvidia_smi_error": smi_error, "platform": sys.platform, "boot_id": boot_id()}
+    return {
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "base": base,
+        "free_disk_bytes": usage.free,
+        "gpus": gpus,
+        "driver": driver,
+        "nvidia_smi": smi,
+        "nvidia_smi_error": smi_error,
+        "platform": sys.platform,
+        "boot_id": boot_id(),
+    }
 
 
 # ---------------------------------------------------------------- blobs
@@ -188,8 +213,16 @@ def op_env(request, payload):
             else:
                 log("no CUDA GPU: installing torch %s (CPU build)" % torch)
                 if subprocess.call(pip + ["torch==%s+cpu" % torch], stdout=sys.stderr) != 0:
-                    run_checked(pip + ["torch==%s+cpu" % torch, "--index-url", TORCH_CPU_INDEX,
-                                       "--extra-index-url", "https://pypi.org/simple"])
+                    run_checked(
+                        pip
+                        + [
+                            "torch==%s+cpu" % torch,
+                            "--index-url",
+                            TORCH_CPU_INDEX,
+                            "--extra-index-url",
+                            "https://pypi.org/simple",
+                        ]
+                    )
             log("installing tunesmith's dependencies")
             run_checked(pip + [wheel_path(base, request)])  # finds torch already there: no CUDA pull on a CPU host
             state = {"deps_ready": True, "wheel_content": request["wheel_content"], "cuda": cuda}
@@ -197,8 +230,18 @@ def op_env(request, payload):
             created = installed = True
         elif state.get("wheel_content") != request["wheel_content"]:
             log("updating tunesmith in %s" % env)
-            run_checked([python, "-m", "pip", "install", "--disable-pip-version-check", "--no-deps",
-                         "--force-reinstall", wheel_path(base, request)])
+            run_checked(
+                [
+                    python,
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    "--no-deps",
+                    "--force-reinstall",
+                    wheel_path(base, request),
+                ]
+            )
             state["wheel_content"] = request["wheel_content"]
             write_json(marker, state)
             installed = True
@@ -257,8 +300,14 @@ def job_state(request):
     job = read_json(os.path.join(jobs, "job.json"), None)
     manifest = read_json(os.path.join(runs, "manifest.json"), None)
     exit_info = read_json(os.path.join(jobs, "exit.json"), None)
-    state = {"name": request["name"], "job_dir": jobs, "run_dir": runs, "exists": job is not None,
-             "manifest_status": (manifest or {}).get("status"), "pid": (job or {}).get("pid")}
+    state = {
+        "name": request["name"],
+        "job_dir": jobs,
+        "run_dir": runs,
+        "exists": job is not None,
+        "manifest_status": (manifest or {}).get("status"),
+        "pid": (job or {}).get("pid"),
+    }
     if job is None:
         state["state"] = "unknown"
         return state
@@ -270,10 +319,14 @@ def job_state(request):
         state["state"] = {0: "completed", 143: "stopped", 130: "stopped"}.get(code, "failed")
     else:
         state["state"] = "lost"  # no exit recorded and no process: the host rebooted or it was killed
-    state["checkpoints"] = sorted(
-        (n for n in os.listdir(os.path.join(runs, "checkpoints")) if n.startswith("step-")),
-        key=lambda n: int(n.split("-")[1]) if n.split("-")[1].isdigit() else -1,
-    ) if os.path.isdir(os.path.join(runs, "checkpoints")) else []
+    state["checkpoints"] = (
+        sorted(
+            (n for n in os.listdir(os.path.join(runs, "checkpoints")) if n.startswith("step-")),
+            key=lambda n: int(n.split("-")[1]) if n.split("-")[1].isdigit() else -1,
+        )
+        if os.path.isdir(os.path.join(runs, "checkpoints"))
+        else []
+    )
     state["last_metrics"] = last_metrics(os.path.join(runs, "metrics.jsonl"))
     return state
 
@@ -310,8 +363,10 @@ def op_stage(request, payload):
     if state["state"] == "running":
         raise Refused("run %r is already running on this host (pid %s)" % (request["name"], state["pid"]))
     if os.path.exists(run_dir(request)):
-        raise Refused("run %r already exists on this host (%s); choose another name (--set name=...) "
-                      "or continue it with --resume" % (request["name"], run_dir(request)))
+        raise Refused(
+            "run %r already exists on this host (%s); choose another name (--set name=...) "
+            "or continue it with --resume" % (request["name"], run_dir(request))
+        )
     shutil.rmtree(jobs, ignore_errors=True)
     os.makedirs(jobs)
     for item in request["files"]:
@@ -347,14 +402,25 @@ def op_start(request, payload):
     supervisor = os.path.join(jobs, "supervisor.py")
     with open(supervisor, "w", encoding="utf-8") as handle:
         handle.write(request["agent"])  # this helper's own text: the detached supervisor runs it
-    spec = {"argv": request["argv"], "cwd": jobs, "log": os.path.join(jobs, "train.log"),
-            "metrics": os.path.join(run_dir(request), "metrics.jsonl"),
-            "exit": os.path.join(jobs, "exit.json"), "env_file": secrets_path}
+    spec = {
+        "argv": request["argv"],
+        "cwd": jobs,
+        "log": os.path.join(jobs, "train.log"),
+        "metrics": os.path.join(run_dir(request), "metrics.jsonl"),
+        "exit": os.path.join(jobs, "exit.json"),
+        "env_file": secrets_path,
+    }
     write_json(os.path.join(jobs, "spec.json"), spec)
     with open(os.devnull, "rb") as devnull:
-        process = subprocess.Popen([sys.executable, supervisor, "supervise", jobs, token],
-                                   stdin=devnull, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   cwd=jobs, start_new_session=True, close_fds=True)
+        process = subprocess.Popen(
+            [sys.executable, supervisor, "supervise", jobs, token],
+            stdin=devnull,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=jobs,
+            start_new_session=True,
+            close_fds=True,
+        )
     job = {"pid": process.pid, "token": token, "boot_id": boot_id(), "started": time.time(), "argv": request["argv"]}
     write_json(os.path.join(jobs, "job.json"), job)
     return {"pid": process.pid, "job_dir": jobs, "log": spec["log"]}
@@ -371,12 +437,16 @@ def supervise(jobs):
     signal.signal(signal.SIGTERM, lambda *_: None)  # a cancel reaches the whole group; outlive the child
     signal.signal(signal.SIGINT, lambda *_: None)
     with open(spec["log"], "ab") as out, open(os.devnull, "rb") as devnull:
-        out.write(("\n[remote] %s started: %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"),
-                                                    " ".join(spec["argv"]))).encode("utf-8", "replace"))
+        out.write(
+            ("\n[remote] %s started: %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), " ".join(spec["argv"]))).encode(
+                "utf-8", "replace"
+            )
+        )
         out.flush()
         try:
-            child = subprocess.Popen(spec["argv"], stdin=devnull, stdout=out, stderr=subprocess.STDOUT,
-                                     cwd=spec["cwd"], env=env)
+            child = subprocess.Popen(
+                spec["argv"], stdin=devnull, stdout=out, stderr=subprocess.STDOUT, cwd=spec["cwd"], env=env
+            )
             metrics = spec["metrics"]
             seen = os.path.getsize(metrics) if os.path.isfile(metrics) else 0  # a resumed run: only new steps
             while True:
@@ -413,8 +483,13 @@ def report_progress(metrics, seen, out):
         except ValueError:
             continue
         parts = ["step %s" % record.get("step")]
-        for key, fmt in (("loss", "loss %.4f"), ("eval_loss", "eval loss %.4f"), ("lr", "lr %.3g"),
-                         ("tokens_per_s", "%.0f tok/s"), ("elapsed_s", "%.0f s")):
+        for key, fmt in (
+            ("loss", "loss %.4f"),
+            ("eval_loss", "eval loss %.4f"),
+            ("lr", "lr %.3g"),
+            ("tokens_per_s", "%.0f tok/s"),
+            ("elapsed_s", "%.0f s"),
+        ):
             if isinstance(record.get(key), (int, float)):
                 parts.append(fmt % record[key])
         out.write(("[progress] %s\n" % ", ".join(parts)).encode("utf-8"))
@@ -488,8 +563,19 @@ def op_fetch(request, payload):
     return None
 
 
-OPS = {"probe": op_probe, "missing": op_missing, "put": op_put, "hash": op_hash, "env": op_env, "stage": op_stage,
-       "start": op_start, "status": op_status, "cancel": op_cancel, "logs": op_logs, "fetch": op_fetch}
+OPS = {
+    "probe": op_probe,
+    "missing": op_missing,
+    "put": op_put,
+    "hash": op_hash,
+    "env": op_env,
+    "stage": op_stage,
+    "start": op_start,
+    "status": op_status,
+    "cancel": op_cancel,
+    "logs": op_logs,
+    "fetch": op_fetch,
+}
 
 
 def main(argv):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,25 +22,46 @@ class CheckReport:
         return all(status != "fail" for status, _, _ in self.lines)
 
 
-def check_host(remote: Remote, config_path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> CheckReport:
+def check_host(
+    remote: Remote, config_path: str | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> CheckReport:
     probe = remote.call("probe")  # reachability (and the host key) is checked by this very connection
     report = CheckReport(str(remote.ssh.host), probe)
     add = report.lines.append
     add(("ok", "ssh", f"reached {remote.ssh.host}; remote folder {probe['base']}"))
     version = tuple(int(p) for p in probe["python"].split(".")[:2])
-    add(("ok" if version >= MIN_PYTHON else "fail", "python",
-         f"{probe['python']} ({probe['executable']})" + ("" if version >= MIN_PYTHON else
-                                                          f"; tunesmith needs {'.'.join(map(str, MIN_PYTHON))}+")))
+    add(
+        (
+            "ok" if version >= MIN_PYTHON else "fail",
+            "python",
+            f"{probe['python']} ({probe['executable']})"
+            + ("" if version >= MIN_PYTHON else f"; tunesmith needs {'.'.join(map(str, MIN_PYTHON))}+"),
+        )
+    )
     free = probe["free_disk_bytes"]
-    add(("ok" if free >= MIN_FREE_DISK else "warn", "disk",
-         f"{free / 1024**3:.1f} GiB free" + ("" if free >= MIN_FREE_DISK else
-                                             f" (less than {MIN_FREE_DISK / 1024**3:.0f} GiB: torch and checkpoints may not fit)")))
+    add(
+        (
+            "ok" if free >= MIN_FREE_DISK else "warn",
+            "disk",
+            f"{free / 1024**3:.1f} GiB free"
+            + (
+                ""
+                if free >= MIN_FREE_DISK
+                else f" (less than {MIN_FREE_DISK / 1024**3:.0f} GiB: torch and checkpoints may not fit)"
+            ),
+        )
+    )
     gpus = probe["gpus"]
     if gpus:
         add(("ok", "driver", f"NVIDIA driver {probe['driver']}"))
         for gpu in gpus:
-            add(("ok", f"gpu {gpu['index']}", f"{gpu['name']}: {gpu['free_mib'] / 1024:.1f} of "
-                                              f"{gpu['total_mib'] / 1024:.1f} GiB free"))
+            add(
+                (
+                    "ok",
+                    f"gpu {gpu['index']}",
+                    f"{gpu['name']}: {gpu['free_mib'] / 1024:.1f} of {gpu['total_mib'] / 1024:.1f} GiB free",
+                )
+            )
     elif probe.get("nvidia_smi"):
         add(("warn", "gpu", f"nvidia-smi is there but failed: {probe.get('nvidia_smi_error') or 'no GPUs listed'}"))
     else:
@@ -61,25 +81,24 @@ def memory_line(config_path: str, overrides: list[str] | tuple[str, ...], gpus: 
     try:
         need = planned_gib(config)
     except Exception as err:  # noqa: BLE001 - an estimate is advice; the check goes on without it
-        return ("warn", "memory", f"largest free GPU memory {free_gib:.1f} GiB; no estimate for the config "
-                                  f"({type(err).__name__}: {err})")
-    if need is None:
-        return ("warn", "memory", f"largest free GPU memory {free_gib:.1f} GiB; no estimate for the config "
-                                  "(the memory planner, tunesmith.plan, is not available in this version)")
+        return (
+            "warn",
+            "memory",
+            f"largest free GPU memory {free_gib:.1f} GiB; no estimate for the config ({type(err).__name__}: {err})",
+        )
     if not gpus:
         return ("warn", "memory", f"the config needs about {need:.1f} GiB of GPU memory; the host has no GPU")
     status = "ok" if free_gib >= need else "fail"
-    return (status, "memory", f"the config needs about {need:.1f} GiB; largest free GPU memory {free_gib:.1f} GiB"
-                              + ("" if status == "ok" else ": does not fit (`tunesmith plan` suggests settings that do)"))
+    return (
+        status,
+        "memory",
+        f"the config needs about {need:.1f} GiB; largest free GPU memory {free_gib:.1f} GiB"
+        + ("" if status == "ok" else ": does not fit (`tunesmith plan` suggests settings that do)"),
+    )
 
 
-def planned_gib(config: Any) -> float | None:
-    """Predicted peak GPU memory in GiB from tunesmith.plan, or None where there is no planner."""
-    try:
-        estimate = importlib.import_module("tunesmith.plan.estimate")
-    except ImportError:
-        return None
-    function = getattr(estimate, "peak_memory_for_config", None)
-    if not callable(function):
-        return None
-    return float(function(config)) / 1024**3
+def planned_gib(config: Any) -> float:
+    """Predicted peak GPU memory in GiB (`tunesmith plan`'s estimate for a CUDA device)."""
+    from tunesmith.plan.estimate import peak_memory_for_config
+
+    return float(peak_memory_for_config(config)) / 1024**3

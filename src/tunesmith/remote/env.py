@@ -44,9 +44,7 @@ def cache_dir() -> Path:
 
 def project_root() -> Path | None:
     """The source tree this tunesmith runs from (src layout), if it does."""
-    import tunesmith
-
-    here = Path(tunesmith.__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # src/tunesmith
     root = here.parent.parent
     return root if (root / "pyproject.toml").is_file() and (root / "src" / "tunesmith").is_dir() else None
 
@@ -54,8 +52,11 @@ def project_root() -> Path | None:
 def source_hash(root: Path) -> str:
     digest = hashlib.sha256()
     files = [root / "pyproject.toml", root / "README.md"]
-    files += sorted(p for p in (root / "src" / "tunesmith").rglob("*")
-                    if p.is_file() and "__pycache__" not in p.parts and p.suffix not in {".pyc", ".pyo"})
+    files += sorted(
+        p
+        for p in (root / "src" / "tunesmith").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in {".pyc", ".pyo"}
+    )
     for path in files:
         if path.is_file():
             digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
@@ -71,8 +72,10 @@ def build_wheel(given: str | None = None) -> Wheel:
         return read_wheel(path)
     root = project_root()
     if root is None:
-        raise UserError("tunesmith is not running from a source tree, so no wheel can be built here; "
-                        "pass --wheel PATH (a tunesmith wheel) instead")
+        raise UserError(
+            "tunesmith is not running from a source tree, so no wheel can be built here; "
+            "pass --wheel PATH (a tunesmith wheel) instead"
+        )
     folder = cache_dir() / "wheels" / source_hash(root)[:20]
     found = sorted(folder.glob("tunesmith-*.whl")) if folder.is_dir() else []
     if found:
@@ -83,8 +86,7 @@ def build_wheel(given: str | None = None) -> Wheel:
         for name in ("pyproject.toml", "README.md", "LICENSE"):
             if (root / name).is_file():
                 shutil.copy2(root / name, copy / name)
-        shutil.copytree(root / "src", copy / "src",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+        shutil.copytree(root / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
         out = Path(tmp) / "out"
         argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(copy)]
         if _has_build_tools():
@@ -113,8 +115,11 @@ def read_wheel(path: Path) -> Wheel:
             data = archive.read(name)
             digest.update(name.encode() + b"\0" + data + b"\0")
             if name.endswith(".dist-info/METADATA"):
-                requires = [line.split(":", 1)[1].strip() for line in data.decode("utf-8").splitlines()
-                            if line.startswith("Requires-Dist:") and "extra ==" not in line]
+                requires = [
+                    line.split(":", 1)[1].strip()
+                    for line in data.decode("utf-8").splitlines()
+                    if line.startswith("Requires-Dist:") and "extra ==" not in line
+                ]
     return Wheel(path, digest.hexdigest(), tuple(sorted(requires)))
 
 
@@ -129,6 +134,13 @@ def ensure_env(remote: Remote, wheel: Wheel, remote_python: str, *, log: IO[str]
     """Create or reuse the host's virtualenv for this wheel; returns the agent's answer
     ({"python": ..., "created": bool, "installed": bool, "cuda": bool})."""
     sha = remote.upload([wheel.path])[wheel.path]
-    return remote.call("env", key=env_key(wheel, remote_python), wheel_sha=sha, wheel_name=wheel.path.name,
-                       wheel_content=wheel.content, torch_version=TORCH_VERSION, stderr=log or sys.stderr,
-                       timeout=None)
+    return remote.call(
+        "env",
+        key=env_key(wheel, remote_python),
+        wheel_sha=sha,
+        wheel_name=wheel.path.name,
+        wheel_content=wheel.content,
+        torch_version=TORCH_VERSION,
+        stderr=log or sys.stderr,
+        timeout=None,
+    )

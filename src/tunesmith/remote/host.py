@@ -49,10 +49,10 @@ def parse_host(text: str) -> Host:
     """Parse `[user@]host[:port]` (`[v6-address]:port` for IPv6), refusing anything ssh could take
     for an option or that a shell could split.
 
-    >>> parse_host("-oProxyCommand=touch x")
+    >>> parse_host("-oProxyCommand=touch x")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    tunesmith.errors.UserError: --host '-oProxyCommand=touch x': must not start with '-' (ssh would read it as an option)
+    tunesmith.errors.UserError: --host '-oProxyCommand=touch x': must not start with '-' (ssh would read it as an ...)
     """
     where = f"--host {text!r}"
     if not text:
@@ -95,7 +95,7 @@ class SshSettings:
     extra_options: tuple[str, ...] = field(default=())
 
     @classmethod
-    def create(cls, host: str | Host, config_file: str | os.PathLike | None = None) -> "SshSettings":
+    def create(cls, host: str | Host, config_file: str | os.PathLike | None = None) -> SshSettings:
         parsed = host if isinstance(host, Host) else parse_host(host)
         chosen = config_file if config_file is not None else os.environ.get(SSH_CONFIG_ENV) or None
         path = Path(chosen).expanduser() if chosen else None

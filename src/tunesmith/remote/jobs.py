@@ -23,8 +23,17 @@ from tunesmith.remote.transport import Remote, agent_source
 
 # Environment variables passed to the remote run when set here, through a 0600 file on the host
 # (never a command line): tokens the run may need, and offline switches.
-FORWARD_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HF_ENDPOINT", "WANDB_API_KEY",
-               "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+FORWARD_ENV = (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_HUB_OFFLINE",
+    "HF_ENDPOINT",
+    "WANDB_API_KEY",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+)
 REMOTE_PREFIXES = ("bundled:", "hf:")
 
 
@@ -53,8 +62,10 @@ def stage_config(config_path: str | Path, overrides: list[str] | tuple[str, ...]
         """The path (under the job folder) that `local` will have on the host."""
         local = local.expanduser()
         if not local.exists():
-            raise UserError(f"{origin}: {local} not found (remote runs upload the files a config names; "
-                            "paths are relative to the working directory)")
+            raise UserError(
+                f"{origin}: {local} not found (remote runs upload the files a config names; "
+                "paths are relative to the working directory)"
+            )
         resolved = local.resolve()
         base = f"{folder}/{local.name or 'root'}"
         rel, n = base, 1
@@ -120,16 +131,28 @@ def _stderr_file() -> IO[str] | None:
         return None
 
 
-def start_train(remote: Remote, config_path: str, overrides: list[str], *, wheel: str | None = None,
-                nproc: int | None = None, forward: list[str] | tuple[str, ...] = (), say=print) -> dict[str, Any]:
+def start_train(
+    remote: Remote,
+    config_path: str,
+    overrides: list[str],
+    *,
+    wheel: str | None = None,
+    nproc: int | None = None,
+    forward: list[str] | tuple[str, ...] = (),
+    say=print,
+) -> dict[str, Any]:
     """Upload, prepare the environment, and start the run detached. Returns the start answer with `name`."""
     probe = remote.call("probe")
     staged = stage_config(config_path, overrides, probe["base"])
     say(f"run {staged.name!r} on {remote.ssh.host} (python {probe['python']}, base {probe['base']})")
     hashes = remote.upload(list(staged.files.values()), progress=lambda text: say(f"upload: {text}"))
     env = prepare_env(remote, probe, wheel, say)
-    remote.call("stage", name=staged.name, config_yaml=staged.config_yaml,
-                files=[{"path": rel, "sha": hashes[path]} for rel, path in staged.files.items()])
+    remote.call(
+        "stage",
+        name=staged.name,
+        config_yaml=staged.config_yaml,
+        files=[{"path": rel, "sha": hashes[path]} for rel, path in staged.files.items()],
+    )
     argv = [env["python"], "-m", "tunesmith", "train", "config.yaml"]
     if nproc:
         argv += ["--nproc", str(nproc)]
@@ -137,8 +160,9 @@ def start_train(remote: Remote, config_path: str, overrides: list[str], *, wheel
     return {**started, "name": staged.name, "env": env}
 
 
-def resume_train(remote: Remote, name: str, *, wheel: str | None = None, forward: list[str] | tuple[str, ...] = (),
-                 say=print) -> dict[str, Any]:
+def resume_train(
+    remote: Remote, name: str, *, wheel: str | None = None, forward: list[str] | tuple[str, ...] = (), say=print
+) -> dict[str, Any]:
     """Continue a stopped (or, after a reboot, lost) run from its newest complete checkpoint."""
     probe = remote.call("probe")
     state = remote.call("status", name=name)
@@ -150,8 +174,10 @@ def resume_train(remote: Remote, name: str, *, wheel: str | None = None, forward
         raise UserError(f"{remote.ssh.host}: run {name!r} already completed; nothing to resume")
     env = prepare_env(remote, probe, wheel, say)
     argv = [env["python"], "-m", "tunesmith", "train", state["run_dir"], "--resume"]
-    say(f"resuming {name!r} on {remote.ssh.host} (state was {state['state']}, checkpoints: "
-        f"{', '.join(state.get('checkpoints') or []) or 'none'})")
+    say(
+        f"resuming {name!r} on {remote.ssh.host} (state was {state['state']}, checkpoints: "
+        f"{', '.join(state.get('checkpoints') or []) or 'none'})"
+    )
     started = remote.call("start", name=name, argv=argv, env=forwarded_env(forward), agent=agent_source())
     return {**started, "name": name, "env": env}
 

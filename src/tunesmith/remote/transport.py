@@ -46,12 +46,23 @@ class Remote:
     def request_line(self, op: str, fields: dict[str, Any]) -> bytes:
         return (json.dumps({"op": op, "dir": self.base, **fields}) + "\n").encode("utf-8")
 
-    def call(self, op: str, *, payload: Iterable[bytes] = (), stderr: IO[str] | None = None,
-             timeout: float | None = 120, **fields: Any) -> dict[str, Any]:
+    def call(
+        self,
+        op: str,
+        *,
+        payload: Iterable[bytes] = (),
+        stderr: IO[str] | None = None,
+        timeout: float | None = 120,
+        **fields: Any,
+    ) -> dict[str, Any]:
         """Run one op and return its JSON answer. `stderr`: where the remote's progress text goes
         (captured for error messages when None)."""
-        process = subprocess.Popen(self.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE if stderr is None else stderr)
+        process = subprocess.Popen(
+            self.argv(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if stderr is None else stderr,
+        )
         try:
             assert process.stdin is not None
             try:
@@ -70,7 +81,9 @@ class Remote:
         try:
             return json.loads(text[-1]) if text else {}
         except ValueError:
-            raise TunesmithError(f"{self.ssh.host}: unreadable answer from the remote helper: {text[-1][:300]!r}") from None
+            raise TunesmithError(
+                f"{self.ssh.host}: unreadable answer from the remote helper: {text[-1][:300]!r}"
+            ) from None
 
     def open_stream(self, op: str, **fields: Any) -> subprocess.Popen:
         """Start an op whose stdout is a byte stream (logs, fetch); the caller reads and then calls `finish`."""
@@ -101,8 +114,10 @@ class Remote:
             last = message.splitlines()[-1] if message else "no message"
             raise UserError(f"cannot reach {self.ssh.host} over ssh: {last}")
         if code == 127:
-            raise UserError(f"{self.ssh.host}: {self.python!r} was not found on the host "
-                            f"(install Python 3.8+ or pass --remote-python): {message[-300:]}")
+            raise UserError(
+                f"{self.ssh.host}: {self.python!r} was not found on the host "
+                f"(install Python 3.8+ or pass --remote-python): {message[-300:]}"
+            )
         raise TunesmithError(f"{self.ssh.host}: remote helper failed (exit {code}): {message[-2000:]}")
 
     # ------------------------------------------------------------------ files
@@ -127,8 +142,10 @@ class Remote:
                 to_send[sha] = path
         if progress:
             sent = sum(p.stat().st_size for p in to_send.values())
-            progress(f"{len(hashes)} file(s): {len(to_send)} to send ({sent / 1e6:.1f} MB), "
-                     f"{len(set(hashes.values())) - len(to_send)} already on the host")
+            progress(
+                f"{len(hashes)} file(s): {len(to_send)} to send ({sent / 1e6:.1f} MB), "
+                f"{len(set(hashes.values())) - len(to_send)} already on the host"
+            )
         if to_send:
             items = [{"sha": sha, "size": path.stat().st_size} for sha, path in to_send.items()]
             self.call("put", files=items, payload=_file_blocks(list(to_send.values())), timeout=None)
@@ -171,18 +188,32 @@ def host_key_refused(ssh: SshSettings, changed: bool = False) -> UserError:
     scan_argv = ["ssh-keyscan", "-p", str(port), "--", hostname]
     try:
         scan = subprocess.run(scan_argv, capture_output=True, text=True, timeout=30)
-        prints = subprocess.run(["ssh-keygen", "-lf", "-"], input=scan.stdout, capture_output=True, text=True,
-                                timeout=30).stdout.strip() if scan.stdout.strip() else ""
+        prints = (
+            subprocess.run(
+                ["ssh-keygen", "-lf", "-"], input=scan.stdout, capture_output=True, text=True, timeout=30
+            ).stdout.strip()
+            if scan.stdout.strip()
+            else ""
+        )
     except (OSError, subprocess.TimeoutExpired):
         prints = ""
     shown = "\n".join(f"    {line}" for line in prints.splitlines()) or "    (ssh-keyscan could not read it)"
     port_flag = f"-p {port} " if port != 22 else ""
     if changed:
-        head = (f"the host key of {ssh.host} has CHANGED since it was recorded in known_hosts; "
-                f"connection refused (this can be an attack). The host now presents:")
-        fix = f"If the host was really reinstalled, remove the old key (ssh-keygen -R {hostname}) and accept the new one:"
+        head = (
+            f"the host key of {ssh.host} has CHANGED since it was recorded in known_hosts; "
+            f"connection refused (this can be an attack). The host now presents:"
+        )
+        fix = (
+            f"If the host was really reinstalled, remove the old key (ssh-keygen -R {hostname}) and accept the new one:"
+        )
     else:
-        head = f"the host key of {ssh.host} is not known (strict host key checking); connection refused. The host presents:"
+        head = (
+            f"the host key of {ssh.host} is not known (strict host key checking); connection refused. "
+            "The host presents:"
+        )
         fix = "Check these fingerprints with the host's owner, then accept the key:"
-    return UserError(f"{head}\n{shown}\n{fix}\n    ssh-keyscan {port_flag}{hostname} >> ~/.ssh/known_hosts\n"
-                     f"or connect once with: ssh {port_flag}{ssh.host.destination}")
+    return UserError(
+        f"{head}\n{shown}\n{fix}\n    ssh-keyscan {port_flag}{hostname} >> ~/.ssh/known_hosts\n"
+        f"or connect once with: ssh {port_flag}{ssh.host.destination}"
+    )

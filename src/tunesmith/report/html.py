@@ -46,8 +46,14 @@ def write_report(run_dir: str | Path, *, status: str | None = None) -> Path:
 def render(run_dir: Path, curves: Curves, png: Path | None, status: str | None = None) -> str:
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-    env = Environment(loader=FileSystemLoader(Path(__file__).parent), autoescape=True,
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env = Environment(
+        loader=FileSystemLoader(Path(__file__).parent),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     env.filters["num"] = number
     return env.get_template("template.html.jinja").render(**context(run_dir, curves, png, status))
 
@@ -93,30 +99,57 @@ def config_summary(config: dict | None) -> list[tuple[str, Any]]:
     train, data = config.get("train") or {}, config.get("data") or {}
     method = config.get("method")
     rows: list[tuple[str, Any]] = [
-        ("method", method), ("model", (config.get("model") or {}).get("name")),
-        ("data.train", data.get("train")), ("data.validation", data.get("validation")),
+        ("method", method),
+        ("model", (config.get("model") or {}).get("name")),
+        ("data.train", data.get("train")),
+        ("data.validation", data.get("validation")),
         ("data.test", data.get("test")),
         ("template.train_on", (config.get("template") or {}).get("train_on")),
         ("template.max_length", (config.get("template") or {}).get("max_length")),
     ]
     if method in ("lora", "qlora") and config.get("lora"):
         rows += [(f"lora.{k}", config["lora"].get(k)) for k in ("r", "alpha", "dropout", "target_modules")]
-    rows += [(f"train.{k}", train.get(k)) for k in ("epochs", "max_steps", "batch_size", "gradient_accumulation",
-                                                     "learning_rate", "lr_scheduler", "warmup_ratio",
-                                                     "precision", "packing", "seed") if k in train]
+    rows += [
+        (f"train.{k}", train.get(k))
+        for k in (
+            "epochs",
+            "max_steps",
+            "batch_size",
+            "gradient_accumulation",
+            "learning_rate",
+            "lr_scheduler",
+            "warmup_ratio",
+            "precision",
+            "packing",
+            "seed",
+        )
+        if k in train
+    ]
     return [(key, _plain(value)) for key, value in rows if value is not None]
 
 
 def data_table(data_report: dict | None) -> list[dict[str, Any]]:
     splits = (data_report or {}).get("splits") or {}
-    return [{"split": name, **{k: report.get(k) for k in ("rows", "tokens", "trainable_tokens", "trainable_share",
-                                                           "truncated", "missing_end_of_turn")}}
-            for name, report in splits.items() if isinstance(report, dict)]
+    return [
+        {
+            "split": name,
+            **{
+                k: report.get(k)
+                for k in ("rows", "tokens", "trainable_tokens", "trainable_share", "truncated", "missing_end_of_turn")
+            },
+        }
+        for name, report in splits.items()
+        if isinstance(report, dict)
+    ]
 
 
 def data_notes(data_report: dict | None) -> list[str]:
-    notes = [f"{name}: {w}" for name, report in ((data_report or {}).get("splits") or {}).items()
-             if isinstance(report, dict) for w in report.get("warnings") or []]
+    notes = [
+        f"{name}: {w}"
+        for name, report in ((data_report or {}).get("splits") or {}).items()
+        if isinstance(report, dict)
+        for w in report.get("warnings") or []
+    ]
     for key in ("template", "system_prompt"):
         if (data_report or {}).get(key):
             notes.insert(0, f"{key.replace('_', ' ')}: {data_report[key]}")
@@ -126,16 +159,21 @@ def data_notes(data_report: dict | None) -> list[str]:
 def training_summary(curves: Curves) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     if curves.train:
-        rows += [("optimizer steps", number(curves.train[-1][0])),
-                 ("train loss, first / last", f"{number(curves.train[0][1])} / {number(curves.train[-1][1])}")]
+        rows += [
+            ("optimizer steps", number(curves.train[-1][0])),
+            ("train loss, first / last", f"{number(curves.train[0][1])} / {number(curves.train[-1][1])}"),
+        ]
     if curves.evals:
         best = min(curves.evals, key=lambda p: p[1])
-        rows += [("eval loss, last", number(curves.evals[-1][1])),
-                 ("eval loss, lowest", f"{number(best[1])} (step {best[0]})")]
+        rows += [
+            ("eval loss, last", number(curves.evals[-1][1])),
+            ("eval loss, lowest", f"{number(best[1])} (step {best[0]})"),
+        ]
     rates = [r for _, r in curves.tokens_per_s]
     if rates:
-        rows += [("tokens/s, median (min-max)", f"{statistics.median(rates):,.0f} "
-                                                 f"({min(rates):,.0f}-{max(rates):,.0f})")]
+        rows += [
+            ("tokens/s, median (min-max)", f"{statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f})")
+        ]
     seen = [r["tokens_seen"] for r in curves.records if isinstance(r.get("tokens_seen"), int)]
     if seen:
         rows.append(("tokens seen", number(seen[-1])))
@@ -171,8 +209,12 @@ def eval_table(results: dict | None) -> dict[str, Any] | None:
         if _is_number(diff) and diff != 0:
             better = (diff < 0) if name.lower() in LOWER_IS_BETTER else (diff > 0)
         rows.append({"metric": name, "base": b, "tuned": t, "difference": diff, "better": better})
-    return {"n": results.get("n"), "rows": rows, "has_base": base is not None,
-            "loss_tokens": tuned.get("loss_tokens") if _is_number(tuned.get("loss_tokens")) else None}
+    return {
+        "n": results.get("n"),
+        "rows": rows,
+        "has_base": base is not None,
+        "loss_tokens": tuned.get("loss_tokens") if _is_number(tuned.get("loss_tokens")) else None,
+    }
 
 
 def most_different(samples: list[dict], top: int = TOP_SAMPLES) -> list[dict[str, Any]]:
@@ -191,11 +233,19 @@ def most_different(samples: list[dict], top: int = TOP_SAMPLES) -> list[dict[str
             continue  # scored the same: not a difference to show
         scored.append((-abs(delta), index, delta, keys, sample))
     scored.sort(key=lambda item: (item[0], item[1]))
-    return [{"index": index + 1, "delta": delta, "source": sample.get("source"),
-             "prompt": _cap(sample.get("prompt")), "reference": _cap(sample.get("reference")),
-             "base": _cap(sample.get("base")), "tuned": _cap(sample.get("tuned")),
-             "scores": [(k, sample["base_scores"][k], sample["tuned_scores"][k]) for k in keys]}
-            for _, index, delta, keys, sample in scored[:top]]
+    return [
+        {
+            "index": index + 1,
+            "delta": delta,
+            "source": sample.get("source"),
+            "prompt": _cap(sample.get("prompt")),
+            "reference": _cap(sample.get("reference")),
+            "base": _cap(sample.get("base")),
+            "tuned": _cap(sample.get("tuned")),
+            "scores": [(k, sample["base_scores"][k], sample["tuned_scores"][k]) for k in keys],
+        }
+        for _, index, delta, keys, sample in scored[:top]
+    ]
 
 
 def _cap(text: Any) -> str:

@@ -37,8 +37,12 @@ def read_curves(path: Path) -> Curves:
             continue
         curves.records.append(record)
         step = record["step"]
-        for key, series in (("loss", curves.train), ("eval_loss", curves.evals), ("lr", curves.lr),
-                            ("tokens_per_s", curves.tokens_per_s)):
+        for key, series in (
+            ("loss", curves.train),
+            ("eval_loss", curves.evals),
+            ("lr", curves.lr),
+            ("tokens_per_s", curves.tokens_per_s),
+        ):
             if isinstance(record.get(key), (int, float)):
                 series.append((step, float(record[key])))
     return curves

@@ -39,10 +39,12 @@ def overfitting(train: list[tuple[int, float]], evals: list[tuple[int, float]]) 
     train_best, train_last = train_loss_at(train, best_step), train_loss_at(train, last_step)
     if train_best is None or train_last is None or not train_last < train_best:
         return None  # both rising is not overfitting (learning rate too high, data changed...)
-    return (f"overfitting: eval loss rose from {best:.4f} (step {best_step}) to {last:.4f} (step {last_step}), "
-            f"+{rise / abs(best) if best else float('inf'):.0%}, while train loss fell from {train_best:.4f} to "
-            f"{train_last:.4f}; train fewer epochs, use more data, or keep the best checkpoint "
-            f"(train.load_best_at_end, train.early_stopping_patience)")
+    return (
+        f"overfitting: eval loss rose from {best:.4f} (step {best_step}) to {last:.4f} (step {last_step}), "
+        f"+{rise / abs(best) if best else float('inf'):.0%}, while train loss fell from {train_best:.4f} to "
+        f"{train_last:.4f}; train fewer epochs, use more data, or keep the best checkpoint "
+        f"(train.load_best_at_end, train.early_stopping_patience)"
+    )
 
 
 def data_warnings(data_report: dict[str, Any] | None) -> list[str]:
@@ -53,22 +55,31 @@ def data_warnings(data_report: dict[str, Any] | None) -> list[str]:
             continue  # the test split records only its row count
         rows = report.get("rows", 0)
         if report.get("truncated"):
-            notes.append(f"truncated rows: {report['truncated']} of {rows} {split} rows are longer than "
-                         "template.max_length and were cut")
+            notes.append(
+                f"truncated rows: {report['truncated']} of {rows} {split} rows are longer than "
+                "template.max_length and were cut"
+            )
         if report.get("truncated_turns"):
-            notes.append(f"truncated turns: {report['truncated_turns']} assistant turns in {split} were cut by "
-                         "template.max_length")
+            notes.append(
+                f"truncated turns: {report['truncated_turns']} assistant turns in {split} were cut by "
+                "template.max_length"
+            )
         if report.get("missing_end_of_turn"):
-            notes.append(f"end of turn not trained: {report['missing_end_of_turn']} {split} rows; the model may "
-                         "not learn to stop")
+            notes.append(
+                f"end of turn not trained: {report['missing_end_of_turn']} {split} rows; the model may "
+                "not learn to stop"
+            )
         share = report.get("trainable_share")
         if report.get("tokens") and share is not None and share < LOW_TRAINABLE_SHARE:
-            notes.append(f"low trainable-token share: only {share:.1%} of {split} tokens train (under "
-                         f"{LOW_TRAINABLE_SHARE:.0%}); most compute goes into prompts (check template.train_on)")
+            notes.append(
+                f"low trainable-token share: only {share:.1%} of {split} tokens train (under "
+                f"{LOW_TRAINABLE_SHARE:.0%}); most compute goes into prompts (check template.train_on)"
+            )
     return notes
 
 
-def run_warnings(train: list[tuple[int, float]], evals: list[tuple[int, float]],
-                 data_report: dict[str, Any] | None) -> list[str]:
+def run_warnings(
+    train: list[tuple[int, float]], evals: list[tuple[int, float]], data_report: dict[str, Any] | None
+) -> list[str]:
     found = overfitting(train, evals)
     return ([found] if found else []) + data_warnings(data_report)

@@ -43,8 +43,13 @@ class MetricsWriter(TrainerCallback):
         if "loss" in logs:
             tokens = int(state.num_input_tokens_seen)
             rate = (tokens - self.last_tokens) / max(now - self.last_time, 1e-9)
-            record |= {"loss": logs["loss"], "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
-                       "tokens_seen": tokens, "tokens_per_s": round(rate, 1)}
+            record |= {
+                "loss": logs["loss"],
+                "lr": logs.get("learning_rate"),
+                "grad_norm": logs.get("grad_norm"),
+                "tokens_seen": tokens,
+                "tokens_per_s": round(rate, 1),
+            }
             self.last_time, self.last_tokens = now, tokens
             self.losses.append(float(logs["loss"]))
         elif "eval_loss" in logs:
@@ -75,9 +80,16 @@ class ProgressBar(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} tok/s"),
-                                 TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[rate]} tok/s"),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
         self.progress.start()
         self.task = self.progress.add_task("train", total=state.max_steps, loss="-", rate="-")
         self.started = time.perf_counter()

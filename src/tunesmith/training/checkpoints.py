@@ -29,9 +29,14 @@ from typing import Any
 
 from tunesmith.errors import DiskFullError
 from tunesmith.runfolder import disk_full, ensure_space, is_disk_full, tree_size
-from tunesmith.training.verify import (MANIFEST, checkpoint_steps, is_complete, newest_complete,  # noqa: F401
-                                       resume_advice, write_manifest)
-
+from tunesmith.training.verify import (  # noqa: F401
+    MANIFEST,
+    checkpoint_steps,
+    is_complete,
+    newest_complete,
+    resume_advice,
+    write_manifest,
+)
 
 # --- optimizer, scheduler, RNG <-> safetensors + JSON ------------------------------------------------
 
@@ -68,8 +73,10 @@ def split_tensors(tree: Any, prefix: str = "") -> tuple[Any, dict[str, Any]]:
         if isinstance(node, dict):
             if all(isinstance(k, str) for k in node):
                 return {k: walk(v, _join(path, k)) for k, v in node.items()}
-            return {"__keys__": [_key_json(k) for k in node],
-                    "__values__": [walk(v, _join(path, str(i))) for i, v in enumerate(node.values())]}
+            return {
+                "__keys__": [_key_json(k) for k in node],
+                "__values__": [walk(v, _join(path, str(i))) for i, v in enumerate(node.values())],
+            }
         if isinstance(node, (list, tuple)):
             return [walk(v, _join(path, str(i))) for i, v in enumerate(node)]
         if node is None or isinstance(node, (bool, int, float, str)):
@@ -128,9 +135,11 @@ def rng_state() -> dict[str, Any]:
 
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {"python": [version, list(internal), gauss],
-                             "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
-                             "torch": torch.get_rng_state()}
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -303,8 +312,12 @@ class CheckpointMixin:
         if batches:
             updates = -(-batches // accumulation)
             position |= {"epochs_done": step // updates, "micro_batches_done_in_epoch": (step % updates) * accumulation}
-        return {"step": step, "data_position": position, "eval_loss": eval_losses(self.state.log_history).get(step),
-                **self.checkpoint_meta}
+        return {
+            "step": step,
+            "data_position": position,
+            "eval_loss": eval_losses(self.state.log_history).get(step),
+            **self.checkpoint_meta,
+        }
 
     # resuming
 
@@ -336,8 +349,10 @@ class CheckpointMixin:
         except (RuntimeError, ValueError, KeyError) as err:
             lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
             detail = next((line for line in lines if "mismatch" in line), lines[0])
-            raise UserError(f"checkpoint {folder.name} does not fit the model this config builds (method, model and "
-                            f"lora settings must stay as they were): {detail}") from None
+            raise UserError(
+                f"checkpoint {folder.name} does not fit the model this config builds (method, model and "
+                f"lora settings must stay as they were): {detail}"
+            ) from None
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         if checkpoint is None:
@@ -358,8 +373,10 @@ class CheckpointMixin:
 
     def _finalize_training(self, trial, num_train_samples, start_time):
         """Checkpoint the last step (unless already written), then restore the best weights if asked."""
-        if not (self.checkpoint_root / f"step-{self.state.global_step}" / MANIFEST).is_file() \
-                and not self.checkpoints_skipped:
+        if (
+            not (self.checkpoint_root / f"step-{self.state.global_step}" / MANIFEST).is_file()
+            and not self.checkpoints_skipped
+        ):
             self._save_checkpoint(self.model_wrapped, trial)
         if self.load_best_at_end and getattr(self.stopper, "signal", None) is None:  # not when stopped by a signal
             self._load_best_model()
@@ -371,4 +388,3 @@ class CheckpointMixin:
             return
         self._load_weights(best, self.model)
         self.best_loaded = (best, eval_losses(self.state.log_history)[int(best.name.split("-")[1])])
-

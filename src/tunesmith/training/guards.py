@@ -9,7 +9,8 @@ default of quietly replacing a NaN loss in the logs (`logging_nan_inf_filter`) i
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from tunesmith.errors import TunesmithError
 
@@ -37,15 +38,19 @@ def describe_sources(sources: Sequence[str]) -> str:
 
 
 def non_finite_loss(step: int, value: float, sources: Sequence[str]) -> NonFiniteError:
-    return NonFiniteError(f"training stopped at step {step}: the loss is {value} ({describe_sources(sources)}); "
-                          "nothing from this step was applied or saved. Lower train.learning_rate, check these "
-                          "rows, or use train.precision: fp32/bf16 instead of fp16")
+    return NonFiniteError(
+        f"training stopped at step {step}: the loss is {value} ({describe_sources(sources)}); "
+        "nothing from this step was applied or saved. Lower train.learning_rate, check these "
+        "rows, or use train.precision: fp32/bf16 instead of fp16"
+    )
 
 
 def non_finite_gradients(step: int, norm: float, sources: Sequence[str]) -> NonFiniteError:
-    return NonFiniteError(f"training stopped at step {step}: the gradient norm is {norm} "
-                          f"({describe_sources(sources)}); the optimizer step was not taken and nothing was saved. "
-                          "Lower train.learning_rate or train.max_grad_norm, or check these rows")
+    return NonFiniteError(
+        f"training stopped at step {step}: the gradient norm is {norm} "
+        f"({describe_sources(sources)}); the optimizer step was not taken and nothing was saved. "
+        "Lower train.learning_rate or train.max_grad_norm, or check these rows"
+    )
 
 
 def is_finite(value: Any) -> bool:

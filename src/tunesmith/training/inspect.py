@@ -17,11 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import Config
+from tunesmith.data.types import IGNORE_INDEX
 from tunesmith.errors import UserError
-from tunesmith.formatting.encode import IGNORE_INDEX, Example, encode_sample
+from tunesmith.formatting.encode import Example, encode_sample
 from tunesmith.formatting.prepare import SplitReport, warnings_for
-from tunesmith.formatting.view import (CONTEXT_STYLE, TRAINED_STYLE, AuditLine, RowView, audit_lines, html_page,
-                                       rich_text, row_header, view_example)
+from tunesmith.formatting.view import (
+    CONTEXT_STYLE,
+    TRAINED_STYLE,
+    AuditLine,
+    RowView,
+    audit_lines,
+    html_page,
+    rich_text,
+    row_header,
+    view_example,
+)
 from tunesmith.training.prepare import Prepared, prepare
 
 SPLITS = ("train", "validation")
@@ -40,8 +50,15 @@ class InspectResult:
     json_path: Path | None = None
 
 
-def inspect(config: Config, *, rows: int = 3, split: str = "train", console: Any,
-            html_path: str | Path | None = None, json_path: str | Path | None = None) -> InspectResult:
+def inspect(
+    config: Config,
+    *,
+    rows: int = 3,
+    split: str = "train",
+    console: Any,
+    html_path: str | Path | None = None,
+    json_path: str | Path | None = None,
+) -> InspectResult:
     """Print the first `rows` examples of `split` with their trained tokens highlighted, then the
     split's audit; write the same as a self-contained HTML page when `html_path` is given, and the
     first rows' Examples as JSON lines (`json_records`) when `json_path` is given."""
@@ -62,8 +79,7 @@ def inspect(config: Config, *, rows: int = 3, split: str = "train", console: Any
         console.print(f"Wrote {written}", markup=False, highlight=False, soft_wrap=True)
     json_written = None
     if json_path is not None:
-        lines = "".join(json.dumps(record, ensure_ascii=False) + "\n"
-                        for record in json_records(prepared, split, rows))
+        lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in json_records(prepared, split, rows))
         json_written = write_text_atomically(Path(json_path), lines)
         console.print(f"Wrote {json_written}", markup=False, highlight=False, soft_wrap=True)
     return InspectResult(split, views, data.report, audit, warnings, written, json_written)
@@ -83,13 +99,21 @@ def json_records(prepared: Prepared, split: str, rows: int) -> list[dict[str, An
     config = prepared.config
     if rows == 0:
         return []
-    loaded = load_split(source_specs(config.data, split), split=split, policy=config.data.on_bad_row,
-                        seed=config.train.seed)
+    loaded = load_split(
+        source_specs(config.data, split), split=split, policy=config.data.on_bad_row, seed=config.train.seed
+    )
     records: list[dict[str, Any]] = []
     for sample in loaded.samples[:rows]:
         trace: list[dict[str, Any]] = []
-        examples = encode_sample(sample, prepared.template, prepared.tokenizer, train_on=config.template.train_on,
-                                 max_length=config.template.max_length, markers=prepared.markers, trace=trace)
+        examples = encode_sample(
+            sample,
+            prepared.template,
+            prepared.tokenizer,
+            train_on=config.template.train_on,
+            max_length=config.template.max_length,
+            markers=prepared.markers,
+            trace=trace,
+        )
         records += [_record_of(example, trace, prepared.tokenizer) for example in examples if example.n_trainable > 0]
     return records
 
@@ -106,11 +130,19 @@ def _record_of(example: Example, trace: list[dict[str, Any]], tokenizer: Any) ->
 def _untemplated_record(tokenizer: Any, example: Example) -> dict[str, Any]:
     """The record of a sample no template renders (raw text, pre-tokenized): its ids decoded, and
     each run of trained ids decoded."""
-    runs = [[token for token, _ in group] for trains, group in
-            groupby(zip(example.input_ids, example.labels), key=lambda pair: pair[1] != IGNORE_INDEX) if trains]
-    return {"source": example.source_id, "input_ids": example.input_ids, "labels": example.labels,
-            "text": tokenizer.decode(example.input_ids),
-            "trained": [tokenizer.decode(ids) for ids in runs], "prompts": []}
+    runs = [
+        [token for token, _ in group]
+        for trains, group in groupby(zip(example.input_ids, example.labels), key=lambda pair: pair[1] != IGNORE_INDEX)
+        if trains
+    ]
+    return {
+        "source": example.source_id,
+        "input_ids": example.input_ids,
+        "labels": example.labels,
+        "text": tokenizer.decode(example.input_ids),
+        "trained": [tokenizer.decode(ids) for ids in runs],
+        "prompts": [],
+    }
 
 
 def _check_request(config: Config, rows: int, split: str) -> None:
@@ -144,8 +176,9 @@ def first_rows(examples: list[Example], rows: int) -> list[tuple[Example, str | 
 def _setting(p: Prepared) -> str:
     """What decides the masks, in one line: model, template, train_on, max_length."""
     t = p.config.template
-    return (f"model {p.config.model.name}; template: {p.template.name}; train_on: {t.train_on}; "
-            f"max_length: {t.max_length}")
+    return (
+        f"model {p.config.model.name}; template: {p.template.name}; train_on: {t.train_on}; max_length: {t.max_length}"
+    )
 
 
 def _print_rows(console: Any, views: list[RowView], *, shown: int, of: int) -> None:

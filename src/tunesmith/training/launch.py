@@ -62,14 +62,19 @@ class Launch:
         """Refuse distributed settings this machine cannot run, before any data or model work."""
         import torch
 
-        from tunesmith.training.hardware import pick_device
+        from tunesmith.machine import pick_device
 
         device = pick_device()
-        check_launch(config, self, device=device, gpu_count=torch.cuda.device_count() if device == "cuda" else 0,
-                     deepspeed_installed=deepspeed_installed())
+        check_launch(
+            config,
+            self,
+            device=device,
+            gpu_count=torch.cuda.device_count() if device == "cuda" else 0,
+            deepspeed_installed=deepspeed_installed(),
+        )
 
     def run(self, prepared: Any, run_dir: Path, console: Any) -> Any:
-        """Train in torchrun workers; on the main node, then evaluate and seal `run_dir` (a RunResult)."""
+        """Train in torchrun workers and wait for them (a `training.run.Trained`)."""
         return run_workers(self, prepared, run_dir, console)
 
 
@@ -94,8 +99,10 @@ def launch_options(nproc: int | None, nnodes: int = 1, node_rank: int = 0, rdzv:
     if not 0 <= node_rank < nnodes:
         raise UserError(f"--node-rank {node_rank}: must be between 0 and {nnodes - 1} (--nnodes {nnodes})")
     if nnodes > 1 and rdzv is None:
-        raise UserError(f"--nnodes {nnodes}: needs --rdzv HOST:PORT, the address of node 0 (where rank 0 runs) "
-                        "that every node can reach")
+        raise UserError(
+            f"--nnodes {nnodes}: needs --rdzv HOST:PORT, the address of node 0 (where rank 0 runs) "
+            "that every node can reach"
+        )
     if rdzv is not None:
         host, _, port = rdzv.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -114,7 +121,6 @@ def check_launch(config: Config, launch: Launch, *, device: str, gpu_count: int,
 
     `device` is where training would run ("cuda" or "cpu"), `gpu_count` the CUDA GPUs on this node.
     """
-    from tunesmith.training.methods import quantized_bits
 
     d = config.distributed
     strategy = f"{config.origin('distributed.strategy')}: distributed.strategy: {d.strategy}"
@@ -122,34 +128,34 @@ def check_launch(config: Config, launch: Launch, *, device: str, gpu_count: int,
     if d.backend == "nccl" and device != "cuda":
         raise UserError(f"{backend} needs CUDA GPUs and this machine has none; use backend: gloo (or auto)")
     if device == "cuda" and launch.nproc > gpu_count:
-        raise UserError(f"--nproc {launch.nproc}: this machine has {gpu_count} CUDA GPU"
-                        f"{'' if gpu_count == 1 else 's'}; start at most one process per GPU (--nproc {gpu_count})")
+        raise UserError(
+            f"--nproc {launch.nproc}: this machine has {gpu_count} CUDA GPU"
+            f"{'' if gpu_count == 1 else 's'}; start at most one process per GPU (--nproc {gpu_count})"
+        )
     if d.strategy in STRATEGIES_NEEDING_CUDA and device != "cuda":
-        raise UserError(f"{strategy} trains only on CUDA GPUs and this machine has none: accelerate runs "
-                        "neither FSDP nor DeepSpeed on CPU processes (it would quietly fall back to plain DDP); "
-                        "on CPU use distributed.strategy: ddp")
+        raise UserError(
+            f"{strategy} trains only on CUDA GPUs and this machine has none: accelerate runs "
+            "neither FSDP nor DeepSpeed on CPU processes (it would quietly fall back to plain DDP); "
+            "on CPU use distributed.strategy: ddp"
+        )
     if d.cpu_offload and d.strategy == "ddp":
-        raise UserError(f"{config.origin('distributed.cpu_offload')}: distributed.cpu_offload needs "
-                        "distributed.strategy: fsdp or deepspeed (DDP keeps a whole copy of the model on every GPU)")
-    bits = quantized_bits(config)
-    sharded = d.strategy == "fsdp" or (d.strategy == "deepspeed" and d.zero_stage == 3)
-    if bits and sharded:
-        key = "method" if config.method == "qlora" else "model.load_in_8bit"
-        what = "method: qlora (a 4-bit base)" if bits == 4 else "model.load_in_8bit (an 8-bit base)"
-        shard = "FSDP2" if d.strategy == "fsdp" else "ZeRO-3"
-        raise UserError(f"{config.origin(key)}: {what} cannot be sharded by {shard}: the quantized weights are "
-                        f"stored as integers, which {shard} cannot split across processes; use "
-                        "distributed.strategy: ddp, or deepspeed with zero_stage 1 or 2")
+        raise UserError(
+            f"{config.origin('distributed.cpu_offload')}: distributed.cpu_offload needs "
+            "distributed.strategy: fsdp or deepspeed (DDP keeps a whole copy of the model on every GPU)"
+        )
     if d.strategy == "deepspeed":
         if not deepspeed_installed:
             raise UserError(f"{strategy} needs the deepspeed package: pip install deepspeed")
         if d.backend == "gloo":
-            raise UserError(f"{backend} does not go with strategy: deepspeed, which communicates over nccl; "
-                            "use backend: auto")
+            raise UserError(
+                f"{backend} does not go with strategy: deepspeed, which communicates over nccl; use backend: auto"
+            )
         if d.cpu_offload and config.train.optimizer not in ("adamw", "adamw_fused"):
-            raise UserError(f"{config.origin('train.optimizer')}: train.optimizer: {config.train.optimizer} cannot "
-                            "run with distributed.cpu_offload under DeepSpeed, which steps its own CPU AdamW on "
-                            "the offloaded state; use train.optimizer: adamw")
+            raise UserError(
+                f"{config.origin('train.optimizer')}: train.optimizer: {config.train.optimizer} cannot "
+                "run with distributed.cpu_offload under DeepSpeed, which steps its own CPU AdamW on "
+                "the offloaded state; use train.optimizer: adamw"
+            )
 
 
 # --- starting the workers and collecting how they ended ---------------------------------------------
@@ -157,15 +163,29 @@ def check_launch(config: Config, launch: Launch, *, device: str, gpu_count: int,
 
 def torchrun_command(launch: Launch, *, config_path: Path, run_dir: Path, reports: Path) -> list[str]:
     """`python -m torch.distributed.run ... -m tunesmith.training.worker ...` for this node."""
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launch.nproc}",
-               f"--nnodes={launch.nnodes}", "--max-restarts=0",
-               f"--log-dir={reports / 'torchrun'}"]  # not a torchelastic_* folder left in the temp dir
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={launch.nproc}",
+        f"--nnodes={launch.nnodes}",
+        "--max-restarts=0",
+        f"--log-dir={reports / 'torchrun'}",
+    ]  # not a torchelastic_* folder left in the temp dir
     if launch.nnodes == 1 and launch.rdzv is None:
         command.append("--standalone")  # a rendezvous on a free local port
     else:
         command += ["--rdzv-backend=static", f"--rdzv-endpoint={launch.rdzv}", f"--node-rank={launch.node_rank}"]
-    return command + ["-m", "tunesmith.training.worker", "--config", str(config_path), "--run-dir", str(run_dir),
-                      "--reports", str(reports)]
+    return command + [
+        "-m",
+        "tunesmith.training.worker",
+        "--config",
+        str(config_path),
+        "--run-dir",
+        str(run_dir),
+        "--reports",
+        str(reports),
+    ]
 
 
 def worker_environment(launch: Launch) -> dict[str, str]:
@@ -178,9 +198,10 @@ def worker_environment(launch: Launch) -> dict[str, str]:
 
 
 def run_workers(launch: Launch, prepared: Any, run_dir: Path | None, console: Any) -> Any:
-    """Start this node's workers and wait; on the main node, then evaluate and seal `run_dir`."""
+    """Start this node's workers and wait: a `Trained` without the model (the pipeline loads the saved
+    weights back to evaluate); on other nodes one without `prepared` (node 0 seals the folder)."""
     from tunesmith.config import config_to_yaml
-    from tunesmith.training.run import RunResult, finish_run, write_inputs
+    from tunesmith.training.run import Trained, write_inputs
 
     started = time.time()
     reports = Path(tempfile.mkdtemp(prefix="tunesmith-launch-"))
@@ -193,9 +214,11 @@ def run_workers(launch: Launch, prepared: Any, run_dir: Path | None, console: An
         # the workers' config, real values (the run folder's copy is redacted), in this 0700 temporary folder
         config_path = reports / "config.yaml"
         config_path.write_text(config_to_yaml(prepared.config, redact=False), encoding="utf-8")
-        console.print(f"Starting {launch.nproc} worker process{'es' if launch.nproc > 1 else ''}"
-                      + (f" on node {launch.node_rank} of {launch.nnodes}" if launch.nnodes > 1 else "")
-                      + f" ({launch.world_size} in all, distributed.strategy: {prepared.config.distributed.strategy})")
+        console.print(
+            f"Starting {launch.nproc} worker process{'es' if launch.nproc > 1 else ''}"
+            + (f" on node {launch.node_rank} of {launch.nnodes}" if launch.nnodes > 1 else "")
+            + f" ({launch.world_size} in all, distributed.strategy: {prepared.config.distributed.strategy})"
+        )
         command = torchrun_command(launch, config_path=config_path, run_dir=run_dir, reports=reports)
         returncode = _wait(subprocess.Popen(command, env=worker_environment(launch)))
         outcome = read_reports(reports)
@@ -204,15 +227,18 @@ def run_workers(launch: Launch, prepared: Any, run_dir: Path | None, console: An
             _show_traceback(outcome, console)
             raise failure
         if not launch.main_node:
-            return RunResult(run_dir=run_dir, status="trained")
+            return Trained(run_dir=run_dir, status="trained")
         if 0 not in outcome or "metrics" not in outcome[0]:
             raise TunesmithError("the workers finished but rank 0 did not report its results")
-        if outcome[0]["status"] == "interrupted":  # stopped by a signal; rank 0 wrote a checkpoint and the manifest
-            return RunResult(run_dir=run_dir, status="interrupted", metrics=outcome[0]["metrics"])
-        metrics = dict(outcome[0]["metrics"], processes=launch.world_size,
-                       strategy=prepared.config.distributed.strategy, train_seconds=round(time.time() - started, 1))
-        model = _trained_model(run_dir) if prepared.test else None
-        return finish_run(prepared, model, run_dir, metrics, console)
+        if outcome[0]["status"] == "interrupted":  # stopped by a signal; rank 0 wrote a checkpoint
+            return Trained(run_dir=run_dir, status="interrupted", metrics=outcome[0]["metrics"], prepared=prepared)
+        metrics = dict(
+            outcome[0]["metrics"],
+            processes=launch.world_size,
+            strategy=prepared.config.distributed.strategy,
+            train_seconds=round(time.time() - started, 1),
+        )
+        return Trained(run_dir=run_dir, status="trained", metrics=metrics, prepared=prepared)
     finally:
         shutil.rmtree(reports, ignore_errors=True)
 
@@ -260,12 +286,15 @@ def worker_failure(outcome: dict[int, dict[str, Any]], returncode: int, launch: 
         rank, record = next(iter(errors.items()))
         more = len(errors) - 1
         others = f" ({more} other rank{'s' if more > 1 else ''} failed too)" if more else ""
-        return TunesmithError(f"training failed in worker rank {rank} of {launch.world_size}: "
-                              f"{record['error']}{others}")
+        return TunesmithError(
+            f"training failed in worker rank {rank} of {launch.world_size}: {record['error']}{others}"
+        )
     if returncode != 0:
-        return TunesmithError(f"training failed: the worker processes stopped (torchrun exit code {returncode}) "
-                              "without reporting an error; see the output above (a worker killed for memory "
-                              "ends like this)")
+        return TunesmithError(
+            f"training failed: the worker processes stopped (torchrun exit code {returncode}) "
+            "without reporting an error; see the output above (a worker killed for memory "
+            "ends like this)"
+        )
     return None
 
 
@@ -275,10 +304,3 @@ def _show_traceback(outcome: dict[int, dict[str, Any]], console: Any) -> None:
         if record.get("traceback"):
             console.print(f"[rank {rank}] {record['traceback'].rstrip()}", markup=False)
             return
-
-
-def _trained_model(run_dir: Path) -> Any:
-    """The saved weights loaded back on one device, for the evaluation of a distributed run."""
-    from tunesmith.evaluate.runs import load_run
-
-    return load_run(run_dir).model

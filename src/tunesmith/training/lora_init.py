@@ -28,20 +28,6 @@ REWRITES_BASE = ("pissa", "olora")
 INITIAL_STATE = "_tunesmith_initial_adapter"  # attribute on the peft model: the adapter as it started
 
 
-def check_init(config: Config) -> None:
-    """Refuse a `lora.init` that cannot be done faithfully with this method and base."""
-    init, where = config.lora.init, config.origin("lora.init")
-    if init == "default" or config.method == "full":
-        return
-    quantized = config.method == "qlora" or config.model.load_in_8bit
-    if init == "loftq" and config.method != "qlora":
-        raise UserError(f"{where}: lora.init: loftq starts the adapter from what 4-bit quantization lost, so it "
-                        "needs method: qlora; on an unquantized base use default, gaussian, pissa or olora")
-    if init in REWRITES_BASE and quantized:
-        raise UserError(f"{where}: lora.init: {init} rewrites the base weights, which a quantized base cannot "
-                        "hold exactly; use lora.init: loftq with method: qlora, or method: lora")
-
-
 def peft_init(config: Config) -> Any:
     """`init_lora_weights` for peft's LoraConfig (LoftQ starts as default and is replaced after)."""
     return PEFT_INIT.get(config.lora.init, True)
@@ -68,8 +54,9 @@ def loftq(model: Any, base_path: str) -> None:
 
     files = sorted(_local_folder(base_path).glob("*.safetensors"))
     if not files:
-        raise UserError(f"lora.init: loftq reads the full-precision weights from safetensors files, and "
-                        f"{base_path} has none")
+        raise UserError(
+            f"lora.init: loftq reads the full-precision weights from safetensors files, and {base_path} has none"
+        )
     from safetensors import safe_open
 
     handles = [safe_open(str(f), "pt") for f in files]

@@ -19,15 +19,13 @@ from tunesmith.config import Config
 from tunesmith.errors import UserError
 
 BITSANDBYTES_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
-OPTIMIZERS = {"adamw": "adamw_torch", "adamw_fused": "adamw_torch_fused", "sgd": "sgd", "adafactor": "adafactor",
-              **BITSANDBYTES_OPTIMIZERS}
-
-
-def quantized_bits(config: Config) -> int | None:
-    """4 for QLoRA, 8 for LoRA on an 8-bit base, else None (no quantization)."""
-    if config.method == "qlora":
-        return 4
-    return 8 if config.model.load_in_8bit else None
+OPTIMIZERS = {
+    "adamw": "adamw_torch",
+    "adamw_fused": "adamw_torch_fused",
+    "sgd": "sgd",
+    "adafactor": "adafactor",
+    **BITSANDBYTES_OPTIMIZERS,
+}
 
 
 def check_method(config: Config, device: str) -> None:
@@ -36,15 +34,12 @@ def check_method(config: Config, device: str) -> None:
     Quantized bases and 8-bit optimizers run wherever bitsandbytes' backend for `device` works
     (its CUDA kernels, or its CPU backend): `tunesmith.models.quant.support` tries it."""
     from tunesmith.models.quant import support
-    from tunesmith.training.lora_init import check_init
 
-    if config.model.load_in_8bit and config.method != "lora":
-        raise UserError(f"{config.origin('model.load_in_8bit')}: model.load_in_8bit goes with method: lora, "
-                        f"not method: {config.method}")
     if config.train.optimizer == "paged_adamw_8bit" and device != "cuda":
-        raise UserError(f"{config.origin('train.optimizer')}: train.optimizer: paged_adamw_8bit pages optimizer "
-                        "state between GPU and CPU memory, and there is no GPU here; on CPU use adamw_8bit")
-    check_init(config)
+        raise UserError(
+            f"{config.origin('train.optimizer')}: train.optimizer: paged_adamw_8bit pages optimizer "
+            "state between GPU and CPU memory, and there is no GPU here; on CPU use adamw_8bit"
+        )
     needs: list[tuple[str, str]] = []  # (config key, what needs bitsandbytes)
     if config.method == "qlora":
         needs.append(("method", "method: qlora (4-bit NF4 base)"))
@@ -58,8 +53,9 @@ def check_method(config: Config, device: str) -> None:
     if reason:
         key, what = needs[0]
         instead = "method: lora" if key != "train.optimizer" else "train.optimizer: adamw"
-        raise UserError(f"{config.origin(key)}: {what} needs bitsandbytes on {device}, and {reason}; "
-                        f"or train with {instead}")
+        raise UserError(
+            f"{config.origin(key)}: {what} needs bitsandbytes on {device}, and {reason}; or train with {instead}"
+        )
 
 
 def optimizer_name(config: Config) -> str:
@@ -84,19 +80,26 @@ class Trainable:
 
 def trainable_model(config: Config, ref: Any, *, device: str, precision: str) -> Trainable:
     """Load the base as the method says and mark what trains; `summary` is the line printed."""
+    from tunesmith.machine import quantized_bits
     from tunesmith.models.load import count_parameters, load_model
     from tunesmith.models.quant import bitsandbytes_config
 
     bits = quantized_bits(config)
-    model = load_model(ref, dtype=config.model.dtype, device=device, attention=config.model.attention,
-                       quantization=bitsandbytes_config(bits, precision) if bits else None)
+    model = load_model(
+        ref,
+        dtype=config.model.dtype,
+        device=device,
+        attention=config.model.attention,
+        quantization=bitsandbytes_config(bits, precision) if bits else None,
+    )
     if config.method == "full":
         model.requires_grad_(True)
         if config.train.gradient_checkpointing:
             model.config.use_cache = False
         trainable, total = count_parameters(model)
-        return Trainable(model, trainable, total, f"full fine-tuning: {trainable:,} trainable of {total:,} "
-                                                  "parameters (100%)")
+        return Trainable(
+            model, trainable, total, f"full fine-tuning: {trainable:,} trainable of {total:,} parameters (100%)"
+        )
     if bits:
         from peft import prepare_model_for_kbit_training
 
@@ -111,9 +114,11 @@ def trainable_model(config: Config, ref: Any, *, device: str, precision: str) ->
     lora = config.lora
     kind = ("DoRA" if lora.dora else "LoRA") + (f" ({lora.init} init)" if lora.init != "default" else "")
     base = {4: " on a 4-bit NF4 base", 8: " on an 8-bit base"}.get(bits or 0, "")
-    scale = f"alpha/sqrt(r) = {lora.alpha / lora.r ** 0.5:g}" if lora.rslora else f"alpha/r = {lora.alpha / lora.r:g}"
-    summary = (f"{kind} r={lora.r}{base} ({scale}): {trainable:,} trainable of {total:,} parameters "
-               f"({100 * trainable / total:.2f}%)")
+    scale = f"alpha/sqrt(r) = {lora.alpha / lora.r**0.5:g}" if lora.rslora else f"alpha/r = {lora.alpha / lora.r:g}"
+    summary = (
+        f"{kind} r={lora.r}{base} ({scale}): {trainable:,} trainable of {total:,} parameters "
+        f"({100 * trainable / total:.2f}%)"
+    )
     return Trainable(model, trainable, total, summary)
 
 
@@ -126,9 +131,17 @@ def add_adapter(model: Any, config: Config) -> Any:
 
     lora = config.lora
     torch.manual_seed(config.train.seed)  # adapter init is part of what the seed fixes
-    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                             target_modules=lora.target_modules, use_rslora=lora.rslora, use_dora=lora.dora,
-                             init_lora_weights=peft_init(config), task_type="CAUSAL_LM", bias="none")
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        use_rslora=lora.rslora,
+        use_dora=lora.dora,
+        init_lora_weights=peft_init(config),
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
     return get_peft_model(model, peft_config)
 
 

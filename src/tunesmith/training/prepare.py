@@ -71,8 +71,9 @@ def _prepare(config: Config, console: Any, *, print_warnings: bool) -> Prepared:
         keys = {split: _key(config, split, tokenizer, template, markers) for split in _splits(config)}
     for split, data in loaded.items():
         done[split] = _process(config, split, data, tokenizer, template, markers, console)
-        cache.store(keys[split], done[split].examples, {"report": asdict(done[split].report),
-                                                         "summary": done[split].summary})
+        cache.store(
+            keys[split], done[split].examples, {"report": asdict(done[split].report), "summary": done[split].summary}
+        )
     for split, data in done.items():
         if data.cached:
             console.print(f"{split}: {data.report.rows} rows from the processed-data cache")
@@ -99,8 +100,12 @@ def _formatting(config: Config, ref: Any) -> tuple[Any, Any, tuple[str, ...]]:
 
     tokenizer = load_tokenizer(ref)
     try:
-        template = build_template(tokenizer, config.template.chat_template, variables=config.template.variables,
-                                  drop=tuple(config.template.drop))
+        template = build_template(
+            tokenizer,
+            config.template.chat_template,
+            variables=config.template.variables,
+            drop=tuple(config.template.drop),
+        )
     except UserError as err:
         raise UserError(f"{config.origin('template.chat_template')}: template.chat_template: {err}") from None
     return tokenizer, template, end_of_turn_markers(tokenizer, template)
@@ -109,13 +114,30 @@ def _formatting(config: Config, ref: Any) -> tuple[Any, Any, tuple[str, ...]]:
 def _key(config: Config, split: str, tokenizer: Any, template: Any, markers: tuple[str, ...]) -> str:
     specs = source_specs(config.data, split)
     # the reference too: the cached summary names each file and each quarantined row's file as read
-    files = [(s.reference, _fingerprint(config, split, s.reference), s.weight, s.options.format,
-              dict(s.options.columns), dict(s.options.roles)) for s in specs]
-    return cache.cache_key(split=split, files=files, policy=config.data.on_bad_row, seed=config.train.seed,
-                           template=template.source, special_tokens=template.special_tokens,
-                           drop=sorted(template.drop),
-                           tokenizer=cache.tokenizer_digest(tokenizer), train_on=config.template.train_on,
-                           max_length=config.template.max_length, markers=markers)
+    files = [
+        (
+            s.reference,
+            _fingerprint(config, split, s.reference),
+            s.weight,
+            s.options.format,
+            dict(s.options.columns),
+            dict(s.options.roles),
+        )
+        for s in specs
+    ]
+    return cache.cache_key(
+        split=split,
+        files=files,
+        policy=config.data.on_bad_row,
+        seed=config.train.seed,
+        template=template.source,
+        special_tokens=template.special_tokens,
+        drop=sorted(template.drop),
+        tokenizer=cache.tokenizer_digest(tokenizer),
+        train_on=config.template.train_on,
+        max_length=config.template.max_length,
+        markers=markers,
+    )
 
 
 def _fingerprint(config: Config, split: str, reference: str) -> str:
@@ -135,8 +157,9 @@ def _from_cache(key: str) -> SplitData | None:
 def _load_split(config: Config, split: str, console: Any) -> LoadedSplit:
     """A split's samples under the bad-row policy; a missing file is reported where the config named it."""
     try:
-        loaded = load_split(source_specs(config.data, split), split=split, policy=config.data.on_bad_row,
-                            seed=config.train.seed)
+        loaded = load_split(
+            source_specs(config.data, split), split=split, policy=config.data.on_bad_row, seed=config.train.seed
+        )
     except UserError as err:
         if str(err).startswith(("data file not found", "bundled data not found")):
             raise UserError(f"{config.origin(f'data.{split}')}: data.{split}: {err}") from None
@@ -144,8 +167,10 @@ def _load_split(config: Config, split: str, console: Any) -> LoadedSplit:
     for f in loaded.files:
         console.print(f"{split}: {f.reference}: {f.format} ({f.reason}), {f.rows} rows, {f.used} used")
     if loaded.quarantined:
-        console.print(f"[yellow]warning:[/] {len(loaded.quarantined)} bad {split} rows skipped "
-                      f"(data.on_bad_row: skip); they are listed in quarantine.jsonl")
+        console.print(
+            f"[yellow]warning:[/] {len(loaded.quarantined)} bad {split} rows skipped "
+            f"(data.on_bad_row: skip); they are listed in quarantine.jsonl"
+        )
     return loaded
 
 
@@ -155,21 +180,42 @@ def _test_conversations(config: Config, console: Any) -> list[Conversation]:
     return _load_split(config, "test", console).conversations()
 
 
-def _process(config: Config, split: str, loaded: LoadedSplit, tokenizer: Any, template: Any,
-             markers: tuple[str, ...], console: Any) -> SplitData:
+def _process(
+    config: Config,
+    split: str,
+    loaded: LoadedSplit,
+    tokenizer: Any,
+    template: Any,
+    markers: tuple[str, ...],
+    console: Any,
+) -> SplitData:
     skipped: list[dict] = []
-    examples, report = encode_split(loaded.samples, template, tokenizer, train_on=config.template.train_on,
-                                    max_length=config.template.max_length, markers=markers, split=split,
-                                    on_bad_row=config.data.on_bad_row, skipped=skipped)
+    examples, report = encode_split(
+        loaded.samples,
+        template,
+        tokenizer,
+        train_on=config.template.train_on,
+        max_length=config.template.max_length,
+        markers=markers,
+        split=split,
+        on_bad_row=config.data.on_bad_row,
+        skipped=skipped,
+    )
     if skipped:
-        console.print(f"[yellow]warning:[/] {len(skipped)} {split} rows too long to train skipped "
-                      f"(data.on_bad_row: skip), e.g. {skipped[0]['file']}:{skipped[0]['line']}: "
-                      f"{skipped[0]['issues'][0]['message']}; they are listed in quarantine.jsonl", soft_wrap=True)
+        console.print(
+            f"[yellow]warning:[/] {len(skipped)} {split} rows too long to train skipped "
+            f"(data.on_bad_row: skip), e.g. {skipped[0]['file']}:{skipped[0]['line']}: "
+            f"{skipped[0]['issues'][0]['message']}; they are listed in quarantine.jsonl",
+            soft_wrap=True,
+        )
     summary = {
         "files": [asdict(f) for f in loaded.files],
         "warnings": [w.as_dict() for w in loaded.warnings],
-        "quarantined": [{"file": raw.where.file, "line": raw.where.line, "issues": [i.as_dict() for i in issues],
-                         "row": raw.data} for raw, issues in loaded.quarantined] + skipped,
+        "quarantined": [
+            {"file": raw.where.file, "line": raw.where.line, "issues": [i.as_dict() for i in issues], "row": raw.data}
+            for raw, issues in loaded.quarantined
+        ]
+        + skipped,
         "system_prompt": shared_system_prompt(loaded.samples),
     }
     return SplitData(examples, report, summary, cached=False)

@@ -54,8 +54,10 @@ def load_run_config(reference: Config | str | Path, overrides: list[str] | tuple
     else:
         config = load_config(reference, overrides)
     if config.name is None:
-        raise UserError("--resume needs to know the run: give its folder (tunesmith train runs/NAME --resume) "
-                        "or its name (--set name=NAME)")
+        raise UserError(
+            "--resume needs to know the run: give its folder (tunesmith train runs/NAME --resume) "
+            "or its name (--set name=NAME)"
+        )
     return config
 
 
@@ -70,8 +72,10 @@ def find_checkpoint(run_dir: Path) -> Path:
     found, failed = verify.newest_verified(run_dir / "checkpoints")
     if found is None or not (found / ck.TRAINER_STATE).is_file():
         why = f" ({'; '.join(reason for _, reason in failed)})" if failed else ""
-        raise UserError(f"no complete checkpoint in {run_dir / 'checkpoints'} to resume from{why}; "
-                        "start a new run under another name")
+        raise UserError(
+            f"no complete checkpoint in {run_dir / 'checkpoints'} to resume from{why}; "
+            "start a new run under another name"
+        )
     return found
 
 
@@ -114,12 +118,15 @@ def fingerprints(prepared: Any) -> dict[str, Any]:
     config = prepared.config
     data = {}
     for split, processed in prepared.splits.items():
-        files = [[spec.reference, _fingerprint(config, split, spec.reference)]
-                 for spec in source_specs(config.data, split)]
+        files = [
+            [spec.reference, _fingerprint(config, split, spec.reference)] for spec in source_specs(config.data, split)
+        ]
         data[split] = {"files": files, "examples": examples_digest(processed.examples)}
     template = {"source": prepared.template.source, "special_tokens": prepared.template.special_tokens}
-    return {"config": redact_config(config),
-            "fingerprints": {"template": _digest(json.dumps(template, sort_keys=True).encode()), "data": data}}
+    return {
+        "config": redact_config(config),
+        "fingerprints": {"template": _digest(json.dumps(template, sort_keys=True).encode()), "data": data},
+    }
 
 
 def examples_digest(examples: list[Any]) -> str:
@@ -147,22 +154,29 @@ def check_same_inputs(checkpoint: Path, current: dict[str, Any], changed: dict[s
         raise UserError(f"{where}: it records no data fingerprints (not written by this version of tunesmith)")
     if saved["template"] != now["template"]:
         keys = [k for k in changed if k.startswith("template.chat_template")] or ["the template source"]
-        raise UserError(f"{where}: the chat template changed since it was written ({', '.join(keys)}); "
-                        "resume with the same template or start a new run")
+        raise UserError(
+            f"{where}: the chat template changed since it was written ({', '.join(keys)}); "
+            "resume with the same template or start a new run"
+        )
     for split in sorted(set(saved["data"]) | set(now["data"])):
         old, new = saved["data"].get(split), now["data"].get(split)
         if old is None or new is None:
             raise UserError(f"{where}: data.{split} was {'added' if old is None else 'removed'} since it was written")
         if [d for _, d in old["files"]] != [d for _, d in new["files"]]:
-            files = [ref for (ref, d), (_, e) in zip(new["files"], old["files"]) if d != e] or \
-                [ref for ref, _ in new["files"]]
-            raise UserError(f"{where}: data.{split} changed since it was written ({', '.join(files)}); "
-                            "resume with the same data or start a new run")
+            files = [ref for (ref, d), (_, e) in zip(new["files"], old["files"]) if d != e] or [
+                ref for ref, _ in new["files"]
+            ]
+            raise UserError(
+                f"{where}: data.{split} changed since it was written ({', '.join(files)}); "
+                "resume with the same data or start a new run"
+            )
         if old["examples"] != new["examples"]:
             keys = [k for k in changed if k.startswith(("data.", "template.", "model.", "train.seed"))]
             cause = f" by {', '.join(keys)}" if keys else ""
-            raise UserError(f"{where}: the processed data.{split} differs from what it was trained on{cause}; "
-                            "resume with the same settings or start a new run")
+            raise UserError(
+                f"{where}: the processed data.{split} differs from what it was trained on{cause}; "
+                "resume with the same settings or start a new run"
+            )
 
 
 def changed_settings(checkpoint: Path, config: Config) -> dict[str, tuple[Any, Any]]:
@@ -173,8 +187,11 @@ def changed_settings(checkpoint: Path, config: Config) -> dict[str, tuple[Any, A
     if saved is None and path.is_file():
         saved = yaml.safe_load(path.read_text(encoding="utf-8"))
     old, new = _flatten(saved or {}), _flatten(redact_config(config))
-    return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
-            if old.get(key) != new.get(key) and key not in _IGNORED_KEYS}
+    return {
+        key: (old.get(key), new.get(key))
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key) and key not in _IGNORED_KEYS
+    }
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -207,8 +224,11 @@ def trim_metrics(path: Path, step: int) -> list[float]:
     return the train losses that remain."""
     if not path.is_file():
         return []
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= step
+    ]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     tmp.replace(path)
@@ -310,8 +330,11 @@ def fit(trainer: Any, *, meta: dict[str, Any], resume_from: Path | None, console
     if trainer.checkpoints_skipped:
         console.print(f"[yellow]Stopped by {name}[/] after step {trainer.state.global_step}, without a checkpoint")
     elif trainer.is_world_process_zero():
-        console.print(f"[yellow]Stopped by {name}[/] after step {trainer.state.global_step}; checkpoint written. "
-                      f"Continue with: tunesmith train {escape(str(run_dir))} --resume", soft_wrap=True)
+        console.print(
+            f"[yellow]Stopped by {name}[/] after step {trainer.state.global_step}; checkpoint written. "
+            f"Continue with: tunesmith train {escape(str(run_dir))} --resume",
+            soft_wrap=True,
+        )
     return name
 
 
@@ -321,27 +344,22 @@ def describe_resume(checkpoint: Path, changed: dict[str, tuple[Any, Any]], disca
 
     meta = ck.read_meta(checkpoint)
     position = meta.get("data_position", {})
-    lines = [f"Resuming from {escape(str(checkpoint))} (step {meta.get('step')}, "
-             f"epoch {position.get('epoch') or 0:.2f})"]
+    lines = [
+        f"Resuming from {escape(str(checkpoint))} (step {meta.get('step')}, epoch {position.get('epoch') or 0:.2f})"
+    ]
     for item in (d for d in discarded if d.moved_to is not None):
         where = item.moved_to.relative_to(checkpoint.parent.parent)
-        lines.append(f"[yellow]warning:[/] {escape(str(item.reason))}: checkpoint {escape(item.name)} moved aside to "
-                     f"{escape(str(where))}, not resumed from")
+        lines.append(
+            f"[yellow]warning:[/] {escape(str(item.reason))}: checkpoint {escape(item.name)} moved aside to "
+            f"{escape(str(where))}, not resumed from"
+        )
     removed = [d.name for d in discarded if d.moved_to is None]
     if removed:
         lines.append(f"[yellow]note:[/] ignored and removed incomplete checkpoints: {escape(', '.join(removed))}")
     if changed:
         settings = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
-        lines.append(f"[yellow]note:[/] settings changed since the run started, continuing with the new values: "
-                     f"{escape(settings)}")
+        lines.append(
+            f"[yellow]note:[/] settings changed since the run started, continuing with the new values: "
+            f"{escape(settings)}"
+        )
     return lines
-
-
-def check_settings(config: Config) -> None:
-    """Refuse eval-loss features without a validation split, before any work."""
-    if config.data.validation:
-        return
-    for key in ("early_stopping_patience", "load_best_at_end"):
-        if getattr(config.train, key):
-            raise UserError(f"{config.origin(f'train.{key}')}: train.{key} needs a validation split "
-                            "(data.validation) to measure eval loss on")

@@ -1,13 +1,15 @@
-"""One run, start to finish: check everything, then train, save, evaluate, seal the folder.
+"""Training a run: check everything, prepare the data, make the run folder, train, save the weights.
 
 Every check that can fail on the user's input (config, data, model name, template, masks) runs
-before the run folder exists; a failure later removes the folder again if it was the user's.
+before the run folder exists; a failure later removes the folder again if it was the user's. What
+comes after training (evaluation, the report, sealing the manifest) is `tunesmith.pipeline`'s,
+handed in as `finish` and run inside the same folder guard, so this package never imports it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,31 +17,46 @@ from typing import Any
 
 from tunesmith.config import Config, config_to_yaml, load_config
 from tunesmith.errors import UserError
-from tunesmith.runfolder import create_run_dir, run_folder_guard, write_json, write_manifest
+from tunesmith.runfolder import create_run_dir, run_folder_guard, write_json
 from tunesmith.training.prepare import Prepared, prepare
 from tunesmith.training.tracking import check_tracking, setup_tracking
 
 
 @dataclass
-class RunResult:
-    """What `tunesmith.train()` returns."""
+class Trained:
+    """A run's training, done: "trained" (weights saved), or "interrupted" by a signal at `metrics`'
+    step (a checkpoint written). `prepared` is None on a node that does not own the run folder;
+    `model` is None where the weights were trained in other processes (`--nproc`)."""
 
     run_dir: Path
     status: str
     metrics: dict[str, Any] = field(default_factory=dict)
-    artifacts: dict[str, str] = field(default_factory=dict)
+    prepared: Prepared | None = None
+    model: Any = None
 
 
-def train(config: Config | str | Path, *, console: Any = None, resume: bool = False, launch: Any = None) -> RunResult:
-    """Fine-tune as `config` says and return where the results are. `resume=True` continues the run
-    that `config` names (or the run folder `config` is) from its newest complete checkpoint.
-    `launch` (training/launch.py, `--nproc`): torchrun workers train; this process checks, creates
-    the run folder, then evaluates and seals it."""
+Finish = Callable[[Trained, Any], Any]
+
+
+def train(
+    config: Config | str | Path,
+    *,
+    console: Any = None,
+    resume: bool = False,
+    launch: Any = None,
+    finish: Finish | None = None,
+) -> Any:
+    """Fine-tune as `config` says; then `finish(trained, console)` inside the run folder's guard, and
+    return what it returns (the Trained itself without one). `resume=True` continues the run that
+    `config` names (or the run folder `config` is) from its newest complete checkpoint. `launch`
+    (training/launch.py, `--nproc`): torchrun workers train; this process checks, creates the run
+    folder and waits for them."""
     console = console or _default_console()
+    finish = finish or (lambda trained, console: trained)
     if resume and launch is not None:
         raise UserError("--resume continues a run in one process; leave out --nproc")
     if resume:
-        return _resume(config, console)
+        return _resume(config, console, finish)
     if not isinstance(config, Config):
         config = load_config(config)
     final = _finalize(config)
@@ -47,29 +64,28 @@ def train(config: Config | str | Path, *, console: Any = None, resume: bool = Fa
     if main_node and final.run_dir().exists():  # say so now, not after the data has been processed
         raise UserError(f"run folder {final.run_dir()} already exists; choose another name (--set name=...)")
     _check_attention(config)
-    _check_eval_settings(config)
     check_tracking(config)
     if launch is not None:
         launch.check(final)  # the distributed settings against this machine
     prepared = prepare(config, console)
     prepared.config = final
     if not main_node:  # rank 0, on node 0, writes the run folder
-        return launch.run(prepared, None, console)
+        return finish(launch.run(prepared, None, console), console)
     run_dir = create_run_dir(final.run_dir())
     with run_folder_guard(run_dir):
         if launch is not None:
-            return launch.run(prepared, run_dir, console)
-        return _execute(prepared, run_dir, console)
+            return finish(launch.run(prepared, run_dir, console), console)
+        return finish(_execute(prepared, run_dir, console), console)
 
 
-def execute_worker(config_path: Path, run_dir: Path, console: Any) -> RunResult:
+def execute_worker(config_path: Path, run_dir: Path, console: Any) -> Trained:
     """One torchrun worker's share of a run whose folder the launching process made and will seal
     (training/launch.py): prepare again (from the processed-data cache) and train; rank 0 saves."""
     prepared = prepare(load_config(config_path), console, print_warnings=False)
     return _execute(prepared, run_dir, console, worker=True)
 
 
-def _resume(reference: Config | str | Path, console: Any) -> RunResult:
+def _resume(reference: Config | str | Path, console: Any, finish: Finish) -> Any:
     """Continue a run from its newest complete checkpoint (training/resume.py); its folder is kept
     whatever happens."""
     from tunesmith.training import resume as rs
@@ -78,7 +94,6 @@ def _resume(reference: Config | str | Path, console: Any) -> RunResult:
     final = _finalize(config)
     checkpoint = rs.find_checkpoint(final.run_dir())
     _check_attention(config)
-    _check_eval_settings(config)
     check_tracking(config)
     changed = rs.changed_settings(checkpoint, final)
     prepared = prepare(config, console)
@@ -87,17 +102,12 @@ def _resume(reference: Config | str | Path, console: Any) -> RunResult:
     for line in rs.describe_resume(checkpoint, changed, rs.discard_after(checkpoint)):
         console.print(line, soft_wrap=True)
     with run_folder_guard(final.run_dir(), keep=True), rs.config_kept_on_error(final.run_dir()):
-        return _execute(prepared, final.run_dir(), console, resume_from=checkpoint)
+        return finish(_execute(prepared, final.run_dir(), console, resume_from=checkpoint), console)
 
 
-def _check_eval_settings(config: Config) -> None:
-    from tunesmith.training.resume import check_settings
-
-    check_settings(config)
-
-
-def _execute(p: Prepared, run_dir: Path, console: Any, resume_from: Path | None = None, *,
-             worker: bool = False) -> RunResult:
+def _execute(
+    p: Prepared, run_dir: Path, console: Any, resume_from: Path | None = None, *, worker: bool = False
+) -> Trained:
     with _disk_full_reported(run_dir):
         return _execute_inner(p, run_dir, console, resume_from, worker=worker)
 
@@ -120,12 +130,11 @@ def _disk_full_reported(run_dir: Path) -> Iterator[None]:
         raise disk_full(what, run_dir, then=resume_advice(run_dir / "checkpoints")) from None
 
 
-def _execute_inner(p: Prepared, run_dir: Path, console: Any, resume_from: Path | None, *, worker: bool) -> RunResult:
-    from tunesmith.models.load import attention_implementation
+def _execute_inner(p: Prepared, run_dir: Path, console: Any, resume_from: Path | None, *, worker: bool) -> Trained:
+    from tunesmith.machine import attention_implementation, pick_device, pick_precision
     from tunesmith.training.callbacks import MetricsWriter, ProgressBar
-    from tunesmith.training.hardware import pick_device, pick_precision
-    from tunesmith.training.strategies import gathered_state_dict
     from tunesmith.training.resume import fingerprints, fit, trim_metrics
+    from tunesmith.training.strategies import gathered_state_dict
     from tunesmith.training.trainer import build_trainer, dataset_rows
 
     started = time.time()
@@ -140,27 +149,41 @@ def _execute_inner(p: Prepared, run_dir: Path, console: Any, resume_from: Path |
     rows = _rows(p, "train")
     train_rows, eval_rows = dataset_rows(rows, p.config), dataset_rows(_rows(p, "validation"), p.config)
     attention = attention_implementation(p.config.model.attention, device)
-    console.print(f"Training on {device} ({precision}, {attention}): {_batching(p.config, rows, train_rows)}, "
-                  f"{p.splits['train'].report.trainable_tokens:,} trained tokens per epoch")
+    console.print(
+        f"Training on {device} ({precision}, {attention}): {_batching(p.config, rows, train_rows)}, "
+        f"{p.splits['train'].report.trainable_tokens:,} trained tokens per epoch"
+    )
     with setup_tracking(p.config, run_dir) as tracking_callbacks:  # MLflow, W&B, TensorBoard if chosen
-        trainer = build_trainer(model, p.config, run_dir / "checkpoints", train_rows, eval_rows,
-                                pad_id=p.tokenizer.pad_token_id or 0, device=device, precision=precision,
-                                callbacks=[metrics_writer, ProgressBar(console), *tracking_callbacks])
+        trainer = build_trainer(
+            model,
+            p.config,
+            run_dir / "checkpoints",
+            train_rows,
+            eval_rows,
+            pad_id=p.tokenizer.pad_token_id or 0,
+            device=device,
+            precision=precision,
+            callbacks=[metrics_writer, ProgressBar(console), *tracking_callbacks],
+        )
         stopped = fit(trainer, meta=fingerprints(p), resume_from=resume_from, console=console)
     state = gathered_state_dict(trainer) if worker and not stopped else None  # every rank: FSDP/ZeRO gather
     if worker and not trainer.is_world_process_zero():  # rank 0 alone writes into the run folder
-        return RunResult(run_dir=run_dir, status="interrupted" if stopped else "trained")
+        return Trained(run_dir=run_dir, status="interrupted" if stopped else "trained")
     if stopped:
-        return _interrupted(run_dir, trainer.state.global_step, stopped)
+        metrics = {"stopped_by": stopped, "step": trainer.state.global_step}
+        return Trained(run_dir=run_dir, status="interrupted", metrics=metrics, prepared=p)
     _remove_if_empty(run_dir / "checkpoints")  # Trainer makes its output folder even when it saves nothing
     _save_adapter(p, model, run_dir, state)
-    metrics: dict[str, Any] = {"train_loss_first": _first(metrics_writer.losses),
-                               "train_loss_last": _last(metrics_writer.losses),
-                               "train_seconds": round(time.time() - started, 1), "device": device,
-                               "precision": precision}
+    metrics: dict[str, Any] = {
+        "train_loss_first": _first(metrics_writer.losses),
+        "train_loss_last": _last(metrics_writer.losses),
+        "train_seconds": round(time.time() - started, 1),
+        "device": device,
+        "precision": precision,
+    }
     if worker:  # the launching process evaluates and seals the folder
-        return RunResult(run_dir=run_dir, status="trained", metrics=metrics)
-    return finish_run(p, model, run_dir, metrics, console)
+        return Trained(run_dir=run_dir, status="trained", metrics=metrics)
+    return Trained(run_dir=run_dir, status="trained", metrics=metrics, prepared=p, model=model)
 
 
 def write_inputs(p: Prepared, run_dir: Path) -> None:
@@ -170,44 +193,10 @@ def write_inputs(p: Prepared, run_dir: Path) -> None:
     _write_quarantine(p, run_dir)
 
 
-def finish_run(p: Prepared, model: Any, run_dir: Path, metrics: dict[str, Any], console: Any) -> RunResult:
-    """The end of every run: evaluate the trained `model` on the test split (if any), then seal the
-    folder with manifest.json. After `--nproc`, `model` is the saved weights loaded back."""
-    if p.test:
-        metrics["eval"] = _evaluate(p, model, run_dir, console)
-    _write_report(run_dir, console)  # before the manifest, so it lists report.html and loss.png
-    write_manifest(run_dir, "completed", {"metrics": metrics})
-    weights = "model" if p.config.method == "full" else "adapter"
-    artifacts = {weights: str(run_dir / weights), "metrics": str(run_dir / "metrics.jsonl")}
-    return RunResult(run_dir=run_dir, status="completed", metrics=metrics, artifacts=artifacts)
-
-
-def _write_report(run_dir: Path, console: Any) -> None:
-    """report.html and loss.png (tunesmith.report). A failure here is printed, never fatal: the
-    trained weights are already saved and the report can be written again from the folder."""
-    from tunesmith.report import write_report
-
-    try:
-        path = write_report(run_dir, status="completed")
-    except Exception as err:  # noqa: BLE001 - a report bug must not lose a finished run
-        console.print(f"[yellow]warning:[/] report.html not written: {type(err).__name__}: {err}", soft_wrap=True)
-        return
-    console.print(f"Report: {path}", soft_wrap=True)
-
-
-def _interrupted(run_dir: Path, step: int, signal_name: str) -> RunResult:
-    """A run stopped by a signal after writing a checkpoint: sealed as interrupted, resumable."""
-    metrics = {"stopped_by": signal_name, "step": step}
-    write_manifest(run_dir, "interrupted", {"metrics": metrics, "resume": f"tunesmith train {run_dir} --resume"})
-    return RunResult(run_dir=run_dir, status="interrupted", metrics=metrics,
-                     artifacts={"checkpoints": str(run_dir / "checkpoints")})
-
-
 def _check_attention(config: Config) -> None:
     """Refuse what this machine cannot train with (attention kernel, method, quantization,
     optimizer, precision) before any data or model work."""
-    from tunesmith.models.load import attention_implementation
-    from tunesmith.training.hardware import pick_device, pick_precision
+    from tunesmith.machine import attention_implementation, pick_device, pick_precision
     from tunesmith.training.methods import check_method
 
     device = pick_device()
@@ -237,8 +226,10 @@ def _batching(config: Config, rows: list[dict], train_rows: list[dict]) -> str:
     if config.train.packing == "none":
         return f"{len(rows)} sequences, {config.train.batch_size} padded rows per micro-batch"
     summary = summarize(rows, train_rows, config.template.max_length)
-    return (f"{summary.rows} sequences in {summary.bins} bins of <={summary.capacity} tokens "
-            f"({summary.fill:.0%} full), {config.train.batch_size} bins per micro-batch")
+    return (
+        f"{summary.rows} sequences in {summary.bins} bins of <={summary.capacity} tokens "
+        f"({summary.fill:.0%} full), {config.train.batch_size} bins per micro-batch"
+    )
 
 
 def _load_trainable_model(p: Prepared, device: str, precision: str, console: Any) -> Any:
@@ -260,8 +251,9 @@ def _save_adapter(p: Prepared, model: Any, run_dir: Path, state: dict[str, Any] 
         check_finite_weights(model)
     adapter = run_dir / ("model" if p.config.method == "full" else "adapter")
     advice = resume_advice(run_dir / "checkpoints", which="last", verb="finish")
-    with atomic_folder(adapter, f"the {adapter.name} {adapter}", needed=_weights_size(p, run_dir),
-                       then=advice) as staging:  # written whole under a temporary name, or not at all
+    with atomic_folder(
+        adapter, f"the {adapter.name} {adapter}", needed=_weights_size(p, run_dir), then=advice
+    ) as staging:  # written whole under a temporary name, or not at all
         _write_weights(p, model, staging, state)
 
 
@@ -271,8 +263,11 @@ def _weights_size(p: Prepared, run_dir: Path) -> int:
     from tunesmith.training.verify import checkpoint_steps
 
     steps = checkpoint_steps(run_dir / "checkpoints")
-    weights = [f for f in steps[-1][1].glob("*.safetensors") if f.name.startswith(("adapter_model", "model"))] \
-        if steps else []
+    weights = (
+        [f for f in steps[-1][1].glob("*.safetensors") if f.name.startswith(("adapter_model", "model"))]
+        if steps
+        else []
+    )
     source = Path(p.ref.path)  # a local folder, or the model hub's cache entry, or a hub id (no files)
     tokenizer = [source / n for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt")]
     return sum(tree_size(f) for f in [*weights, *tokenizer] if f.is_file())
@@ -284,37 +279,40 @@ def _write_weights(p: Prepared, model: Any, adapter: Path, state: dict[str, Any]
     save_adapter(model, adapter, state)
     p.tokenizer.chat_template = p.template.source
     p.tokenizer.save_pretrained(str(adapter))
-    write_json(adapter / "tunesmith.json", {
-        "base_model": p.config.model.name,
-        "method": p.config.method,
-        "template_name": p.template.name,
-        "chat_template": p.template.source,
-        "special_tokens": p.template.special_tokens,
-        "drop": sorted(p.template.drop),
-        "end_of_turn": list(p.markers),
-        "system_prompt": p.system_prompt,
-        "train_on": p.config.template.train_on,
-    })
-
-
-def _evaluate(p: Prepared, model: Any, run_dir: Path, console: Any) -> dict:
-    from tunesmith.evaluate.run_eval import evaluate_and_record
-
-    results = evaluate_and_record(model, p.tokenizer, p.template, p.test, settings=p.config.eval,
-                                  end_of_turn=list(p.markers), run_dir=run_dir, console=console)
-    return {k: v for k, v in results.items() if k in ("n", "base", "tuned")}
+    write_json(
+        adapter / "tunesmith.json",
+        {
+            "base_model": p.config.model.name,
+            "method": p.config.method,
+            "template_name": p.template.name,
+            "chat_template": p.template.source,
+            "special_tokens": p.template.special_tokens,
+            "drop": sorted(p.template.drop),
+            "end_of_turn": list(p.markers),
+            "system_prompt": p.system_prompt,
+            "train_on": p.config.template.train_on,
+        },
+    )
 
 
 def _data_report(p: Prepared) -> dict:
     splits: dict[str, Any] = {}
     for name, data in p.splits.items():
         report = asdict(data.report) | {"trainable_share": round(data.report.trainable_share, 4)}
-        splits[name] = report | {"files": data.summary["files"], "warnings": data.summary["warnings"],
-                                 "quarantined": len(data.summary["quarantined"]), "from_cache": data.cached}
+        splits[name] = report | {
+            "files": data.summary["files"],
+            "warnings": data.summary["warnings"],
+            "quarantined": len(data.summary["quarantined"]),
+            "from_cache": data.cached,
+        }
     if p.test:
         splits["test"] = {"rows": len(p.test)}
-    return {"template": p.template.name, "system_prompt": p.system_prompt, "end_of_turn": list(p.markers),
-            "splits": splits}
+    return {
+        "template": p.template.name,
+        "system_prompt": p.system_prompt,
+        "end_of_turn": list(p.markers),
+        "splits": splits,
+    }
 
 
 def _write_quarantine(p: Prepared, run_dir: Path) -> None:
@@ -336,8 +334,9 @@ def _finalize(config: Config) -> Config:
         if isinstance(value, str):
             data["data"][key] = _absolute(value)
         elif isinstance(value, list):
-            data["data"][key] = [_absolute(v) if isinstance(v, str) else v | {"path": _absolute(v["path"])}
-                                 for v in value]
+            data["data"][key] = [
+                _absolute(v) if isinstance(v, str) else v | {"path": _absolute(v["path"])} for v in value
+            ]
     if Path(config.model.name).expanduser().is_dir():
         data["model"]["name"] = str(Path(config.model.name).expanduser().resolve())
     data["output_dir"] = str(Path(config.output_dir).expanduser().resolve())

@@ -65,13 +65,20 @@ def deepspeed_config(config: Config) -> dict[str, Any]:
     the whole weights when saving, so adapter/ is written as in any other run.
     """
     d = config.distributed
-    zero: dict[str, Any] = {"stage": d.zero_stage, "overlap_comm": True, "contiguous_gradients": True,
-                            "reduce_bucket_size": "auto"}
+    zero: dict[str, Any] = {
+        "stage": d.zero_stage,
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": "auto",
+    }
     if d.cpu_offload:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if d.zero_stage == 3:
-        zero |= {"stage3_prefetch_bucket_size": "auto", "stage3_param_persistence_threshold": "auto",
-                 "stage3_gather_16bit_weights_on_model_save": True}
+        zero |= {
+            "stage3_prefetch_bucket_size": "auto",
+            "stage3_param_persistence_threshold": "auto",
+            "stage3_gather_16bit_weights_on_model_save": True,
+        }
         if d.cpu_offload:
             zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     ds: dict[str, Any] = {
@@ -86,8 +93,10 @@ def deepspeed_config(config: Config) -> dict[str, Any]:
         "wall_clock_breakdown": False,
     }
     if d.cpu_offload:
-        ds["optimizer"] = {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
-                                                       "weight_decay": "auto"}}
+        ds["optimizer"] = {
+            "type": "AdamW",
+            "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"},
+        }
     return ds
 
 

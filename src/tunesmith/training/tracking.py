@@ -81,23 +81,36 @@ def check_tracking(config: Config) -> None:
     for name in report_to(config):
         missing = [m for m in _MODULES[name] if not _importable(m)]
         if missing:
-            raise UserError(f"{where}: tracking.backends: {name} needs the {EXTRA} extra ({', '.join(missing)} "
-                            f"is not installed): {INSTALL_HINT}")
+            raise UserError(
+                f"{where}: tracking.backends: {name} needs the {EXTRA} extra ({', '.join(missing)} "
+                f"is not installed): {INSTALL_HINT}"
+            )
     if "mlflow" in config.tracking.backends:
         if os.environ.get("DISABLE_MLFLOW_INTEGRATION", "").upper() == "TRUE":
-            raise UserError(f"{where}: tracking.backends: mlflow is chosen but DISABLE_MLFLOW_INTEGRATION=TRUE "
-                            "is set in the environment; unset it or drop mlflow")
+            raise UserError(
+                f"{where}: tracking.backends: mlflow is chosen but DISABLE_MLFLOW_INTEGRATION=TRUE "
+                "is set in the environment; unset it or drop mlflow"
+            )
         uri = mlflow_tracking_uri(config)
-        uri_where = f"{config.origin('tracking.mlflow_uri')}: tracking.mlflow_uri" if config.tracking.mlflow_uri \
-            else "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.mlflow_uri"
+        uri_where = (
+            f"{config.origin('tracking.mlflow_uri')}: tracking.mlflow_uri"
+            if config.tracking.mlflow_uri
+            else "MLFLOW_TRACKING_URI"
+            if os.environ.get("MLFLOW_TRACKING_URI")
+            else "tracking.mlflow_uri"
+        )
         if uri.startswith("sqlite:"):
             missing = [m for m in _SQL_MODULES if not _importable(m)]
             if missing:
-                raise UserError(f"{uri_where}: an MLflow sqlite store needs the {EXTRA} extra "
-                                f"({', '.join(missing)} is not installed): {INSTALL_HINT}")
+                raise UserError(
+                    f"{uri_where}: an MLflow sqlite store needs the {EXTRA} extra "
+                    f"({', '.join(missing)} is not installed): {INSTALL_HINT}"
+                )
         elif uri.startswith("file:") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in _TRUE:
-            raise UserError(f"{uri_where}: MLflow no longer opens folder (file:) stores unless "
-                            "MLFLOW_ALLOW_FILE_STORE=true is set; give a .db path (sqlite) or a server URL instead")
+            raise UserError(
+                f"{uri_where}: MLflow no longer opens folder (file:) stores unless "
+                "MLFLOW_ALLOW_FILE_STORE=true is set; give a .db path (sqlite) or a server URL instead"
+            )
 
 
 def mlflow_tracking_uri(config: Config) -> str:
@@ -144,12 +157,19 @@ def tracking_env(config: Config, run_dir: Path) -> dict[str, str]:
                 env["MLFLOW_TRACKING_PASSWORD"] = password
         elif user is not None:  # a token as the user (https://TOKEN@host): kept, but never printed
             env["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-        env |= {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": redact_text(config.tracking.project),
-                "MLFLOW_FLATTEN_PARAMS": "TRUE", "MLFLOW_TAGS": json.dumps(tags)}
+        env |= {
+            "MLFLOW_TRACKING_URI": uri,
+            "MLFLOW_EXPERIMENT_NAME": redact_text(config.tracking.project),
+            "MLFLOW_FLATTEN_PARAMS": "TRUE",
+            "MLFLOW_TAGS": json.dumps(tags),
+        }
         defaults |= {"HF_MLFLOW_LOG_ARTIFACTS": "FALSE"}
     if "wandb" in backends:
-        env |= {"WANDB_MODE": config.tracking.wandb_mode, "WANDB_DIR": str(run_dir),
-                "WANDB_PROJECT": redact_text(config.tracking.project)}
+        env |= {
+            "WANDB_MODE": config.tracking.wandb_mode,
+            "WANDB_DIR": str(run_dir),
+            "WANDB_PROJECT": redact_text(config.tracking.project),
+        }
         defaults |= {"WANDB_LOG_MODEL": "false", "WANDB_WATCH": "false"}
     if "tensorboard" in backends:
         env |= {"TENSORBOARD_LOGGING_DIR": str(run_dir / "tensorboard")}
@@ -256,7 +276,7 @@ def _log_config(config: Config, run_dir: Path) -> None:
         if mlflow.active_run() is not None:
             items = [(_MLFLOW_KEY.sub("_", k), _param_text(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items()]
             for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
-                mlflow.log_params(dict(items[start:start + MAX_PARAMS_TAGS_PER_BATCH]))
+                mlflow.log_params(dict(items[start : start + MAX_PARAMS_TAGS_PER_BATCH]))
     if "wandb" in backends:
         import wandb
 

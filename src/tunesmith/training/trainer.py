@@ -8,8 +8,8 @@ accumulation and packing do not change the result (`tests/unit/test_grad_parity.
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
 from tunesmith.config.schema import Config
+from tunesmith.data.types import IGNORE_INDEX
 from tunesmith.formatting.collate import collator_for
-from tunesmith.formatting.encode import IGNORE_INDEX
 from tunesmith.formatting.packing import PackedBins
 from tunesmith.training import tracking
 from tunesmith.training.checkpoints import CheckpointMixin
@@ -47,8 +47,7 @@ class PackedTrainer(CheckpointMixin, Trainer):
         # Trainer happens to switch config.use_cache off too; we do not rely on that.
         outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
         logits = outputs.logits.float()
-        total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[targets != IGNORE_INDEX],
-                                reduction="sum")
+        total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[targets != IGNORE_INDEX], reduction="sum")
         count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
         loss = total / torch.as_tensor(count, device=total.device).clamp(min=1)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
@@ -82,8 +81,9 @@ def _pad_false(mask: Any) -> Any:
     return torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
 
 
-def training_arguments(config: Config, output_dir: Path, *, device: str, precision: str,
-                       has_eval: bool) -> TrainingArguments:
+def training_arguments(
+    config: Config, output_dir: Path, *, device: str, precision: str, has_eval: bool
+) -> TrainingArguments:
     """TrainingArguments from the run config: one place where our fields meet transformers'."""
     t = config.train
     return TrainingArguments(
@@ -137,8 +137,18 @@ def dataset_rows(rows: list[dict], config: Config) -> Sequence[dict]:
     return rows
 
 
-def build_trainer(model: Any, config: Config, output_dir: Path, train_rows: list[dict], eval_rows: list[dict],
-                  *, pad_id: int, device: str, precision: str, callbacks: list[Any]) -> PackedTrainer:
+def build_trainer(
+    model: Any,
+    config: Config,
+    output_dir: Path,
+    train_rows: list[dict],
+    eval_rows: list[dict],
+    *,
+    pad_id: int,
+    device: str,
+    precision: str,
+    callbacks: list[Any],
+) -> PackedTrainer:
     """The Trainer of a run; `train_rows`/`eval_rows` are what `dataset_rows` returns."""
     from transformers.trainer_callback import PrinterCallback
 
@@ -148,9 +158,16 @@ def build_trainer(model: Any, config: Config, output_dir: Path, train_rows: list
     args = training_arguments(config, output_dir, device=device, precision=precision, has_eval=bool(eval_rows))
     callbacks = callbacks + checkpoint_callbacks(
         early_stopping_patience=t.early_stopping_patience if eval_rows else None,
-        save_on_best=bool(eval_rows) and t.load_best_at_end)
-    trainer = PackedTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows or None,
-                            data_collator=collator_for(config.train.packing, pad_id), callbacks=callbacks)
+        save_on_best=bool(eval_rows) and t.load_best_at_end,
+    )
+    trainer = PackedTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows or None,
+        data_collator=collator_for(config.train.packing, pad_id),
+        callbacks=callbacks,
+    )
     trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl report instead
     trainer.keep_checkpoints = t.keep_checkpoints
     trainer.load_best_at_end = bool(eval_rows) and t.load_best_at_end

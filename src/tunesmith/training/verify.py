@@ -25,8 +25,11 @@ _last_bad: dict[str, str] = {}  # folder -> the file that failed its check there
 
 
 def write_manifest(folder: Path, step: int, extra: dict[str, Any] | None = None) -> None:
-    files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*"))
-             if p.is_file() and p.name != MANIFEST}
+    files = {
+        str(p.relative_to(folder)): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
     manifest = {"step": step, "files": files, **(extra or {})}
     path = folder / MANIFEST
     with path.open("w", encoding="utf-8") as handle:
@@ -116,5 +119,7 @@ def resume_advice(root: Path, *, which: str = "newest", verb: str = "continue") 
     steps = checkpoint_steps(root)
     if not steps:
         return "; no checkpoint was written yet: free some space and start the run again"
-    return (f"; the {which} checkpoint {steps[-1][1].name} is intact; free some space, then {verb} with: "
-            f"tunesmith train {shlex.quote(str(run_dir))} --resume")
+    return (
+        f"; the {which} checkpoint {steps[-1][1].name} is intact; free some space, then {verb} with: "
+        f"tunesmith train {shlex.quote(str(run_dir))} --resume"
+    )

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     reports = Path(args.reports)
     try:
-        from tunesmith.cli.common import make_console, quiet_libraries
+        from tunesmith.console import make_console, quiet_libraries
 
         quiet_libraries()
         console = make_console()
@@ -53,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         write_report(reports, rank, {"error": "interrupted", "user_error": False})
         return 130
     except BaseException as err:  # noqa: BLE001 - every failure is reported; the launcher shows one traceback
-        write_report(reports, rank, {"error": f"{type(err).__name__}: {err}", "user_error": False,
-                                     "traceback": traceback.format_exc()})
+        write_report(
+            reports,
+            rank,
+            {"error": f"{type(err).__name__}: {err}", "user_error": False, "traceback": traceback.format_exc()},
+        )
         return 1
     finally:
         _leave_process_group()
