@@ -44,14 +44,10 @@ def test_gpu_h100_80gb_and_the_same_vram_in_gib_are_the_same_target(config_file,
     by_vram = _plan_json(capsys, str(config_file), "--vram", str(H100_GIB))
     assert by_name["target"]["bytes"] == by_vram["target"]["bytes"] == H100_MIB * 2**20
     assert by_name["target"]["gib"] == by_vram["target"]["gib"] == 79.65
-    # the same settings recommended; the activation estimate itself wobbles by ~0.1% from one call to the
-    # next (it is traced, not computed), so its byte counts are compared to 1%
-    peak = by_name["recommended"].pop("peak_bytes"), by_vram["recommended"].pop("peak_bytes")
+    # the same settings recommended and the same bytes: the traced activation estimate is repeatable
+    # (plan/activations.py keeps every tensor it tallies alive, so no storage key is reused)
     assert by_name["recommended"] == by_vram["recommended"] and by_name["recommended"]["fits"]
-    assert peak[0] == pytest.approx(peak[1], rel=0.01)
-    assert by_name["estimates"]["lora"]["total_bytes"] == pytest.approx(
-        by_vram["estimates"]["lora"]["total_bytes"], rel=0.01
-    )
+    assert by_name["estimates"]["lora"]["total_bytes"] == by_vram["estimates"]["lora"]["total_bytes"]
 
 
 def test_the_printed_plan_states_gib_for_both_and_the_data_sheet_figure_for_the_gpu(config_file, capsys):
@@ -63,6 +59,14 @@ def test_the_printed_plan_states_gib_for_both_and_the_data_sheet_figure_for_the_
     assert " GB)" not in by_vram and "GB:" not in by_name  # no figure in the ambiguous unit
     advice = [text.split("Fits")[1].split("method")[1].split("Time:")[0] for text in (by_name, by_vram)]
     assert advice[0] == advice[1]  # the same settings (time differs: a --vram has no known throughput)
+
+
+def test_a_plan_for_this_cpu_sizes_against_available_memory_and_times_from_a_measured_rate(config_file, capsys):
+    plan = _plan_json(capsys, str(config_file), "--all-methods")
+    assert plan["target"]["device"] == "cpu" and plan["target"]["bytes"] > 0
+    assert "this machine's available memory" in plan["target"]["name"]
+    assert {"lora", "full"} <= set(plan["estimates"]) and plan["recommended"]["fits"]
+    assert plan["time"]["steps_per_epoch"] > 0 and "TFLOP/s effective" in plan["time"]["source"]  # a measured rate
 
 
 def test_help_states_the_unit(capsys):

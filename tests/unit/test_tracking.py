@@ -15,7 +15,7 @@ import tunesmith
 from tunesmith.cli.main import main
 from tunesmith.config import load_config
 from tunesmith.errors import UserError
-from tunesmith.training import tracking
+from tunesmith.training import trackers, tracking
 
 ALL = "tracking.backends=[mlflow,wandb,tensorboard]"
 
@@ -95,7 +95,7 @@ def test_mlflow_file_store_and_disabled_integration_are_refused_up_front(tmp_pat
 def test_mlflow_uri_forms(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    uri = tracking.mlflow_tracking_uri
+    uri = trackers.mlflow_tracking_uri
     assert uri(_config(tmp_path)) == f"sqlite:///{tmp_path / 'mlflow.db'}"  # MLflow's own default, made absolute
     assert uri(_config(tmp_path, "tracking.mlflow_uri=store/x.db")) == f"sqlite:///{tmp_path / 'store' / 'x.db'}"
     assert uri(_config(tmp_path, "tracking.mlflow_uri=store")) == f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"

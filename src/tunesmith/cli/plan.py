@@ -120,7 +120,7 @@ def plan(config, *, vram_gb=None, gpu=None, all_methods=False, measure=False) ->
     if device_kind == "cuda":
         rate = (gpu.tflops * 1e12 if gpu else 100e12) * GPU_EFFICIENCY
     else:
-        rate = timing.cpu_flops_per_second() * est.CPU_EFFICIENCY
+        rate = timing.cpu_flops_per_second() * timing.CPU_EFFICIENCY
     return {
         "target": {
             "name": target_name,

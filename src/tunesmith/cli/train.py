@@ -173,7 +173,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
 
 
 def _named(config, stem: str):
-    """The config with a run name: the user's, or `<stem>-<time>`."""
-    if config.name is not None:
-        return config
-    return config.model_copy(update={"name": f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"})
+    """The config with a run name: the user's, or `<stem>-<time>` (config.with_run_name)."""
+    from tunesmith.config import with_run_name
+
+    return with_run_name(config, stem)

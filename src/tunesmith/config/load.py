@@ -7,6 +7,7 @@ never has to guess which of two `epochs:` was read.
 from __future__ import annotations
 
 import difflib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,17 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     config.with_origins(origins)
     check_combinations(config)
     return config
+
+
+def with_run_name(config: Config, stem: str = "run") -> Config:
+    """The config with a run name: the user's, or `<stem>-<YYYYmmdd-HHMMSS>` (the one place a name defaults).
+
+    >>> with_run_name(load_config(None, ["data.train=a.jsonl", "name=mine"])).name
+    'mine'
+    """
+    if config.name is not None:
+        return config
+    return config.model_copy(update={"name": f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"})
 
 
 def config_to_yaml(config: Config, *, redact: bool = True) -> str:

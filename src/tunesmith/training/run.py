@@ -327,8 +327,9 @@ def _write_quarantine(p: Prepared, run_dir: Path) -> None:
 
 def _finalize(config: Config) -> Config:
     """Fill the run name and make local paths absolute, so the saved config works from anywhere."""
-    data = config.model_dump()
-    data["name"] = config.name or time.strftime("run-%Y%m%d-%H%M%S")
+    from tunesmith.config import with_run_name
+
+    data = with_run_name(config).model_dump()
     for key in ("train", "validation", "test"):
         value = data["data"][key]
         if isinstance(value, str):
