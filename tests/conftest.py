@@ -76,6 +76,25 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture()
+def sums_jsonl(tmp_path) -> Path:
+    """12 one-turn chats, "What is i plus i?" -> "2i": short rows whose line numbers tests can name."""
+    import json
+
+    path = tmp_path / "sums.jsonl"
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {i} plus {i}?"},
+                {"role": "assistant", "content": f"{i + i}"},
+            ]
+        }
+        for i in range(12)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture()
 def chat_jsonl(tmp_path) -> Path:
     """A small valid chat dataset (JSONL) in a temporary folder."""
     import json

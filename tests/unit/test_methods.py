@@ -19,19 +19,8 @@ from tunesmith.training.methods import expected_lora_parameters, trainable_model
 
 
 @pytest.fixture()
-def data(tmp_path):
-    path = tmp_path / "chat.jsonl"
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": f"What is {i} plus {i}?"},
-                {"role": "assistant", "content": f"{i + i}"},
-            ]
-        }
-        for i in range(12)
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
+def data(sums_jsonl):
+    return sums_jsonl
 
 
 def config_for(data, model, tmp_path, *extra):
