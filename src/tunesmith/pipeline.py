@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.runfolder import write_manifest
+from tunesmith.runfolder import RunFolder, write_manifest
 
 
 @dataclass
@@ -49,7 +49,7 @@ def finish(trained: Any, console: Any) -> RunResult:
             run_dir=run_dir,
             status="interrupted",
             metrics=trained.metrics,
-            artifacts={"checkpoints": str(run_dir / "checkpoints")},
+            artifacts={"checkpoints": str(RunFolder(run_dir).checkpoints)},
         )
     metrics = dict(trained.metrics)
     if p.test:
@@ -58,7 +58,7 @@ def finish(trained: Any, console: Any) -> RunResult:
     _write_report(run_dir, console)  # before the manifest, so it lists report.html and loss.png
     write_manifest(run_dir, "completed", {"metrics": metrics})
     weights = "model" if p.config.method == "full" else "adapter"
-    artifacts = {weights: str(run_dir / weights), "metrics": str(run_dir / "metrics.jsonl")}
+    artifacts = {weights: str(run_dir / weights), "metrics": str(RunFolder(run_dir).metrics)}
     return RunResult(run_dir=run_dir, status="completed", metrics=metrics, artifacts=artifacts)
 
 

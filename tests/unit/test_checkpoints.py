@@ -60,7 +60,7 @@ def test_atomic_checkpoint_manifest_and_damage_detection(tmp_path):
     folder = tmp_path / "step-5"
     assert ck.is_complete(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["step"] == 5 and "adapter.safetensors" in manifest["files"]
+    assert manifest["step"] == 5 and "adapter.safetensors" in manifest["artifacts"]
     (folder / "adapter.safetensors").write_bytes(b"weightz")
     assert not ck.is_complete(folder)
 

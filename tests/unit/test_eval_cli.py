@@ -90,7 +90,7 @@ def test_eval_cli_data_limit_and_base_flags(tiny_run, tiny_model_dir, tmp_path):
     run = load_run(run_dir)
     rows = read_prompt_rows(str(other))
     examples = encode_for_loss(
-        rows, run.template, run.tokenizer, train_on="assistant", max_length=1024, markers=run.meta["end_of_turn"]
+        rows, run.template, run.tokenizer, train_on="assistant", max_length=1024, markers=run.record.end_of_turn
     )
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     assert results["base"]["loss"] == pytest.approx(split_loss(base, examples)["loss"], rel=1e-4)

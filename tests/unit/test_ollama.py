@@ -15,6 +15,7 @@ import pytest
 from tunesmith.errors import UserError
 from tunesmith.export.ollama import TurnWrappers, go_template, ollama_template, render_go_template, write_modelfile
 from tunesmith.formatting.template import ChatTemplate
+from tunesmith.runfolder import RunRecord
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "chat_templates"
 # The embedded SmolLM2's ChatML template, as a run records it (with a default system prompt).
@@ -96,7 +97,7 @@ def modelfile_template(text: str) -> str:
 def test_template_reproduces_the_training_render(which):
     meta = REPRESENTABLE[which]()
     chat = ChatTemplate(meta["chat_template"], name=which, special_tokens=meta["special_tokens"])
-    source = ollama_template(meta)
+    source = ollama_template(RunRecord.from_json(meta))
     with_system = which != "gemma"  # gemma 1 refuses the system role
     for messages in conversations(with_system):
         prompt = messages[-1]["role"] != "assistant"
@@ -104,7 +105,7 @@ def test_template_reproduces_the_training_render(which):
 
 
 def test_smollm_template_keeps_its_default_system_prompt():
-    source = ollama_template(smollm_meta())
+    source = ollama_template(RunRecord.from_json(smollm_meta()))
     rendered = render_go_template(source, [{"role": "user", "content": "hi"}])
     assert rendered == (
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -113,7 +114,7 @@ def test_smollm_template_keeps_its_default_system_prompt():
 
 
 def test_phi3_closes_a_final_answer_with_eos_as_in_training():
-    source = ollama_template(REPRESENTABLE["phi-3"]())
+    source = ollama_template(RunRecord.from_json(REPRESENTABLE["phi-3"]()))
     answered = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     assert render_go_template(source, answered) == "<|user|>\nq<|end|>\n<|assistant|>\na<|end|>\n<|endoftext|>"
     assert render_go_template(source, answered[:1]) == "<|user|>\nq<|end|>\n<|assistant|>\n"
@@ -126,7 +127,7 @@ def test_modelfile_has_from_template_stops_and_system(tmp_path, capsys):
     assert path == run / "export" / "Modelfile"
     text = path.read_text(encoding="utf-8")
     assert "\nFROM ./model-q8_0.gguf\n" in text
-    assert modelfile_template(text) == ollama_template(meta)
+    assert modelfile_template(text) == ollama_template(RunRecord.from_json(meta))
     assert re.findall(r'^PARAMETER stop "(.*)"$', text, re.M) == ["<|im_end|>", "<|endoftext|>"]
     assert re.findall(r'^SYSTEM """(.*)"""$', text, re.M | re.S) == ["Convert the request to intent JSON."]
     assert "ollama create quickstart-run-1 -f " in capsys.readouterr().out
@@ -184,7 +185,7 @@ def test_literal_braces_quotes_and_tabs_survive(tmp_path):
     )
     meta = smollm_meta(None) | {"chat_template": source, "template_name": "braces"}
     chat = ChatTemplate(source, name="braces")
-    template = ollama_template(meta)
+    template = ollama_template(RunRecord.from_json(meta))
     assert '"""' not in template and "\t" not in template
     for messages in conversations(True):
         prompt = messages[-1]["role"] != "assistant"
@@ -206,7 +207,7 @@ def test_bos_is_left_to_a_gguf_that_adds_it(tmp_path):
     writer.write_tensors_to_file()
     writer.close()
     template = modelfile_template(write_modelfile(run, real, log=lambda m: None).read_text())
-    assert "<bos>" not in template and template == ollama_template(meta, header=False)
+    assert "<bos>" not in template and template == ollama_template(RunRecord.from_json(meta), header=False)
 
 
 def test_go_renderer_follows_go_semantics_for_trim_and_else_if():
@@ -277,7 +278,7 @@ func main() {
 @pytest.mark.parametrize("which", sorted(REPRESENTABLE))
 def test_real_go_text_template_renders_the_same(which, tmp_path):
     meta = REPRESENTABLE[which]()
-    source = ollama_template(meta)
+    source = ollama_template(RunRecord.from_json(meta))
     chats = conversations(which != "gemma")
     (tmp_path / "main.go").write_text(GO_PROGRAM, encoding="utf-8")
     (tmp_path / "template.txt").write_text(source, encoding="utf-8")

@@ -80,12 +80,13 @@ def plan(config, *, vram_gb=None, gpu=None, all_methods=False, measure=False) ->
     """Everything `tunesmith plan` prints, as one dict."""
     import torch
 
+    from tunesmith.machine import pick_device
     from tunesmith.models.quant import plannable
     from tunesmith.plan import estimate as est
     from tunesmith.plan import recommend, shapes, timing
     from tunesmith.plan.gpus import GPU_EFFICIENCY, match_device_name
 
-    here_cuda = torch.cuda.is_available()
+    here_cuda = pick_device() == "cuda"
     if gpu is not None or vram_gb is not None:
         device_kind = "cuda"
         target = gpu.memory_bytes if gpu else round(vram_gb * GIB)

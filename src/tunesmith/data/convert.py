@@ -1,4 +1,4 @@
-"""Any supported data format to tunesmith's normalized JSONL, and the atomic writer it uses.
+"""Any supported data format to tunesmith's normalized JSONL, written whole or not at all (runfolder.AtomicFiles).
 
 The output holds everything the normalized sample holds and nothing else: conversations as
 `{"messages": [...], "tools"?, "id"?}` (OpenAI form, tool call arguments as the data gave them,
@@ -11,16 +11,15 @@ output at all, so a half-converted dataset cannot be mistaken for a whole one.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from tunesmith.data.check import FileStream, has_error
 from tunesmith.data.formats import FormatOptions
 from tunesmith.data.types import Conversation, Issue, Message, Sample, TextSample, ToolCall
+from tunesmith.runfolder import AtomicFiles
 
 
 def sample_to_row(sample: Sample) -> dict[str, Any]:
@@ -78,38 +77,6 @@ def jsonl_line(row: dict[str, Any]) -> bytes:
         return (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
     except UnicodeEncodeError:
         return (json.dumps(row) + "\n").encode("ascii")
-
-
-class AtomicFiles:
-    """Write several files under temporary names beside them; `commit()` renames them all into
-    place. Leaving the `with` block without a commit removes the temporaries: nothing half-written."""
-
-    def __init__(self, paths: list[Path]):
-        self.paths = [Path(p) for p in paths]
-        self.handles: dict[Path, tuple[IO[bytes], Path]] = {}
-
-    def __enter__(self) -> AtomicFiles:
-        for path in self.paths:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # open(..., "xb") rather than mkstemp: the file gets the user's usual permissions, not 0600.
-            temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-            self.handles[path] = (temporary.open("xb"), temporary)
-        return self
-
-    def write(self, path: Path, data: bytes) -> None:
-        self.handles[Path(path)][0].write(data)
-
-    def commit(self) -> None:
-        for path, (handle, temporary) in self.handles.items():
-            handle.close()
-            os.replace(temporary, path)
-        self.handles = {}
-
-    def __exit__(self, *exc: object) -> None:
-        for handle, temporary in self.handles.values():  # not committed: discard
-            handle.close()
-            temporary.unlink(missing_ok=True)
-        self.handles = {}
 
 
 @dataclass

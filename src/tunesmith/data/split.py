@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunesmith.data.check import has_error
-from tunesmith.data.convert import AtomicFiles, good_samples, jsonl_line, sample_to_row
+from tunesmith.data.convert import good_samples, jsonl_line, sample_to_row
 from tunesmith.data.formats import FormatOptions
 from tunesmith.data.types import Issue
 from tunesmith.data.validate import near_key
 from tunesmith.errors import UserError
+from tunesmith.runfolder import AtomicFiles
 
 SPLITS = ("train", "validation", "test")
 

@@ -16,7 +16,7 @@ from tunesmith.evaluate.runs import LoadedRun, open_model
 
 
 def start_messages(run: LoadedRun, system: str | None) -> list[dict]:
-    prompt = system if system is not None else run.meta.get("system_prompt")
+    prompt = system if system is not None else run.record.system_prompt
     return [{"role": "system", "content": prompt}] if prompt else []
 
 
@@ -25,7 +25,7 @@ def answer_once(run_dir: str | Path, request: str, *, system: str | None = None,
     run = open_model(run_dir)
     messages = [*start_messages(run, system), {"role": "user", "content": request}]
     prompt = run.template.render(messages, add_generation_prompt=True)
-    stops = stop_token_ids(run.tokenizer, run.meta["end_of_turn"])
+    stops = stop_token_ids(run.tokenizer, run.record.end_of_turn)
     return generate(run.model, run.tokenizer, [prompt], max_new_tokens=max_new_tokens, stop_ids=stops)[0].strip()
 
 
@@ -44,10 +44,10 @@ def chat(
     run = open_model(run_dir)
     stdin = stdin or sys.stdin
     history = start_messages(run, system)
-    stops = stop_token_ids(run.tokenizer, run.meta["end_of_turn"])
+    stops = stop_token_ids(run.tokenizer, run.record.end_of_turn)
     interactive = stdin.isatty()
     if interactive:
-        console.print(f"Chatting with {run.run_dir.name} ({run.meta['template_name']}). /reset clears, /exit quits.")
+        console.print(f"Chatting with {run.run_dir.name} ({run.record.template_name}). /reset clears, /exit quits.")
     while True:
         if interactive:
             console.print("[bold cyan]you>[/] ", end="")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -102,15 +101,10 @@ def _difference(tuned: float | None, base: float | None) -> float | None:
 
 
 def write_results(results: dict, eval_dir: Path) -> None:
-    from tunesmith.runfolder import write_json
+    from tunesmith.runfolder import write_json, write_jsonl
 
-    eval_dir.mkdir(parents=True, exist_ok=True)
     write_json(eval_dir / "results.json", {k: v for k, v in results.items() if k != "samples"})
-    tmp = eval_dir / ".samples.jsonl.tmp"
-    with tmp.open("w", encoding="utf-8") as handle:
-        for sample in results["samples"]:
-            handle.write(json.dumps(sample, ensure_ascii=False) + "\n")
-    tmp.replace(eval_dir / "samples.jsonl")
+    write_jsonl(eval_dir / "samples.jsonl", results["samples"])
 
 
 def results_table(results: dict) -> Any:

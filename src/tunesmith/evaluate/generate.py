@@ -95,15 +95,13 @@ def generate_file(
     """Answer every row of `in_path` greedily with `target` (run folder, model folder or built-in
     name), writing one JSON line per row to `out_path` (through a temporary file and a rename):
     {"id", "line", "answer"}. Returns the number of rows."""
-    import json
-    import os
     from pathlib import Path
 
     from tunesmith.evaluate.runs import open_model
 
     conversations = read_prompt_rows(in_path)  # bad input fails before weights load
     run = open_model(target)
-    system = run.meta.get("system_prompt")
+    system = run.record.system_prompt
     prompts = []
     for conversation in conversations:
         tools = None if "tools" in run.template.drop else [dict(tool) for tool in conversation.tools] or None
@@ -112,7 +110,7 @@ def generate_file(
                 prompt_messages(conversation, system, run.template), add_generation_prompt=True, tools=tools
             )
         )
-    stops = stop_token_ids(run.tokenizer, run.meta["end_of_turn"])
+    stops = stop_token_ids(run.tokenizer, run.record.end_of_turn)
     if console is not None:
         with console.status(f"Generating {len(prompts)} answers"):
             answers = generate(
@@ -122,12 +120,13 @@ def generate_file(
         answers = generate(
             run.model, run.tokenizer, prompts, max_new_tokens=max_new_tokens, stop_ids=stops, batch_size=batch_size
         )
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for conversation, answer in zip(conversations, answers):
-            record = {"id": conversation.id or None, "line": conversation.source.line, "answer": answer.strip()}
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
+    from tunesmith.runfolder import write_jsonl
+
+    write_jsonl(
+        Path(out_path),
+        (
+            {"id": conversation.id or None, "line": conversation.source.line, "answer": answer.strip()}
+            for conversation, answer in zip(conversations, answers)
+        ),
+    )
     return len(conversations)

@@ -12,8 +12,9 @@ from tunesmith.data.types import Conversation
 from tunesmith.errors import UserError
 from tunesmith.evaluate.evaluation import evaluate_model, results_table, write_results
 from tunesmith.evaluate.generate import stop_token_ids
-from tunesmith.evaluate.runs import load_run, read_run_meta
+from tunesmith.evaluate.runs import load_run
 from tunesmith.formatting.template import ChatTemplate
+from tunesmith.runfolder import RunFolder, read_record
 
 
 def evaluate_and_record(
@@ -52,7 +53,7 @@ def evaluate_and_record(
         regex=settings.regex,
         loss_examples=loss_examples,
     )
-    write_results(results, run_dir / "eval")
+    write_results(results, RunFolder(run_dir).eval)
     console.print(results_table(results))
     return results
 
@@ -61,7 +62,7 @@ def _encoding_settings(run_dir: Path, train_on: str | None, max_length: int | No
     if train_on is None or max_length is None:
         from tunesmith.config.schema import TemplateConfig
 
-        saved = run_dir / "config.yaml"
+        saved = RunFolder(run_dir).config
         if saved.is_file():
             from tunesmith.config import load_config
 
@@ -114,7 +115,7 @@ def evaluate_run(
     compare_base: bool | None = None,
 ) -> dict:
     """Load a finished run and evaluate it on its test split (or `data`)."""
-    read_run_meta(Path(run_dir))  # fail fast, before loading weights
+    read_record(Path(run_dir))  # fail fast, before loading weights
     run = load_run(run_dir)
     rows = held_out_conversations(run.config, data)
     results = evaluate_and_record(
@@ -123,7 +124,7 @@ def evaluate_run(
         run.template,
         rows,
         settings=run.config.eval,
-        end_of_turn=run.meta["end_of_turn"],
+        end_of_turn=run.record.end_of_turn,
         run_dir=run.run_dir,
         console=console,
         compare_base=compare_base,

@@ -6,17 +6,13 @@ the one used in training, byte for byte.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tunesmith.errors import UserError
-
-if TYPE_CHECKING:
-    from tunesmith.formatting.template import ChatTemplate
-
-RUN_META = "tunesmith.json"  # inside adapter/: base model, template, end-of-turn markers, system prompt
+from tunesmith.machine import pick_device
+from tunesmith.runfolder import RUN_META, RunFolder, RunRecord, is_finished_run, read_record, weights_folder
 
 
 @dataclass
@@ -25,36 +21,24 @@ class LoadedRun:
     model: Any
     tokenizer: Any
     template: Any
-    meta: dict
+    record: RunRecord
     config: Any
-
-
-def weights_folder(run_dir: Path) -> Path:
-    """adapter/ of a LoRA/QLoRA run, model/ of a full fine-tune."""
-    for name in ("adapter", "model"):
-        if (run_dir / name / RUN_META).is_file():
-            return run_dir / name
-    raise UserError(f"{run_dir} is not a finished tunesmith run (no adapter/{RUN_META} or model/{RUN_META})")
-
-
-def read_run_meta(run_dir: Path) -> dict:
-    return json.loads((weights_folder(run_dir) / RUN_META).read_text(encoding="utf-8"))
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
     """Load base + adapter on CPU (or the GPU when there is one)."""
-    import torch
     from transformers import AutoTokenizer
 
     from tunesmith.config import load_config
+    from tunesmith.formatting.template import ChatTemplate
     from tunesmith.models.load import ModelRef, load_adapter, load_model, resolve_model
 
     folder = Path(run_dir)
     if not folder.is_dir():
         raise UserError(f"run folder not found: {run_dir}")
-    meta = read_run_meta(folder)
-    config = load_config(folder / "config.yaml")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    record = read_record(folder)
+    config = load_config(RunFolder(folder).config)
+    device = pick_device()
     weights = weights_folder(folder)
     if weights.name == "model":  # a full fine-tune: the folder is the whole model
         model = load_model(ModelRef(str(weights), str(weights), "local"), dtype=config.model.dtype, device=device)
@@ -64,8 +48,8 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         base = load_model(ref, dtype=config.model.dtype, device=device, quantization=quantization)
         model = load_adapter(base, weights)
     tokenizer = AutoTokenizer.from_pretrained(weights)
-    template = recorded_template(meta)
-    return LoadedRun(folder, model, tokenizer, template, meta, config)
+    template = ChatTemplate.from_record(record)
+    return LoadedRun(folder, model, tokenizer, template, record, config)
 
 
 def trained_quantization(config: Any, device: str) -> Any:
@@ -86,20 +70,6 @@ def trained_quantization(config: Any, device: str) -> Any:
     return bitsandbytes_config(bits, pick_precision(config.train.precision, device))
 
 
-def recorded_template(meta: dict) -> ChatTemplate:
-    """The training template as a run (or a merged model) recorded it: source, variables, dropped fields, stops."""
-    from tunesmith.formatting.template import ChatTemplate
-
-    template = ChatTemplate(
-        meta["chat_template"],
-        name=meta["template_name"],
-        special_tokens=meta["special_tokens"],
-        drop=tuple(meta.get("drop", ())),
-    )
-    template.probes["stops"] = tuple(meta.get("end_of_turn", ()))
-    return template
-
-
 def open_model(target: str | Path) -> LoadedRun:
     """What `generate` and `chat` accept: a finished run folder (adapter/ or model/), a merged or any
     Hugging Face model folder, or a built-in model name (`smollm2-135m-instruct`).
@@ -108,7 +78,7 @@ def open_model(target: str | Path) -> LoadedRun:
     (a merged export) uses the ones recorded there; any other model its own chat template.
     """
     folder = Path(target).expanduser()
-    if folder.is_dir() and any((folder / name / RUN_META).is_file() for name in ("adapter", "model")):
+    if folder.is_dir() and is_finished_run(folder):
         return load_run(folder)
     if folder.is_dir() and not (folder / "config.json").is_file():
         raise UserError(
@@ -118,26 +88,25 @@ def open_model(target: str | Path) -> LoadedRun:
 
 
 def _load_plain_model(name: str) -> LoadedRun:
-    import torch
-
     from tunesmith.formatting.encode import build_template, end_of_turn_markers
+    from tunesmith.formatting.template import ChatTemplate
     from tunesmith.models.load import load_model, load_tokenizer, resolve_model
 
     ref = resolve_model(name)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device()
     tokenizer = load_tokenizer(ref)
     recorded = Path(ref.path) / RUN_META
     if recorded.is_file():  # a merged run: keep its training template
-        meta = json.loads(recorded.read_text(encoding="utf-8"))
-        template = recorded_template(meta)
+        record = RunRecord.read(Path(ref.path))
+        template = ChatTemplate.from_record(record)
     else:
         template = build_template(tokenizer, "model")
-        meta = {
-            "template_name": template.name,
-            "chat_template": template.source,
-            "special_tokens": template.special_tokens,
-            "end_of_turn": list(end_of_turn_markers(tokenizer, template)),
-            "system_prompt": None,
-        }
+        record = RunRecord(
+            template_name=template.name,
+            chat_template=template.source,
+            special_tokens=template.special_tokens,
+            end_of_turn=tuple(end_of_turn_markers(tokenizer, template)),
+            base_model=name,
+        )
     model = load_model(ref, device=device)
-    return LoadedRun(Path(ref.path), model, tokenizer, template, meta, None)
+    return LoadedRun(Path(ref.path), model, tokenizer, template, record, None)

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from tunesmith.export.gguf_check import check_gguf
 from tunesmith.export.gguf_rope import llama3_rope_factors
 from tunesmith.export.gguf_tensors import _write
 from tunesmith.export.gguf_vocab import Vocabulary, read_vocabulary
+from tunesmith.runfolder import RUN_META, RunFolder, read_record, weights_folder
 
 Log = Callable[[str], None]
 
@@ -89,23 +88,24 @@ def export_run(run_dir: str | Path, out_type: str = "f16", *, log: Log = print) 
 
     Everything is checked on the base model's config and the run's tokenizer before merging or writing.
     """
-    from tunesmith.evaluate.runs import read_run_meta, weights_folder
     from tunesmith.models.load import resolve_model
 
     run = Path(run_dir)
     if not run.is_dir():
         raise UserError(f"run folder not found: {run_dir}")
-    meta = read_run_meta(run)
+    meta = read_record(run)
     weights = weights_folder(run)
-    config_folder = weights if weights.name == "model" else Path(resolve_model(meta["base_model"]).path)
-    out = run / "export" / f"model-{out_type.lower()}.gguf"
+    if weights.name != "model" and not meta.base_model:
+        raise UserError(f"{weights}/{RUN_META}: field 'base_model' missing; the run did not finish writing it")
+    config_folder = weights if weights.name == "model" else Path(resolve_model(meta.base_model).path)
+    out = RunFolder(run).export / f"model-{out_type.lower()}.gguf"
     plan = plan_export(
         config_folder,
         weights,
         out,
         out_type,
-        chat_template=meta["chat_template"],
-        end_of_turn=list(meta.get("end_of_turn") or []),
+        chat_template=meta.chat_template,
+        end_of_turn=list(meta.end_of_turn),
         name=run.name,
     )
     for warning in plan.vocab.warnings:
@@ -210,40 +210,32 @@ def _adds_bos(tokenizer: Any) -> bool:
 def write_gguf(plan: ExportPlan, source: Path, *, log: Log = print) -> Path:
     """Write plan.out from the safetensors model folder `source`, through a temporary file that is read
     back and checked before the rename."""
-    from tunesmith.runfolder import disk_full, ensure_space, is_disk_full
+    from tunesmith.runfolder import atomic_file, discard, disk_full, ensure_space, is_disk_full
 
-    plan.out.parent.mkdir(parents=True, exist_ok=True)
     written_type = "f16" if plan.quantizer else plan.out_type
     if not any(source.glob("*.safetensors")):
         raise UserError(f"{source}: no .safetensors weights to export")
     then = "; free some space, then export again"
     needed = _written_size(plan, source, written_type)
     ensure_space(plan.out.parent, needed, str(plan.out), then=then)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{plan.out.name}.", suffix=".tmp", dir=plan.out.parent)
-    os.close(handle)
-    temp = Path(temp_name)
-    base = temp.with_suffix(".f16.tmp") if plan.quantizer else temp
+    scratch = None
     try:
-        count = _write(plan, source, base, written_type, log)
-        check_gguf(base, plan, count)
-        if plan.quantizer:
-            _quantize(plan, base, temp, log)
-            base.unlink()
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(temp, 0o666 & ~mask)  # mkstemp made it private; the export is an ordinary file
-        os.replace(temp, plan.out)
+        with atomic_file(plan.out) as temp:
+            scratch = temp.with_name(temp.name + ".f16")  # the f16 GGUF llama.cpp quantizes from
+            base = scratch if plan.quantizer else temp
+            count = _write(plan, source, base, written_type, log)
+            check_gguf(base, plan, count)
+            if plan.quantizer:
+                _quantize(plan, base, temp, log)
     except Exception as err:
         if not is_disk_full(err):
             raise
-        for leftover in (temp, base):
-            leftover.unlink(missing_ok=True)
         raise disk_full(
             str(plan.out), plan.out.parent, needed=needed, then=f"; no partial file was kept{then}"
         ) from None
     finally:
-        for leftover in (temp, base):
-            leftover.unlink(missing_ok=True)
+        if scratch is not None:
+            discard(scratch)
     return plan.out
 
 

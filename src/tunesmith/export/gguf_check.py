@@ -97,13 +97,13 @@ def check_with_llama_cpp(path: Path, run_dir: str | Path, *, log: Log = print) -
     """Tokenize probe strings with llama.cpp and transformers and say whether they agree."""
     from transformers import AutoTokenizer
 
-    from tunesmith.evaluate.runs import read_run_meta, recorded_template, weights_folder
+    from tunesmith.formatting.template import ChatTemplate
+    from tunesmith.runfolder import read_record, weights_folder
 
     run = Path(run_dir)
-    meta = read_run_meta(run)
+    record = read_record(run)
     tokenizer = AutoTokenizer.from_pretrained(weights_folder(run))
-    template = recorded_template(meta)
-    strings = probe_strings(template, list(meta.get("end_of_turn") or []))
+    strings = probe_strings(ChatTemplate.from_record(record), list(record.end_of_turn))
     differ = llama_cpp_tokenization_check(path, tokenizer, strings)
     if differ is None:
         log(

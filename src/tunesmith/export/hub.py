@@ -19,7 +19,7 @@ from typing import Any
 
 from tunesmith.config.redact import redact_text, redact_tree
 from tunesmith.errors import TunesmithError, UserError
-from tunesmith.evaluate.runs import RUN_META, weights_folder
+from tunesmith.runfolder import RunFolder, RunRecord, weights_folder
 
 WHATS = ("adapter", "merged", "gguf")
 CARD = "README.md"
@@ -119,12 +119,12 @@ def plan_push(run_dir: str | Path, repo_id: str, what: str = "adapter", *, priva
     run = Path(run_dir)
     if not run.is_dir():
         raise UserError(f"run folder not found: {run_dir}")
-    meta = read_json(weights_folder(run) / RUN_META) or {}  # also: UserError if the run is not finished
+    meta = RunRecord.read(weights_folder(run), strict=False)  # weights_folder: UserError if the run is not finished
     if what == "adapter":
         source = weights_folder(run)
         files = _folder_files(source)
     elif what == "merged":
-        source = run / "merged"
+        source = RunFolder(run).merged
         files = _folder_files(source) if source.is_dir() else []
         if not files:
             raise UserError(

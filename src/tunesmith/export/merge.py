@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shlex
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import TunesmithError, UserError
-from tunesmith.evaluate.runs import RUN_META, read_run_meta, trained_quantization, weights_folder
+from tunesmith.evaluate.runs import trained_quantization
 from tunesmith.machine import quantized_bits
-from tunesmith.runfolder import disk_full, ensure_space, is_disk_full, sha256_file, write_json
+from tunesmith.runfolder import RUN_META, RunFolder, RunRecord, atomic_folder, read_record, sha256_file, weights_folder
 
 MERGED = "merged"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -64,13 +62,13 @@ def merge_run(run_dir: Path, *, dtype: str | None = None, log: Log = print) -> P
     if not adapter_file.is_file():
         raise UserError(f"{weights} has no {ADAPTER_WEIGHTS}; is the run finished?")
     digest = sha256_file(adapter_file)
-    target = run_dir / MERGED
+    target = RunFolder(run_dir).merged
     if target.exists():
         return _existing_merge(target, adapter_file, digest, dtype, log)
 
     config = _run_config(run_dir)
     save_dtype = _save_dtype(dtype, config)
-    meta = read_run_meta(run_dir)
+    meta = read_record(run_dir)
     bits = quantized_bits(config)
     log(
         f"merging {weights} into {config.model.name} "
@@ -91,18 +89,19 @@ def merge_run(run_dir: Path, *, dtype: str | None = None, log: Log = print) -> P
         f"checked: merged logits equal the adapter model's within {difference:.2g} (allowed {allowed:.2g}) "
         f"on {len(prompts)} prompts"
     )
-    record = {
-        **meta,
-        "method": meta.get("method") or config.method,
-        "merged_from": "adapter",
-        "adapter_sha256": digest,
-        "dtype": save_dtype,
-        "merge_max_logit_difference": difference,
-    }
+    record = meta.with_changes(
+        method=meta.method or config.method,
+        merged_from="adapter",
+        adapter_sha256=digest,
+        dtype=save_dtype,
+        merge_max_logit_difference=difference,
+    )
     if bits:
-        record["quantized_base_bits"] = bits
-        record["difference_from_unquantized_base_adapter"] = _unquantized_difference(
-            run_dir, config, model, tokenizer, prompts, bits, log
+        record = record.with_changes(
+            quantized_base_bits=bits,
+            difference_from_unquantized_base_adapter=_unquantized_difference(
+                run_dir, config, model, tokenizer, prompts, bits, log
+            ),
         )
     _write_atomically(target, model, tokenizer, record, save_dtype)
     log(f"wrote {target} ({save_dtype} safetensors, tokenizer with the training template)")
@@ -120,8 +119,8 @@ def merged_logits_difference(run_dir: Path, merged_dir: Path | None = None) -> f
     from tunesmith.models.load import ModelRef, load_model
 
     run_dir = Path(run_dir)
-    folder = Path(merged_dir) if merged_dir is not None else run_dir / MERGED
-    meta = read_run_meta(run_dir)
+    folder = Path(merged_dir) if merged_dir is not None else RunFolder(run_dir).merged
+    meta = read_record(run_dir)
     model, tokenizer = _adapter_model(run_dir, _run_config(run_dir), lambda message: None)
     prompts = probe_prompts(meta)
     before = probe_logits(model, tokenizer, prompts)
@@ -130,12 +129,12 @@ def merged_logits_difference(run_dir: Path, merged_dir: Path | None = None) -> f
     return max_difference(before, probe_logits(merged, tokenizer, prompts))
 
 
-def probe_prompts(meta: dict) -> list[str]:
+def probe_prompts(record: RunRecord) -> list[str]:
     """The probe conversations rendered with the training template, after the run's system prompt."""
-    from tunesmith.evaluate.runs import recorded_template
+    from tunesmith.formatting.template import ChatTemplate
 
-    template = recorded_template(meta)
-    system = [{"role": "system", "content": meta["system_prompt"]}] if meta.get("system_prompt") else []
+    template = ChatTemplate.from_record(record)
+    system = [{"role": "system", "content": record.system_prompt}] if record.system_prompt else []
     prompts = []
     for probe in PROBES:
         messages = [*system, *probe]
@@ -145,7 +144,7 @@ def probe_prompts(meta: dict) -> list[str]:
             continue
     if not prompts:
         raise UserError(
-            f"chat template {meta['template_name']} refused every probe conversation; the merge cannot be checked"
+            f"chat template {record.template_name} refused every probe conversation; the merge cannot be checked"
         )
     return prompts
 
@@ -206,7 +205,7 @@ def _read_json(path: Path) -> dict:
 def _run_config(run_dir: Path) -> Any:
     from tunesmith.config import load_config
 
-    return load_config(run_dir / "config.yaml")
+    return load_config(RunFolder(run_dir).config)
 
 
 def _save_dtype(dtype: str | None, config: Any) -> str:
@@ -239,9 +238,9 @@ def _unquantized_difference(
 
 
 def _device() -> str:
-    import torch
+    from tunesmith.machine import pick_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return pick_device()
 
 
 def _adapter_model(run_dir: Path, config: Any, log: Log) -> tuple[Any, Any]:
@@ -279,7 +278,7 @@ def _generation_config(model: Any, tokenizer: Any, markers: list[str]) -> Any:
     return settings
 
 
-def _write_atomically(target: Path, model: Any, tokenizer: Any, record: dict, dtype: str) -> None:
+def _write_atomically(target: Path, model: Any, tokenizer: Any, record: RunRecord, dtype: str) -> None:
     """Save into a hidden sibling, then rename it into place; on any failure remove it again. The
     weights' size is known: it must be free first, and a disk that fills anyway is one line."""
     import torch
@@ -287,22 +286,12 @@ def _write_atomically(target: Path, model: Any, tokenizer: Any, record: dict, dt
     what = f"the merged model {target}"
     then = f"; free some space, then run again: tunesmith merge {shlex.quote(str(target.parent))}"
     needed = sum(p.numel() for p in model.parameters()) * torch.empty((), dtype=getattr(torch, dtype)).element_size()
-    ensure_space(target.parent, needed, what, then=then)
-    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)  # left by a killed earlier attempt of this same process id
-    try:
-        staging.mkdir()
+    with atomic_folder(target, what, needed=needed, then=then) as staging:
         model.to(getattr(torch, dtype))
-        model.generation_config = _generation_config(model, tokenizer, record["end_of_turn"])
+        model.generation_config = _generation_config(model, tokenizer, list(record.end_of_turn))
         model.save_pretrained(staging)  # transformers 5 writes safetensors only
         if not any(staging.glob("*.safetensors")):
             raise TunesmithError(f"saving the merged model wrote no .safetensors file into {staging}")
-        tokenizer.chat_template = record["chat_template"]
+        tokenizer.chat_template = record.chat_template
         tokenizer.save_pretrained(staging)
-        write_json(staging / RUN_META, record)
-        os.rename(staging, target)
-    except BaseException as err:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(err, Exception) and is_disk_full(err):
-            raise disk_full(what, target.parent, needed=needed, then=f"; nothing of it was kept{then}") from None
-        raise
+        record.write(staging)

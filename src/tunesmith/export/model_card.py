@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config.redact import redact_text
-from tunesmith.evaluate.runs import RUN_META, weights_folder
 from tunesmith.export.hub import REPO_PART, read_json, read_run_config
+from tunesmith.runfolder import RunFolder, RunRecord, weights_folder
 
 HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # built-in name -> card's base_model
 
@@ -22,7 +22,7 @@ def model_card(
     repo_id: str,
     what: str,
     *,
-    meta: dict | None = None,
+    meta: RunRecord | None = None,
     files: list[str] | None = None,
     source: Path | None = None,
 ) -> str:
@@ -31,18 +31,18 @@ def model_card(
     all of it (tunesmith.config.redact, as in config.yaml and the trackers): whatever the run
     folder holds, the card never shows a token, a URL password or a secret environment value."""
     run = Path(run_dir)
-    meta = meta if meta is not None else (read_json(weights_folder(run) / RUN_META) or {})
+    meta = meta if meta is not None else RunRecord.read(weights_folder(run), strict=False)
     config = read_run_config(run)
-    report = read_json(run / "data_report.json") or {}
-    results = read_json(run / "eval" / "results.json")
+    report = read_json(RunFolder(run).data_report) or {}
+    results = read_json(RunFolder(run).eval / "results.json")
     files = files or []
-    method = str(meta.get("method") or config.get("method") or "lora")
+    method = str(meta.method or config.get("method") or "lora")
     if what == "adapter" and source is not None and source.name == "model":
         method = "full"
-    base_name = str(meta.get("base_model") or (config.get("model") or {}).get("name") or "")
+    base_name = str(meta.base_model or (config.get("model") or {}).get("name") or "")
     base_hub = _hub_id(base_name)
-    end_of_turn = [str(t) for t in (meta.get("end_of_turn") or report.get("end_of_turn") or [])]
-    system_prompt = meta.get("system_prompt") or report.get("system_prompt")
+    end_of_turn = [str(t) for t in (meta.end_of_turn or report.get("end_of_turn") or [])]
+    system_prompt = meta.system_prompt or report.get("system_prompt")
     ctx = _CardContext(
         repo_id=repo_id,
         what=what,
@@ -149,7 +149,7 @@ def _intro(ctx: _CardContext) -> str:
     return f"# {ctx.repo_id.split('/')[1]}\n\n{body}\n"
 
 
-def _what_it_is(ctx: _CardContext, config: dict, meta: dict) -> str:
+def _what_it_is(ctx: _CardContext, config: dict, meta: RunRecord) -> str:
     lines = ["## What it is", ""]
     base = f"`{ctx.base_label}`"
     if ctx.base_name in HUB_IDS:
@@ -180,7 +180,7 @@ def _what_it_is(ctx: _CardContext, config: dict, meta: dict) -> str:
             f"({train.get('lr_scheduler', 'cosine')}), batch size {train.get('batch_size', '?')}"
             f" x {train.get('gradient_accumulation', 1)} accumulation, seed {train.get('seed', '?')}"
         )
-    train_on = meta.get("train_on") or template.get("train_on")
+    train_on = meta.train_on or template.get("train_on")
     if train_on or template.get("max_length"):
         lines.append(
             f"- **Loss on:** {train_on or 'assistant'} tokens, conversations up to "
@@ -284,9 +284,9 @@ def _fence(text: str, lang: str = "") -> str:
     return f"{fence}{lang}\n{text.rstrip()}\n{fence}"
 
 
-def _template_section(ctx: _CardContext, meta: dict) -> str:
+def _template_section(ctx: _CardContext, meta: RunRecord) -> str:
     lines = ["## Chat template", ""]
-    name = meta.get("template_name")
+    name = meta.template_name
     lines.append(
         "Prompts must be formatted with the chat template used in training"
         + (f" ({name})" if name else "")
@@ -304,7 +304,7 @@ def _template_section(ctx: _CardContext, meta: dict) -> str:
     if ctx.system_prompt:
         lines.append("")
         lines.append(f'Trained with the system prompt: "{ctx.system_prompt}" - use the same one.')
-    template = meta.get("chat_template")
+    template = meta.chat_template
     if template:
         lines += ["", _fence(str(template), "jinja")]
     return "\n".join(lines) + "\n"

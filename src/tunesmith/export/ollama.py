@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import TunesmithError, UserError
-from tunesmith.evaluate.runs import read_run_meta
 from tunesmith.export.gotemplate import render_go_template
+from tunesmith.runfolder import RunFolder, RunRecord, read_record, write_text
 
 MODELFILE = "Modelfile"
 EXPORT = "export"
@@ -69,17 +69,14 @@ def write_modelfile(
     `name` (default: the run folder's name, made a valid Ollama name) goes into the printed command.
     """
     run_dir, gguf_path = Path(run_dir), Path(gguf_path)
-    meta = read_run_meta(run_dir)
+    meta = read_record(run_dir)
     if not gguf_path.is_file():
         raise UserError(f"GGUF file not found: {gguf_path}")
     model_name = ollama_name(name) if name is not None else default_ollama_name(run_dir.name)
     template = ollama_template(meta, header=not _gguf_adds_bos(gguf_path))
-    target = run_dir / EXPORT / MODELFILE
+    target = RunFolder(run_dir).export / MODELFILE
     text = modelfile_text(meta, template, from_path=_relative_from(gguf_path, target.parent), name=model_name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{MODELFILE}.tmp")
-    staging.write_text(text, encoding="utf-8")
-    os.replace(staging, target)
+    write_text(target, text)
     log(f"wrote {target}")
     log(f"create the Ollama model with: {shlex.join(create_command(target, model_name))}")
     return target
@@ -111,36 +108,36 @@ def default_ollama_name(folder_name: str) -> str:
     return name or "tunesmith-model"
 
 
-def modelfile_text(meta: dict, template: str, *, from_path: str, name: str) -> str:
+def modelfile_text(meta: RunRecord, template: str, *, from_path: str, name: str) -> str:
     """The Modelfile: FROM, TEMPLATE, one `PARAMETER stop` per end-of-turn marker, SYSTEM if trained with one."""
     lines = [
-        f"# Ollama Modelfile written by tunesmith; training template: {_one_line(meta['template_name'])}",
+        f"# Ollama Modelfile written by tunesmith; training template: {_one_line(meta.template_name)}",
         f"# ollama create {name} -f {MODELFILE}",
         f"FROM {from_path}",
         f'TEMPLATE """{template}"""',
     ]
-    for marker in meta["end_of_turn"]:
+    for marker in meta.end_of_turn:
         if '"' in marker or not marker.isprintable():
             raise UserError(f"end-of-turn marker {marker!r} cannot be written as an Ollama stop parameter")
         lines.append(f'PARAMETER stop "{marker}"')
-    system = meta.get("system_prompt")
+    system = meta.system_prompt
     if system:
         _check_modelfile_value("the training system prompt", system)
         lines.append(f'SYSTEM """{system}"""')
     return "\n".join(lines) + "\n"
 
 
-def ollama_template(meta: dict, *, header: bool = True) -> str:
+def ollama_template(meta: RunRecord, *, header: bool = True) -> str:
     """The Go TEMPLATE equivalent to the run's training template, checked to render the same text as
     the Jinja on several conversations; a UserError when Ollama's TEMPLATE cannot represent it.
 
     `header=False` leaves out a leading BOS token the template writes (the GGUF tokenizer adds one).
     """
-    from tunesmith.evaluate.runs import recorded_template
+    from tunesmith.formatting.template import ChatTemplate
 
-    chat = recorded_template(meta)
+    chat = ChatTemplate.from_record(meta)
     _refuse_dated(chat)
-    wrappers = chat_wrappers(chat, meta["end_of_turn"])
+    wrappers = chat_wrappers(chat, list(meta.end_of_turn))
     source = go_template(wrappers)
     for messages, prompt in _verify_conversations(wrappers.system is not None):
         expected = chat.render(messages, add_generation_prompt=prompt)

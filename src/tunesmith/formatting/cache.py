@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from array import array
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -86,16 +83,13 @@ def store(key: str, examples: list[Example], meta: dict[str, Any]) -> None:
     """Write an entry atomically; a failure to cache never fails the run."""
     from safetensors.numpy import save_file
 
-    root = cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
-    try:
+    from tunesmith.runfolder import atomic_folder, write_json
+
+    with atomic_folder(cache_dir() / key, "a data cache entry", quiet=True) as work:
         save_file(_flatten(examples), str(work / "examples.safetensors"))
-        record = dict(meta, sources=[e.source_id for e in examples])
-        (work / "meta.json").write_text(json.dumps(record, ensure_ascii=False, default=_jsonable), encoding="utf-8")
-        os.replace(work, root / key)
-    except OSError:
-        shutil.rmtree(work, ignore_errors=True)
+        write_json(
+            work / "meta.json", dict(meta, sources=[e.source_id for e in examples]), indent=None, default=_jsonable
+        )
 
 
 def _flatten(examples: list[Example]) -> dict[str, Any]:

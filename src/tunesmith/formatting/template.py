@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.errors import UserError
 from tunesmith.formatting.sandbox import (
@@ -23,6 +23,9 @@ from tunesmith.formatting.sandbox import (
     render_capped,
     split_generation,
 )
+
+if TYPE_CHECKING:
+    from tunesmith.runfolder import RunRecord
 
 # Private-use characters: never produced by a template, vanishingly rare in data.
 _OPEN, _CLOSE = "\ue000", "\ue001"
@@ -76,6 +79,16 @@ class ChatTemplate:
         self.has_generation_blocks = bool(_GENERATION_TAG.search(source))
         self._template = compile_template(source, name)
         self._skeletons: dict[str, str] = {}
+
+    @classmethod
+    def from_record(cls, record: RunRecord) -> ChatTemplate:
+        """The training template as a run (or a merged model) recorded it: source, variables, dropped
+        fields, and the end-of-turn markers it trained as its stops."""
+        template = cls(
+            record.chat_template, name=record.template_name, special_tokens=record.special_tokens, drop=record.drop
+        )
+        template.probes["stops"] = tuple(record.end_of_turn)
+        return template
 
     def render(
         self, messages: list[dict], *, add_generation_prompt: bool = False, tools: list[dict] | None = None

@@ -6,13 +6,13 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import statistics
 from pathlib import Path
 from typing import Any
 
 from tunesmith.report.plots import Curves, draw_loss_png, read_curves
 from tunesmith.report.warnings import run_warnings
+from tunesmith.runfolder import RunFolder, discard, write_text
 
 REPORT = "report.html"
 LOSS_PNG = "loss.png"
@@ -31,16 +31,12 @@ def write_report(run_dir: str | Path, *, status: str | None = None) -> Path:
     manifest.json, each only if present. `status` overrides the manifest's (training writes the
     report just before it seals the folder)."""
     run_dir = Path(run_dir)
-    curves = read_curves(run_dir / "metrics.jsonl")
+    curves = read_curves(RunFolder(run_dir).metrics)
     png = draw_loss_png(curves, run_dir / LOSS_PNG) if curves.train else None
-    if png is None and (run_dir / LOSS_PNG).exists():
-        (run_dir / LOSS_PNG).unlink()  # a stale plot from an earlier report
+    if png is None:
+        discard(run_dir / LOSS_PNG)  # a stale plot from an earlier report
     html = render(run_dir, curves, png, status)
-    path = run_dir / REPORT
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(run_dir / REPORT, html)
 
 
 def render(run_dir: Path, curves: Curves, png: Path | None, status: str | None = None) -> str:
@@ -59,11 +55,11 @@ def render(run_dir: Path, curves: Curves, png: Path | None, status: str | None =
 
 
 def context(run_dir: Path, curves: Curves, png: Path | None, status: str | None = None) -> dict[str, Any]:
-    config = _read_yaml(run_dir / "config.yaml")
-    data_report = _read_json(run_dir / "data_report.json")
-    manifest = _read_json(run_dir / "manifest.json")
-    results = _read_json(run_dir / "eval" / "results.json")
-    samples = _read_jsonl(run_dir / "eval" / "samples.jsonl")
+    config = _read_yaml(RunFolder(run_dir).config)
+    data_report = _read_json(RunFolder(run_dir).data_report)
+    manifest = _read_json(RunFolder(run_dir).manifest)
+    results = _read_json(RunFolder(run_dir).eval / "results.json")
+    samples = _read_jsonl(RunFolder(run_dir).eval / "samples.jsonl")
     return {
         "name": (config or {}).get("name") or run_dir.name,
         "status": status or (manifest or {}).get("status"),

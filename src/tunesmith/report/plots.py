@@ -78,8 +78,8 @@ def draw_loss_png(curves: Curves, path: Path) -> Path | None:
         axes[index].set_ylabel("tokens/s")
         axes[index].grid(alpha=0.3)
     axes[-1].set_xlabel("optimizer step")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, format="png", metadata={"Software": None})
-    tmp.replace(path)
+    from tunesmith.runfolder import atomic_file
+
+    with atomic_file(path) as temporary:
+        figure.savefig(temporary, format="png", metadata={"Software": None})
     return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import resource
 import time
@@ -10,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+
+from tunesmith.runfolder import append_jsonl
 
 
 def memory_mb() -> float:
@@ -57,8 +58,7 @@ class MetricsWriter(TrainerCallback):
         else:
             return
         record |= {"elapsed_s": round(now - self.started, 2), "memory_mb": round(memory_mb(), 1)}
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_jsonl(self.path, record)
 
 
 class ProgressBar(TrainerCallback):

@@ -18,25 +18,14 @@ tunesmith.json (data position, eval loss, config and input fingerprints) and man
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import DiskFullError
-from tunesmith.runfolder import disk_full, ensure_space, is_disk_full, tree_size
-from tunesmith.training.verify import (  # noqa: F401
-    MANIFEST,
-    checkpoint_steps,
-    is_complete,
-    newest_complete,
-    resume_advice,
-    write_manifest,
-)
+from tunesmith.runfolder import MANIFEST, atomic_folder, discard, seal_checkpoint, tree_size, write_json
+from tunesmith.training.verify import checkpoint_steps, is_complete, newest_complete, resume_advice  # noqa: F401
 
 # --- optimizer, scheduler, RNG <-> safetensors + JSON ------------------------------------------------
 
@@ -116,7 +105,7 @@ def save_state(state: Any, folder: Path, name: str) -> None:
     tree, tensors = split_tensors(state)
     if tensors:
         save_file(tensors, str(folder / f"{name}.safetensors"))
-    (folder / f"{name}.json").write_text(json.dumps(tree), encoding="utf-8")
+    write_json(folder / f"{name}.json", tree, indent=None)
 
 
 def load_state(folder: Path, name: str) -> Any:
@@ -171,28 +160,15 @@ def atomic_checkpoint(root: Path, step: int) -> Iterator[Path]:
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
     previous = checkpoint_steps(root)
-    what = f"checkpoint {final}"
-    advice = resume_advice(root, which="previous")
     needed = tree_size(previous[-1][1]) if previous else None
-    if needed:
-        ensure_space(root, needed, what, then=advice)
-    work = None
-    try:
-        work = Path(tempfile.mkdtemp(prefix=f".step-{step}.tmp-", dir=root))
+    with atomic_folder(  # a re-run of the same step after a resume replaces it whole
+        final,
+        f"checkpoint {final}",
+        needed=needed or None,
+        then=resume_advice(root, which="previous"),
+        seal=lambda work: seal_checkpoint(work, step),
+    ) as work:
         yield work
-        write_manifest(work, step)
-        if final.exists():  # a re-run of the same step after a resume: replace it whole
-            shutil.rmtree(final)
-        os.replace(work, final)
-    except Exception as err:
-        if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
-        if is_disk_full(err) and not isinstance(err, DiskFullError):
-            raise disk_full(what, root, needed=needed, then=f"; nothing of it was kept{advice}") from None
-        raise
-    finally:
-        if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def prune(root: Path, *, keep_last: int, best: Path | None) -> list[Path]:
@@ -200,9 +176,9 @@ def prune(root: Path, *, keep_last: int, best: Path | None) -> list[Path]:
     steps = checkpoint_steps(root)
     keep = {p for _, p in steps[-keep_last:]} | ({best} if best else set())
     removed = [p for _, p in steps if p not in keep]
-    removed += [p for p in root.glob(".step-*.tmp-*") if p.is_dir()]
+    removed += [p for pattern in (".step-*.tmp-*", ".step-*.old-*") for p in root.glob(pattern) if p.is_dir()]
     for folder in removed:
-        shutil.rmtree(folder, ignore_errors=True)
+        discard(folder)
     return removed
 
 
@@ -273,7 +249,7 @@ class CheckpointMixin:
             self.state.best_model_checkpoint = str(best) if best else None
             self._store_callback_states()
             self.state.save_to_json(str(work / TRAINER_STATE))
-            (work / META).write_text(json.dumps(self._meta(step), indent=2), encoding="utf-8")
+            write_json(work / META, self._meta(step))
         prune(root, keep_last=self.keep_checkpoints, best=best)
 
     def _save_weights(self, folder: Path) -> None:

@@ -9,8 +9,6 @@ tests to read instead of the highlight.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from itertools import groupby, islice
 from pathlib import Path
@@ -32,6 +30,7 @@ from tunesmith.formatting.view import (
     row_header,
     view_example,
 )
+from tunesmith.runfolder import write_jsonl, write_text
 from tunesmith.training.prepare import Prepared, prepare
 
 SPLITS = ("train", "validation")
@@ -75,12 +74,11 @@ def inspect(
     if html_path is not None:
         title = f"tunesmith inspect: {split}, first {min(rows, data.report.rows)} of {data.report.rows} rows"
         page = html_page(views, title=title, subtitle=_setting(prepared), audit=audit, warnings=warnings)
-        written = write_text_atomically(Path(html_path), page)
+        written = write_text(Path(html_path), page)
         console.print(f"Wrote {written}", markup=False, highlight=False, soft_wrap=True)
     json_written = None
     if json_path is not None:
-        lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in json_records(prepared, split, rows))
-        json_written = write_text_atomically(Path(json_path), lines)
+        json_written = write_jsonl(Path(json_path), json_records(prepared, split, rows))
         console.print(f"Wrote {json_written}", markup=False, highlight=False, soft_wrap=True)
     return InspectResult(split, views, data.report, audit, warnings, written, json_written)
 
@@ -210,12 +208,3 @@ def _print_audit(console: Any, split: str, audit: list[AuditLine], warnings: lis
     console.print(table)
     for note in warnings:
         console.print(f"warning: {note}", style="yellow", markup=False, highlight=False, soft_wrap=True)
-
-
-def write_text_atomically(path: Path, text: str) -> Path:
-    """Write through a temporary file and a rename, so a reader never sees half a page."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path

@@ -35,6 +35,7 @@ from typing import Any
 
 from tunesmith.config import Config
 from tunesmith.errors import TunesmithError, UserError
+from tunesmith.runfolder import write_json, write_text
 
 STRATEGIES_NEEDING_CUDA = ("fsdp", "deepspeed")
 REPORT = "rank-{rank}.json"
@@ -213,7 +214,7 @@ def run_workers(launch: Launch, prepared: Any, run_dir: Path | None, console: An
             run_dir = prepared.config.run_dir()
         # the workers' config, real values (the run folder's copy is redacted), in this 0700 temporary folder
         config_path = reports / "config.yaml"
-        config_path.write_text(config_to_yaml(prepared.config, redact=False), encoding="utf-8")
+        write_text(config_path, config_to_yaml(prepared.config, redact=False))
         console.print(
             f"Starting {launch.nproc} worker process{'es' if launch.nproc > 1 else ''}"
             + (f" on node {launch.node_rank} of {launch.nnodes}" if launch.nnodes > 1 else "")
@@ -258,8 +259,6 @@ def _wait(process: subprocess.Popen) -> int:
 
 def write_report(reports: Path, rank: int, record: dict[str, Any]) -> None:
     """A worker's outcome, written atomically (the launcher may read it while others still run)."""
-    from tunesmith.runfolder import write_json
-
     write_json(reports / REPORT.format(rank=rank), dict(record, rank=rank))
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback
 
 from tunesmith.config import Config, load_config, redact_config
 from tunesmith.errors import UserError
-from tunesmith.runfolder import MANIFEST
+from tunesmith.runfolder import MANIFEST, RunFolder, discard, write_bytes, write_text
 from tunesmith.training import checkpoints as ck
 from tunesmith.training import verify
 
@@ -69,11 +68,11 @@ def find_checkpoint(run_dir: Path) -> Path:
     manifest = run_dir / MANIFEST
     if manifest.is_file() and json.loads(manifest.read_text(encoding="utf-8")).get("status") == "completed":
         raise UserError(f"run {run_dir} already completed; nothing to resume")
-    found, failed = verify.newest_verified(run_dir / "checkpoints")
+    found, failed = verify.newest_verified(RunFolder(run_dir).checkpoints)
     if found is None or not (found / ck.TRAINER_STATE).is_file():
         why = f" ({'; '.join(reason for _, reason in failed)})" if failed else ""
         raise UserError(
-            f"no complete checkpoint in {run_dir / 'checkpoints'} to resume from{why}; "
+            f"no complete checkpoint in {RunFolder(run_dir).checkpoints} to resume from{why}; "
             "start a new run under another name"
         )
     return found
@@ -101,7 +100,7 @@ def discard_after(checkpoint: Path) -> list[Discarded]:
             reason = verify.problem(folder) or "newer than the newest checkpoint that verifies"
             discarded.append(Discarded(folder.name, reason, verify.reject(folder)))
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(".step-")):
-        shutil.rmtree(folder, ignore_errors=True)
+        discard(folder)
         discarded.append(Discarded(folder.name))
     return discarded
 
@@ -209,13 +208,13 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_kept_on_error(run_dir: Path) -> Iterator[None]:
     """Put the run folder's config.yaml back if the resumed run fails: a resume refused (say, for a
     changed lora.r) must not leave its settings behind for the next --resume to pick up."""
-    path = run_dir / "config.yaml"
+    path = RunFolder(run_dir).config
     before = path.read_bytes() if path.is_file() else None
     try:
         yield
     except BaseException:
         if before is not None:
-            path.write_bytes(before)
+            write_bytes(path, before)
         raise
 
 
@@ -229,9 +228,7 @@ def trim_metrics(path: Path, step: int) -> list[float]:
         for line in path.read_text(encoding="utf-8").splitlines()
         if line.strip() and json.loads(line).get("step", 0) <= step
     ]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, "".join(line + "\n" for line in kept))
     return [float(record["loss"]) for record in map(json.loads, kept) if "loss" in record]
 
 

@@ -17,7 +17,16 @@ from typing import Any
 
 from tunesmith.config import Config, config_to_yaml, load_config
 from tunesmith.errors import UserError
-from tunesmith.runfolder import create_run_dir, run_folder_guard, write_json
+from tunesmith.runfolder import (
+    RunFolder,
+    RunRecord,
+    create_run_dir,
+    discard,
+    run_folder_guard,
+    write_json,
+    write_jsonl,
+    write_text,
+)
 from tunesmith.training.prepare import Prepared, prepare
 from tunesmith.training.tracking import check_tracking, setup_tracking
 
@@ -127,7 +136,7 @@ def _disk_full_reported(run_dir: Path) -> Iterator[None]:
             raise
         name = getattr(err, "filename", None)
         what = str(name) if name else f"into {run_dir} (training)"
-        raise disk_full(what, run_dir, then=resume_advice(run_dir / "checkpoints")) from None
+        raise disk_full(what, run_dir, then=resume_advice(RunFolder(run_dir).checkpoints)) from None
 
 
 def _execute_inner(p: Prepared, run_dir: Path, console: Any, resume_from: Path | None, *, worker: bool) -> Trained:
@@ -143,9 +152,9 @@ def _execute_inner(p: Prepared, run_dir: Path, console: Any, resume_from: Path |
     device = pick_device()
     precision = pick_precision(p.config.train.precision, device)
     model = _load_trainable_model(p, device, precision, console)
-    metrics_writer = MetricsWriter(run_dir / "metrics.jsonl")
+    metrics_writer = MetricsWriter(RunFolder(run_dir).metrics)
     if resume_from is not None:  # records after the checkpoint were logged by the run that died
-        metrics_writer.losses = trim_metrics(run_dir / "metrics.jsonl", int(resume_from.name.split("-")[1]))
+        metrics_writer.losses = trim_metrics(RunFolder(run_dir).metrics, int(resume_from.name.split("-")[1]))
     rows = _rows(p, "train")
     train_rows, eval_rows = dataset_rows(rows, p.config), dataset_rows(_rows(p, "validation"), p.config)
     attention = attention_implementation(p.config.model.attention, device)
@@ -157,7 +166,7 @@ def _execute_inner(p: Prepared, run_dir: Path, console: Any, resume_from: Path |
         trainer = build_trainer(
             model,
             p.config,
-            run_dir / "checkpoints",
+            RunFolder(run_dir).checkpoints,
             train_rows,
             eval_rows,
             pad_id=p.tokenizer.pad_token_id or 0,
@@ -172,7 +181,7 @@ def _execute_inner(p: Prepared, run_dir: Path, console: Any, resume_from: Path |
     if stopped:
         metrics = {"stopped_by": stopped, "step": trainer.state.global_step}
         return Trained(run_dir=run_dir, status="interrupted", metrics=metrics, prepared=p)
-    _remove_if_empty(run_dir / "checkpoints")  # Trainer makes its output folder even when it saves nothing
+    _remove_if_empty(RunFolder(run_dir).checkpoints)  # Trainer makes its output folder even when it saves nothing
     _save_adapter(p, model, run_dir, state)
     metrics: dict[str, Any] = {
         "train_loss_first": _first(metrics_writer.losses),
@@ -188,9 +197,10 @@ def _execute_inner(p: Prepared, run_dir: Path, console: Any, resume_from: Path |
 
 def write_inputs(p: Prepared, run_dir: Path) -> None:
     """What a run was asked to do, written first: config.yaml, data_report.json, quarantine.jsonl."""
-    (run_dir / "config.yaml").write_text(config_to_yaml(p.config), encoding="utf-8")
-    write_json(run_dir / "data_report.json", _data_report(p))
-    _write_quarantine(p, run_dir)
+    folder = RunFolder(run_dir)
+    write_text(folder.config, config_to_yaml(p.config))
+    write_json(folder.data_report, _data_report(p))
+    _write_quarantine(p, folder)
 
 
 def _check_attention(config: Config) -> None:
@@ -249,8 +259,8 @@ def _save_adapter(p: Prepared, model: Any, run_dir: Path, state: dict[str, Any] 
 
     if state is None:  # a gathered `state` (FSDP, DeepSpeed) was checked where it was gathered
         check_finite_weights(model)
-    adapter = run_dir / ("model" if p.config.method == "full" else "adapter")
-    advice = resume_advice(run_dir / "checkpoints", which="last", verb="finish")
+    adapter = RunFolder(run_dir).weights(p.config.method)
+    advice = resume_advice(RunFolder(run_dir).checkpoints, which="last", verb="finish")
     with atomic_folder(
         adapter, f"the {adapter.name} {adapter}", needed=_weights_size(p, run_dir), then=advice
     ) as staging:  # written whole under a temporary name, or not at all
@@ -262,7 +272,7 @@ def _weights_size(p: Prepared, run_dir: Path) -> int:
     from tunesmith.runfolder import tree_size
     from tunesmith.training.verify import checkpoint_steps
 
-    steps = checkpoint_steps(run_dir / "checkpoints")
+    steps = checkpoint_steps(RunFolder(run_dir).checkpoints)
     weights = (
         [f for f in steps[-1][1].glob("*.safetensors") if f.name.startswith(("adapter_model", "model"))]
         if steps
@@ -279,20 +289,17 @@ def _write_weights(p: Prepared, model: Any, adapter: Path, state: dict[str, Any]
     save_adapter(model, adapter, state)
     p.tokenizer.chat_template = p.template.source
     p.tokenizer.save_pretrained(str(adapter))
-    write_json(
-        adapter / "tunesmith.json",
-        {
-            "base_model": p.config.model.name,
-            "method": p.config.method,
-            "template_name": p.template.name,
-            "chat_template": p.template.source,
-            "special_tokens": p.template.special_tokens,
-            "drop": sorted(p.template.drop),
-            "end_of_turn": list(p.markers),
-            "system_prompt": p.system_prompt,
-            "train_on": p.config.template.train_on,
-        },
-    )
+    RunRecord(
+        base_model=p.config.model.name,
+        method=p.config.method,
+        template_name=p.template.name,
+        chat_template=p.template.source,
+        special_tokens=p.template.special_tokens,
+        drop=tuple(sorted(p.template.drop)),
+        end_of_turn=tuple(p.markers),
+        system_prompt=p.system_prompt,
+        train_on=p.config.template.train_on,
+    ).write(adapter)
 
 
 def _data_report(p: Prepared) -> dict:
@@ -315,14 +322,11 @@ def _data_report(p: Prepared) -> dict:
     }
 
 
-def _write_quarantine(p: Prepared, run_dir: Path) -> None:
+def _write_quarantine(p: Prepared, folder: RunFolder) -> None:
     """Rows left out under `on_bad_row: skip`, each with its issues, so nothing is lost silently."""
-    import json
-
     records = [dict(record, split=split) for split, data in p.splits.items() for record in data.summary["quarantined"]]
     if records:
-        lines = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
-        (run_dir / "quarantine.jsonl").write_text(lines, encoding="utf-8")
+        write_jsonl(folder.quarantine, records, default=str)
 
 
 def _finalize(config: Config) -> Config:
@@ -353,7 +357,7 @@ def _absolute(reference: str) -> str:
 
 def _remove_if_empty(folder: Path) -> None:
     if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+        discard(folder)
 
 
 def _first(values: list[float]) -> float | None:

@@ -9,33 +9,15 @@ step-8/adapter_model.safetensors".
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shlex
 from pathlib import Path
-from typing import Any
 
-from tunesmith.runfolder import sha256_file
+from tunesmith.runfolder import MANIFEST, move_aside, read_manifest, sha256_file
 
-MANIFEST = "manifest.json"
 REJECTED = "rejected"
 _STEP = re.compile(r"^step-(\d+)$")
 _last_bad: dict[str, str] = {}  # folder -> the file that failed its check there last time: checked first
-
-
-def write_manifest(folder: Path, step: int, extra: dict[str, Any] | None = None) -> None:
-    files = {
-        str(p.relative_to(folder)): sha256_file(p)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
-    manifest = {"step": step, "files": files, **(extra or {})}
-    path = folder / MANIFEST
-    with path.open("w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def problem(folder: Path, *, verify: bool = True) -> str | None:
@@ -44,15 +26,12 @@ def problem(folder: Path, *, verify: bool = True) -> str | None:
 
     The file that failed last time is hashed first, so naming the problem of a folder already found
     damaged costs one file, not the whole checkpoint again."""
-    path = folder / MANIFEST
-    if not path.is_file():
+    if not (folder / MANIFEST).is_file():
         return "no manifest"
-    try:
-        files = json.loads(path.read_text(encoding="utf-8"))["files"]
-        if not isinstance(files, dict):
-            raise TypeError
-    except (OSError, ValueError, KeyError, TypeError):
+    manifest = read_manifest(folder)
+    if manifest is None:
         return f"unreadable {folder.name}/{MANIFEST}"
+    files = manifest["artifacts"]
     if not verify:
         return None
     first = _last_bad.get(str(folder))
@@ -101,13 +80,7 @@ def newest_complete(root: Path) -> Path | None:
 
 def reject(folder: Path) -> Path:
     """Move a checkpoint that failed its check to `checkpoints/rejected/` (never over an earlier one)."""
-    target_dir = folder.parent / REJECTED
-    target_dir.mkdir(exist_ok=True)
-    target, n = target_dir / folder.name, 1
-    while target.exists():
-        n += 1
-        target = target_dir / f"{folder.name}.{n}"
-    os.replace(folder, target)
+    target = move_aside(folder, folder.parent / REJECTED)
     _last_bad.pop(str(folder), None)
     return target
 
