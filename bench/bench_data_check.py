@@ -77,7 +77,7 @@ def main() -> None:
     print(f"{args.rows} rows in {seconds:.1f} s: {args.rows / seconds:,.0f} rows/s on {machine()}")
     print(f"issues {report.counts_by_severity}, tokens {tokens.total_tokens}, trained {tokens.trainable_share:.1%}")
     if not args.no_write:
-        from tunesmith.data.stats import default_workers
+        from tunesmith.data.forked import default_workers
 
         write_section(args.rows, seconds, args.workers or default_workers())
         print("updated docs/benchmarks.md")

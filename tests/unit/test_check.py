@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tunesmith.data.check import Report, check_files, classify_row
-from tunesmith.data.formats import FormatOptions
+from tunesmith.data.options import FormatOptions
 from tunesmith.data.stats import Stats
 from tunesmith.data.types import Conversation, Issue, Provenance, RawRow
 

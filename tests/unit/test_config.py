@@ -86,7 +86,7 @@ def test_column_and_role_names_match_what_the_adapters_know():
     import typing
 
     from tunesmith.config.schema import ColumnKey, RoleName
-    from tunesmith.data.formats import CANONICAL_KEYS
+    from tunesmith.data.options import CANONICAL_KEYS
     from tunesmith.data.types import ROLES
 
     assert set(typing.get_args(ColumnKey)) == set(CANONICAL_KEYS)

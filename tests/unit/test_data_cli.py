@@ -11,7 +11,7 @@ import pytest
 
 from tunesmith.cli.main import main
 from tunesmith.data.check import FileStream
-from tunesmith.data.formats import FormatOptions
+from tunesmith.data.options import FormatOptions
 from tunesmith.data.validate import content_key
 
 
@@ -295,6 +295,6 @@ def test_check_reports_test_rows_that_are_also_in_train(tmp_path, capsys):
 
 def test_the_help_lists_exactly_the_known_formats():
     from tunesmith.cli.data import FORMAT_NAMES
-    from tunesmith.data.formats import FORMATS
+    from tunesmith.data.options import FORMATS
 
     assert FORMAT_NAMES.split(", ") == ["auto", *FORMATS]

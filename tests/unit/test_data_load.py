@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from tunesmith.data.formats import FormatOptions
 from tunesmith.data.load import SourceSpec, load_split
+from tunesmith.data.options import FormatOptions
 from tunesmith.errors import UserError
 
 

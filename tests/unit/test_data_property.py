@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tunesmith.data.check import check_files
-from tunesmith.data.formats import FormatOptions
+from tunesmith.data.options import FormatOptions
 from tunesmith.data.types import Issue
 
 MIN_ROWS = 10_000

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tunesmith.data.formats import FormatOptions
 from tunesmith.data.load import SourceSpec, load_split
+from tunesmith.data.options import FormatOptions
 from tunesmith.evaluate.loss import encode_for_loss, split_loss
 from tunesmith.formatting.encode import build_template, end_of_turn_markers
 

@@ -9,13 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunesmith.data.formats import (
-    FORMATS,
-    FormatOptions,
-    detect_format,
-    load_conversations,
-    to_sample,
-)
+from tunesmith.data.formats import detect_format, load_conversations, to_sample
+from tunesmith.data.options import FORMATS, FormatOptions
 from tunesmith.data.types import (
     Conversation,
     Message,

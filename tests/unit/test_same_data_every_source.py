@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tunesmith.data.formats import FormatOptions
 from tunesmith.data.load import SourceSpec, load_split
+from tunesmith.data.options import FormatOptions
 from tunesmith.data.types import Provenance
 
 ROWS = [

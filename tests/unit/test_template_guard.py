@@ -73,12 +73,14 @@ def test_a_timer_someone_else_set_is_left_alone():
 
 
 def test_off_the_main_thread_the_deadline_still_stops_a_chatty_template():
-    """No SIGALRM off the main thread: the deadline is checked as chunks arrive."""
+    """No SIGALRM off the main thread: the deadline is checked as chunks arrive. The size cap is
+    lifted so that only the deadline can stop it (a fast machine writes 4,000,000 characters in
+    under 0.2 s)."""
     errors: list[BaseException] = []
 
     def run():
         try:
-            render_capped(compile_template(CHATTY, "chatty"), {}, seconds=0.2)
+            render_capped(compile_template(CHATTY, "chatty"), {}, max_chars=10**12, seconds=0.2)
         except BaseException as err:  # noqa: BLE001 - handed to the test thread
             errors.append(err)
 

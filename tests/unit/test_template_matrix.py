@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith.data.formats import FormatOptions, to_sample
+from tunesmith.data.formats import to_sample
+from tunesmith.data.options import FormatOptions
 from tunesmith.data.types import IGNORE_INDEX, Provenance
 from tunesmith.errors import UserError
 from tunesmith.formatting.encode import encode

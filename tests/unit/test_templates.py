@@ -314,7 +314,7 @@ def test_data_check_counts_a_split_row_once_and_warns_on_double_bos(tmp_path, sm
     """Through `data check --model`: a row split into per-turn sequences is one row whose tokens
     are the sum; a template that writes BOS before ChatML's own first token gives a double BOS."""
     from tunesmith.data.check import check_files
-    from tunesmith.data.formats import FormatOptions
+    from tunesmith.data.options import FormatOptions
     from tunesmith.data.stats import Measured
     from tunesmith.formatting.measure import measure_for
 

@@ -31,7 +31,8 @@ def data_file_summary(path: str) -> str | None:
     """
     from itertools import islice
 
-    from tunesmith.data.formats import FormatOptions, detect_format
+    from tunesmith.data.formats import detect_format
+    from tunesmith.data.options import FormatOptions
     from tunesmith.data.sources import open_source
     from tunesmith.data.types import RowError
     from tunesmith.errors import UserError

@@ -15,7 +15,7 @@ from typing import Any
 
 SHOWN_ISSUES = 20
 DEFAULT_MAX_LENGTH = 1024  # the default of template.max_length, so check sees what train would cut
-# Spelled out so --help need not import the adapters; a test keeps it equal to data.formats.FORMATS.
+# Spelled out so --help need not import the adapters; a test keeps it equal to data.options.FORMATS.
 FORMAT_NAMES = "auto, messages, sharegpt, alpaca, qa, prompt_completion, text, tokens"
 
 
@@ -151,7 +151,7 @@ def _add_skip_bad(parser: argparse.ArgumentParser) -> None:
 
 
 def format_options(args: argparse.Namespace) -> Any:
-    from tunesmith.data.formats import FormatOptions
+    from tunesmith.data.options import FormatOptions
 
     return FormatOptions(
         format=args.format, columns=_pairs(args.columns, "--column"), roles=_pairs(args.roles, "--role")

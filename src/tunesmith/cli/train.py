@@ -98,7 +98,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = _resolve_config(args)
     quiet_libraries()
     from tunesmith.pipeline import train
-    from tunesmith.training.resume import INTERRUPTED_EXIT_CODE
+    from tunesmith.training.fit import INTERRUPTED_EXIT_CODE
 
     console = make_console()
     result = train(config, console=console, resume=args.resume, launch=launch)

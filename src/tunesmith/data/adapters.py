@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from numbers import Integral
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tunesmith.data.chat_messages import messages, tool_call
+from tunesmith.data.options import FUNCTION_CALL, FormatOptions
 from tunesmith.data.types import (
     IGNORE_INDEX,
     ROLES,
@@ -34,11 +35,6 @@ from tunesmith.data.types import (
 )
 from tunesmith.data.values import as_dict, as_list, decoded, fail, kind, message_weight, short, text
 
-if TYPE_CHECKING:
-    from tunesmith.data.formats import FormatOptions
-
-FUNCTION_CALL = "function_call"
-"""ShareGPT speaker whose `value` is a JSON function call `{"name", "arguments"}` (or a list of them)."""
 SHAREGPT_ROLES: Mapping[str, str] = {
     "human": "user",
     "user": "user",

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import Any
 
-from tunesmith.data.formats import FormatOptions, detect_format, to_sample
+from tunesmith.data.formats import detect_format, to_sample
+from tunesmith.data.options import FormatOptions
 from tunesmith.data.sources import open_source
 from tunesmith.data.stats import CHUNK_ROWS, Measure, Measured, Measurer, Stats, StatsAccumulator
 from tunesmith.data.types import Issue, Provenance, RawRow, RowError, Sample

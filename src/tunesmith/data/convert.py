@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data.check import FileStream, has_error
-from tunesmith.data.formats import FormatOptions
+from tunesmith.data.options import FormatOptions
 from tunesmith.data.types import Conversation, Issue, Message, Sample, TextSample, ToolCall
 from tunesmith.runfolder import AtomicFiles
 

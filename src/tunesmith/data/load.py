@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.data.check import FileStream
-from tunesmith.data.formats import FormatOptions
+from tunesmith.data.options import FormatOptions
 from tunesmith.data.types import Conversation, Issue, RawRow, Sample
 from tunesmith.errors import UserError
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tunesmith.data.check import has_error
 from tunesmith.data.convert import good_samples, jsonl_line, sample_to_row
-from tunesmith.data.formats import FormatOptions
+from tunesmith.data.options import FormatOptions
 from tunesmith.data.types import Issue
 from tunesmith.data.validate import near_key
 from tunesmith.errors import UserError

@@ -9,21 +9,18 @@ this module can say how many rows `max_length` would cut and how many tokens tha
 from __future__ import annotations
 
 import math
-import os
-import signal
-import sys
 from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
+from tunesmith.data.forked import default_workers, fork_pool
 from tunesmith.data.types import IGNORE_INDEX, Conversation, Sample
 from tunesmith.errors import UserError
 
 HISTOGRAM_BINS = 10
 CHUNK_ROWS = 1024  # rows encoded per round trip to the workers: big enough to amortize, small for memory
-MAX_WORKERS = 8
 
 Measure = Callable[[Sample], Any]
 """Sample -> `tunesmith.formatting.encode.Example`, encoded with truncation off."""
@@ -256,8 +253,6 @@ _worker: tuple[Measure, int | None] | None = None
 def _start_worker(measure: Measure, max_length: int | None) -> None:
     global _worker
     _worker = (measure, max_length)
-    # Ctrl-C is the parent's to handle (it stops the pool); workers would only print tracebacks.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _measure_in_worker(sample: Sample) -> Measured | str:
@@ -275,14 +270,8 @@ def measure_row(sample: Sample, measure: Measure, max_length: int | None) -> Mea
 
 
 class Measurer:
-    """Encode samples with `measure`, in forked worker processes when there are several CPUs.
-
-    Rendering and tokenizing are ~90% of a check with a model, and rows are independent, so the
-    work splits across CPUs. Workers are forked before the parent encodes anything: they inherit
-    the tokenizer and template, which are never pickled. Without fork (Windows; macOS, where fork
-    is unsafe) or with one CPU, rows are encoded in this process. A worker that dies raises
-    `BrokenProcessPool` rather than hanging the check.
-    """
+    """Encode samples with `measure`, in forked worker processes (data/forked.py) when there are
+    several CPUs; the caller reads and checks the next rows while a chunk is encoded."""
 
     def __init__(self, measure: Measure | None, max_length: int | None, workers: int | None = None):
         self.measure, self.max_length = measure, max_length
@@ -294,16 +283,8 @@ class Measurer:
         return self.measure is not None
 
     def __enter__(self) -> Measurer:
-        if self.measure is not None and self.workers > 1 and sys.platform == "linux":
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            self.pool = ProcessPoolExecutor(
-                self.workers,
-                mp_context=multiprocessing.get_context("fork"),
-                initializer=_start_worker,
-                initargs=(self.measure, self.max_length),
-            )
+        if self.measure is not None:
+            self.pool = fork_pool(self.workers, _start_worker, (self.measure, self.max_length))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -324,12 +305,3 @@ class Measurer:
         size = max(1, len(samples) // (4 * self.workers))  # a few pieces per worker evens out long rows
         results = self.pool.map(_measure_in_worker, samples, chunksize=size)
         return lambda: list(results)
-
-
-def default_workers() -> int:
-    """The CPUs this process may use, at most `MAX_WORKERS`."""
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        available = os.cpu_count() or 1
-    return max(1, min(MAX_WORKERS, available))

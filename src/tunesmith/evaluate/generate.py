@@ -47,7 +47,8 @@ def generate(
 def read_prompt_rows(reference: str) -> list[Any]:
     """Every row of a chat file (any supported format) as a Conversation, without the training
     checks (a row may end with a user turn and have no answer yet); an unreadable row is a UserError."""
-    from tunesmith.data.formats import FormatOptions, detect_format, to_sample
+    from tunesmith.data.formats import detect_format, to_sample
+    from tunesmith.data.options import FormatOptions
     from tunesmith.data.sources import open_source
     from tunesmith.data.types import Conversation, RowError
     from tunesmith.errors import UserError

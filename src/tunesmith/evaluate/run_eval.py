@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config.schema import EvalConfig
-from tunesmith.data.formats import FormatOptions
 from tunesmith.data.load import SourceSpec, load_split, source_specs
+from tunesmith.data.options import FormatOptions
 from tunesmith.data.types import Conversation
 from tunesmith.errors import UserError
 from tunesmith.evaluate.evaluation import evaluate_model, results_table, write_results

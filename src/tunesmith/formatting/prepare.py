@@ -8,10 +8,10 @@ no token trains.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any
 
+from tunesmith.data.forked import default_workers, fork_pool
 from tunesmith.data.types import IGNORE_INDEX, Conversation, Sample
 from tunesmith.errors import UserError
 from tunesmith.formatting.encode import TOO_LONG, Example, encode_sample
@@ -120,41 +120,32 @@ PARALLEL_ROWS = 4096
 """From this many rows a split is encoded in forked worker processes (below it, forking costs more)."""
 
 _job: tuple[list[Sample], ChatTemplate, Any, dict[str, Any]] | None = None
-"""What forked workers encode: set in the parent just before the fork, so nothing but the
-results crosses between processes."""
+"""What a forked worker encodes: set in each worker by `_start_job` (inherited through the fork,
+never pickled), so nothing but the results crosses between processes."""
 
 
 def encode_rows(
     samples: list[Sample], template: ChatTemplate, tokenizer: Any, options: dict[str, Any], workers: int | None = None
 ) -> list[list[Example] | str]:
-    """Each sample's Examples, in order. Rendering and tokenizing are independent per row, so a
-    large split is cut into pieces encoded by one forked process per CPU (Linux; elsewhere, or
-    with one CPU, in this process). The first row a template refuses raises its UserError here."""
-    global _job
-    from tunesmith.data.stats import default_workers
-
+    """Each sample's Examples, in order. A large split is cut into pieces encoded in forked
+    worker processes (data/forked.py). The first row a template refuses raises its UserError here."""
     workers = default_workers() if workers is None else workers
-    if workers < 2 or len(samples) < PARALLEL_ROWS or sys.platform != "linux":
+    pool = (
+        fork_pool(workers, _start_job, (samples, template, tokenizer, options))
+        if len(samples) >= PARALLEL_ROWS
+        else None
+    )
+    if pool is None:
         return [_encode_row(s, template, tokenizer, **options) for s in samples]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     size = -(-len(samples) // (8 * workers))  # a few pieces per worker evens out long rows
     pieces = [(start, min(start + size, len(samples))) for start in range(0, len(samples), size)]
+    with pool:
+        return [row for piece in pool.map(_encode_piece, pieces) for row in piece]
+
+
+def _start_job(samples: list[Sample], template: ChatTemplate, tokenizer: Any, options: dict[str, Any]) -> None:
+    global _job
     _job = (samples, template, tokenizer, options)
-    try:
-        with ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("fork"), initializer=_ignore_interrupts
-        ) as pool:
-            return [row for piece in pool.map(_encode_piece, pieces) for row in piece]
-    finally:
-        _job = None
-
-
-def _ignore_interrupts() -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
 
 def _encode_piece(bounds: tuple[int, int]) -> list[list[Example] | str]:

@@ -163,12 +163,11 @@ def activation_bytes(
     for index, layer in enumerate(layers):
         hooks.append(layer.register_forward_pre_hook(lambda m, a, i=index: setattr(tally, "where", f"layer{i}")))
         hooks.append(layer.register_forward_hook(lambda m, a, o: setattr(tally, "where", "other")))
-    # The planner's own meta model: its config's kernel name is swapped for the tally's and back (transformers'
-    # set_attn_implementation would also swap the mask function, which is not what training uses).
-    configs = [inner.config, *[getattr(inner.config, k) for k in ("text_config",) if hasattr(inner.config, k)]]
-    saved_impl = [c._attn_implementation for c in configs]
-    for c in configs:
-        c._attn_implementation = "tunesmith_plan"
+    # The planner's own meta model runs the tally's kernel, set through transformers' public setter and put
+    # back after. "tunesmith_plan" has no mask function, so no mask is built in the pass; `_mask_bytes` counts
+    # what the training kernel's mask costs.
+    saved_impl = inner.config._attn_implementation
+    inner.set_attn_implementation("tunesmith_plan")
     _TALLY, _KERNEL = tally, attention
     per_row = batch.tokens // batch.rows
     ids = torch.zeros(batch.rows, per_row, dtype=torch.long, device="meta")
@@ -181,8 +180,7 @@ def activation_bytes(
             hidden = decoder(inputs_embeds=embeds, use_cache=False).last_hidden_state
     finally:
         _TALLY = None
-        for c, impl in zip(configs, saved_impl):
-            c._attn_implementation = impl
+        inner.set_attn_implementation(saved_impl)
         for hook in hooks:
             hook.remove()
     del hidden

@@ -221,7 +221,7 @@ class CheckpointMixin:
     checkpoint_meta: dict[str, Any] = {}
     best_loaded: tuple[Path, float] | None = None
     checkpoints_skipped: bool = False
-    stopper: Any = None  # resume.StopOnSignal while training; its `signal` is set when one arrived
+    stopper: Any = None  # fit.StopOnSignal while training; its `signal` is set when one arrived
 
     @property
     def checkpoint_root(self) -> Path:

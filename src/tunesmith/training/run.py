@@ -142,7 +142,8 @@ def _disk_full_reported(run_dir: Path) -> Iterator[None]:
 def _execute_inner(p: Prepared, run_dir: Path, console: Any, resume_from: Path | None, *, worker: bool) -> Trained:
     from tunesmith.machine import attention_implementation, pick_device, pick_precision
     from tunesmith.training.callbacks import MetricsWriter, ProgressBar
-    from tunesmith.training.resume import fingerprints, fit, trim_metrics
+    from tunesmith.training.fit import fit
+    from tunesmith.training.resume import fingerprints, trim_metrics
     from tunesmith.training.strategies import gathered_state_dict
     from tunesmith.training.trainer import build_trainer, dataset_rows
 

@@ -152,7 +152,7 @@ def build_trainer(
     """The Trainer of a run; `train_rows`/`eval_rows` are what `dataset_rows` returns."""
     from transformers.trainer_callback import PrinterCallback
 
-    from tunesmith.training.resume import checkpoint_callbacks
+    from tunesmith.training.fit import checkpoint_callbacks
 
     t = config.train
     args = training_arguments(config, output_dir, device=device, precision=precision, has_eval=bool(eval_rows))
