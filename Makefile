@@ -32,13 +32,15 @@ test-fast: $(STAMP)
 
 setup: $(STAMP)
 
-# ruff (lint, and formatting checked) and the import contracts: config at the bottom, the CLI on top, the
-# library never importing the CLI, evaluate and export never importing training (pyproject.toml).
+# ruff (lint, and formatting checked), the import contracts (config at the bottom, the CLI on top, the
+# library never importing the CLI, evaluate and export never importing training) and mypy's type check of
+# src/tunesmith (all three configured in pyproject.toml).
 LINTED := src tests bench scripts
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # Real llama.cpp for the GGUF export tests (tests/integration/test_gguf_llamacpp.py): llama-cpp-python built
 # from the registry's source distribution (about 6 minutes on 2 cores), the wheel cached in WHEEL_CACHE so

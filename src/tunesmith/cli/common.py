@@ -45,7 +45,9 @@ def data_file_summary(path: str) -> str | None:
     except (UserError, OSError):
         return None
     found = None
-    for row in (r for r in rows[:SNIFF_ROWS] if r.data is not None):
+    for row in rows[:SNIFF_ROWS]:
+        if row.data is None:
+            continue
         try:
             found = detect_format(row.data, row.where, FormatOptions())
             break

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from tunesmith.config.checks import check_combinations
 from tunesmith.config.redact import redact_config
@@ -148,7 +149,7 @@ def _describe(err: ValidationError, where: str, lines: dict[Loc, int], set_by: d
     return f"{origin}: {field}: {message}{more}"
 
 
-def _message(error: dict, loc: Loc) -> str:
+def _message(error: ErrorDetails, loc: Loc) -> str:
     if error["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1])
         known = list(parent.model_fields) if parent else []

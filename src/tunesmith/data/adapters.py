@@ -16,9 +16,9 @@ Error fields use the file's own key names, e.g. `conversations[2].from` or `task
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from numbers import Integral
-from typing import Any
+from typing import Any, cast
 
 from tunesmith.data.chat_messages import messages, tool_call
 from tunesmith.data.options import FUNCTION_CALL, FormatOptions
@@ -29,6 +29,7 @@ from tunesmith.data.types import (
     Message,
     Provenance,
     Role,
+    Sample,
     TextSample,
     TokenSample,
     ToolCall,
@@ -142,7 +143,8 @@ def sharegpt_turn(item: Any, f: Fields, roles: Mapping[str, str], field: str) ->
             f"unknown speaker {short(speaker)} (known: {', '.join(roles)})",
             f"map it to one of {', '.join(ROLES)} with data.roles",
         )
-    role = "assistant" if roles[speaker] == FUNCTION_CALL else roles[speaker]
+    # every speaker maps to one of ROLES or FUNCTION_CALL (SHAREGPT_ROLES, and data.roles as FormatOptions checked)
+    role = "assistant" if roles[speaker] == FUNCTION_CALL else cast(Role, roles[speaker])
     turn_weight = message_weight(item, role, f.where, field)
     if roles[speaker] == FUNCTION_CALL:
         return Message("assistant", "", turn_weight, function_calls(item[what], f.where, f"{field}.{what}"))
@@ -265,7 +267,7 @@ def token_ids(value: Any, where: Provenance, field: str, allow_ignored: bool) ->
     return tuple(int(token) for token in ids)
 
 
-ADAPTERS = {
+ADAPTERS: Mapping[str, Callable[[Fields], Sample]] = {
     "messages": from_messages,
     "sharegpt": from_sharegpt,
     "alpaca": from_alpaca,

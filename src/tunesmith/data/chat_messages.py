@@ -13,11 +13,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from tunesmith.data.types import REASONING_KEYS, ROLES, Message, Provenance, ToolCall
+from tunesmith.data.types import REASONING_KEYS, ROLES, Message, Provenance, Role, ToolCall
 from tunesmith.data.values import as_dict, as_list, fail, kind, message_weight, optional_str, short, text
 
 # OpenAI's newer `developer` and legacy `function` roles, under the names templates know.
-MESSAGE_ROLES: Mapping[str, str] = {**{role: role for role in ROLES}, "developer": "system", "function": "tool"}
+MESSAGE_ROLES: Mapping[str, Role] = {**{role: role for role in ROLES}, "developer": "system", "function": "tool"}
 # Content part types of other media (OpenAI, Anthropic-style and LLaMA-Factory names), by medium.
 MEDIA_PARTS: Mapping[str, str] = {
     "image": "image",

@@ -19,10 +19,10 @@ from tunesmith.data.formats import detect_format, to_sample
 from tunesmith.data.options import FormatOptions
 from tunesmith.data.sources import open_source
 from tunesmith.data.stats import CHUNK_ROWS, Measure, Measured, Measurer, Stats, StatsAccumulator
-from tunesmith.data.types import Issue, Provenance, RawRow, RowError, Sample
+from tunesmith.data.types import Issue, Provenance, RawRow, RowError, Sample, Severity
 from tunesmith.data.validate import check_sample, content_key, near_key
 
-SEVERITIES = ("error", "warning")
+SEVERITIES: tuple[Severity, ...] = ("error", "warning")
 TRAIN = "train"
 
 

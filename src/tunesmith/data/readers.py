@@ -151,7 +151,9 @@ class _JsonCursor:
     def peek(self) -> str:
         """The next character after whitespace ("" at the end of the file), without taking it."""
         while True:
-            self.advance(_WHITESPACE.match(self.buf, self.pos).end() - self.pos)
+            spaces = _WHITESPACE.match(self.buf, self.pos)
+            assert spaces is not None  # the pattern matches everywhere, if only the empty string
+            self.advance(spaces.end() - self.pos)
             if self.pos < len(self.buf) or self.eof:
                 return self.buf[self.pos : self.pos + 1]
             self._fill()

@@ -104,7 +104,7 @@ class Measured(NamedTuple):
                 n,
                 e.n_trainable,
                 e.eot_trained,
-                trainable_beyond(e.labels, max_length) if cut else 0,
+                trainable_beyond(e.labels, max_length) if max_length is not None and cut else 0,
                 n,
                 cut,
                 e.double_bos,
@@ -234,7 +234,7 @@ def histogram(ordered: list[int], max_length: int | None, bins: int = HISTOGRAM_
             over += 1
         else:
             counts[min(bins - 1, max(0, length - 1) // width)] += 1
-    out = [
+    out: list[dict[str, Any]] = [
         {"low": i * width + 1, "high": min(limit, (i + 1) * width), "rows": n}
         for i, n in enumerate(counts)
         if i * width + 1 <= limit

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
-ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+ROLES: tuple[Role, ...] = ("system", "user", "assistant", "tool")
 Severity = Literal["error", "warning"]
 
 IGNORE_INDEX = -100

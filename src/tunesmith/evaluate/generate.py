@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
-def stop_token_ids(tokenizer: Any, markers: list[str]) -> list[int]:
+def stop_token_ids(tokenizer: Any, markers: Sequence[str]) -> list[int]:
     """Token ids that end an assistant turn (from the run's recorded end-of-turn markers)."""
     ids = [tokenizer.convert_tokens_to_ids(m) for m in markers]
     ids = [i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id]

@@ -12,6 +12,7 @@ perplexity = exp(loss).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from tunesmith.data.types import IGNORE_INDEX, Sample
@@ -23,13 +24,13 @@ DEFAULT_TOKENS_PER_BATCH = 4096
 
 
 def encode_for_loss(
-    samples: list[Sample],
+    samples: Sequence[Sample],
     template: Any,
     tokenizer: Any,
     *,
     train_on: str,
     max_length: int,
-    markers: tuple[str, ...] | list[str],
+    markers: Sequence[str],
     split: str = "test",
 ) -> list[Example]:
     """The split's Examples, exactly as training would build them."""

@@ -190,7 +190,9 @@ def tool_call(prediction: str, reference: str) -> float:
 def tool_name(prediction: str, reference: str) -> float:
     """The prediction calls the reference's tools by name (arguments not compared)."""
     expected, got = tool_calls_in(reference), tool_calls_in(prediction)
-    return float(bool(expected) and got is not None and [n for n, _ in got] == [n for n, _ in expected])
+    if not expected or got is None:
+        return 0.0
+    return float([n for n, _ in got] == [n for n, _ in expected])
 
 
 METRICS: dict[str, Metric] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ def evaluate_and_record(
     rows: list[Conversation],
     *,
     settings: EvalConfig,
-    end_of_turn: list[str],
+    end_of_turn: Sequence[str],
     run_dir: Path,
     console: Any,
     compare_base: bool | None = None,
@@ -80,7 +81,7 @@ def _loss_examples(
     tokenizer: Any,
     train_on: str,
     max_length: int,
-    end_of_turn: list[str],
+    end_of_turn: Sequence[str],
     console: Any,
 ) -> list[Any]:
     """The rows encoded as in training; a split that cannot be (no trained token) skips the loss, said once."""

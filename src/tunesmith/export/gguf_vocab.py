@@ -61,14 +61,15 @@ def read_vocabulary(folder: Path, tokenizer: Any, n_vocab: int) -> Vocabulary:
 
     added = {item["id"]: item for item in data.get("added_tokens", [])}
     special_ids = set(tokenizer.all_special_ids)
-    tokens: list[str | None] = [None] * n_vocab
+    texts: list[str | None] = [None] * n_vocab
     for text, token_id in tokenizer.get_vocab().items():
         if token_id < n_vocab:
-            tokens[token_id] = text
+            texts[token_id] = text
+    tokens: list[str] = []
     types: list[int] = []
-    for token_id, text in enumerate(tokens):
+    for token_id, text in enumerate(texts):
+        tokens.append(f"[PAD{token_id}]" if text is None else text)
         if text is None:  # embedding rows the tokenizer never produces
-            tokens[token_id] = f"[PAD{token_id}]"
             types.append(gguf.TokenType.UNUSED)
         elif token_id == tokenizer.unk_token_id:
             types.append(gguf.TokenType.UNKNOWN)
@@ -122,7 +123,10 @@ def _pre_tokenizer_name(pre: dict | None, path: Path) -> str:
     def is_byte_level(step: dict, use_regex: bool) -> bool:
         return step.get("type") == "ByteLevel" and bool(step.get("use_regex", True)) == use_regex
 
-    steps = (pre or {}).get("pretokenizers") if (pre or {}).get("type") == "Sequence" else [pre or {}]
+    # a Sequence without its list of steps is refused below like any pre-tokenizer not recognised
+    steps: list[dict] = (
+        ((pre or {}).get("pretokenizers") or []) if (pre or {}).get("type") == "Sequence" else [pre or {}]
+    )
     if len(steps) == 1 and is_byte_level(steps[0], True):
         return "gpt-2"
     if (

@@ -78,7 +78,9 @@ def _go_parse(items: list[tuple[str, str]], at: list[int]) -> tuple[list, tuple[
         elif body == "end" or body == "else" or body.startswith("else if "):
             return nodes, (body, body[len("else if ") :] if body.startswith("else if ") else "")
         elif body.startswith("if "):
-            branches, otherwise, condition = [], [], body[3:]
+            branches: list[tuple[str, list]] = []
+            otherwise: list = []
+            condition = body[3:]
             while True:
                 inner, stop = _go_parse(items, at)
                 branches.append((condition, inner))
@@ -138,7 +140,9 @@ def _go_eval(expression: str, dot: Any, scopes: list[dict]) -> Any:
         match = _GO_TOKEN.match(expression, pos)
         if match is None:
             raise TunesmithError(f"Go template: cannot read {expression[pos:]!r}")
-        tokens.append((match.lastindex, match.group(match.lastindex)))
+        kind = match.lastindex
+        assert kind is not None  # every alternative of _GO_TOKEN is a group: the one that matched is set
+        tokens.append((kind, match.group(kind)))
         pos = match.end()
     value, rest = _go_command(tokens, dot, scopes)
     if rest:

@@ -12,6 +12,7 @@ Example of its own: its generation prompt and its continuation, only it training
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,7 +236,7 @@ def _shared_pieces(tokenizer: Any, text: str, turns: list[Turn]) -> list[tuple[s
 
 def _example(
     tokenizer: Any,
-    pieces: list[tuple[str, bool, list[int] | None]],
+    pieces: Sequence[tuple[str, bool, list[int] | None]],
     turns: list[Turn],
     max_length: int,
     source: str,
@@ -315,7 +316,7 @@ def encode_sample(
 
 def generation_prompt(
     conversation: Conversation, template: ChatTemplate, markers: tuple[str, ...] = ()
-) -> tuple[str, str | None]:
+) -> tuple[str, str]:
     """The prompt (all messages before the last assistant turn) and that turn's reference: its
     content, or, for a turn that calls tools, the text the template writes for it up to the stop."""
     messages, tools = template_messages(conversation, template)

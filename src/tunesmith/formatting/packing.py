@@ -21,6 +21,7 @@ from bisect import bisect_left, insort
 from collections.abc import Mapping, Sequence
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
+from typing import cast
 
 from tunesmith.data.types import IGNORE_INDEX
 
@@ -102,7 +103,7 @@ def _concatenate(rows: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, list[
         labels.append(IGNORE_INDEX)
         labels.extend(row["labels"][1:])
         positions.extend(range(len(row["input_ids"])))
-        sources.extend(row.get("sources", ()))
+        sources.extend(cast(Sequence[str], row.get("sources", ())))  # row names: the one column not of ids
     packed: dict[str, list] = {"input_ids": ids, "labels": labels, "position_ids": positions}
     return packed | ({"sources": sources} if sources else {})
 

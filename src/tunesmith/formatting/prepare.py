@@ -8,6 +8,7 @@ no token trains.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +44,7 @@ class SplitReport:
 
 
 def encode_split(
-    samples: list[Sample],
+    samples: Sequence[Sample],
     template: ChatTemplate,
     tokenizer: Any,
     *,
@@ -89,22 +90,23 @@ def encode_split(
                 )
         kept = {id(sample) for sample, _ in long}
         rows = [row for sample, row in zip(samples, rows) if id(sample) not in kept]
-    empty = [row[0].source_id for row in rows if row and sum(e.n_trainable for e in row) == 0]
+    encoded = [row for row in rows if not isinstance(row, str)]  # a reason (str) is in `long`: raised or left out
+    empty = [row[0].source_id for row in encoded if row and sum(e.n_trainable for e in row) == 0]
     if empty:
         raise UserError(
-            f"{empty[0]}: {len(empty)} of {len(rows)} {split} rows train no token "
+            f"{empty[0]}: {len(empty)} of {len(encoded)} {split} rows train no token "
             f"with {template.name} and train_on={train_on} (is the assistant text rendered?)"
         )
-    examples = [e for row in rows for e in row if e.n_trainable > 0]
+    examples = [e for row in encoded for e in row if e.n_trainable > 0]
     report = SplitReport(
-        rows=len(rows),
+        rows=len(encoded),
         tokens=sum(len(e.input_ids) for e in examples),
         trainable_tokens=sum(e.n_trainable for e in examples),
-        truncated=sum(any(e.truncated for e in row) for row in rows),
-        missing_end_of_turn=sum(not all(e.eot_trained for e in row) for row in rows),
+        truncated=sum(any(e.truncated for e in row) for row in encoded),
+        missing_end_of_turn=sum(not all(e.eot_trained for e in row) for row in encoded),
         examples=len(examples),
-        truncated_turns=sum(e.truncated_turns for row in rows for e in row),
-        double_bos=sum(any(e.double_bos for e in row) for row in rows),
+        truncated_turns=sum(e.truncated_turns for row in encoded for e in row),
+        double_bos=sum(any(e.double_bos for e in row) for row in encoded),
     )
     return examples, report
 
@@ -119,13 +121,17 @@ def _prompt_too_long(sample: Sample, template: ChatTemplate, tokenizer: Any, opt
 PARALLEL_ROWS = 4096
 """From this many rows a split is encoded in forked worker processes (below it, forking costs more)."""
 
-_job: tuple[list[Sample], ChatTemplate, Any, dict[str, Any]] | None = None
+_job: tuple[Sequence[Sample], ChatTemplate, Any, dict[str, Any]] | None = None
 """What a forked worker encodes: set in each worker by `_start_job` (inherited through the fork,
 never pickled), so nothing but the results crosses between processes."""
 
 
 def encode_rows(
-    samples: list[Sample], template: ChatTemplate, tokenizer: Any, options: dict[str, Any], workers: int | None = None
+    samples: Sequence[Sample],
+    template: ChatTemplate,
+    tokenizer: Any,
+    options: dict[str, Any],
+    workers: int | None = None,
 ) -> list[list[Example] | str]:
     """Each sample's Examples, in order. A large split is cut into pieces encoded in forked
     worker processes (data/forked.py). The first row a template refuses raises its UserError here."""
@@ -143,7 +149,7 @@ def encode_rows(
         return [row for piece in pool.map(_encode_piece, pieces) for row in piece]
 
 
-def _start_job(samples: list[Sample], template: ChatTemplate, tokenizer: Any, options: dict[str, Any]) -> None:
+def _start_job(samples: Sequence[Sample], template: ChatTemplate, tokenizer: Any, options: dict[str, Any]) -> None:
     global _job
     _job = (samples, template, tokenizer, options)
 

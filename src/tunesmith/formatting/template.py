@@ -114,7 +114,8 @@ class ChatTemplate:
         on the messages' shape, so it is rendered once per shape; substituting the contents back
         must reproduce the real render exactly, or the spans are found by search instead.
         """
-        text, blocks = self._render_marked(messages, False, tools), ()
+        text = self._render_marked(messages, False, tools)
+        blocks: tuple[tuple[int, int], ...] = ()
         if self.has_generation_blocks:
             text, blocks = split_generation(text)
         shape = json.dumps(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from tunesmith.errors import UserError
 from tunesmith.models.embedded import EMBEDDED_MODELS, embedded_model_path, ensure_embedded_model, is_embedded_name
@@ -23,6 +23,18 @@ class ModelRef:
     path: str
     kind: str  # "embedded" | "local" | "hub"
     revision: str | None = None
+
+
+@overload
+def resolve_model(
+    name: str, *, revision: str | None = ..., log: Callable[[str], None] = ..., fetch: Literal[True] = ...
+) -> ModelRef: ...
+
+
+@overload
+def resolve_model(
+    name: str, *, revision: str | None = ..., log: Callable[[str], None] = ..., fetch: bool
+) -> ModelRef | None: ...
 
 
 def resolve_model(
@@ -107,7 +119,8 @@ def load_model(
         )
         return own_storage(model) if device == "cpu" else model
     model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
-    return model.to(device)
+    # transformers wraps PreTrainedModel.to in functools.wraps, whose typeshed stub does not bind self
+    return model.to(device)  # type: ignore[arg-type]
 
 
 def load_adapter(base: Any, adapter_dir: Path) -> Any:

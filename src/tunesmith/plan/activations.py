@@ -172,8 +172,13 @@ def activation_bytes(
     per_row = batch.tokens // batch.rows
     ids = torch.zeros(batch.rows, per_row, dtype=torch.long, device="meta")
     emulation = _Emulation(compute_dtype, quantized or set(), excluded)
+
+    def saved(tensor: Any) -> Any:  # what autograd saves for backward, tallied
+        tally.add(tensor)
+        return tensor
+
     try:
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: (tally.add(t), t)[1], lambda t: t), emulation.mode:
+        with torch.autograd.graph.saved_tensors_hooks(saved, lambda t: t), emulation.mode:
             embeds = inner.get_input_embeddings()(ids)
             if not embeds.requires_grad:  # LoRA without trained embeddings: the first layer's input
                 embeds = embeds.detach().requires_grad_(checkpointing)

@@ -64,7 +64,13 @@ def meta_model(
     from peft import LoraConfig, get_peft_model
 
     peft_config = LoraConfig(
-        r=r, lora_alpha=alpha, target_modules=target_modules, use_dora=dora, task_type="CAUSAL_LM", bias="none"
+        r=r,
+        # peft types lora_alpha int, but scales by alpha / r: a float alpha works
+        lora_alpha=alpha,  # type: ignore[arg-type]
+        target_modules=target_modules,
+        use_dora=dora,
+        task_type="CAUSAL_LM",
+        bias="none",
     )
     return get_peft_model(model, peft_config)
 

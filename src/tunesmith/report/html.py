@@ -8,7 +8,7 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from tunesmith.report.plots import Curves, draw_loss_png, read_curves
 from tunesmith.report.warnings import run_warnings
@@ -140,15 +140,16 @@ def data_table(data_report: dict | None) -> list[dict[str, Any]]:
 
 
 def data_notes(data_report: dict | None) -> list[str]:
+    data = data_report or {}
     notes = [
         f"{name}: {w}"
-        for name, report in ((data_report or {}).get("splits") or {}).items()
+        for name, report in (data.get("splits") or {}).items()
         if isinstance(report, dict)
         for w in report.get("warnings") or []
     ]
     for key in ("template", "system_prompt"):
-        if (data_report or {}).get(key):
-            notes.insert(0, f"{key.replace('_', ' ')}: {data_report[key]}")
+        if data.get(key):
+            notes.insert(0, f"{key.replace('_', ' ')}: {data[key]}")
     return notes
 
 
@@ -189,7 +190,8 @@ def eval_table(results: dict | None) -> dict[str, Any] | None:
         return None
     base = results.get("base") if isinstance(results.get("base"), dict) else None
     tuned = results["tuned"]
-    given = results.get("difference") if isinstance(results.get("difference"), dict) else {}
+    difference = results.get("difference")
+    given = difference if isinstance(difference, dict) else {}
     names = [m for m in results.get("metrics") or [] if isinstance(m, str)]
     for source in (tuned, base or {}):
         names += [k for k, v in source.items() if k not in names and k not in NOT_METRICS and _is_number(v)]
@@ -255,7 +257,7 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

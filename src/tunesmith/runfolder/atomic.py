@@ -115,7 +115,7 @@ def atomic_folder(
     *,
     needed: int | None = None,
     then: str = "",
-    seal: Callable[[Path], None] | None = None,
+    seal: Callable[[Path], object] | None = None,
     quiet: bool = False,
 ) -> Iterator[Path]:
     """Yield a hidden sibling of `target` to fill; when the block ends, `seal` (if given) writes its

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from tunesmith.runfolder import append_jsonl
 
@@ -35,7 +35,14 @@ class MetricsWriter(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.last_time, self.last_tokens = time.perf_counter(), int(state.num_input_tokens_seen)  # resumed: not 0
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not state.is_world_process_zero:  # under --nproc, rank 0 alone writes (the logged loss is all ranks')
             return
         logs = dict(logs or {})

@@ -22,10 +22,18 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tunesmith.runfolder import MANIFEST, atomic_folder, discard, seal_checkpoint, tree_size, write_json
 from tunesmith.training.verify import checkpoint_steps, is_complete, newest_complete, resume_advice  # noqa: F401
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from torch import nn
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LambdaLR
+    from transformers import PreTrainedModel, TrainerControl, TrainerState, TrainingArguments
+    from transformers.trainer_callback import CallbackHandler
 
 # --- optimizer, scheduler, RNG <-> safetensors + JSON ------------------------------------------------
 
@@ -123,7 +131,8 @@ def rng_state() -> dict[str, Any]:
     import torch
 
     version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # numpy's global generator is MT19937, whose legacy state is this tuple (the stub allows a dict too)
+    kind, keys, pos, has_gauss, cached = cast("tuple[str, Any, int, int, float]", np.random.get_state())
     state: dict[str, Any] = {
         "python": [version, list(internal), gauss],
         "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
@@ -223,9 +232,24 @@ class CheckpointMixin:
     checkpoints_skipped: bool = False
     stopper: Any = None  # fit.StopOnSignal while training; its `signal` is set when one arrived
 
+    # transformers.Trainer's attributes the hooks use, as the Trainer types them (its __init__ sets them)
+    args: TrainingArguments
+    state: TrainerState
+    control: TrainerControl
+    callback_handler: CallbackHandler
+    accelerator: Accelerator
+    model: PreTrainedModel | nn.Module | None
+    model_wrapped: nn.Module
+    optimizer: Optimizer | None
+    lr_scheduler: LambdaLR | None
+    is_fsdp_enabled: bool
+    is_deepspeed_enabled: bool
+
     @property
     def checkpoint_root(self) -> Path:
-        return Path(self.args.output_dir)
+        output_dir = self.args.output_dir
+        assert output_dir is not None  # TrainingArguments.__post_init__ fills in a default; runs set their own
+        return Path(output_dir)
 
     # saving
 
@@ -277,7 +301,9 @@ class CheckpointMixin:
         for callback in self.callback_handler.callbacks + [self.control]:
             if isinstance(callback, ExportableState):
                 states.setdefault(type(callback).__name__, []).append(callback.state())
-        self.state.stateful_callbacks = {k: v[0] if len(v) == 1 else v for k, v in states.items()}
+        by_name = {k: v[0] if len(v) == 1 else v for k, v in states.items()}
+        # TrainerState types stateful_callbacks as a list, but holds (and saves, and reads back) a dict by name
+        self.state.stateful_callbacks = by_name  # type: ignore[assignment]
 
     def _meta(self, step: int) -> dict[str, Any]:
         """Where in the data the run is, and what it was trained on (checked on resume)."""
@@ -312,13 +338,16 @@ class CheckpointMixin:
         model = self.accelerator.unwrap_model(model)
         try:
             if not _is_peft_model(model):
-                super()._load_from_checkpoint(str(folder), model)
+                cast(Any, super())._load_from_checkpoint(str(folder), model)  # the Trainer's: next in the MRO
                 return
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
 
             adapter = model.active_adapters[0]
-            result = set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)), adapter_name=adapter)
+            # peft annotates the result `-> namedtuple` (the factory, not a type); it is torch's _IncompatibleKeys
+            result: Any = set_peft_model_state_dict(
+                model, load_file(str(folder / ADAPTER_WEIGHTS)), adapter_name=adapter
+            )
             missing = [k for k in result.missing_keys if f".{adapter}." in k]
             if result.unexpected_keys or missing:
                 raise ValueError(f"unexpected {result.unexpected_keys[:2]}, missing {missing[:2]}")

@@ -59,7 +59,7 @@ class SaveAfterEval(TrainerCallback):
 class StopOnSignal(TrainerCallback):
     """After a stop signal, end the current optimizer step with a checkpoint and stop training."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.signal: int | None = None
 
     def on_step_end(self, args, state, control, **kwargs):

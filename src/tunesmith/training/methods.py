@@ -13,7 +13,7 @@ model is loaded and which of its weights train, decided here from the config.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from tunesmith.config import Config
 from tunesmith.errors import UserError
@@ -133,7 +133,8 @@ def add_adapter(model: Any, config: Config) -> Any:
     torch.manual_seed(config.train.seed)  # adapter init is part of what the seed fixes
     peft_config = LoraConfig(
         r=lora.r,
-        lora_alpha=lora.alpha,
+        # peft types lora_alpha int, but scales by alpha / r: a float alpha works
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
         use_rslora=lora.rslora,
@@ -154,7 +155,9 @@ def expected_lora_parameters(model: Any, config: Config) -> int:
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
             base = module.get_base_layer()
-            total += config.lora.r * (base.in_features + base.out_features)
+            # nn.Module types an attribute it does not declare as Tensor | Module: a linear layer's sizes are ints
+            in_features, out_features = cast(int, base.in_features), cast(int, base.out_features)
+            total += config.lora.r * (in_features + out_features)
             if config.lora.dora:
-                total += base.out_features
+                total += out_features
     return total

@@ -74,10 +74,10 @@ def _prepare(config: Config, console: Any, *, print_warnings: bool) -> Prepared:
         cache.store(
             keys[split], done[split].examples, {"report": asdict(done[split].report), "summary": done[split].summary}
         )
-    for split, data in done.items():
-        if data.cached:
-            console.print(f"{split}: {data.report.rows} rows from the processed-data cache")
-        for note in warnings_for(data.report, split) if print_warnings else ():
+    for split, ready in done.items():
+        if ready.cached:
+            console.print(f"{split}: {ready.report.rows} rows from the processed-data cache")
+        for note in warnings_for(ready.report, split) if print_warnings else ():
             console.print(f"[yellow]warning:[/] {note}", soft_wrap=True)
     return Prepared(config, ref, tokenizer, template, markers, done, test)
 

@@ -237,7 +237,9 @@ def describe_resume(checkpoint: Path, changed: dict[str, tuple[Any, Any]], disca
     lines = [
         f"Resuming from {escape(str(checkpoint))} (step {meta.get('step')}, epoch {position.get('epoch') or 0:.2f})"
     ]
-    for item in (d for d in discarded if d.moved_to is not None):
+    for item in discarded:
+        if item.moved_to is None:
+            continue
         where = item.moved_to.relative_to(checkpoint.parent.parent)
         lines.append(
             f"[yellow]warning:[/] {escape(str(item.reason))}: checkpoint {escape(item.name)} moved aside to "

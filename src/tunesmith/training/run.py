@@ -9,7 +9,7 @@ handed in as `finish` and run inside the same folder guard, so this package neve
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -180,8 +180,8 @@ def _execute_inner(p: Prepared, run_dir: Path, console: Any, resume_from: Path |
     if worker and not trainer.is_world_process_zero():  # rank 0 alone writes into the run folder
         return Trained(run_dir=run_dir, status="interrupted" if stopped else "trained")
     if stopped:
-        metrics = {"stopped_by": stopped, "step": trainer.state.global_step}
-        return Trained(run_dir=run_dir, status="interrupted", metrics=metrics, prepared=p)
+        interrupted = {"stopped_by": stopped, "step": trainer.state.global_step}
+        return Trained(run_dir=run_dir, status="interrupted", metrics=interrupted, prepared=p)
     _remove_if_empty(RunFolder(run_dir).checkpoints)  # Trainer makes its output folder even when it saves nothing
     _save_adapter(p, model, run_dir, state)
     metrics: dict[str, Any] = {
@@ -230,7 +230,7 @@ def _rows(p: Prepared, split: str) -> list[dict]:
         return [{"input_ids": e.input_ids, "labels": e.labels, "sources": [e.source_id]} for e in examples]
 
 
-def _batching(config: Config, rows: list[dict], train_rows: list[dict]) -> str:
+def _batching(config: Config, rows: list[dict], train_rows: Sequence[dict]) -> str:
     """How sequences become micro-batches, e.g. '420 sequences in 98 bins of <=256 tokens (93% full), ...'."""
     from tunesmith.formatting.packing import summarize
 
