@@ -52,7 +52,7 @@ def byte_level_tokenizer(folder: Path, pre: pre_tokenizers.PreTokenizer | None =
 
 
 def tiny_llama(folder: Path, vocab: int, **overrides) -> Path:
-    config = LlamaConfig(
+    settings = dict(
         vocab_size=vocab,
         hidden_size=32,
         intermediate_size=64,
@@ -61,8 +61,8 @@ def tiny_llama(folder: Path, vocab: int, **overrides) -> Path:
         num_key_value_heads=2,
         max_position_embeddings=256,
         tie_word_embeddings=False,
-        **overrides,
     )
+    config = LlamaConfig(**{**settings, **overrides})
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder
@@ -98,18 +98,8 @@ def test_unsupported_architecture_is_refused_before_anything_is_written(tmp_path
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # no export/, no merged/, no temp file
 
 
-def test_k_quants_without_llama_quantize_say_how_to_get_it(tmp_path, tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("PATH", str(tmp_path))  # no llama-quantize anywhere
-    with pytest.raises(UserError, match="llama-quantize.*not there.*f16, bf16 or q8_0"):
-        plan_export(
-            tiny_model_dir,
-            tiny_model_dir,
-            tmp_path / "x.gguf",
-            "q4_k_m",
-            chat_template=CHATML,
-            end_of_turn=["<|end|>"],
-            name="x",
-        )
+def test_a_type_that_is_not_a_gguf_type_is_refused(tmp_path, tiny_model_dir):
+    # (k-quants without llama.cpp's quantizer: tests/unit/test_gguf_quantize.py)
     with pytest.raises(UserError, match="not a GGUF type"):
         plan_export(
             tiny_model_dir,

@@ -54,7 +54,25 @@ def smollm_meta(system_prompt: str | None = "Convert the request to intent JSON.
     }
 
 
+BUILTINS = Path(__file__).parents[2] / "src" / "tunesmith" / "formatting" / "templates"
+
+
+def builtin_meta(name: str, bos: str, eos: str, end_of_turn: list[str]) -> dict:
+    """A run trained with a built-in template that folds the system prompt into the first user turn."""
+    return {
+        "base_model": name,
+        "template_name": f"{name} (built-in)",
+        "chat_template": (BUILTINS / f"{name}.jinja").read_text(encoding="utf-8"),
+        "special_tokens": {"bos_token": bos, "eos_token": eos},
+        "end_of_turn": end_of_turn,
+        "system_prompt": "Convert the request to intent JSON.",
+        "train_on": "assistant",
+    }
+
+
 REPRESENTABLE = {
+    "mistral-builtin": lambda: builtin_meta("mistral", "<s>", "</s>", ["</s>"]),
+    "gemma-builtin": lambda: builtin_meta("gemma", "<bos>", "<eos>", ["<end_of_turn>", "<eos>"]),
     "smollm-chatml": smollm_meta,
     "phi-3": lambda: fixture_meta("phi-3-mini-128k-instruct", ["<|endoftext|>", "<|end|>"], "Be brief."),
     "gemma": lambda: fixture_meta("gemma-1-2b-it", ["<eos>", "<end_of_turn>"]),
@@ -63,10 +81,12 @@ REPRESENTABLE = {
     ),
 }
 
-CHATS = [
+CHATS = [  # 1 to 6 messages
     [("user", "Turn on the lights")],
     [("user", "hi"), ("assistant", "Hello! How can I help?")],
     [("user", "What is {{ 2 + 2 }}?"), ("assistant", 'It is "4".\nAnything else?'), ("user", "Thanks ✓")],
+    [("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d")],
+    [("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"), ("user", "e\tf")],
     [("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"), ("user", "e"), ("assistant", "f")],
 ]
 
@@ -292,3 +312,22 @@ def test_real_go_text_template_renders_the_same(which, tmp_path):
         check=True,
     )
     assert json.loads(done.stdout) == [render_go_template(source, chat) for chat in chats]
+
+
+@pytest.mark.parametrize("which", ["mistral-builtin", "gemma-builtin"])
+def test_a_template_that_folds_the_system_prompt_into_the_first_user_turn_is_expressed(which, tmp_path):
+    """Mistral and Gemma 3 have no system turn: the prompt is joined to the first user message. The Go
+    template holds it in a variable until that user turn (checked above for 1-6 message chats, with
+    and without a system prompt, in Python and in real Go)."""
+    meta = REPRESENTABLE[which]()
+    run, gguf = make_run(tmp_path / which, meta)
+    lines: list[str] = []
+    template = modelfile_template(write_modelfile(run, gguf, log=lines.append).read_text())
+    assert '$system := ""' in template and "$system = .Content" in template
+    chat = ChatTemplate(meta["chat_template"], name=which, special_tokens=meta["special_tokens"])
+    messages = [{"role": "system", "content": "Be JSON."}, {"role": "user", "content": "lights"}]
+    with_system, without = render_go_template(template, messages), render_go_template(template, messages[1:])
+    assert with_system == chat.render(messages, add_generation_prompt=True)
+    assert "Be JSON.\n\nlights" in with_system and "Be JSON." not in without
+    # Gemma strips whitespace around contents, which a Go TEMPLATE cannot: said, not hidden
+    assert any("strips spaces and newlines" in line for line in lines) == (which == "gemma-builtin")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tunesmith.errors import UserError
+
 
 def register(verbs: argparse._SubParsersAction) -> None:
     from tunesmith.export.gguf import OUTPUT_TYPES
@@ -30,8 +32,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="RUN/export/model-<type>.gguf (llama.cpp, Ollama, LM Studio)",
         description="Write the tuned model (merged first if it is an adapter) as GGUF with the "
         "tokenizer, the training chat template and the end-of-turn ids. "
-        "f32/f16/bf16/q8_0 are written directly; k-quants go through "
-        "llama-quantize when it is on PATH.",
+        "f32/f16/bf16/q8_0 are written directly; the k-quants (q4_k_m, q5_k_m...) go through "
+        "llama.cpp's own quantizer: llama-cpp-python (tunesmith[gguf]) or llama-quantize on PATH.",
     )
     gguf.add_argument("run_dir", help="a finished run folder")
     gguf.add_argument(
@@ -40,6 +42,23 @@ def register(verbs: argparse._SubParsersAction) -> None:
         choices=OUTPUT_TYPES,
         metavar="TYPE",
         help=f"one of {', '.join(OUTPUT_TYPES)} (default f16)",
+    )
+    gguf.add_argument(
+        "--imatrix",
+        metavar="FILE",
+        help="an importance matrix made by llama.cpp's llama-imatrix (GGUF; the legacy .dat needs llama-quantize) "
+        "for the quantized types: llama.cpp weighs each weight column's rounding error by it",
+    )
+    gguf.add_argument(
+        "--adapter",
+        action="store_true",
+        help="write only the LoRA adapter as a GGUF adapter (RUN/export/adapter-<type>.gguf, a few MB) and the "
+        "base it applies to (RUN/export/base-<type>.gguf, unless --base names one)",
+    )
+    gguf.add_argument(
+        "--base",
+        metavar="FILE",
+        help="with --adapter: an existing GGUF of the run's base model to apply the adapter to (checked, not written)",
     )
     gguf.set_defaults(handler="tunesmith.cli.export:run_export_gguf")
     ollama = kinds.add_parser(
@@ -58,6 +77,14 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="GGUF type to use or export (default: the newest GGUF in RUN/export, else f16)",
     )
     ollama.add_argument("--name", help="the Ollama model name to suggest (default: the run folder's name)")
+    ollama.add_argument(
+        "--adapter",
+        action="store_true",
+        help="FROM the base GGUF and ADAPTER the adapter GGUF (exported with `export gguf --adapter` if absent)",
+    )
+    ollama.add_argument(
+        "--base", metavar="FILE", help="with --adapter: the base GGUF (default RUN/export/base-<type>.gguf)"
+    )
     ollama.set_defaults(handler="tunesmith.cli.export:run_export_ollama")
 
     push = verbs.add_parser(
@@ -106,7 +133,17 @@ def run_export_gguf(args: argparse.Namespace) -> int:
     from tunesmith.export.gguf import export_run
     from tunesmith.export.gguf_check import check_with_llama_cpp
 
-    path = export_run(args.run_dir, args.type, log=console.print)
+    if args.base and not args.adapter:
+        raise UserError("--base is for --adapter (the base GGUF an adapter applies to)")
+    if args.adapter:
+        if args.imatrix:
+            raise UserError("--imatrix is for a quantized whole model, not --adapter")
+        from tunesmith.export.gguf_adapter import export_adapter
+
+        _, base = export_adapter(args.run_dir, args.type, base=args.base, log=console.print)
+        check_with_llama_cpp(base, args.run_dir, log=console.print)
+        return 0
+    path = export_run(args.run_dir, args.type, imatrix=args.imatrix, log=console.print)
     check_with_llama_cpp(path, args.run_dir, log=console.print)
     return 0
 
@@ -119,6 +156,17 @@ def run_export_ollama(args: argparse.Namespace) -> int:
     from tunesmith.export.ollama import write_modelfile
 
     run = Path(args.run_dir)
+    if args.base and not args.adapter:
+        raise UserError("--base is for --adapter (the base GGUF an adapter applies to)")
+    if args.adapter:
+        from tunesmith.export.gguf_adapter import export_adapter
+
+        adapter = run / "export" / f"adapter-{args.type or 'f16'}.gguf"
+        base = Path(args.base) if args.base else run / "export" / f"base-{args.type or 'f16'}.gguf"
+        if not (adapter.is_file() and base.is_file()):
+            adapter, base = export_adapter(run, args.type or "f16", base=args.base, log=console.print)
+        write_modelfile(run, base, adapter=adapter, name=args.name, log=console.print)
+        return 0
     wanted = f"model-{args.type}.gguf" if args.type else None
     existing = (
         sorted((run / "export").glob("*.gguf"), key=lambda p: p.stat().st_mtime) if (run / "export").is_dir() else []

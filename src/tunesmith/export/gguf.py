@@ -6,26 +6,26 @@ token types, merges or scores, the pre-tokenizer, special ids, add-BOS, the chat
 end-of-turn id) is read from tokenizer.json and the run's own record, never guessed from a hash.
 
 Everything that can be refused is refused before the first byte is written (unsupported
-architecture, RoPE scaling or tokenizer, a quantization that needs a missing `llama-quantize`); the
-file is written under a temporary name and renamed only after it has been read back and checked.
+architecture, RoPE scaling or tokenizer, a k-quant without llama.cpp's quantizer, an importance matrix
+that cannot be read); the file is written under a temporary name and renamed only after it has been
+read back and checked (a quantized file too: llama.cpp quantizes a checked f16 file, export/quantize.py).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import TunesmithError, UserError
+from tunesmith.errors import UserError
 from tunesmith.export.gguf_check import check_gguf
 from tunesmith.export.gguf_rope import llama3_rope_factors
 from tunesmith.export.gguf_tensors import _write
 from tunesmith.export.gguf_vocab import Vocabulary, read_vocabulary
+from tunesmith.export.quantize import QUANTIZE_TYPES, Quantizer, find_quantizer, quantize
 from tunesmith.runfolder import RUN_META, RunFolder, read_record, weights_folder
 
 Log = Callable[[str], None]
@@ -40,23 +40,6 @@ ARCHITECTURES: dict[str, tuple[str, bool]] = {
 }
 
 WRITTEN_TYPES = ("f32", "f16", "bf16", "q8_0")  # written here, in numpy
-QUANTIZE_TYPES = (
-    "q2_k",
-    "q3_k_s",
-    "q3_k_m",
-    "q3_k_l",
-    "q4_0",
-    "q4_1",
-    "q4_k_s",
-    "q4_k_m",
-    "q5_0",
-    "q5_1",
-    "q5_k_s",
-    "q5_k_m",
-    "q6_k",
-    "iq4_nl",
-    "iq4_xs",
-)  # through llama-quantize, from an f16 file
 OUTPUT_TYPES = WRITTEN_TYPES + QUANTIZE_TYPES
 
 
@@ -77,13 +60,17 @@ class ExportPlan:
     add_bos: bool
     name: str
     rope_factors: Any = None  # numpy array for Llama-3 style RoPE scaling
-    quantizer: str | None = None
+    quantizer: Quantizer | None = None
+    base_folder: Path | None = None
+    """The untuned base model: a quantized export is checked to keep what fine-tuning changed (gguf_fidelity)."""
 
 
 # ---------------------------------------------------------------- planning (nothing written)
 
 
-def export_run(run_dir: str | Path, out_type: str = "f16", *, log: Log = print) -> Path:
+def export_run(
+    run_dir: str | Path, out_type: str = "f16", *, imatrix: str | Path | None = None, log: Log = print
+) -> Path:
     """`tunesmith export gguf RUN`: RUN/export/model-<type>.gguf from the merged (or fully tuned) model.
 
     Everything is checked on the base model's config and the run's tokenizer before merging or writing.
@@ -95,9 +82,12 @@ def export_run(run_dir: str | Path, out_type: str = "f16", *, log: Log = print) 
         raise UserError(f"run folder not found: {run_dir}")
     meta = read_record(run)
     weights = weights_folder(run)
-    if weights.name != "model" and not meta.base_model:
+    if weights.name == "model":
+        config_folder = weights
+    elif meta.base_model:
+        config_folder = Path(resolve_model(meta.base_model).path)
+    else:
         raise UserError(f"{weights}/{RUN_META}: field 'base_model' missing; the run did not finish writing it")
-    config_folder = weights if weights.name == "model" else Path(resolve_model(meta.base_model).path)
     out = RunFolder(run).export / f"model-{out_type.lower()}.gguf"
     plan = plan_export(
         config_folder,
@@ -107,7 +97,10 @@ def export_run(run_dir: str | Path, out_type: str = "f16", *, log: Log = print) 
         chat_template=meta.chat_template,
         end_of_turn=list(meta.end_of_turn),
         name=run.name,
+        imatrix=Path(imatrix) if imatrix is not None else None,
     )
+    if plan.quantizer is not None:
+        plan.base_folder = _untuned_base(run, meta, log)
     for warning in plan.vocab.warnings:
         log(f"warning: {warning}")
     from tunesmith.export.merge import model_folder_for_export
@@ -130,37 +123,23 @@ def plan_export(
     chat_template: str,
     end_of_turn: list[str],
     name: str,
+    imatrix: Path | None = None,
 ) -> ExportPlan:
     """Check that the model (its config.json) and tokenizer can be written as GGUF `out_type`; UserError if not."""
     out_type = out_type.lower()
     if out_type not in OUTPUT_TYPES:
         raise UserError(
             f"--type {out_type}: not a GGUF type tunesmith writes; choose one of "
-            f"{', '.join(WRITTEN_TYPES)} (or, with llama-quantize, {', '.join(QUANTIZE_TYPES)})"
+            f"{', '.join(WRITTEN_TYPES)} (or, with llama.cpp's quantizer, {', '.join(QUANTIZE_TYPES)})"
         )
-    quantizer = None
-    if out_type in QUANTIZE_TYPES:
-        quantizer = shutil.which("llama-quantize")
-        if quantizer is None:
-            raise UserError(
-                f"--type {out_type} needs llama.cpp's `llama-quantize` on PATH, and it is not there. "
-                "Get it with `brew install llama.cpp`, a release from "
-                "https://github.com/ggml-org/llama.cpp/releases, or by building llama.cpp "
-                "(`cmake -B build && cmake --build build --target llama-quantize`); "
-                f"or export --type f16, bf16 or q8_0, which need nothing else"
-            )
+    if imatrix is not None and out_type not in QUANTIZE_TYPES:
+        raise UserError(f"--imatrix is for llama.cpp's quantized types ({', '.join(QUANTIZE_TYPES)}), not {out_type}")
+    quantizer = find_quantizer(out_type, imatrix) if out_type in QUANTIZE_TYPES else None
     config_path = config_folder / "config.json"
     if not config_path.is_file():
         raise UserError(f"{config_folder}: no config.json, not a model folder")
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    architectures = config.get("architectures") or ["(none)"]
-    hf_arch = architectures[0]
-    if hf_arch not in ARCHITECTURES:
-        raise UserError(
-            f"{config_path}: architecture {hf_arch} is not supported by `tunesmith export gguf`; "
-            f"supported: {', '.join(sorted(ARCHITECTURES))}"
-        )
-    arch, permute = ARCHITECTURES[hf_arch]
+    arch, permute = model_arch(config, config_path)
     rope_factors = llama3_rope_factors(config, config_path)
 
     from transformers import AutoTokenizer
@@ -197,6 +176,55 @@ def plan_export(
     )
 
 
+def _untuned_base(run: Path, meta: Any, log: Log) -> Path | None:
+    """The base model folder a quantized export is measured against; None (said) where there is none
+    to compare with: a base that is not on disk, or a run trained on a quantized base."""
+    from tunesmith.config import load_config
+    from tunesmith.machine import quantized_bits
+    from tunesmith.models.load import resolve_model
+
+    if quantized_bits(load_config(RunFolder(run).config)):
+        log("note: not checking that quantization keeps the fine-tuning: the run trained on a quantized base")
+        return None
+    try:
+        folder = Path(resolve_model(meta.base_model).path) if meta.base_model else None
+    except UserError:
+        folder = None
+    if folder is None or not any(folder.glob("*.safetensors")):
+        log("note: not checking that quantization keeps the fine-tuning: the base model's weights are not on disk")
+        return None
+    return folder
+
+
+def model_arch(config: dict[str, Any], config_path: Path) -> tuple[str, bool]:
+    """(GGUF architecture, whether q/k rows are permuted) of a model's config.json; UserError if unsupported."""
+    hf_arch = (config.get("architectures") or ["(none)"])[0]
+    if hf_arch not in ARCHITECTURES:
+        raise UserError(
+            f"{config_path}: architecture {hf_arch} is not supported by `tunesmith export gguf`; "
+            f"supported: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    return ARCHITECTURES[hf_arch]
+
+
+def export_base(run: Path, base_folder: Path, out: Path, out_type: str, *, log: Log = print) -> Path:
+    """The run's base model (untuned) as GGUF `out`, with the run's tokenizer, template and end-of-turn
+    ids: what an adapter GGUF applies to."""
+    meta = read_record(run)
+    plan = plan_export(
+        base_folder,
+        weights_folder(run),
+        out,
+        out_type,
+        chat_template=meta.chat_template,
+        end_of_turn=list(meta.end_of_turn),
+        name=f"{base_folder.name} (base of {run.name})",
+    )
+    write_gguf(plan, base_folder, log=log)
+    log(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, the untuned base, {plan.arch})")
+    return out
+
+
 def _adds_bos(tokenizer: Any) -> bool:
     """Whether the tokenizer puts BOS in front of plain text (what llama.cpp must do too)."""
     if tokenizer.bos_token_id is None:
@@ -226,7 +254,8 @@ def write_gguf(plan: ExportPlan, source: Path, *, log: Log = print) -> Path:
             count = _write(plan, source, base, written_type, log)
             check_gguf(base, plan, count)
             if plan.quantizer:
-                _quantize(plan, base, temp, log)
+                _quantize_faithfully(plan, source, base, temp, log)
+                check_gguf(temp, plan, count)
     except Exception as err:
         if not is_disk_full(err):
             raise
@@ -237,6 +266,29 @@ def write_gguf(plan: ExportPlan, source: Path, *, log: Log = print) -> Path:
         if scratch is not None:
             discard(scratch)
     return plan.out
+
+
+def _quantize_faithfully(plan: ExportPlan, source: Path, f16: Path, target: Path, log: Log) -> None:
+    """llama.cpp quantizes `f16` into `target`; with the base at hand, every tuned tensor must keep what
+    fine-tuning changed (export/gguf_fidelity.py), tensors that do not are quantized again as a fallback type."""
+    from tunesmith.export import gguf_fidelity
+
+    quantizer = plan.quantizer
+    assert quantizer is not None
+
+    def quantize_with(overrides: list[tuple[str, str]]) -> None:
+        quantize(quantizer, f16, target, plan.out_type, log, overrides)
+
+    if plan.base_folder is None:
+        quantize_with([])
+        return
+    base = plan.base_folder
+    gguf_fidelity.faithful_quantization(
+        quantize_with,
+        lambda: gguf_fidelity.measure(target, plan, source, base),
+        lambda: gguf_fidelity.stored_types(target),
+        log,
+    )
 
 
 def _written_size(plan: ExportPlan, source: Path, out_type: str) -> int:
@@ -253,14 +305,6 @@ def _written_size(plan: ExportPlan, source: Path, out_type: str) -> int:
                 shape = handle.get_slice(name).get_shape()
                 total += int(math.prod(shape) * (4 if len(shape) <= 1 else per_element))
     return total
-
-
-def _quantize(plan: ExportPlan, source: Path, target: Path, log: Log) -> None:
-    argv = [plan.quantizer, str(source), str(target), plan.out_type.upper()]
-    log(f"quantizing with {plan.quantizer} to {plan.out_type.upper()}")
-    done = subprocess.run(argv, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise TunesmithError(f"llama-quantize failed ({done.returncode}): {done.stderr.strip()[-800:]}")
 
 
 # ---------------------------------------------------------------- checking what was written

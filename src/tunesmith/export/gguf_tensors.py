@@ -63,11 +63,31 @@ def _write(plan: ExportPlan, source: Path, path: Path, out_type: str, log: Log) 
     writer.add_add_eos_token(False)
     writer.add_chat_template(plan.chat_template)
 
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[plan.arch.upper()], n_layers)
     count = 0
     if plan.rope_factors is not None and not isinstance(plan.rope_factors, tuple):
         writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", plan.rope_factors)
         count += 1
+    for gguf_name, array in gguf_layout(plan, source):
+        data, raw = _encode(array, out_type, gguf_name)
+        writer.add_tensor(gguf_name, data, raw_dtype=raw)
+        count += 1
+    log(f"writing {count} tensors ({out_type}) to {plan.out.name}")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return count
+
+
+def gguf_layout(plan: ExportPlan, source: Path) -> Iterator[tuple[str, Any]]:
+    """Each weight of the model folder `source` as llama.cpp holds it: its GGUF name and float32 array
+    (Llama-style q/k rows permuted; a tied head and rotary buffers left out)."""
+    import gguf
+
+    config = plan.config
+    n_head = int(config["num_attention_heads"])
+    n_kv = int(config.get("num_key_value_heads") or n_head)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[plan.arch.upper()], int(config["num_hidden_layers"]))
     tied = bool(config.get("tie_word_embeddings", False))
     for hf_name, array in _tensors(source):
         if hf_name == "lm_head.weight" and tied:
@@ -81,15 +101,7 @@ def _write(plan: ExportPlan, source: Path, path: Path, out_type: str, log: Log) 
             array = _permute(array, n_head)
         elif plan.permute_qk and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
             array = _permute(array, n_kv)
-        data, raw = _encode(array, out_type, gguf_name)
-        writer.add_tensor(gguf_name, data, raw_dtype=raw)
-        count += 1
-    log(f"writing {count} tensors ({out_type}) to {plan.out.name}")
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return count
+        yield gguf_name, array
 
 
 def _file_type(out_type: str) -> int:

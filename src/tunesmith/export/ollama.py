@@ -33,13 +33,15 @@ _VALID_NAME = re.compile(rf"^(?:{_NAME_PART}/)?{_NAME_PART}(?::{_NAME_PART})?$",
 # Conversations the Go template must render exactly as the training template does. Contents have
 # newlines, quotes, braces and a reasoning block, so rewriting or escaping shows.
 _SYSTEM = "You are terse.\nAnswer in one line."
-_USER = ('Say "hi" {{ twice }}', "Now in French, please.")
-_ASSISTANT = ("<think>\nA greeting, twice.\n</think>\n\nhi hi", "salut {salut}")
+_USER = ('Say "hi" {{ twice }}', "Now in French, please.", "And in German?")
+_ASSISTANT = ("<think>\nA greeting, twice.\n</think>\n\nhi hi", "salut {salut}", "hallo\thallo")
 _VERIFY_SHAPES = (
     ("user", "assistant"),
     ("user",),
     ("user", "assistant", "user"),
     ("user", "assistant", "user", "assistant"),
+    ("user", "assistant", "user", "assistant", "user"),
+    ("user", "assistant", "user", "assistant", "user", "assistant"),
 )
 
 
@@ -52,19 +54,28 @@ class TurnWrappers:
     default_system: str
     """What the template writes first when the conversation has no system message (a default prompt)."""
     system: tuple[str, str] | None
-    """(prefix, suffix) of a system message; None when the template refuses the system role."""
+    """(prefix, suffix) of a system message; None when the template refuses the system role or folds it."""
     user: tuple[str, str]
     assistant: tuple[str, str]
     generation_prompt: str
     """After the last message when it is not the assistant's (add_generation_prompt)."""
     closing: str
     """After the last message when it is the assistant's (no generation prompt), e.g. an eos token."""
+    system_fold: str | None = None
+    """For a template that writes the system prompt inside the first user turn (Mistral, Gemma 3):
+    what stands between the system prompt and that user message's content."""
 
 
 def write_modelfile(
-    run_dir: Path, gguf_path: Path, *, name: str | None = None, log: Callable[[str], None] = print
+    run_dir: Path,
+    gguf_path: Path,
+    *,
+    adapter: Path | None = None,
+    name: str | None = None,
+    log: Callable[[str], None] = print,
 ) -> Path:
-    """Write RUN/export/Modelfile for `gguf_path` and print the `ollama create` command; return its path.
+    """Write RUN/export/Modelfile for `gguf_path` (with `adapter`: the base GGUF, and the adapter GGUF
+    as ADAPTER) and print the `ollama create` command; return its path.
 
     `name` (default: the run folder's name, made a valid Ollama name) goes into the printed command.
     """
@@ -75,8 +86,21 @@ def write_modelfile(
     model_name = ollama_name(name) if name is not None else default_ollama_name(run_dir.name)
     template = ollama_template(meta, header=not _gguf_adds_bos(gguf_path))
     target = RunFolder(run_dir).export / MODELFILE
-    text = modelfile_text(meta, template, from_path=_relative_from(gguf_path, target.parent), name=model_name)
+    text = modelfile_text(
+        meta,
+        template,
+        from_path=_relative_from(gguf_path, target.parent),
+        adapter_path=_relative_from(adapter, target.parent) if adapter is not None else None,
+        name=model_name,
+    )
     write_text(target, text)
+    from tunesmith.formatting.template import ChatTemplate
+
+    if _trims_contents(ChatTemplate.from_record(meta)):
+        log(
+            "warning: the training template strips spaces and newlines around each message; Ollama's TEMPLATE "
+            "cannot, so a message that starts or ends with whitespace reaches the model unstripped"
+        )
     log(f"wrote {target}")
     log(f"create the Ollama model with: {shlex.join(create_command(target, model_name))}")
     return target
@@ -108,12 +132,16 @@ def default_ollama_name(folder_name: str) -> str:
     return name or "tunesmith-model"
 
 
-def modelfile_text(meta: RunRecord, template: str, *, from_path: str, name: str) -> str:
-    """The Modelfile: FROM, TEMPLATE, one `PARAMETER stop` per end-of-turn marker, SYSTEM if trained with one."""
+def modelfile_text(
+    meta: RunRecord, template: str, *, from_path: str, name: str, adapter_path: str | None = None
+) -> str:
+    """The Modelfile: FROM (and ADAPTER), TEMPLATE, one `PARAMETER stop` per end-of-turn marker, SYSTEM
+    if trained with one."""
     lines = [
         f"# Ollama Modelfile written by tunesmith; training template: {_one_line(meta.template_name)}",
         f"# ollama create {name} -f {MODELFILE}",
         f"FROM {from_path}",
+        *([f"ADAPTER {adapter_path}"] if adapter_path else []),
         f'TEMPLATE """{template}"""',
     ]
     for marker in meta.end_of_turn:
@@ -139,7 +167,7 @@ def ollama_template(meta: RunRecord, *, header: bool = True) -> str:
     _refuse_dated(chat)
     wrappers = chat_wrappers(chat, list(meta.end_of_turn))
     source = go_template(wrappers)
-    for messages, prompt in _verify_conversations(wrappers.system is not None):
+    for messages, prompt in _verify_conversations(wrappers.system is not None or wrappers.system_fold is not None):
         expected = chat.render(messages, add_generation_prompt=prompt)
         if render_go_template(source, messages) != expected:
             raise _unrepresentable(
@@ -172,14 +200,20 @@ def chat_wrappers(chat: Any, markers: list[str] | tuple[str, ...]) -> TurnWrappe
     assistant_suffix = _suffix([between["au"], assistant_end], markers)
     user_prefix = between["au"][len(assistant_suffix) :]
     first_user = bare[0]
-    if not first_user.endswith(user_prefix) or (has_system and not between["su"].endswith(user_prefix)):
+    # Folded: the system prompt stands where the first user content would, joined to it by "su".
+    folded = system is not None and system[0] == first_user and not between["su"].endswith(user_prefix)
+    if not first_user.endswith(user_prefix) or (has_system and not folded and not between["su"].endswith(user_prefix)):
         raise _unrepresentable(chat, "a user turn is written differently depending on what precedes it")
     before_user = first_user[: len(first_user) - len(user_prefix)]
     bos = str(chat.special_tokens.get("bos_token") or "")
     starts = [before_user, system[0]] if system else [before_user]
     header = bos if bos and "bos_token" in chat.source and all(s.startswith(bos) for s in starts) else ""
+    if folded and before_user and before_user == bos:  # written first with or without a system prompt: the BOS
+        header = bos
+    if folded and before_user[len(header) :]:
+        raise _unrepresentable(chat, "it writes text before the first turn besides the BOS token")
     wrapped_system = None
-    if system is not None:
+    if system is not None and not folded:
         wrapped_system = (system[0][len(header) :], between["su"][: len(between["su"]) - len(user_prefix)])
     return TurnWrappers(
         header=header,
@@ -189,6 +223,7 @@ def chat_wrappers(chat: Any, markers: list[str] | tuple[str, ...]) -> TurnWrappe
         assistant=(between["ua"][len(user_suffix) :], assistant_suffix),
         generation_prompt=user_asked[len(user_suffix) :],
         closing=assistant_end[len(assistant_suffix) :],
+        system_fold=between["su"] if folded else None,
     )
 
 
@@ -198,17 +233,26 @@ def go_template(w: TurnWrappers, *, header: bool = True) -> str:
     lines = []
     if header and w.header:
         lines.append(f"{{{{- {_go_string(w.header)} }}}}")
+    if w.system_fold is not None:  # held until the next user turn, which writes it before its content
+        lines.append('{{- $system := "" }}')
     lines.append("{{- range $i, $m := .Messages }}")
     lines.append("{{- $last := eq (len (slice $.Messages $i)) 1 }}")
     if w.default_system:
         lines.append(f'{{{{- if and (eq $i 0) (ne .Role "system") }}}}{_print(w.default_system)}{{{{ end }}}}')
-    roles = [("system", w.system), ("user", w.user), ("assistant", w.assistant)]
     keyword = "if"
+    if w.system_fold is not None:
+        lines.append('{{- if eq .Role "system" }}{{ $system = .Content }}')
+        keyword = "else if"
+    roles = [("system", w.system), ("user", w.user), ("assistant", w.assistant)]
     for role, wrapper in roles:
         if wrapper is not None:
-            lines.append(
-                f'{{{{- {keyword} eq .Role "{role}" }}}}{_print(wrapper[0])}{{{{ .Content }}}}{_print(wrapper[1])}'
-            )
+            content = "{{ .Content }}"
+            if role == "user" and w.system_fold is not None:
+                content = (
+                    f'{{{{ if $system }}}}{{{{ $system }}}}{_print(w.system_fold)}{{{{ $system = "" }}}}{{{{ end }}}}'
+                    + content
+                )
+            lines.append(f'{{{{- {keyword} eq .Role "{role}" }}}}{_print(wrapper[0])}{content}{_print(wrapper[1])}')
             keyword = "else if"
     lines.append("{{- end }}")
     ending = ""
@@ -267,6 +311,16 @@ def _verify_conversations(has_system: bool) -> list[tuple[list[dict], bool]]:
         if has_system:
             cases.append(([{"role": "system", "content": _SYSTEM}, *messages], prompt))
     return cases
+
+
+def _trims_contents(chat: Any) -> bool:
+    """Whether the template strips whitespace around a message's content (Gemma's `| trim`)."""
+    padded = f" {_OPEN}0{_CLOSE}\n"
+    try:
+        text = chat.render([{"role": "user", "content": padded}], add_generation_prompt=True)
+    except UserError:
+        return False
+    return padded not in text and padded.strip() in text
 
 
 def _refuse_dated(chat: Any) -> None:
