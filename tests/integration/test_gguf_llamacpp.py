@@ -21,11 +21,17 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    Gemma2Config,
+    Gemma3TextConfig,
+    GraniteConfig,
     LlamaConfig,
     MistralConfig,
+    Olmo2Config,
+    Phi3Config,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
+    SmolLM3Config,
 )
 
 from tunesmith.export.gguf import plan_export, write_gguf
@@ -210,7 +216,94 @@ ARCH_CONFIGS = {
         max_position_embeddings=512,
         tie_word_embeddings=False,
     ),
+    # issue 21: each refused until verified here
+    "phi3": lambda v: Phi3Config(  # fused qkv_proj and gate_up_proj, NEOX RoPE
+        vocab_size=v,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        sliding_window=None,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    ),
+    "granite": lambda v: GraniteConfig(  # Llama plus four multipliers
+        vocab_size=v,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        embedding_multiplier=6.0,
+        residual_multiplier=0.3,
+        attention_multiplier=0.05,
+        logits_scaling=4.0,
+        tie_word_embeddings=True,
+    ),
+    "olmo2": lambda v: Olmo2Config(  # q/k norms over the whole projection, norms after attention and MLP
+        vocab_size=v,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    ),
+    "olmo2-tied": lambda v: Olmo2Config(  # llama.cpp needs output.weight: the embeddings written again
+        vocab_size=v,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    ),
+    "smollm3": lambda v: SmolLM3Config(  # no RoPE in every 4th layer
+        vocab_size=v,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        tie_word_embeddings=True,
+    ),
+    "gemma2": lambda v: Gemma2Config(  # (1 + w) norms, soft-capping, sliding layers, embeddings * sqrt(hidden)
+        vocab_size=v,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        query_pre_attn_scalar=32,
+        sliding_window=8,  # shorter than the prompt: the sliding layers must slide alike
+        max_position_embeddings=512,
+        pad_token_id=0,
+    ),
+    "gemma3": lambda v: Gemma3TextConfig(  # plus q/k norms and a local RoPE base for the sliding layers
+        vocab_size=v,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=32,
+        query_pre_attn_scalar=32,
+        sliding_window=8,
+        max_position_embeddings=512,
+        pad_token_id=0,
+    ),
 }
+
+
+NEW_ARCHITECTURES = {"phi3", "granite", "olmo2", "olmo2-tied", "smollm3", "gemma2", "gemma3"}
 
 
 @pytest.mark.parametrize("arch", sorted(ARCH_CONFIGS))
@@ -246,6 +339,8 @@ def test_llama_cpp_logits_equal_transformers_for_each_supported_architecture(tmp
     assert scale > 1.0
     assert np.abs(theirs - ours).max() <= 2e-3 * scale, np.abs(theirs - ours).max() / scale
     assert (theirs.argmax(-1) == ours.argmax(-1)).all()
+    if arch in NEW_ARCHITECTURES:  # (llama.cpp's qwen2/qwen3 read this SmolLM2 vocabulary's whitespace otherwise)
+        assert llama_cpp_tokenization_check(tmp_path / "m.gguf", tokenizer) == []
 
 
 def _with_pre_tokenizer(folder: Path, pre_tokenizer: dict | None) -> PreTrainedTokenizerFast:

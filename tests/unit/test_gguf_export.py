@@ -295,3 +295,51 @@ def test_extra_embedding_rows_become_unused_tokens(tmp_path):
     tiny_llama(folder, len(tokenizer) + 6)
     vocab = read_vocabulary(folder, tokenizer, len(tokenizer) + 6)
     assert vocab.tokens[-1] == f"[PAD{len(tokenizer) + 5}]" and vocab.types[-1] == gguf.TokenType.UNUSED
+
+
+@pytest.mark.parametrize(
+    ("architectures", "settings", "message"),
+    [
+        ("SmolLM3ForCausalLM", {"no_rope_layers": [1, 0, 1, 1]}, r"no_rope_layers \[1, 0, 1, 1\] is not llama.cpp's"),
+        ("Phi3ForCausalLM", {"sliding_window": 2047}, r"Phi-3 with sliding_window 2047 is not supported"),
+        ("Olmo2ForCausalLM", {"sliding_window": 128}, r"OLMo 2 with sliding_window 128 is not supported"),
+    ],
+)
+def test_settings_llama_cpp_would_read_differently_are_refused_before_writing(
+    tmp_path, tiny_model_dir, architectures, settings, message
+):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(settings, architectures=[architectures], num_hidden_layers=4, max_position_embeddings=4096)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=message):
+        plan_export(folder, folder, tmp_path / "x.gguf", "f16", chat_template=CHATML, end_of_turn=["<|end|>"], name="x")
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_a_name_llama_cpp_would_take_for_phi3_is_written_so_the_file_still_loads():
+    from tunesmith.export.gguf_tensors import general_name
+
+    assert general_name("my-Phi3-run", ["<|im_end|>"]) == "my-phi 3-run"
+    assert general_name("phi-3 sql", ["<|im_end|>"]) == "phi 3 sql"
+    assert general_name("phi3-sql", ["</s>", "<unk>", "<s>", "<|endoftext|>", "x"]) == "phi3-sql"  # a real Phi-3 vocab
+    assert general_name("qwen-sql", []) == "qwen-sql"
+
+
+def test_gemma_settings_llama_cpp_scales_otherwise_are_refused(tmp_path, tiny_model_dir):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    base = dict(config, architectures=["Gemma2ForCausalLM"], head_dim=32, tie_word_embeddings=True)
+    for settings, message in (
+        ({"query_pre_attn_scalar": 144}, r"query_pre_attn_scalar 144 \(not 32\)"),
+        ({"query_pre_attn_scalar": 32, "tie_word_embeddings": False}, "untied output head"),
+        ({"query_pre_attn_scalar": 32, "rope_scaling": {"rope_type": "linear", "factor": 8.0}}, "RoPE scaling"),
+    ):
+        (folder / "config.json").write_text(json.dumps({**base, **settings}))
+        with pytest.raises(UserError, match=message):
+            plan_export(
+                folder, folder, tmp_path / "x.gguf", "f16", chat_template=CHATML, end_of_turn=["<|end|>"], name="x"
+            )
+    assert not (tmp_path / "x.gguf").exists()

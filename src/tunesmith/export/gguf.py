@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import UserError
+from tunesmith.export.gguf_arch import Architecture, architecture
 from tunesmith.export.gguf_check import check_gguf
 from tunesmith.export.gguf_rope import llama3_rope_factors
 from tunesmith.export.gguf_tensors import _write
@@ -29,15 +30,6 @@ from tunesmith.export.quantize import QUANTIZE_TYPES, Quantizer, find_quantizer,
 from tunesmith.runfolder import RUN_META, RunFolder, read_record, weights_folder
 
 Log = Callable[[str], None]
-
-# HF architecture -> (gguf architecture name, whether q/k rows are permuted for llama.cpp's
-# interleaved ("normal") RoPE; qwen2/qwen3 use NEOX RoPE, the layout HF already has).
-ARCHITECTURES: dict[str, tuple[str, bool]] = {
-    "LlamaForCausalLM": ("llama", True),
-    "MistralForCausalLM": ("llama", True),
-    "Qwen2ForCausalLM": ("qwen2", False),
-    "Qwen3ForCausalLM": ("qwen3", False),
-}
 
 WRITTEN_TYPES = ("f32", "f16", "bf16", "q8_0")  # written here, in numpy
 OUTPUT_TYPES = WRITTEN_TYPES + QUANTIZE_TYPES
@@ -61,6 +53,8 @@ class ExportPlan:
     name: str
     rope_factors: Any = None  # numpy array for Llama-3 style RoPE scaling
     quantizer: Quantizer | None = None
+    spec: Architecture | None = None
+    """The architecture's own keys and needs (export/gguf_arch.py)."""
     base_folder: Path | None = None
     """The untuned base model: a quantized export is checked to keep what fine-tuning changed (gguf_fidelity)."""
 
@@ -139,7 +133,8 @@ def plan_export(
     if not config_path.is_file():
         raise UserError(f"{config_folder}: no config.json, not a model folder")
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    arch, permute = model_arch(config, config_path)
+    spec = architecture(config, config_path)
+    arch, permute = spec.gguf, spec.permute_qk
     rope_factors = llama3_rope_factors(config, config_path)
 
     from transformers import AutoTokenizer
@@ -163,6 +158,7 @@ def plan_export(
         out_type=out_type,
         arch=arch,
         permute_qk=permute,
+        spec=spec,
         config=config,
         vocab=vocab,
         chat_template=chat_template,
@@ -198,13 +194,8 @@ def _untuned_base(run: Path, meta: Any, log: Log) -> Path | None:
 
 def model_arch(config: dict[str, Any], config_path: Path) -> tuple[str, bool]:
     """(GGUF architecture, whether q/k rows are permuted) of a model's config.json; UserError if unsupported."""
-    hf_arch = (config.get("architectures") or ["(none)"])[0]
-    if hf_arch not in ARCHITECTURES:
-        raise UserError(
-            f"{config_path}: architecture {hf_arch} is not supported by `tunesmith export gguf`; "
-            f"supported: {', '.join(sorted(ARCHITECTURES))}"
-        )
-    return ARCHITECTURES[hf_arch]
+    found = architecture(config, config_path)
+    return found.gguf, found.permute_qk
 
 
 def export_base(run: Path, base_folder: Path, out: Path, out_type: str, *, log: Log = print) -> Path:

@@ -13,6 +13,8 @@ def rope_settings(config: dict) -> tuple[float, dict | None]:
     """(rope theta, scaling) from config.json: transformers 5 writes `rope_parameters`, older ones
     `rope_theta` and `rope_scaling` at the top level."""
     parameters = config.get("rope_parameters") or {}
+    if isinstance(parameters.get("full_attention"), dict):  # per layer type (Gemma 3): the global layers'
+        parameters = parameters["full_attention"]
     theta = float(parameters.get("rope_theta", config.get("rope_theta", 10000.0)))
     scaling = config.get("rope_scaling") or (
         parameters if parameters.get("rope_type", "default") != "default" else None

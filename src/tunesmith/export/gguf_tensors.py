@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ def _write(plan: ExportPlan, source: Path, path: Path, out_type: str, log: Log) 
     hidden = int(config["hidden_size"])
     head_dim = int(config.get("head_dim") or hidden // n_head)
 
-    writer.add_name(plan.name)
+    writer.add_name(general_name(plan.name, plan.vocab.tokens))
     writer.add_context_length(int(config.get("max_position_embeddings", 2048)))
     writer.add_embedding_length(hidden)
     writer.add_block_count(n_layers)
@@ -34,7 +35,7 @@ def _write(plan: ExportPlan, source: Path, path: Path, out_type: str, log: Log) 
     writer.add_head_count_kv(n_kv)
     writer.add_rope_freq_base(rope_settings(config)[0])
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
-    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_dimension_count(int(head_dim * float(config.get("partial_rotary_factor") or 1.0)))
     if head_dim != hidden // n_head:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
@@ -62,6 +63,8 @@ def _write(plan: ExportPlan, source: Path, path: Path, out_type: str, log: Log) 
     writer.add_add_bos_token(plan.add_bos)
     writer.add_add_eos_token(False)
     writer.add_chat_template(plan.chat_template)
+    if plan.spec is not None and plan.spec.metadata is not None:
+        plan.spec.metadata(writer, config)
 
     count = 0
     if plan.rope_factors is not None and not isinstance(plan.rope_factors, tuple):
@@ -77,6 +80,19 @@ def _write(plan: ExportPlan, source: Path, path: Path, out_type: str, log: Log) 
     writer.write_tensors_to_file()
     writer.close()
     return count
+
+
+_PHI3_NAMES = re.compile(r"phi-?3", re.IGNORECASE)
+_PHI3_TOKENS = ("</s>", "<unk>", "<s>", "<|endoftext|>")
+
+
+def general_name(name: str, tokens: list[str]) -> str:
+    """`general.name` as written. llama.cpp (0.3.36's) sets Phi-3's token attributes for any model whose
+    name contains "phi3" or "phi-3", and fails to load one whose vocabulary lacks Phi-3's tokens; such a
+    name is written with "phi 3" instead."""
+    if _PHI3_NAMES.search(name) and not set(_PHI3_TOKENS) <= set(tokens):
+        return _PHI3_NAMES.sub("phi 3", name)
+    return name
 
 
 def gguf_layout(plan: ExportPlan, source: Path) -> Iterator[tuple[str, Any]]:
@@ -97,6 +113,10 @@ def gguf_layout(plan: ExportPlan, source: Path) -> Iterator[tuple[str, Any]]:
         gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise TunesmithError(f"{source}: no GGUF name for tensor {hf_name} ({plan.arch})")
+        if gguf_name == "token_embd.weight" and tied and plan.spec is not None and plan.spec.needs_output:
+            yield "output.weight", array  # this architecture reads the head from output.weight only
+        if plan.spec is not None and plan.spec.norm_shift and hf_name.endswith("norm.weight"):
+            array = array + plan.spec.norm_shift
         if plan.permute_qk and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
             array = _permute(array, n_head)
         elif plan.permute_qk and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
