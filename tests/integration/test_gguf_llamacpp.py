@@ -153,25 +153,26 @@ def _embedded_tokenizer():
     return AutoTokenizer.from_pretrained(ensure_embedded_model("smollm2-135m-instruct"))
 
 
+SMALL = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
+"""The shape every tiny model shares; each entry below says what it changes."""
+
+
+def small(config_class, vocab: int, **changes):
+    return config_class(vocab_size=vocab, **{**SMALL, **changes})
+
+
 ARCH_CONFIGS = {
-    "llama": lambda v: LlamaConfig(
-        vocab_size=v,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        rope_theta=100000.0,
-        tie_word_embeddings=True,
-    ),
-    "llama3-rope": lambda v: LlamaConfig(
-        vocab_size=v,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    "llama": lambda v: small(LlamaConfig, v, rope_theta=100000.0, tie_word_embeddings=True),
+    "llama3-rope": lambda v: small(
+        LlamaConfig,
+        v,
         max_position_embeddings=8192,
         rope_theta=500000.0,
         tie_word_embeddings=False,
@@ -183,121 +184,48 @@ ARCH_CONFIGS = {
             "original_max_position_embeddings": 64,
         },
     ),
-    "mistral": lambda v: MistralConfig(
-        vocab_size=v,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=32,
-        max_position_embeddings=512,
-        sliding_window=None,
-        tie_word_embeddings=False,
+    "mistral": lambda v: small(
+        MistralConfig, v, num_key_value_heads=1, head_dim=32, sliding_window=None, tie_word_embeddings=False
     ),
-    "qwen2": lambda v: Qwen2Config(
-        vocab_size=v,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-    ),
-    "qwen3": lambda v: Qwen3Config(
-        vocab_size=v,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-    ),
+    "qwen2": lambda v: small(Qwen2Config, v, tie_word_embeddings=True),
+    "qwen3": lambda v: small(Qwen3Config, v, head_dim=16, tie_word_embeddings=False),
     # issue 21: each refused until verified here
-    "phi3": lambda v: Phi3Config(  # fused qkv_proj and gate_up_proj, NEOX RoPE
-        vocab_size=v,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        sliding_window=None,
-        pad_token_id=0,
-        tie_word_embeddings=False,
+    "phi3": lambda v: small(  # fused qkv_proj and gate_up_proj, NEOX RoPE
+        Phi3Config, v, sliding_window=None, pad_token_id=0, tie_word_embeddings=False
     ),
-    "granite": lambda v: GraniteConfig(  # Llama plus four multipliers
-        vocab_size=v,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+    "granite": lambda v: small(  # Llama plus four multipliers
+        GraniteConfig,
+        v,
         embedding_multiplier=6.0,
         residual_multiplier=0.3,
         attention_multiplier=0.05,
         logits_scaling=4.0,
         tie_word_embeddings=True,
     ),
-    "olmo2": lambda v: Olmo2Config(  # q/k norms over the whole projection, norms after attention and MLP
-        vocab_size=v,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
+    # q/k norms over the whole projection, norms after attention and MLP
+    "olmo2": lambda v: small(Olmo2Config, v, tie_word_embeddings=False),
+    # llama.cpp needs output.weight: the embeddings written again
+    "olmo2-tied": lambda v: small(Olmo2Config, v, num_key_value_heads=4, tie_word_embeddings=True),
+    "smollm3": lambda v: small(  # no RoPE in every 4th layer
+        SmolLM3Config, v, num_hidden_layers=4, pad_token_id=0, tie_word_embeddings=True
     ),
-    "olmo2-tied": lambda v: Olmo2Config(  # llama.cpp needs output.weight: the embeddings written again
-        vocab_size=v,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-    ),
-    "smollm3": lambda v: SmolLM3Config(  # no RoPE in every 4th layer
-        vocab_size=v,
-        hidden_size=64,
-        intermediate_size=128,
+    "gemma2": lambda v: small(  # (1 + w) norms, soft-capping, sliding layers, embeddings * sqrt(hidden)
+        Gemma2Config,
+        v,
         num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=0,
-        tie_word_embeddings=True,
-    ),
-    "gemma2": lambda v: Gemma2Config(  # (1 + w) norms, soft-capping, sliding layers, embeddings * sqrt(hidden)
-        vocab_size=v,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         head_dim=32,
         query_pre_attn_scalar=32,
         sliding_window=8,  # shorter than the prompt: the sliding layers must slide alike
-        max_position_embeddings=512,
         pad_token_id=0,
     ),
-    "gemma3": lambda v: Gemma3TextConfig(  # plus q/k norms and a local RoPE base for the sliding layers
-        vocab_size=v,
-        hidden_size=64,
-        intermediate_size=128,
+    "gemma3": lambda v: small(  # plus q/k norms and a local RoPE base for the sliding layers
+        Gemma3TextConfig,
+        v,
         num_hidden_layers=6,
-        num_attention_heads=4,
         num_key_value_heads=1,
         head_dim=32,
         query_pre_attn_scalar=32,
         sliding_window=8,
-        max_position_embeddings=512,
         pad_token_id=0,
     ),
 }

@@ -20,6 +20,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from test_gguf_llamacpp import llama_greedy
 from transformers import AutoTokenizer
 
 from tunesmith.evaluate.metrics import json_exact
@@ -139,9 +140,9 @@ def test_the_adapter_on_the_base_gives_the_merged_models_greedy_tokens(exported)
     try:
         differs = 0
         for prompt in prompts:
-            ours = _greedy(with_adapter, prompt, stop)
-            assert ours == _greedy(merged, prompt, stop), tokenizer.decode(prompt)
-            differs += ours != _greedy(plain, prompt, stop)
+            ours = llama_greedy(with_adapter, prompt, 16, stop)
+            assert ours == llama_greedy(merged, prompt, 16, stop), tokenizer.decode(prompt)
+            differs += ours != llama_greedy(plain, prompt, 16, stop)
     finally:
         for model in (with_adapter, merged, plain):
             model.close()
@@ -150,19 +151,6 @@ def test_the_adapter_on_the_base_gives_the_merged_models_greedy_tokens(exported)
     assert modelfile.returncode == 0, modelfile.stderr
     text = (run / "export" / "Modelfile").read_text()
     assert "FROM ./base-f16.gguf\nADAPTER ./adapter-f16.gguf\n" in text and 'PARAMETER stop "<|im_end|>"' in text
-
-
-def _greedy(model, prompt: list[int], stop: set[int]) -> list[int]:
-    model.reset()
-    model.eval(prompt)
-    out: list[int] = []
-    for _ in range(16):
-        token = int(np.argmax(model.scores[model.n_tokens - 1]))
-        out.append(token)
-        if token in stop:
-            break
-        model.eval([token])
-    return out
 
 
 def test_an_importance_matrix_reaches_llama_cpps_quantizer(tmp_path, tiny_model_dir):
