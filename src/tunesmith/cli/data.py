@@ -72,6 +72,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     _add_reading(convert)
     convert.add_argument("-o", "--output", required=True, metavar="OUT.jsonl", help="the file to write")
+    convert.add_argument(
+        "--to",
+        choices=("openai", "together"),
+        help="write a hosted provider's fine-tuning JSONL instead, checked against its documented rules "
+        "(roles, weights, tool calls, row count, size); rows it cannot carry are named, not dropped",
+    )
     _add_skip_bad(convert)
     convert.set_defaults(handler="tunesmith.cli.data:run_convert")
 
@@ -245,16 +251,16 @@ def run_convert(args: argparse.Namespace) -> int:
     from tunesmith.data.convert import convert_files
 
     console = make_console()
-    summary = convert_files(args.files, args.output, format_options(args), keep_good=args.skip_bad)
+    summary = convert_files(args.files, args.output, format_options(args), keep_good=args.skip_bad, to=args.to)
     for reference, fmt, reason in summary.files:
         _say(console, f"{reference}: {fmt} ({reason})")
     print_issues(console, summary.bad)
     if not summary.written:
-        _say(
-            console,
-            f"{_plural(summary.rows - summary.rows_written, 'bad row')}: nothing written "
-            "(fix them, or pass --skip-bad)",
+        bad = summary.rows - summary.rows_written
+        reason = (
+            f"{_plural(bad, 'bad row')}: nothing written (fix them, or pass --skip-bad)" if bad else "nothing written"
         )
+        _say(console, reason)
         return 2
     _say(console, f"Wrote {summary.rows_written} of {summary.rows} rows to {summary.out_path}")
     return 0

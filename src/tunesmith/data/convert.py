@@ -111,19 +111,39 @@ def good_samples(references: list[str], options: FormatOptions, summary: Any) ->
 
 
 def convert_files(
-    references: list[str], out_path: str | Path, options: FormatOptions, *, keep_good: bool = False
+    references: list[str],
+    out_path: str | Path,
+    options: FormatOptions,
+    *,
+    keep_good: bool = False,
+    to: str | None = None,
 ) -> ConvertSummary:
-    """Convert every file to one normalized JSONL file, atomically.
+    """Convert every file to one normalized JSONL file (or, with `to`, a provider's JSONL: data/providers.py),
+    atomically.
 
-    With bad rows the output is written only under `keep_good=True` (then without those rows).
+    With bad rows the output is written only under `keep_good=True` (then without those rows); a
+    file the provider would refuse as a whole (too few rows, too large) is never written.
     """
+    from tunesmith.data.providers import NotCarried, file_issues, provider_row
+
     summary = ConvertSummary(Path(out_path), written=False)
+    size = 0
     with AtomicFiles([summary.out_path]) as files:
         for sample in good_samples(references, options, summary):
+            try:
+                row = provider_row(sample, to) if to else sample_to_row(sample)
+            except NotCarried as refused:
+                assert to is not None
+                summary.bad.append(refused.issue(to, sample.source))
+                continue
+            line = jsonl_line(row)
             if keep_good or not summary.bad:  # once a row is bad the output is lost: stop writing it
-                files.write(summary.out_path, jsonl_line(sample_to_row(sample)))
+                files.write(summary.out_path, line)
+                size += len(line)
             summary.rows_written += 1
-        if keep_good or not has_error(summary.bad):
+        whole = file_issues(to, summary.rows_written, size, str(summary.out_path)) if to else []
+        summary.bad += whole
+        if not whole and (keep_good or not has_error(summary.bad)):
             files.commit()
             summary.written = True
     return summary
