@@ -128,7 +128,7 @@ $(STAMP): pyproject.toml
 	  $(PIP) install -q "torch==$(TORCH_VERSION)+cpu" 2>/dev/null \
 	    || $(PIP) install -q "torch==$(TORCH_VERSION)+cpu" --index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple; \
 	fi
-	$(PIP) install -q -e ".[test,tracking,quant,lint]"
+	$(PIP) install -q -e ".[test,tracking,quant,lint,cloud]"
 	@$(PY) -c "import torch, sys; cpu = not torch.cuda.is_available(); print('torch', torch.__version__, 'cuda' if not cpu else 'cpu')"
 	touch $(STAMP)
 

@@ -22,6 +22,7 @@ VERBS = [
     "export",
     "push",
     "remote",
+    "cloud",
     "plan",
     "doctor",
 ]

@@ -23,6 +23,7 @@ VERB_MODULES = (
     "tunesmith.cli.inspect",
     "tunesmith.cli.export",
     "tunesmith.cli.remote",
+    "tunesmith.cli.cloud",
     "tunesmith.cli.plan",
 )
 

@@ -71,6 +71,16 @@ class RunFolder:
     def manifest(self) -> Path:
         return self.path / MANIFEST
 
+    @property
+    def cloud(self) -> Path:
+        """A hosted run's provider, job and file ids (tunesmith cloud)."""
+        return self.path / "cloud.json"
+
+    @property
+    def upload(self) -> Path:
+        """What a hosted run uploaded: the training data as the provider received it."""
+        return self.path / "upload"
+
     def weights(self, method: str) -> Path:
         """adapter/ (LoRA, QLoRA) or model/ (full)."""
         return self.path / ("model" if method == "full" else "adapter")

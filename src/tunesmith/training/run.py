@@ -68,7 +68,7 @@ def train(
         return _resume(config, console, finish)
     if not isinstance(config, Config):
         config = load_config(config)
-    final = _finalize(config)
+    final = finalize(config)
     main_node = launch is None or launch.main_node  # other nodes of a multi-node run make no folder
     if main_node and final.run_dir().exists():  # say so now, not after the data has been processed
         raise UserError(f"run folder {final.run_dir()} already exists; choose another name (--set name=...)")
@@ -100,7 +100,7 @@ def _resume(reference: Config | str | Path, console: Any, finish: Finish) -> Any
     from tunesmith.training import resume as rs
 
     config = rs.load_run_config(reference)
-    final = _finalize(config)
+    final = finalize(config)
     checkpoint = rs.find_checkpoint(final.run_dir())
     _check_attention(config)
     check_tracking(config)
@@ -330,7 +330,7 @@ def _write_quarantine(p: Prepared, folder: RunFolder) -> None:
         write_jsonl(folder.quarantine, records, default=str)
 
 
-def _finalize(config: Config) -> Config:
+def finalize(config: Config) -> Config:
     """Fill the run name and make local paths absolute, so the saved config works from anywhere."""
     from tunesmith.config import with_run_name
 
