@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from tunesmith.errors import UserError
-from tunesmith.export.ollama import TurnWrappers, go_template, ollama_template, render_go_template, write_modelfile
+from tunesmith.export.gotemplate import render_go_template
+from tunesmith.export.ollama import write_modelfile
+from tunesmith.export.ollama_template import TurnWrappers, go_template, ollama_template
 from tunesmith.formatting.template import ChatTemplate
 from tunesmith.runfolder import RunRecord
 
