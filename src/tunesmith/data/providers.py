@@ -155,26 +155,12 @@ def _check_alternation(messages: list[Message]) -> None:
 def file_issues(provider: str, rows: int, size: int, where: str) -> list[Issue]:
     """The provider's limits on a whole file (line 0 names the file itself)."""
     limits = LIMITS[provider]
-    found = []
+    problems = []
     if rows < limits.min_rows:
-        found.append(
-            Issue(
-                f"{provider}_format",
-                "error",
-                Provenance(where, 0),
-                "",
-                f"{rows} rows: {provider} needs at least {limits.min_rows}",
-            )
-        )
+        problems.append(f"{rows} rows: {provider} needs at least {limits.min_rows}")
     if size > limits.max_bytes:
-        found.append(
-            Issue(
-                f"{provider}_format",
-                "error",
-                Provenance(where, 0),
-                "",
-                f"{size / 2**20:,.0f} MiB: {provider} takes files of at most {limits.max_bytes / 2**20:,.0f} MiB; "
-                "split it (tunesmith data split) or upload fewer rows",
-            )
+        problems.append(
+            f"{size / 2**20:,.0f} MiB: {provider} takes files of at most {limits.max_bytes / 2**20:,.0f} MiB; "
+            "split it (tunesmith data split) or upload fewer rows"
         )
-    return found
+    return [Issue(f"{provider}_format", "error", Provenance(where, 0), "", problem) for problem in problems]
