@@ -60,6 +60,10 @@ class FakeTogether:
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     fail_create: int = 0
     """Answer this many job creations with a 500 (an interrupted start)."""
+    result: bytes = b""
+    """The completed job's adapter archive, packed as Together packs downloads (tar.gz: application/x-tar)."""
+    drop_after: int | None = None
+    """Break the next download's connection after this many bytes."""
 
     def start(self) -> str:
         fake = self
@@ -116,6 +120,8 @@ class FakeTogether:
             return _send(request, 200, self.jobs[route[2]])
         if route[:2] == ("GET", "fine-tunes") and route[-1] == "events":
             return _send(request, 200, {"data": self.events.get(route[2], [])})
+        if route == ("GET", "finetune", "download"):
+            return self._download(request, query)
         if route[:2] == ("POST", "fine-tunes") and route[-1] == "cancel":
             self.jobs[route[2]]["status"] = "cancelled"
             return _send(request, 200, self.jobs[route[2]])
@@ -167,6 +173,30 @@ class FakeTogether:
             "events": [],
         }
         return _send(request, 200, self.jobs[job_id])
+
+    def _download(self, request: BaseHTTPRequestHandler, query: dict[str, str]) -> None:
+        job = self.jobs.get(query.get("ft_id", ""))
+        if job is None or job["status"] != "completed" or query.get("checkpoint") != "adapter":
+            return _send(request, 400, {"error": {"message": "not downloadable"}})
+        data, start = self.result, 0
+        ranged = request.headers.get("Range", "")
+        if ranged.startswith("bytes="):
+            start = int(ranged[6:].split("-")[0])
+            request.send_response(206)
+            request.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            request.send_response(200)
+        request.send_header("Content-Type", "application/x-tar")
+        request.send_header("Content-Length", str(len(data) - start))
+        request.end_headers()
+        body = data[start:]
+        if self.drop_after is not None:
+            body, self.drop_after = body[: self.drop_after], None
+            request.wfile.write(body)
+            request.wfile.flush()
+            request.close_connection = True
+            return
+        request.wfile.write(body)
 
     def progress(self, job_id: str, steps: list[tuple[int, float]], status: str = "running") -> None:
         """The provider's job moves on: events with step and loss, and a new status."""

@@ -153,3 +153,91 @@ def _yaml(tmp_path: Path, config, extra: str = "") -> Path:
     path = tmp_path / "hosted.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path
+
+
+def _adapter_archive(tmp_path: Path, base: Path, **lora) -> bytes:
+    import tarfile
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(**lora))
+    folder = tmp_path / "result"
+    model.save_pretrained(folder)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            tar.add(folder / name, arcname=f"out/{name}")
+    return buffer.getvalue()
+
+
+def test_fetch_installs_a_checked_adapter_and_an_adapter_for_another_shape_is_refused(
+    server, tmp_path, tiny_model_dir, sums_jsonl
+):
+    from tunesmith.cloud.fetch import fetch
+
+    job = cloud.train(config_for(tmp_path, tiny_model_dir, sums_jsonl))
+    server.jobs[job.job_id]["status"] = "completed"
+    server.result = _adapter_archive(
+        tmp_path, tiny_model_dir, r=8, lora_alpha=16, target_modules=["q_proj"], init_lora_weights=False
+    )
+    _wrong_rank(server)  # its config says r=4, its weights are r=8: not what PEFT would build from it
+    with pytest.raises(TunesmithError, match="does not fit"):
+        fetch(job.run_dir)
+    assert not (job.run_dir / "adapter").exists()
+    server.result = _adapter_archive(
+        tmp_path, tiny_model_dir, r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False
+    )
+    fetch(job.run_dir)
+    record = json.loads((job.run_dir / "adapter" / "tunesmith.json").read_text())
+    assert record["base_model"] == str(tiny_model_dir) and record["end_of_turn"]
+    assert json.loads((job.run_dir / "manifest.json").read_text())["status"] == "completed"
+    from tunesmith.evaluate.runs import load_run
+
+    loaded = load_run(job.run_dir)  # what eval, chat and generate open
+    assert any("lora_A" in name for name, _ in loaded.model.named_parameters())
+
+
+def _wrong_rank(server) -> None:
+    """An adapter whose rank differs from what its own config says: the shapes PEFT would build differ."""
+    import tarfile
+
+    source = tarfile.open(fileobj=io.BytesIO(server.result))
+    files = {Path(m.name).name: source.extractfile(m).read() for m in source.getmembers() if m.isfile()}
+    settings = json.loads(files["adapter_config.json"])
+    settings["r"] = 4
+    files["adapter_config.json"] = json.dumps(settings).encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"out/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    server.result = buffer.getvalue()
+
+
+def test_a_zstd_packed_download_unpacks_to_the_adapter_files(tmp_path):
+    import tarfile
+
+    import zstandard
+
+    from tunesmith.cloud.fetch import unpack
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in (
+            ("adapter_config.json", b"{}"),
+            ("adapter_model.safetensors", b"weights"),
+            ("notes.txt", b"x"),
+        ):
+            info = tarfile.TarInfo(f"job/checkpoint/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    archive = tmp_path / "ft-1.part"
+    archive.write_bytes(zstandard.ZstdCompressor().compress(buffer.getvalue()))
+    assert unpack(archive) == {"adapter_config.json": b"{}", "adapter_model.safetensors": b"weights"}
+    archive.write_bytes(b"not an archive")
+    with pytest.raises(TunesmithError, match="not a readable archive"):
+        unpack(archive)

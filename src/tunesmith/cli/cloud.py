@@ -31,6 +31,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         ("status", "the job's status; its progress goes into RUN/metrics.jsonl"),
         ("logs", "the job's events, one line each"),
         ("cancel", "cancel the job"),
+        ("fetch", "download, check and install the adapter of a completed job (resumes a broken download)"),
     ):
         verb = sub.add_parser(name, help=text)
         verb.add_argument("run_dir", help="the run folder `cloud train` made")
@@ -86,4 +87,16 @@ def run_cancel(args: argparse.Namespace) -> int:
 
     job = cloud.cancel(args.run_dir)
     _console().print(f"{job.provider} job {job.job_id}: {job.status}")
+    return 0
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    from tunesmith.cloud.fetch import fetch
+
+    console = _console()
+    job = fetch(args.run_dir, console=console)
+    console.print(
+        f"fetched {job.provider} job {job.job_id}: {args.run_dir}/adapter; "
+        f"next: tunesmith eval {args.run_dir}, tunesmith export gguf {args.run_dir}"
+    )
     return 0

@@ -12,6 +12,7 @@ quantizer) do it inside `atomic_folder` / `atomic_file`, which name, rename and 
 from tunesmith.runfolder.atomic import (
     AtomicFiles,
     append_jsonl,
+    appending,
     atomic_file,
     atomic_folder,
     discard,
@@ -53,6 +54,7 @@ __all__ = [
     "RunFolder",
     "RunRecord",
     "append_jsonl",
+    "appending",
     "artifact_hashes",
     "atomic_file",
     "atomic_folder",

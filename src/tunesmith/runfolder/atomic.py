@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 from tunesmith.errors import DiskFullError
 from tunesmith.runfolder.disk import disk_full, ensure_space, is_disk_full
@@ -146,6 +146,15 @@ def atomic_folder(
         if isinstance(err, Exception) and not isinstance(err, DiskFullError) and is_disk_full(err):
             raise disk_full(what, target.parent, needed=needed, then=f"; nothing of it was kept{then}") from None
         raise
+
+
+@contextmanager
+def appending(path: Path, *, restart: bool = False) -> Iterator[BinaryIO]:
+    """A file to add bytes to, as a resumable download's `.part` grows; `restart` empties it first.
+    It becomes a finished file only through the caller's own check and `atomic_file`/`atomic_folder`."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb" if restart else "ab") as handle:
+        yield handle
 
 
 def discard(path: Path) -> None:

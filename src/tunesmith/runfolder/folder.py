@@ -77,6 +77,11 @@ class RunFolder:
         return self.path / "cloud.json"
 
     @property
+    def download(self) -> Path:
+        """A hosted run's downloads while they arrive (`.part` files, resumed after an interruption)."""
+        return self.path / "download"
+
+    @property
     def upload(self) -> Path:
         """What a hosted run uploaded: the training data as the provider received it."""
         return self.path / "upload"

@@ -288,8 +288,14 @@ def _write_weights(p: Prepared, model: Any, adapter: Path, state: dict[str, Any]
     from tunesmith.training.lora_init import save_adapter
 
     save_adapter(model, adapter, state)
+    write_record(p, adapter)
+
+
+def write_record(p: Prepared, folder: Path) -> None:
+    """Beside the weights: the tokenizer with the exact template, and tunesmith.json (what inference
+    must reproduce). Also what `tunesmith cloud fetch` writes beside a hosted run's adapter."""
     p.tokenizer.chat_template = p.template.source
-    p.tokenizer.save_pretrained(str(adapter))
+    p.tokenizer.save_pretrained(str(folder))
     RunRecord(
         base_model=p.config.model.name,
         method=p.config.method,
@@ -300,7 +306,7 @@ def _write_weights(p: Prepared, model: Any, adapter: Path, state: dict[str, Any]
         end_of_turn=tuple(p.markers),
         system_prompt=p.system_prompt,
         train_on=p.config.template.train_on,
-    ).write(adapter)
+    ).write(folder)
 
 
 def _data_report(p: Prepared) -> dict:

@@ -1,0 +1,86 @@
+"""A hosted job from config to a fetched run folder that `tunesmith eval` and `export gguf` work on:
+Together's official client against tests/fake_together.py, whose completed job's result is the
+quick start's real adapter (trained on the embedded model), packed as Together packs a download."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from fake_together import FakeTogether  # noqa: E402
+from tunesmith import cloud  # noqa: E402
+from tunesmith.cloud.fetch import fetch  # noqa: E402
+from tunesmith.config import load_config  # noqa: E402
+from tunesmith.errors import TunesmithError, UserError  # noqa: E402
+
+pytestmark = pytest.mark.integration
+KEY = "tok-fetch-9d2e7c51aa"
+
+
+def packed(adapter: Path) -> bytes:
+    """The adapter's files in a gzipped tar under one folder, as a download arrives."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
+            if (adapter / name).is_file():
+                tar.add(adapter / name, arcname=f"model-output/{name}")
+    return buffer.getvalue()
+
+
+def test_a_hosted_job_is_fetched_resumed_after_a_broken_download_then_evaluated_and_exported(
+    quickstart_run, tmp_path, monkeypatch
+):
+    run, _ = quickstart_run
+    fake = FakeTogether(KEY)
+    monkeypatch.setenv("TOGETHER_BASE_URL", fake.start())
+    monkeypatch.setenv("TOGETHER_API_KEY", KEY)
+    try:
+        settings = yaml.safe_load((run / "config.yaml").read_text())
+        settings.update(name="hosted", output_dir=str(tmp_path / "runs"))
+        (tmp_path / "hosted.yaml").write_text(yaml.safe_dump(settings))
+        job = cloud.train(load_config(tmp_path / "hosted.yaml"))
+        with pytest.raises(UserError, match="is pending; fetch it once it has completed"):
+            fetch(job.run_dir)
+        fake.jobs[str(job.job_id)]["status"] = "completed"
+        fake.result = packed(run / "adapter")
+        fake.drop_after = len(fake.result) // 2
+        with pytest.raises(TunesmithError, match="stopped after .* run tunesmith cloud fetch again"):
+            fetch(job.run_dir)
+        assert not (job.run_dir / "adapter").exists()
+        assert 0 < (job.run_dir / "download" / f"{job.job_id}-adapter.part").stat().st_size < len(fake.result)
+        fetch(job.run_dir)
+        downloads = [path for method, path in fake.requests if path == "/v1/finetune/download"]
+        assert len(downloads) == 3  # refused while pending, broken, resumed
+        adapter = job.run_dir / "adapter"
+        assert (adapter / "adapter_model.safetensors").read_bytes() == (
+            run / "adapter" / "adapter_model.safetensors"
+        ).read_bytes()
+        assert json.loads((adapter / "tunesmith.json").read_text())["chat_template"]
+        assert not (job.run_dir / "download").exists()
+        assert json.loads((job.run_dir / "manifest.json").read_text())["status"] == "completed"
+        with pytest.raises(UserError, match="already fetched"):
+            fetch(job.run_dir)
+        for argv in (["eval", str(job.run_dir)], ["export", "gguf", str(job.run_dir), "--type", "f16"]):
+            done = subprocess.run(
+                [sys.executable, "-m", "tunesmith", *argv], capture_output=True, text=True, timeout=1800
+            )
+            assert done.returncode == 0, done.stderr[-3000:]
+        results = json.loads((job.run_dir / "eval" / "results.json").read_text())["tuned"]
+        quick = json.loads((run / "eval" / "results.json").read_text())["tuned"]
+        assert results["json_exact"] == quick["json_exact"]  # the same adapter, evaluated the same way
+        assert results["loss"] == pytest.approx(quick["loss"], rel=1e-4)
+        assert (job.run_dir / "export" / "model-f16.gguf").stat().st_size > 100 * 2**20
+        for path in job.run_dir.rglob("*"):
+            assert not path.is_file() or KEY.encode() not in path.read_bytes(), path
+    finally:
+        fake.stop()
+        shutil.rmtree(tmp_path / "runs", ignore_errors=True)
