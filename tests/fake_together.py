@@ -64,6 +64,9 @@ class FakeTogether:
     """The completed job's adapter archive, packed as Together packs downloads (tar.gz: application/x-tar)."""
     drop_after: int | None = None
     """Break the next download's connection after this many bytes."""
+    stall_after: int | None = None
+    """Send this many bytes of the next download, then wait for `release` (a client killed meanwhile)."""
+    release: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> str:
         fake = self
@@ -190,10 +193,14 @@ class FakeTogether:
         request.send_header("Content-Length", str(len(data) - start))
         request.end_headers()
         body = data[start:]
-        if self.drop_after is not None:
-            body, self.drop_after = body[: self.drop_after], None
-            request.wfile.write(body)
+        cut = self.drop_after if self.drop_after is not None else self.stall_after
+        if cut is not None:
+            stall = self.stall_after is not None
+            self.drop_after = self.stall_after = None
+            request.wfile.write(body[:cut])
             request.wfile.flush()
+            if stall:
+                self.release.wait(120)
             request.close_connection = True
             return
         request.wfile.write(body)

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -52,14 +53,25 @@ def test_a_hosted_job_is_fetched_resumed_after_a_broken_download_then_evaluated_
             fetch(job.run_dir)
         fake.jobs[str(job.job_id)]["status"] = "completed"
         fake.result = packed(run / "adapter")
-        fake.drop_after = len(fake.result) // 2
+        part = job.run_dir / "download" / f"{job.job_id}-adapter.part"
+        half = fake.stall_after = len(fake.result) // 2  # half arrives, then the fetch is killed
+        killed = subprocess.Popen([sys.executable, "-m", "tunesmith", "cloud", "fetch", str(job.run_dir)])
+        for _ in range(600):
+            if part.is_file() and part.stat().st_size >= half:
+                break
+            time.sleep(0.1)
+        killed.kill()
+        killed.wait()
+        fake.release.set()
+        assert not (job.run_dir / "adapter").exists()
+        assert part.stat().st_size == half
+        fake.drop_after = len(fake.result) // 4  # the next one loses its connection: said, resumable
         with pytest.raises(TunesmithError, match="stopped after .* run tunesmith cloud fetch again"):
             fetch(job.run_dir)
-        assert not (job.run_dir / "adapter").exists()
-        assert 0 < (job.run_dir / "download" / f"{job.job_id}-adapter.part").stat().st_size < len(fake.result)
+        assert part.stat().st_size == half + len(fake.result) // 4
         fetch(job.run_dir)
         downloads = [path for method, path in fake.requests if path == "/v1/finetune/download"]
-        assert len(downloads) == 3  # refused while pending, broken, resumed
+        assert len(downloads) == 4  # refused while pending, killed, broken, resumed to the end
         adapter = job.run_dir / "adapter"
         assert (adapter / "adapter_model.safetensors").read_bytes() == (
             run / "adapter" / "adapter_model.safetensors"

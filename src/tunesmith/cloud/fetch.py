@@ -76,6 +76,7 @@ def download(api: Any, job_id: str, part: Path) -> None:
             with appending(part, restart=not resumed) as handle:
                 for chunk in response.iter_bytes():
                     handle.write(chunk)
+                    handle.flush()  # on disk as it arrives: a killed fetch resumes from every byte it got
     except Exception as err:  # noqa: BLE001 - the connection broke, or the server refused
         if isinstance(err, UserError):
             raise
