@@ -60,8 +60,9 @@ class FakeTogether:
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     fail_create: int = 0
     """Answer this many job creations with a 500 (an interrupted start)."""
-    result: bytes = b""
-    """The completed job's adapter archive, packed as Together packs downloads (tar.gz: application/x-tar)."""
+    results: dict[str, bytes] = field(default_factory=dict)
+    """The completed job's archives by checkpoint ("adapter", "merged"), packed as Together packs
+    downloads (tar.gz: application/x-tar)."""
     drop_after: int | None = None
     """Break the next download's connection after this many bytes."""
     stall_after: int | None = None
@@ -179,9 +180,10 @@ class FakeTogether:
 
     def _download(self, request: BaseHTTPRequestHandler, query: dict[str, str]) -> None:
         job = self.jobs.get(query.get("ft_id", ""))
-        if job is None or job["status"] != "completed" or query.get("checkpoint") != "adapter":
+        data = self.results.get(query.get("checkpoint", ""))
+        if job is None or job["status"] != "completed" or data is None:
             return _send(request, 400, {"error": {"message": "not downloadable"}})
-        data, start = self.result, 0
+        start = 0
         ranged = request.headers.get("Range", "")
         if ranged.startswith("bytes="):
             start = int(ranged[6:].split("-")[0])

@@ -22,18 +22,28 @@ from tunesmith import cloud  # noqa: E402
 from tunesmith.cloud.fetch import fetch  # noqa: E402
 from tunesmith.config import load_config  # noqa: E402
 from tunesmith.errors import TunesmithError, UserError  # noqa: E402
+from tunesmith.export.merge import merge_run  # noqa: E402
 
 pytestmark = pytest.mark.integration
 KEY = "tok-fetch-9d2e7c51aa"
 
 
-def packed(adapter: Path) -> bytes:
-    """The adapter's files in a gzipped tar under one folder, as a download arrives."""
+def packed(folder: Path, names: tuple[str, ...], change: str | None = None) -> bytes:
+    """`names` from `folder` in a gzipped tar under one folder, as a download arrives; `change` names
+    a weight to nudge (a merge that is not this adapter's)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
-            if (adapter / name).is_file():
-                tar.add(adapter / name, arcname=f"model-output/{name}")
+        for name in names:
+            data = (folder / name).read_bytes()
+            if change and name.endswith(".safetensors"):
+                from safetensors.torch import load, save
+
+                tensors = load(data)
+                tensors[change] = tensors[change] * 1.01
+                data = save(tensors)
+            info = tarfile.TarInfo(f"model-output/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 
@@ -52,9 +62,9 @@ def test_a_hosted_job_is_fetched_resumed_after_a_broken_download_then_evaluated_
         with pytest.raises(UserError, match="is pending; fetch it once it has completed"):
             fetch(job.run_dir)
         fake.jobs[str(job.job_id)]["status"] = "completed"
-        fake.result = packed(run / "adapter")
+        fake.results["adapter"] = packed(run / "adapter", ("adapter_config.json", "adapter_model.safetensors"))
         part = job.run_dir / "download" / f"{job.job_id}-adapter.part"
-        half = fake.stall_after = len(fake.result) // 2  # half arrives, then the fetch is killed
+        half = fake.stall_after = len(fake.results["adapter"]) // 2  # half arrives, then the fetch is killed
         killed = subprocess.Popen([sys.executable, "-m", "tunesmith", "cloud", "fetch", str(job.run_dir)])
         for _ in range(600):
             if part.is_file() and part.stat().st_size >= half:
@@ -65,10 +75,10 @@ def test_a_hosted_job_is_fetched_resumed_after_a_broken_download_then_evaluated_
         fake.release.set()
         assert not (job.run_dir / "adapter").exists()
         assert part.stat().st_size == half
-        fake.drop_after = len(fake.result) // 4  # the next one loses its connection: said, resumable
+        fake.drop_after = len(fake.results["adapter"]) // 4  # the next one loses its connection: said, resumable
         with pytest.raises(TunesmithError, match="stopped after .* run tunesmith cloud fetch again"):
             fetch(job.run_dir)
-        assert part.stat().st_size == half + len(fake.result) // 4
+        assert part.stat().st_size == half + len(fake.results["adapter"]) // 4
         fetch(job.run_dir)
         downloads = [path for method, path in fake.requests if path == "/v1/finetune/download"]
         assert len(downloads) == 4  # refused while pending, killed, broken, resumed to the end
@@ -81,11 +91,29 @@ def test_a_hosted_job_is_fetched_resumed_after_a_broken_download_then_evaluated_
         assert json.loads((job.run_dir / "manifest.json").read_text())["status"] == "completed"
         with pytest.raises(UserError, match="already fetched"):
             fetch(job.run_dir)
-        for argv in (["eval", str(job.run_dir)], ["export", "gguf", str(job.run_dir), "--type", "f16"]):
-            done = subprocess.run(
-                [sys.executable, "-m", "tunesmith", *argv], capture_output=True, text=True, timeout=1800
-            )
-            assert done.returncode == 0, done.stderr[-3000:]
+        done = subprocess.run(
+            [sys.executable, "-m", "tunesmith", "eval", str(job.run_dir)], capture_output=True, text=True, timeout=1800
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        # the provider's merged weights, on request: checked against base + adapter before they are kept
+        local = tmp_path / "local"
+        shutil.copytree(run, local, ignore=shutil.ignore_patterns("checkpoints", "merged", "export"))
+        merged = merge_run(local, log=lambda _: None)
+        model_files = ("config.json", "generation_config.json", "model.safetensors")
+        fake.results["merged"] = packed(merged, model_files, change="model.layers.3.mlp.down_proj.weight")
+        with pytest.raises(TunesmithError, match="down_proj.weight differs from base \\+ adapter"):
+            fetch(job.run_dir, merged=True)
+        assert not (job.run_dir / "merged").exists()
+        fake.results["merged"] = packed(merged, model_files)
+        fetch(job.run_dir, merged=True)
+        record = json.loads((job.run_dir / "merged" / "tunesmith.json").read_text())
+        assert record["merged_from"] == f"together:{job.job_id}" and record["chat_template"]
+        export = ["export", "gguf", str(job.run_dir), "--type", "f16"]
+        done = subprocess.run(
+            [sys.executable, "-m", "tunesmith", *export], capture_output=True, text=True, timeout=1800
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "already merged" in done.stdout  # export took the fetched merge as the run's
         results = json.loads((job.run_dir / "eval" / "results.json").read_text())["tuned"]
         quick = json.loads((run / "eval" / "results.json").read_text())["tuned"]
         assert results["json_exact"] == quick["json_exact"]  # the same adapter, evaluated the same way

@@ -94,7 +94,7 @@ def run_fetch(args: argparse.Namespace) -> int:
     from tunesmith.cloud.fetch import fetch
 
     console = _console()
-    job = fetch(args.run_dir, console=console)
+    job = fetch(args.run_dir, merged=args.merged, console=console)
     console.print(
         f"fetched {job.provider} job {job.job_id}: {args.run_dir}/adapter; "
         f"next: tunesmith eval {args.run_dir}, tunesmith export gguf {args.run_dir}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ from tunesmith.runfolder import RunFolder, appending, atomic_folder, discard, wr
 WANTED = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def fetch(run_dir: str | Path, *, console: Any = None) -> Any:
-    """Download, check and install the adapter of a completed job; return the job record."""
+def fetch(run_dir: str | Path, *, merged: bool = False, console: Any = None) -> Any:
+    """Download, check and install the adapter of a completed job (and with `merged`, the provider's
+    merged weights into RUN/merged, checked against base + adapter); return the job record."""
     from tunesmith.cloud import CloudJob, started, together
     from tunesmith.config import load_config
 
@@ -33,43 +35,51 @@ def fetch(run_dir: str | Path, *, console: Any = None) -> Any:
     job: CloudJob = started(run)
     config = load_config(RunFolder(run).config)
     weights = RunFolder(run).weights(config.method)
-    if (weights / "tunesmith.json").is_file():
-        raise UserError(f"{run} is already fetched: {weights}")
+    have_adapter = (weights / "tunesmith.json").is_file()
+    if have_adapter and not merged:
+        raise UserError(f"{run} is already fetched: {weights} (--merged fetches the merged weights too)")
+    if merged and RunFolder(run).merged.exists():
+        raise UserError(f"{RunFolder(run).merged} is already there")
     if config.method != "lora":
         raise UserError(f"{run}: fetching a {config.method} job is not supported yet (LoRA adapters only)")
     api = together.client()
     found = together.retrieve(api, str(job.job_id))
     job.status = str(found.status or job.status)
     job.save()
-    if job.status != "completed":
+    if job.status not in ("completed", "fetched"):
         raise UserError(
             f"job {job.job_id} is {job.status}; fetch it once it has completed (tunesmith cloud status {run})"
         )
-    part = RunFolder(run).download / f"{job.job_id}-adapter.part"
-    download(api, str(job.job_id), part)
-    try:
-        files = unpack(part)
-        check_adapter(files, config)
-    except (TunesmithError, UserError):
-        discard(part)  # whole but wrong: nothing in it to resume from
-        raise
-    _install(run, config, weights, files, console)
+    if not have_adapter:
+        part = RunFolder(run).download / f"{job.job_id}-adapter.part"
+        download(api, str(job.job_id), part)
+        try:
+            files = unpack(part, lambda name: name in WANTED, WANTED)
+            check_adapter(files, config)
+        except (TunesmithError, UserError):
+            discard(part)  # whole but wrong: nothing in it to resume from
+            raise
+        _install(run, config, weights, files, console)
+        discard(part)
+        cloud = {"provider": job.provider, "job_id": job.job_id, "model": job.output_model}
+        write_manifest(run, "completed", {"cloud": cloud})
+    if merged:
+        from tunesmith.cloud.merged import fetch_merged
+
+        fetch_merged(api, job, run, config)
     discard(RunFolder(run).download)
-    write_manifest(
-        run, "completed", {"cloud": {"provider": job.provider, "job_id": job.job_id, "model": job.output_model}}
-    )
     job.status = "fetched"
     job.save()
     return job
 
 
-def download(api: Any, job_id: str, part: Path) -> None:
-    """The job's adapter archive into `part`, resuming what an earlier fetch left there."""
+def download(api: Any, job_id: str, part: Path, checkpoint: str = "adapter") -> None:
+    """The job's `checkpoint` archive (adapter, merged) into `part`, resuming what an earlier fetch left there."""
     have = part.stat().st_size if part.is_file() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
         with api.fine_tuning.with_streaming_response.content(
-            ft_id=job_id, checkpoint="adapter", extra_headers=headers
+            ft_id=job_id, checkpoint=checkpoint, extra_headers=headers
         ) as response:
             resumed = response.status_code == 206
             total = _total(response.headers, have if resumed else 0)
@@ -82,12 +92,12 @@ def download(api: Any, job_id: str, part: Path) -> None:
             raise
         size = part.stat().st_size if part.is_file() else 0
         raise TunesmithError(
-            f"the download of job {job_id}'s adapter stopped after {size:,} bytes ({type(err).__name__}); "
+            f"the download of job {job_id}'s {checkpoint} stopped after {size:,} bytes ({type(err).__name__}); "
             "run tunesmith cloud fetch again to continue it"
         ) from None
     if total is not None and part.stat().st_size != total:
         raise TunesmithError(
-            f"the download of job {job_id}'s adapter ended at {part.stat().st_size:,} of {total:,} bytes; "
+            f"the download of job {job_id}'s {checkpoint} ended at {part.stat().st_size:,} of {total:,} bytes; "
             "run tunesmith cloud fetch again to continue it"
         )
 
@@ -101,8 +111,8 @@ def _total(headers: Any, offset: int) -> int | None:
     return offset + int(length) if length and length.isdigit() else None
 
 
-def unpack(archive: Path) -> dict[str, bytes]:
-    """The adapter's files from a .tar.gz or .tar.zst, wherever in the archive they lie."""
+def unpack(archive: Path, keep: Callable[[str], bool], required: tuple[str, ...]) -> dict[str, bytes]:
+    """The files `keep` accepts (by name) from a .tar.gz or .tar.zst, wherever in the archive they lie."""
     data = archive.read_bytes()
     if data[:4] == b"\x28\xb5\x2f\xfd":  # zstd frame
         try:
@@ -115,16 +125,16 @@ def unpack(archive: Path) -> dict[str, bytes]:
             files = {}
             for member in tar.getmembers():
                 name = Path(member.name).name
-                if member.isfile() and name in WANTED:
+                if member.isfile() and keep(name):
                     handle = tar.extractfile(member)
                     files[name] = handle.read() if handle is not None else b""
     except tarfile.TarError as err:
         raise TunesmithError(
             f"{archive.name}: not a readable archive ({err}); run tunesmith cloud fetch again"
         ) from None
-    missing = [name for name in WANTED if name not in files]
+    missing = [name for name in required if name not in files]
     if missing:
-        raise TunesmithError(f"the downloaded archive holds no {', '.join(missing)}: not a LoRA adapter")
+        raise TunesmithError(f"the downloaded archive holds no {', '.join(missing)}")
     return files
 
 
