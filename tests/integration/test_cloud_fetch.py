@@ -81,7 +81,7 @@ def test_a_hosted_job_is_fetched_resumed_after_a_broken_download_then_evaluated_
         assert part.stat().st_size == half + len(fake.results["adapter"]) // 4
         fetch(job.run_dir)
         downloads = [path for method, path in fake.requests if path == "/v1/finetune/download"]
-        assert len(downloads) == 4  # refused while pending, killed, broken, resumed to the end
+        assert len(downloads) == 3  # killed, broken, resumed to the end (none while the job was pending)
         adapter = job.run_dir / "adapter"
         assert (adapter / "adapter_model.safetensors").read_bytes() == (
             run / "adapter" / "adapter_model.safetensors"

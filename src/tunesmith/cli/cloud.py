@@ -35,9 +35,14 @@ def register(verbs: argparse._SubParsersAction) -> None:
     ):
         verb = sub.add_parser(name, help=text)
         verb.add_argument("run_dir", help="the run folder `cloud train` made")
-        verb.add_argument(
-            "--json", action="store_true", help="print the job record as JSON"
-        ) if name == "status" else None
+        if name == "status":
+            verb.add_argument("--json", action="store_true", help="print the job record as JSON")
+        if name == "fetch":
+            verb.add_argument(
+                "--merged",
+                action="store_true",
+                help="also the provider's merged weights into RUN/merged, checked against base + adapter",
+            )
         verb.set_defaults(handler=f"tunesmith.cli.cloud:run_{name}")
 
 
