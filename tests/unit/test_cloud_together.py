@@ -104,6 +104,17 @@ def test_settings_together_cannot_honour_are_listed_with_exit_2_and_nothing_uplo
     assert not (tmp_path / "runs" / "hosted").exists()
 
 
+def test_a_full_fine_tune_is_refused_before_upload_because_fetch_could_not_complete_it(
+    server, tmp_path, tiny_model_dir, sums_jsonl, capsys
+):
+    path = _yaml(tmp_path, config_for(tmp_path, tiny_model_dir, sums_jsonl), "method: full\n")
+    assert main(["cloud", "train", str(path)]) == 2
+    printed = " ".join(capsys.readouterr().err.split())
+    assert "method full" in printed and "use method lora" in printed, printed
+    assert all(method == "GET" for method, _ in server.requests)
+    assert not (tmp_path / "runs" / "hosted").exists()
+
+
 def test_an_interrupted_start_continues_without_a_second_upload_or_job(server, tmp_path, tiny_model_dir, sums_jsonl):
     server.fail_create = 3  # the client retries twice: the job is not created this time
     config = config_for(tmp_path, tiny_model_dir, sums_jsonl)
@@ -149,7 +160,10 @@ def _yaml(tmp_path: Path, config, extra: str = "") -> Path:
 
     data = yaml.safe_load(config_to_yaml(config))
     for section, values in (yaml.safe_load(extra) or {}).items():
-        data.setdefault(section, {}).update(values)
+        if isinstance(values, dict):
+            data.setdefault(section, {}).update(values)
+        else:
+            data[section] = values
     path = tmp_path / "hosted.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path

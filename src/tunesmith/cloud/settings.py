@@ -65,8 +65,11 @@ def together_settings(config: Config, limits: Any) -> JobSettings:
     args.update(model=provider_model(config), random_seed=train.seed, suffix=_suffix(config.name or "tunesmith"))
     if config.method == "qlora":
         out.problems.append(f"{where('method')}: method qlora: Together trains LoRA on the unquantized model only")
-    elif config.method == "full" and not limits.supports_full_training:
-        out.problems.append(f"{where('method')}: method full: Together offers only LoRA for {args['model']}")
+    elif config.method == "full":
+        out.problems.append(
+            f"{where('method')}: method full: tunesmith cloud fetch brings back LoRA adapters only, so a full "
+            "fine-tune on Together could not be checked or completed here; use method lora, or train full locally"
+        )
     if config.method == "lora":
         training = limits.lora_training
         args.update(lora=True, lora_r=lora.r, lora_alpha=float(lora.alpha), lora_dropout=lora.dropout)
