@@ -5,7 +5,7 @@ built from configs (`tunesmith.plan.measure.RANDOM_MODELS`: Qwen2 with q/k/v bia
 4-layer Llama, a Mistral with head_dim 128; other precisions and lengths than the embedded runs),
 a few steps in a fresh process (`python -m tunesmith.plan.measure`), peak resident set above the
 idle process (libraries and data loaded, model not yet) within 20% of `estimate_memory`. The CPU
-allocator model (`estimate.CPU_HEAP_HOLES`) was fitted on bench/fit_plan_memory.py's wider grid;
+allocator model (`estimate.cpu_heap_share`) was fitted on bench/fit_plan_memory.py's wider grid;
 these runs are a sample of it (about 2 minutes on 2 cores besides the embedded runs). GPU: a
 1B-class Llama with random weights built from a config, LoRA and QLoRA, within 15% of `torch.cuda.max_memory_allocated`.
 """

@@ -70,6 +70,29 @@ of the grid within 12% (worst: embedded LoRA +11.7%, bf16, and +11.0%, fp32). Th
 share, 0.65 x (activations + logits): 14 of 16 within 20%, worst +32% (Qwen2 full, 2048 tokens,
 whose 700 MiB of logits are mmapped blocks that leave no holes).
 With MALLOC_MMAP_THRESHOLD_=131072 the overhead all but vanishes (live tensors within 5%)."""
+FP32_HOLES_AT = (2**17, 0.55, 0.16, 0.5, 1.4)
+"""float32 runs: the share grows with the size of one hidden-state block (hidden size x tokens per
+micro-batch): share = 0.55 + 0.16 x log2(block / 2**17 elements), kept within 0.5..1.4.
+
+Refitted in session 9 on an AVX2-only "AMD EPYC" (no AVX-512 BF16, so every run of
+bench/fit_plan_memory.py's grid was float32), 2 cores: the shares the runs implied were 0.54-0.60
+(embedded LoRA, 576 x 256 = 147k elements), 0.68 (embedded full), 0.54 and 0.77 (Qwen2 512 x 256,
+LoRA and full), 0.81-0.90 (Qwen2 512 x 2048, LoRA), 0.98 (Mistral 1024 x 1024), 1.05-1.11 (Llama
+2048 x 512); the AVX-512 fit's float32 runs (embedded 0.60, Qwen2 2048 tokens 0.86, Mistral 1.09,
+Llama 1.40) lie on the same rising line. Larger blocks leave holes the next, differently sized
+blocks cannot fill. The single share 1.0 this replaces over-predicted the embedded model by 12-14%
+(LoRA) and 20% (an int8 base, where the same bytes are a larger part of a smaller whole)."""
+
+
+def cpu_heap_share(precision: str, block_elements: int) -> float:
+    """The share of `heap` glibc keeps resident as holes, for `precision` and the size of one hidden
+    state of a micro-batch (`CPU_HEAP_HOLES`, `FP32_HOLES_AT`)."""
+    if precision == "bf16":
+        return CPU_HEAP_HOLES["bf16"]
+    at, share, per_doubling, low, high = FP32_HOLES_AT
+    return min(max(share + per_doubling * math.log2(max(block_elements, 1) / at), low), high)
+
+
 CUDA_CONTEXT_BYTES = 600 * 2**20
 """CUDA context and kernels: memory a GPU process uses outside `torch.cuda.memory_allocated`."""
 CUDA_HEADROOM = 0.08
@@ -207,7 +230,8 @@ def estimate_memory(
     live = weights + adapter + state_bytes + max(forward_phase, step_phase)
     heap = act["heap"] + logits_heap_bytes(batch, vocab, element)
     if device_kind == "cpu":
-        holes = int(heap * CPU_HEAP_HOLES.get(precision, CPU_HEAP_HOLES["fp32"]))
+        width = hf_config.get_text_config().hidden_size
+        holes = int(heap * cpu_heap_share(precision, width * batch.tokens))
         reusable = _heap_gradient_bytes(model)
         peak = weights + adapter + state_bytes + max(forward_phase + max(holes - reusable, 0), step_phase + holes)
         parts["allocator"] = int(peak - live)
