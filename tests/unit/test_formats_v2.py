@@ -341,13 +341,18 @@ def test_other_label_columns_are_not_kto(row):
     assert sample(row) is not None
 
 
-def test_data_check_reports_kto_rows_as_errors(tmp_path):
+def test_data_check_reads_kto_rows_as_preference_data_and_supervised_loading_refuses_them(tmp_path):
+    from tunesmith.data.formats import load_conversations
+    from tunesmith.errors import UserError
+
     path = tmp_path / "kto.jsonl"
-    rows = [{"prompt": "q", "completion": "a", "label": True}, {"prompt": "q", "completion": "b", "label": False}]
+    rows = [{"prompt": "q", "completion": "a", "label": True}, {"prompt": "q", "completion": "b", "label": "maybe"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     report = check_files([str(path)], options=AUTO)
-    assert [(i.code, i.where.line) for i in report.issues] == [("kto_row", 1), ("kto_row", 2)]
-    assert report.failed()
+    assert report.files[0].format == "kto"
+    assert [(i.code, i.where.line, i.field) for i in report.issues] == [("wrong_type", 2, "label")]
+    with pytest.raises(UserError, match="KTO row"):
+        load_conversations(str(path))
 
 
 # --- 5. rows with images --------------------------------------------------------------------------------

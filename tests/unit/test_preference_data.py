@@ -170,3 +170,8 @@ def test_empty_and_identical_answers_are_errors_at_their_field():
 def test_chat_rows_are_not_preference_rows():
     assert detect_preference_format({"messages": [USER]}) is None
     assert detect_preference_format({"prompt": "a", "completion": "b"}) is None
+
+
+def test_a_chat_row_with_a_class_label_is_not_a_kto_row():
+    assert detect_preference_format({"messages": [USER], "label": "positive"}) is None
+    assert detect_preference_format({"messages": [USER], "label": True})[0] == "kto"

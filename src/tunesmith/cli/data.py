@@ -86,7 +86,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="train/validation/test by content hash (stable as data grows)",
         description="Split FILE(s) into DIR/train.jsonl, validation.jsonl and test.jsonl. "
         "A row's split depends only on its content and --seed, so adding rows "
-        "never moves old ones, and duplicates share a split.",
+        "never moves old ones, and duplicates share a split (preference rows: every row of one prompt).",
     )
     _add_reading(split)
     split.add_argument("--out", required=True, metavar="DIR", help="folder for the split files")
@@ -208,6 +208,7 @@ def _check(args: argparse.Namespace, log: Callable[[str], None]) -> Any:
 
 def run_check(args: argparse.Namespace) -> int:
     from tunesmith.console import make_console
+    from tunesmith.data.preference import PREFERENCE_FORMATS
 
     console = make_console()
     report = _check(args, console.print)
@@ -221,7 +222,12 @@ def run_check(args: argparse.Namespace) -> int:
         write_json(Path(args.report), report.to_json())
     failed = report.failed(args.fail_on)
     verdict = "[red]the data would stop a run[/]" if failed else "[green]OK to train[/]"
-    if not failed and not args.model:
+    if not failed and any(f.format in PREFERENCE_FORMATS for f in report.files):
+        verdict = (
+            "[green]OK as preference data[/] (tunesmith train does not train on preference rows yet; "
+            "tunesmith data convert --to together|openai writes them as a hosted DPO file)"
+        )
+    elif not failed and not args.model:
         verdict += (
             " as far as checked without --model (not checked: token counts against max_length, the "
             "chat template's render of each row, rows that train no token)"

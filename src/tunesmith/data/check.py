@@ -17,12 +17,22 @@ from typing import Any
 
 from tunesmith.data.formats import detect_format, to_sample
 from tunesmith.data.options import FormatOptions
+from tunesmith.data.preference import (
+    PREFERENCE_FORMATS,
+    KtoSample,
+    PreferencePair,
+    PreferenceSample,
+    check_preference,
+    detect_preference_format,
+    to_preference,
+)
 from tunesmith.data.sources import open_source
 from tunesmith.data.stats import CHUNK_ROWS, Measure, Measured, Measurer, Stats, StatsAccumulator
 from tunesmith.data.types import Issue, Provenance, RawRow, RowError, Sample, Severity
 from tunesmith.data.validate import check_sample, content_key, near_key
 
 SEVERITIES: tuple[Severity, ...] = ("error", "warning")
+AnySample = Sample | PreferenceSample
 TRAIN = "train"
 
 
@@ -42,6 +52,21 @@ def classify_row(raw: RawRow, fmt: str, options: FormatOptions) -> tuple[Sample 
     return (None if has_error(issues) else sample), issues
 
 
+def classify_preference_row(
+    raw: RawRow, fmt: str, options: FormatOptions
+) -> tuple[PreferenceSample | None, list[Issue]]:
+    """`classify_row` for preference rows: the format's reader, then `check_preference`."""
+    issues = [raw.issue] if raw.issue is not None else []
+    if raw.data is None:
+        return None, issues
+    try:
+        sample = to_preference(raw.data, raw.where, fmt, options)
+    except RowError as err:
+        return None, [*issues, err.issue]
+    issues += check_preference(sample)
+    return (None if has_error(issues) else sample), issues
+
+
 def has_error(issues: list[Issue]) -> bool:
     return any(issue.severity == "error" for issue in issues)
 
@@ -53,25 +78,36 @@ class FileStream:
     is an `unknown_format` issue and detection moves on to the next readable row.
     """
 
-    def __init__(self, reference: str, options: FormatOptions):
+    def __init__(self, reference: str, options: FormatOptions, *, preference: bool = False):
         self.reference = reference
         self.options = options
         self.source = open_source(reference)
         self.format: str | None = None
         self.reason = ""
         self.rows = 0
+        self.preference = preference
+        """Whether preference rows (data/preference.py) are read; otherwise they are refused as chat data."""
 
-    def __iter__(self) -> Iterator[tuple[RawRow, Sample | None, list[Issue]]]:
+    @property
+    def holds_preferences(self) -> bool:
+        return self.format in PREFERENCE_FORMATS
+
+    def __iter__(self) -> Iterator[tuple[RawRow, AnySample | None, list[Issue]]]:
         for raw in self.source.rows():
             self.rows += 1
             if self.format is None and raw.data is not None:
+                reads_preference = self.preference and self.options.format == "auto"
+                found = detect_preference_format(raw.data) if reads_preference else None
                 try:
-                    self.format, self.reason = detect_format(raw.data, raw.where, self.options)
+                    self.format, self.reason = found or detect_format(raw.data, raw.where, self.options)
                 except RowError as err:
                     yield raw, None, [*([raw.issue] if raw.issue else []), err.issue]
                     continue
             if self.format is None:
                 yield raw, None, [raw.issue] if raw.issue else []
+                continue
+            if self.holds_preferences:
+                yield (raw, *classify_preference_row(raw, self.format, self.options))
                 continue
             yield (raw, *classify_row(raw, self.format, self.options))
 
@@ -161,7 +197,7 @@ def check_files(
         for index in sorted(range(len(references)), key=lambda i: splits.get(references[i]) != TRAIN):
             reference = references[index]
             split = splits.get(reference)
-            stream = FileStream(reference, options)
+            stream = FileStream(reference, options, preference=True)
             issues = _check_stream(stream, seen, split, stats, measurer)
             counts = Counter(issue.severity for issue in issues)
             results[index] = (
@@ -193,18 +229,30 @@ def _check_stream(
     train = seen.get(TRAIN) if split not in (None, TRAIN) else None
     pending: list[tuple[list, Callable[[], list]]] = []
     for chunk in _chunks(((sample, row_issues) for _, sample, row_issues in stream), CHUNK_ROWS):
-        pending.append((chunk, measurer.submit([sample for sample, _ in chunk if sample is not None])))
+        samples = [] if stream.holds_preferences else [sample for sample, _ in chunk if sample is not None]
+        pending.append((chunk, measurer.submit(samples)))
         if len(pending) > 1:
             issues += _finish_chunk(*pending.pop(0), stream.format, own, train, measurer, stats)
     for chunk, results in pending:
         issues += _finish_chunk(chunk, results, stream.format, own, train, measurer, stats)
     if stream.rows == 0:
         issues.append(stream.empty_file_issue())
+    if stream.holds_preferences and measurer.active:
+        issues.append(
+            Issue(
+                "not_measured",
+                "warning",
+                Provenance(str(stream.source.path) if stream.source.path is not None else stream.reference, 0),
+                "",
+                "preference rows: token counts and the template's render are not checked yet",
+                "line 0 means the file as a whole",
+            )
+        )
     return issues
 
 
 def _finish_chunk(
-    chunk: list[tuple[Sample | None, list[Issue]]],
+    chunk: list[tuple[AnySample | None, list[Issue]]],
     results: Callable[[], list],
     fmt: str | None,
     own: _Seen,
@@ -217,7 +265,7 @@ def _finish_chunk(
     for sample, row_issues in chunk:
         stats.add_row()
         if sample is not None:
-            if measurer.active:
+            if measurer.active and not isinstance(sample, (PreferencePair, KtoSample)):
                 row_issues += _token_issues(sample, next(measured), measurer.max_length, stats)
             row_issues += _repeats(sample, own, train)
             if not has_error(row_issues):
@@ -236,7 +284,7 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _repeats(sample: Sample, own: _Seen, train: _Seen | None) -> list[Issue]:
+def _repeats(sample: AnySample, own: _Seen, train: _Seen | None) -> list[Issue]:
     """Duplicate and near-duplicate of an earlier row of the same split; overlap with train."""
     exact, near = _short(content_key(sample)), _short(near_key(sample))
     issues = []

@@ -16,19 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data.check import FileStream, has_error
+from tunesmith.data.check import AnySample, FileStream, has_error
 from tunesmith.data.options import FormatOptions
-from tunesmith.data.types import Conversation, Issue, Message, Sample, TextSample, ToolCall
+from tunesmith.data.preference import KtoSample, PreferencePair, PreferenceSample
+from tunesmith.data.types import Conversation, Issue, Message, Provenance, Sample, TextSample, ToolCall
 from tunesmith.runfolder import AtomicFiles
 
 
-def sample_to_row(sample: Sample) -> dict[str, Any]:
+def sample_to_row(sample: Sample | PreferenceSample) -> dict[str, Any]:
     """The normalized JSON object of a sample; optional keys only when set.
 
     >>> from tunesmith.data.types import Provenance
     >>> sample_to_row(TextSample("hello", Provenance("a.txt", 1), id="7"))
     {'text': 'hello', 'id': '7'}
     """
+    if isinstance(sample, (PreferencePair, KtoSample)):
+        return preference_to_row(sample)
     if isinstance(sample, Conversation):
         row: dict[str, Any] = {"messages": [_message_to_dict(m) for m in sample.messages]}
         if sample.tools:
@@ -41,6 +44,21 @@ def sample_to_row(sample: Sample) -> dict[str, Any]:
             row["labels"] = list(sample.labels)
     if sample.id:
         row["id"] = sample.id
+    return row
+
+
+def preference_to_row(sample: PreferenceSample) -> dict[str, Any]:
+    """A preference row in TRL's conversational form: `prompt` + `chosen` + `rejected` message lists,
+    or `prompt` + `completion` + `label` for KTO (what tunesmith reads back as format `trl`/`kto`)."""
+    row: dict[str, Any] = {"prompt": [_message_to_dict(m) for m in sample.prompt]}
+    if isinstance(sample, PreferencePair):
+        row["chosen"] = [_message_to_dict(m) for m in sample.chosen]
+        row["rejected"] = [_message_to_dict(m) for m in sample.rejected]
+    else:
+        row["completion"] = [_message_to_dict(m) for m in sample.completion]
+        row["label"] = sample.desirable
+    if sample.tools:
+        row["tools"] = list(sample.tools)
     return row
 
 
@@ -93,14 +111,32 @@ class ConvertSummary:
     """(reference, detected format, why) per input file."""
 
 
-def good_samples(references: list[str], options: FormatOptions, summary: Any) -> Iterator[Sample]:
+def good_samples(references: list[str], options: FormatOptions, summary: Any) -> Iterator[AnySample]:
     """The good samples of every file, in order. Counts rows into `summary.rows`, collects the errors
     of bad rows and of empty files into `summary.bad`, and each file's detected format into
-    `summary.files` (what `convert` and `split` both report)."""
+    `summary.files` (what `convert` and `split` both report). Preference rows are read too; a file
+    of chat rows after a file of preference rows (or the other way round) is refused as a whole,
+    since one output cannot hold both."""
+    first_kind: tuple[str, bool] | None = None
     for reference in references:
-        stream = FileStream(reference, options)
+        stream = FileStream(reference, options, preference=True)
         for _, sample, issues in stream:
             summary.rows += 1
+            if first_kind is None and stream.format is not None:
+                first_kind = (reference, stream.holds_preferences)
+            if first_kind is not None and stream.format is not None and stream.holds_preferences != first_kind[1]:
+                kinds = ("chat", "preference") if first_kind[1] else ("preference", "chat")
+                summary.bad.append(
+                    Issue(
+                        "mixed_kinds",
+                        "error",
+                        Provenance(reference, 0),
+                        "",
+                        f"{kinds[0]} rows, after {kinds[1]} rows in {first_kind[0]}: one output cannot hold both",
+                        "convert them separately",
+                    )
+                )
+                break
             if sample is None:
                 summary.bad += [issue for issue in issues if issue.severity == "error"]
                 continue
@@ -124,14 +160,19 @@ def convert_files(
     With bad rows the output is written only under `keep_good=True` (then without those rows); a
     file the provider would refuse as a whole (too few rows, too large) is never written.
     """
-    from tunesmith.data.providers import NotCarried, file_issues, provider_row
+    from tunesmith.data.providers import NotCarried, file_issues, provider_preference_row, provider_row
 
     summary = ConvertSummary(Path(out_path), written=False)
     size = 0
     with AtomicFiles([summary.out_path]) as files:
         for sample in good_samples(references, options, summary):
             try:
-                row = provider_row(sample, to) if to else sample_to_row(sample)
+                if not to:
+                    row = sample_to_row(sample)
+                elif isinstance(sample, (PreferencePair, KtoSample)):
+                    row = provider_preference_row(sample, to)
+                else:
+                    row = provider_row(sample, to)
             except NotCarried as refused:
                 assert to is not None
                 summary.bad.append(refused.issue(to, sample.source))

@@ -14,6 +14,7 @@ from typing import Any
 
 from tunesmith.data.check import FileStream
 from tunesmith.data.options import FormatOptions
+from tunesmith.data.preference import KtoSample, PreferencePair
 from tunesmith.data.types import Conversation, Issue, RawRow, Sample
 from tunesmith.errors import UserError
 
@@ -78,6 +79,8 @@ def _read_file(spec: SourceSpec, loaded: LoadedSplit) -> tuple[list[Sample], lis
         if sample is None:
             bad.append((raw, issues))
             continue
+        if isinstance(sample, (PreferencePair, KtoSample)):
+            raise AssertionError("FileStream reads preference rows only when asked to")
         loaded.warnings += issues
         samples.append(sample)
     if stream.rows == 0:

@@ -76,7 +76,9 @@ def detect_preference_format(row: dict) -> tuple[str, str] | None:
         if isinstance(row["chosen"], str) and _HH_TURN.search(row["chosen"]):
             return "hh", "chosen and rejected are Human/Assistant transcripts"
         return "trl", "keys chosen and rejected (the prompt is what they share)"
-    if "label" in row and ("completion" in row or "messages" in row):
+    label = row.get("label")
+    boolean = isinstance(label, bool) or (isinstance(label, str) and label.strip().lower() in _KTO_TEXT)
+    if boolean and ("completion" in row or "messages" in row):  # other labels (classes, scores) are not KTO's
         return "kto", f"keys {'prompt, completion' if 'completion' in row else 'messages'} and label"
     return None
 
@@ -93,21 +95,21 @@ def to_preference(row: dict, where: Provenance, fmt: str, options: FormatOptions
         prompt = tuple(f.system() + [sharegpt_turn(t, f, roles, f"conversations[{i}]") for i, t in enumerate(turns)])
         sample = PreferencePair(
             prompt,
-            (sharegpt_turn(as_dict(row["chosen"], where, "chosen"), f, roles, "chosen"),),
-            (sharegpt_turn(as_dict(row["rejected"], where, "rejected"), f, roles, "rejected"),),
+            (sharegpt_turn(as_dict(f.required("chosen"), where, "chosen"), f, roles, "chosen"),),
+            (sharegpt_turn(as_dict(f.required("rejected"), where, "rejected"), f, roles, "rejected"),),
             where,
             f.tools(),
         )
     elif fmt == "openai_dpo":
-        given = as_dict(row["input"], where, "input")
+        given = as_dict(f.required("input"), where, "input")
         prompt = messages(given.get("messages"), where, "input.messages")
         tools = tuple(as_dict(t, where, f"input.tools[{i}]") for i, t in enumerate(given.get("tools") or []))
-        chosen = messages(row["preferred_output"], where, "preferred_output")
-        rejected = messages(row["non_preferred_output"], where, "non_preferred_output")
+        chosen = messages(f.required("preferred_output"), where, "preferred_output")
+        rejected = messages(f.required("non_preferred_output"), where, "non_preferred_output")
         sample = PreferencePair(prompt, chosen, rejected, where, tools)
     elif fmt == "hh":
-        chosen_all = _transcript(text(row["chosen"], where, "chosen"), where, "chosen")
-        rejected_all = _transcript(text(row["rejected"], where, "rejected"), where, "rejected")
+        chosen_all = _transcript(text(f.required("chosen"), where, "chosen"), where, "chosen")
+        rejected_all = _transcript(text(f.required("rejected"), where, "rejected"), where, "rejected")
         sample = _split_shared(chosen_all, rejected_all, where, ())
     elif fmt == "kto":
         sample = _kto(f)
@@ -119,13 +121,11 @@ def to_preference(row: dict, where: Provenance, fmt: str, options: FormatOptions
 
 def _trl(f: Fields) -> PreferencePair:
     where, row = f.where, f.row
+    chosen = prompt_side(f.required("chosen"), where, "chosen", "assistant")
+    rejected = prompt_side(f.required("rejected"), where, "rejected", "assistant")
     if "prompt" not in row:
-        chosen = prompt_side(row["chosen"], where, "chosen", "assistant")
-        rejected = prompt_side(row["rejected"], where, "rejected", "assistant")
         return _split_shared(chosen, rejected, where, f.tools())
     prompt = prompt_side(row["prompt"], where, "prompt", "user")
-    chosen = prompt_side(row["chosen"], where, "chosen", "assistant")
-    rejected = prompt_side(row["rejected"], where, "rejected", "assistant")
     if chosen and chosen[0].role != "assistant" and rejected and rejected[0].role != "assistant":
         # UltraFeedback binarized: whole conversations beside the prompt's text
         pair = _split_shared(chosen, rejected, where, f.tools())
@@ -137,7 +137,7 @@ def _trl(f: Fields) -> PreferencePair:
 
 def _kto(f: Fields) -> KtoSample:
     where, row = f.where, f.row
-    label = row["label"]
+    label = f.required("label")
     if isinstance(label, str) and label.strip().lower() in _KTO_TEXT:
         label = _KTO_TEXT[label.strip().lower()]
     if not isinstance(label, bool):
@@ -146,7 +146,7 @@ def _kto(f: Fields) -> KtoSample:
         prompt = prompt_side(f.required("prompt"), where, "prompt", "user")
         completion = prompt_side(row["completion"], where, "completion", "assistant")
         return KtoSample(prompt, completion, label, where, f.tools())
-    turns = messages(row["messages"], where, "messages")
+    turns = messages(f.required("messages"), where, "messages")
     start = len(turns)
     while start > 0 and turns[start - 1].role in ("assistant", "tool"):
         start -= 1

@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from tunesmith.data.preference import KtoSample, PreferenceSample
 from tunesmith.data.types import Conversation, Issue, Message, Provenance, Sample, TextSample
 
 PROVIDERS = ("openai", "together")
@@ -164,3 +165,38 @@ def file_issues(provider: str, rows: int, size: int, where: str) -> list[Issue]:
             "split it (tunesmith data split) or upload fewer rows"
         )
     return [Issue(f"{provider}_format", "error", Provenance(where, 0), "", problem) for problem in problems]
+
+
+def provider_preference_row(sample: PreferenceSample, provider: str) -> dict[str, Any]:
+    """A preference pair as one row of `provider`'s DPO JSONL (OpenAI's format, which Together takes
+    too): `input.messages` (+ `tools`), `preferred_output` and `non_preferred_output`, each one
+    assistant message. The prompt is checked by the same rules as a chat row of that provider."""
+    if isinstance(sample, KtoSample):
+        raise NotCarried(
+            "label",
+            f"{provider} has no format for unpaired rows (KTO); pair each answer with another for the same "
+            "prompt, or train KTO here (train.objective: kto)",
+        )
+    outputs = {}
+    for name, key, answer in (
+        ("chosen", "preferred_output", sample.chosen),
+        ("rejected", "non_preferred_output", sample.rejected),
+    ):
+        single = answer[0]
+        if len(answer) != 1 or single.tool_calls or single.reasoning is not None:
+            raise NotCarried(
+                name,
+                f"{provider}'s preference format takes one assistant message per answer, without tool calls "
+                "or reasoning",
+            )
+        outputs[key] = [{"role": "assistant", "content": single.content}]
+    whole = Conversation(sample.prompt + sample.chosen, sample.source, tools=sample.tools)
+    try:
+        checked = provider_row(whole, provider)
+    except NotCarried as refused:
+        raise NotCarried(refused.field.replace("messages", "prompt", 1), refused.message) from None
+    prompt = [{k: v for k, v in m.items() if k != "weight"} for m in checked["messages"][: len(sample.prompt)]]
+    given: dict[str, Any] = {"messages": prompt}
+    if "tools" in checked:
+        given["tools"] = checked["tools"]
+    return {"input": given, **outputs}

@@ -15,10 +15,11 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesmith.data.check import has_error
+from tunesmith.data.check import AnySample, has_error
 from tunesmith.data.convert import good_samples, jsonl_line, sample_to_row
 from tunesmith.data.options import FormatOptions
-from tunesmith.data.types import Issue
+from tunesmith.data.preference import KtoSample, PreferencePair
+from tunesmith.data.types import Conversation, Issue
 from tunesmith.data.validate import near_key
 from tunesmith.errors import UserError
 from tunesmith.runfolder import AtomicFiles
@@ -80,7 +81,7 @@ def split_files(
     summary.paths = {name: summary.out_dir / f"{name}.jsonl" for name in SPLITS if fractions[name] > 0}
     with AtomicFiles(list(summary.paths.values())) as files:
         for sample in good_samples(references, options, summary):
-            name = assign(position(near_key(sample), seed), validation=validation, test=test)
+            name = assign(position(_split_key(sample), seed), validation=validation, test=test)
             if keep_good or not summary.bad:  # once a row is bad the output is lost: stop writing it
                 files.write(summary.paths[name], jsonl_line(sample_to_row(sample)))
             summary.counts[name] += 1
@@ -88,6 +89,14 @@ def split_files(
             files.commit()
             summary.written = True
     return summary
+
+
+def _split_key(sample: AnySample) -> str:
+    """Rows go to a split by their content; preference rows by their prompt alone, so that two
+    pairs (or KTO answers) for one prompt never sit on both sides of a split."""
+    if isinstance(sample, (PreferencePair, KtoSample)):
+        return near_key(Conversation(sample.prompt, sample.source, tools=sample.tools))
+    return near_key(sample)
 
 
 def _check_fractions(validation: float, test: float) -> None:

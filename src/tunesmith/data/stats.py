@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 from tunesmith.data.forked import default_workers, fork_pool
+from tunesmith.data.preference import PreferenceSample
 from tunesmith.data.types import IGNORE_INDEX, Conversation, Sample
 from tunesmith.errors import UserError
 
@@ -146,7 +147,7 @@ class StatsAccumulator:
     def add_row(self) -> None:
         self.rows += 1
 
-    def add_sample(self, sample: Sample, fmt: str) -> None:
+    def add_sample(self, sample: Sample | PreferenceSample, fmt: str) -> None:
         self.valid_rows += 1
         self.by_format[fmt] += 1
         if isinstance(sample, Conversation):

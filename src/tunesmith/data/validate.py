@@ -14,6 +14,7 @@ import re
 import unicodedata
 from typing import Any
 
+from tunesmith.data.preference import KtoSample, PreferencePair, PreferenceSample
 from tunesmith.data.types import IGNORE_INDEX, Conversation, Issue, Message, Sample, TextSample, TokenSample
 
 # JSON may spell half a UTF-16 pair ("\\ud800"); Python keeps it, but no tokenizer can encode it.
@@ -305,13 +306,19 @@ def _check_tokens(sample: TokenSample) -> list[Issue]:
 # ---- content keys: the same content gives the same key, wherever and however often it appears ----
 
 
-def canonical_content(sample: Sample) -> dict[str, Any]:
+def canonical_content(sample: Sample | PreferenceSample) -> dict[str, Any]:
     """What a sample says, without where it came from or its id: the basis of `content_key`.
 
     >>> from tunesmith.data.types import Provenance
     >>> canonical_content(TextSample("hi", Provenance("a.jsonl", 1), id="x"))
     {'text': 'hi'}
     """
+    if isinstance(sample, (PreferencePair, KtoSample)):
+        parts = {
+            name: canonical_content(Conversation(messages, sample.source))["messages"]
+            for name, messages in _preference_parts(sample)
+        }
+        return {**parts, "tools": list(sample.tools)}
     if isinstance(sample, Conversation):
         messages = []
         for m in sample.messages:
@@ -327,7 +334,7 @@ def canonical_content(sample: Sample) -> dict[str, Any]:
     return {"input_ids": list(sample.input_ids), "labels": None if sample.labels is None else list(sample.labels)}
 
 
-def content_key(sample: Sample) -> str:
+def content_key(sample: Sample | PreferenceSample) -> str:
     """sha256 of the canonical JSON of a sample's content: equal keys mean identical training content.
 
     >>> from tunesmith.data.types import Provenance
@@ -357,7 +364,7 @@ def normalize_text(text: str) -> str:
     return " ".join(_PUNCTUATION.sub(" ", text.lower()).split())
 
 
-def near_key(sample: Sample) -> str:
+def near_key(sample: Sample | PreferenceSample) -> str:
     """sha256 of the sample's text after `normalize_text`, roles kept, weights and ids ignored:
     rows that differ only in case, spacing or punctuation share it.
 
@@ -366,6 +373,10 @@ def near_key(sample: Sample) -> str:
     >>> near_key(a) == near_key(TextSample("turn on  the light", Provenance("a", 2)))
     True
     """
+    if isinstance(sample, (PreferencePair, KtoSample)):
+        parts = _preference_parts(sample)
+        form = "\x1b".join(f"{name}\x1b{near_key(Conversation(turns, sample.source))}" for name, turns in parts)
+        return hashlib.sha256(form.encode("utf-8")).hexdigest()
     if isinstance(sample, Conversation):
         # Normalized text holds no control characters, so \x1e and \x1f separate unambiguously.
         form = "\x1e".join(
@@ -384,6 +395,13 @@ def near_key(sample: Sample) -> str:
     else:
         return content_key(sample)  # token ids have no spelling to normalize
     return hashlib.sha256(form.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _preference_parts(sample: PreferenceSample) -> list[tuple[str, tuple[Message, ...]]]:
+    if isinstance(sample, PreferencePair):
+        return [("prompt", sample.prompt), ("chosen", sample.chosen), ("rejected", sample.rejected)]
+    label = (Message("system", str(sample.desirable)),)
+    return [("prompt", sample.prompt), ("completion", sample.completion), ("label", label)]
 
 
 def _sha256(value: Any) -> str:
