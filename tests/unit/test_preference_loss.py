@@ -66,6 +66,17 @@ def _pairs(vocab: int, prompt_lengths=(3, 5), seed: int = 0):
     return {"input_ids": input_ids, "attention_mask": attention, "completion_mask": completion}
 
 
+KTO_SEED = 3
+
+
+def _nudge(model, seed: int, size: float = 0.02) -> None:
+    """Move every weight by seeded noise, whatever ran before (tests run in any order)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(size * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+
+
 def _labels(batch):
     return batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
 
@@ -107,9 +118,7 @@ def test_dpo_loss_and_gradients_equal_trls_dpo_trainer(tiny, tmp_path, variant):
 
     model, tokenizer = tiny
     policy, reference = copy.deepcopy(model), copy.deepcopy(model)
-    with torch.no_grad():  # the policy has moved away from the reference
-        for p in policy.parameters():
-            p.add_(0.02 * torch.randn_like(p))
+    _nudge(policy, seed=2)  # the policy has moved away from the reference
     trainer_model = copy.deepcopy(policy)
     trainer = DPOTrainer(
         model=trainer_model,
@@ -226,9 +235,7 @@ def test_kto_loss_and_gradients_equal_trls_kto_trainer(tiny, tmp_path):
 
     model, tokenizer = tiny
     policy, reference = copy.deepcopy(model), copy.deepcopy(model)
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.add_(0.02 * torch.randn_like(p))
+    _nudge(policy, seed=KTO_SEED)
     trainer_model = copy.deepcopy(policy)
     settings = {"beta": 0.2, "desirable_weight": 1.3, "undesirable_weight": 0.8}
     trainer = KTOTrainer(
