@@ -238,3 +238,11 @@ def check_preference(sample: PreferenceSample) -> list[Issue]:
             )
         )
     return issues
+
+
+def preference_parts(sample: PreferenceSample) -> list[tuple[str, tuple[Message, ...]]]:
+    """The sample's pieces by name, for content keys: prompt and answers (a KTO label as a turn)."""
+    if isinstance(sample, PreferencePair):
+        return [("prompt", sample.prompt), ("chosen", sample.chosen), ("rejected", sample.rejected)]
+    label = (Message("system", str(sample.desirable)),)
+    return [("prompt", sample.prompt), ("completion", sample.completion), ("label", label)]

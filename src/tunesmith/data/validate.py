@@ -14,7 +14,7 @@ import re
 import unicodedata
 from typing import Any
 
-from tunesmith.data.preference import KtoSample, PreferencePair, PreferenceSample
+from tunesmith.data.preference import KtoSample, PreferencePair, PreferenceSample, preference_parts
 from tunesmith.data.types import IGNORE_INDEX, Conversation, Issue, Message, Sample, TextSample, TokenSample
 
 # JSON may spell half a UTF-16 pair ("\\ud800"); Python keeps it, but no tokenizer can encode it.
@@ -316,7 +316,7 @@ def canonical_content(sample: Sample | PreferenceSample) -> dict[str, Any]:
     if isinstance(sample, (PreferencePair, KtoSample)):
         parts = {
             name: canonical_content(Conversation(messages, sample.source))["messages"]
-            for name, messages in _preference_parts(sample)
+            for name, messages in preference_parts(sample)
         }
         return {**parts, "tools": list(sample.tools)}
     if isinstance(sample, Conversation):
@@ -374,7 +374,7 @@ def near_key(sample: Sample | PreferenceSample) -> str:
     True
     """
     if isinstance(sample, (PreferencePair, KtoSample)):
-        parts = _preference_parts(sample)
+        parts = preference_parts(sample)
         form = "\x1b".join(f"{name}\x1b{near_key(Conversation(turns, sample.source))}" for name, turns in parts)
         return hashlib.sha256(form.encode("utf-8")).hexdigest()
     if isinstance(sample, Conversation):
@@ -395,13 +395,6 @@ def near_key(sample: Sample | PreferenceSample) -> str:
     else:
         return content_key(sample)  # token ids have no spelling to normalize
     return hashlib.sha256(form.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _preference_parts(sample: PreferenceSample) -> list[tuple[str, tuple[Message, ...]]]:
-    if isinstance(sample, PreferencePair):
-        return [("prompt", sample.prompt), ("chosen", sample.chosen), ("rejected", sample.rejected)]
-    label = (Message("system", str(sample.desirable)),)
-    return [("prompt", sample.prompt), ("completion", sample.completion), ("label", label)]
 
 
 def _sha256(value: Any) -> str:
