@@ -112,9 +112,13 @@ def _args(config_cls, tmp_path, **settings):
     )
 
 
-@pytest.mark.parametrize("variant", ["sigmoid", "ipo", "hinge"])
-def test_dpo_loss_and_gradients_equal_trls_dpo_trainer(tiny, tmp_path, variant):
+@pytest.mark.parametrize(("variant", "sft_weight"), [("sigmoid", 0.0), ("ipo", 0.0), ("hinge", 0.0), ("sigmoid", 0.7)])
+def test_dpo_loss_and_gradients_equal_trls_dpo_trainer(tiny, tmp_path, variant, sft_weight):
     from trl import DPOConfig, DPOTrainer
+
+    losses = {"loss_type": [variant]}
+    if sft_weight:  # RPO: DPO plus the chosen answers' NLL
+        losses = {"loss_type": [variant, "sft"], "loss_weights": [1.0, sft_weight]}
 
     model, tokenizer = tiny
     policy, reference = copy.deepcopy(model), copy.deepcopy(model)
@@ -123,7 +127,7 @@ def test_dpo_loss_and_gradients_equal_trls_dpo_trainer(tiny, tmp_path, variant):
     trainer = DPOTrainer(
         model=trainer_model,
         ref_model=copy.deepcopy(reference),
-        args=_args(DPOConfig, tmp_path, loss_type=[variant], beta=0.3),
+        args=_args(DPOConfig, tmp_path, beta=0.3, **losses),
         train_dataset=_dataset(),
         processing_class=tokenizer,
     )
@@ -135,7 +139,7 @@ def test_dpo_loss_and_gradients_equal_trls_dpo_trainer(tiny, tmp_path, variant):
     policy.train()
     with torch.no_grad():
         ref = _ours(reference, batch)
-    out = dpo_loss(_ours(policy, batch), ref, beta=0.3, variant=variant)
+    out = dpo_loss(_ours(policy, batch), ref, beta=0.3, variant=variant, sft_weight=sft_weight)
     out.loss.backward()
     _assert_same(out.loss, theirs, policy, trainer_model)
     assert 0.0 <= reward_accuracy(out) <= 1.0

@@ -38,6 +38,10 @@ class ModelConfig(Section):
     load_in_8bit: bool = False
     """`method: lora` on a base model quantized to 8 bits (bitsandbytes LLM.int8; GPU or CPU backend)."""
 
+    adapter: str | None = None
+    """Start from this LoRA adapter (a run folder such as `runs/sft-run`, or an adapter folder) and
+    train it on, instead of a fresh one: the usual SFT-then-DPO path. Its base must be `name`."""
+
 
 FormatName = Literal["auto", "messages", "sharegpt", "alpaca", "qa", "prompt_completion", "text", "tokens"]
 ColumnKey = Literal[
@@ -161,6 +165,36 @@ class LoraConfig(Section):
 
 
 class TrainConfig(Section):
+    objective: Literal["sft", "dpo", "orpo", "simpo", "kto"] = "sft"
+    """What the run learns. `sft`: the answers of chat rows (next-token loss). `dpo`, `orpo`, `simpo`:
+    prefer the chosen answer of preference pairs over the rejected one; `kto`: raise good answers and
+    lower bad ones, from rows with a boolean label (or pairs, split into a good and a bad row)."""
+
+    beta: float | None = Field(None, gt=0)
+    """Preference strength. None: 0.1 for dpo, kto and orpo (the papers' and TRL's default: a small beta
+    lets the model move far from the reference), 2.0 for simpo (its paper's range is 2 to 2.5)."""
+
+    dpo_loss: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    """DPO's loss on the reward margin: `sigmoid` (the DPO paper), `ipo` (squared, regularized towards a
+    fixed margin; robust when one answer is always preferred), `hinge` (SLiC)."""
+
+    sft_weight: float = Field(0.0, ge=0)
+    """`dpo`: add this much of the chosen answers' next-token loss (RPO). DPO alone can lower the chosen
+    answer's likelihood while it widens the margin, and the model then drops what both answers share
+    (a slot key, say); 1.0 keeps the chosen answer likely. 0 is plain DPO, as in the paper and TRL."""
+
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    """Conservative DPO and SimPO: the share of pairs assumed mislabelled. 0 trusts every label."""
+
+    simpo_gamma: float = Field(0.5, ge=0)
+    """SimPO's target margin between the chosen and rejected average log-probabilities (its paper's value)."""
+
+    kto_desirable_weight: float = Field(1.0, gt=0)
+    """KTO's weight on good answers. Raise it (or lower the other) when good rows are rarer than bad."""
+
+    kto_undesirable_weight: float = Field(1.0, gt=0)
+    """KTO's weight on bad answers."""
+
     epochs: float = Field(1.0, gt=0)
     """Passes over the training data (fractions allowed). Ignored when `max_steps` is set."""
 
@@ -222,6 +256,13 @@ class TrainConfig(Section):
 
     load_best_at_end: bool = False
     """At the end, keep the weights of the checkpoint with the lowest eval loss (needs a validation split)."""
+
+    @property
+    def preference_beta(self) -> float:
+        """`beta`, or the objective's default when it is None."""
+        if self.beta is not None:
+            return self.beta
+        return 2.0 if self.objective == "simpo" else 0.1
 
 
 class TrackingConfig(Section):
@@ -332,6 +373,15 @@ class Config(Section):
 
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
     """Where each key was set ("run.yaml:12" or "--set a.b=c"), for errors found after loading."""
+
+    @model_validator(mode="after")
+    def _adapter_needs_lora(self) -> Config:
+        if self.model.adapter is not None and self.method == "full":
+            raise ValueError(
+                "model.adapter trains an existing LoRA adapter on; with method: full merge it first "
+                "(`tunesmith merge RUN`) and name RUN/merged as model.name"
+            )
+        return self
 
     @field_validator("name")
     @classmethod

@@ -48,12 +48,13 @@ class LoadedSplit:
         return [s for s in self.samples if isinstance(s, Conversation)]
 
 
-def load_split(specs: list[SourceSpec], *, split: str, policy: str, seed: int) -> LoadedSplit:
-    """Read every file of a split; raise on bad rows under `fail`, set them aside under `skip`."""
+def load_split(specs: list[SourceSpec], *, split: str, policy: str, seed: int, preference: bool = False) -> LoadedSplit:
+    """Read every file of a split; raise on bad rows under `fail`, set them aside under `skip`.
+    `preference`: preference rows (pairs, KTO rows) are read too (a preference objective's run)."""
     loaded = LoadedSplit([], [], [], [])
     errors: list[Issue] = []
     for spec in specs:
-        samples, bad = _read_file(spec, loaded)
+        samples, bad = _read_file(spec, loaded, preference)
         errors += [issue for _, issues in bad for issue in issues if issue.severity == "error"]
         loaded.quarantined += bad
         chosen = _apply_weight(samples, spec.weight, random.Random(f"{seed}:{spec.reference}"))
@@ -70,16 +71,18 @@ def load_split(specs: list[SourceSpec], *, split: str, policy: str, seed: int) -
     return loaded
 
 
-def _read_file(spec: SourceSpec, loaded: LoadedSplit) -> tuple[list[Sample], list[tuple[RawRow, list[Issue]]]]:
+def _read_file(
+    spec: SourceSpec, loaded: LoadedSplit, preference: bool = False
+) -> tuple[list[Any], list[tuple[RawRow, list[Issue]]]]:
     """The per-row pipeline of `data check` (FileStream), keeping good rows and setting bad ones aside."""
-    stream = FileStream(spec.reference, spec.options)
-    samples: list[Sample] = []
+    stream = FileStream(spec.reference, spec.options, preference=preference)
+    samples: list[Any] = []
     bad: list[tuple[RawRow, list[Issue]]] = []
     for raw, sample, issues in stream:
         if sample is None:
             bad.append((raw, issues))
             continue
-        if isinstance(sample, (PreferencePair, KtoSample)):
+        if isinstance(sample, (PreferencePair, KtoSample)) and not preference:
             raise AssertionError("FileStream reads preference rows only when asked to")
         loaded.warnings += issues
         samples.append(sample)

@@ -80,6 +80,57 @@ def collate_padded(features: list[dict[str, Any]], pad_id: int = 0) -> dict[str,
     return batch | _sources(features)
 
 
+def collate_scored(features: list[dict[str, Any]], detached: int = 0) -> dict[str, Any]:
+    """Preference rows (`formatting/pairs.py`) packed into one [1, total] row of sequences, laid out
+    as the losses expect: every row's first sequence (chosen), then every row's second (rejected).
+    `segments` gives each position its sequence's index, and `reference` each sequence's reference
+    log-probability when the rows carry them. The last `detached` sequences of each row (KTO's
+    mismatched partners, scored without gradient) go into a second packed row under `detached`.
+
+    >>> pair = {"sequences": [([1, 2], [-100, 2]), ([1, 3], [-100, 3])]}
+    >>> b = collate_scored([pair, {"sequences": [([4], [4]), ([5, 6], [5, 6])]}])
+    >>> b["input_ids"].tolist(), b["segments"].tolist(), b["labels"].tolist()
+    ([[1, 2, 4, 1, 3, 5, 6]], [[0, 0, 1, 2, 2, 3, 3]], [[-100, 2, -100, -100, 3, -100, 6]])
+    """
+    import torch
+
+    width = len(features[0]["sequences"])
+    kept = width - detached
+    batch = _pack_sequences([f["sequences"][k] for k in range(kept) for f in features])
+    if all("reference" in f for f in features):
+        batch["reference"] = torch.tensor([f["reference"][k] for k in range(kept) for f in features])
+    if all("desirable" in f for f in features):
+        batch["desirable"] = torch.tensor([f["desirable"] for f in features], dtype=torch.bool)
+    if detached:
+        batch["detached"] = _pack_sequences([f["sequences"][k] for k in range(kept, width) for f in features])
+        if "reference" in batch:
+            batch["detached"]["reference"] = torch.tensor(
+                [f["reference"][k] for k in range(kept, width) for f in features]
+            )
+    return batch | _sources(features)
+
+
+def _pack_sequences(sequences: list[tuple[list[int], list[int]]]) -> dict[str, Any]:
+    import torch
+
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    segments: list[int] = []
+    for index, (seq_ids, seq_labels) in enumerate(sequences):
+        ids.extend(seq_ids)
+        labels.extend([IGNORE_INDEX, *seq_labels[1:]][: len(seq_ids)])
+        positions.extend(range(len(seq_ids)))
+        segments.extend([index] * len(seq_ids))
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "labels": torch.tensor([labels], dtype=torch.long),
+        "position_ids": torch.tensor([positions], dtype=torch.long),
+        "segments": torch.tensor([segments], dtype=torch.long),
+        "sequences": len(sequences),
+    }
+
+
 def collator_for(packing: str, pad_id: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """The collator of a `train.packing` mode (`bins` or `none`)."""
     return collate_packed if packing == "bins" else partial(collate_padded, pad_id=pad_id)

@@ -176,15 +176,19 @@ def _encode_row(
         raise UserError(f"{sample.source}: {message.removeprefix(TOO_LONG)}") from None
 
 
-def shared_system_prompt(samples: list[Sample]) -> str | None:
+def shared_system_prompt(samples: Sequence[Any]) -> str | None:
     """The system prompt every conversation starts with, if they all share one.
 
-    Chat and export use it as the default, so inference sees what training saw.
+    Chat and export use it as the default, so inference sees what training saw. Preference rows
+    count by their prompt.
     """
-    conversations = [s for s in samples if isinstance(s, Conversation)]
-    if not conversations or len(conversations) != len(samples):
+    firsts = [
+        s.messages[0] if isinstance(s, Conversation) else s.prompt[0] if getattr(s, "prompt", None) else None
+        for s in samples
+    ]
+    if not firsts or any(m is None for m in firsts):
         return None
-    prompts = {c.messages[0].content if c.messages[0].role == "system" else None for c in conversations}
+    prompts = {m.content if m.role == "system" else None for m in firsts if m is not None}
     return prompts.pop() if len(prompts) == 1 else None
 
 

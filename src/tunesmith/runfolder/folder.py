@@ -5,6 +5,7 @@ the user's input turns out wrong, marked failed (or interrupted) on anything els
     RUN/data_report.json     per split: rows, tokens, trainable share, warnings, cache hits
     RUN/quarantine.jsonl     rows left out under on_bad_row: skip, each with its issues
     RUN/metrics.jsonl        one line per logged step (loss, lr, tokens/s, memory) and eval
+    RUN/reference_logps.safetensors  a preference run's reference log-probabilities (computed once)
     RUN/checkpoints/step-N/  weights, optimizer, scheduler, RNG, data position; its own manifest
     RUN/adapter/ or model/   the weights with the tokenizer and tunesmith.json (the run record)
     RUN/eval/                results.json and samples.jsonl (tuned vs base)
@@ -46,6 +47,10 @@ class RunFolder:
     @property
     def metrics(self) -> Path:
         return self.path / "metrics.jsonl"
+
+    @property
+    def reference_logps(self) -> Path:
+        return self.path / "reference_logps.safetensors"
 
     @property
     def checkpoints(self) -> Path:

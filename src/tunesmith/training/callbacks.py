@@ -22,6 +22,10 @@ def memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+PREFERENCE_KEYS = ("rewards/", "logps/", "kl", "eval_rewards/", "eval_logps/", "eval_kl")
+"""What a preference run logs beside its loss (training/preference.py)."""
+
+
 class MetricsWriter(TrainerCallback):
     """Appends one JSON object per log event to metrics.jsonl (train steps and evaluations)."""
 
@@ -64,6 +68,7 @@ class MetricsWriter(TrainerCallback):
             record |= {"eval_loss": logs["eval_loss"]}
         else:
             return
+        record |= {key: value for key, value in logs.items() if key.startswith(PREFERENCE_KEYS)}
         record |= {"elapsed_s": round(now - self.started, 2), "memory_mb": round(memory_mb(), 1)}
         append_jsonl(self.path, record)
 

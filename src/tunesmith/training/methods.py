@@ -35,6 +35,8 @@ def check_method(config: Config, device: str) -> None:
     (its CUDA kernels, or its CPU backend): `tunesmith.models.quant.support` tries it."""
     from tunesmith.models.quant import support
 
+    if config.model.adapter is not None:
+        adapter_folder(config)
     if config.train.optimizer == "paged_adamw_8bit" and device != "cuda":
         raise UserError(
             f"{config.origin('train.optimizer')}: train.optimizer: paged_adamw_8bit pages optimizer "
@@ -56,6 +58,30 @@ def check_method(config: Config, device: str) -> None:
         raise UserError(
             f"{config.origin(key)}: {what} needs bitsandbytes on {device}, and {reason}; or train with {instead}"
         )
+
+
+def adapter_folder(config: Config) -> Any:
+    """The LoRA adapter `model.adapter` names (a run folder's adapter/, or an adapter folder), checked
+    to be one and to belong to `model.name` as far as its run record says."""
+    from pathlib import Path
+
+    from tunesmith.runfolder.record import RunRecord
+
+    given = Path(str(config.model.adapter)).expanduser()
+    where = f"{config.origin('model.adapter')}: model.adapter"
+    folder = next((f for f in (given / "adapter", given) if (f / "adapter_config.json").is_file()), None)
+    if folder is None:
+        raise UserError(
+            f"{where}: {given} holds no LoRA adapter (no adapter_config.json in it or in its adapter/); "
+            "name a finished LoRA run folder or an adapter folder"
+        )
+    record = RunRecord.read(folder, strict=False) if (folder / "tunesmith.json").is_file() else None
+    base = record.base_model if record is not None else None
+    if base is not None and Path(base).name != Path(config.model.name).name:
+        raise UserError(
+            f"{where}: the adapter in {folder} was trained on {base}, and model.name is {config.model.name}"
+        )
+    return folder.resolve()
 
 
 def optimizer_name(config: Config) -> str:
@@ -106,6 +132,16 @@ def trainable_model(config: Config, ref: Any, *, device: str, precision: str) ->
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.train.gradient_checkpointing)
     elif config.train.gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+    if config.model.adapter is not None:  # train an existing adapter on (SFT, then a preference objective)
+        from peft import PeftModel
+
+        folder = adapter_folder(config)
+        model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+        trainable, total = count_parameters(model)
+        r = getattr(model.peft_config["default"], "r", "?")
+        share = 100 * trainable / total
+        summary = f"LoRA r={r} from {folder}: {trainable:,} trainable of {total:,} parameters ({share:.2f}%)"
+        return Trainable(model, trainable, total, summary)
     model = add_adapter(model, config)
     from tunesmith.training.lora_init import after_adapter
 

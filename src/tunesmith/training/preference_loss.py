@@ -11,7 +11,9 @@ The definitions, and where they differ from TRL 1.16 (tests/unit/test_preference
 the rest against TRL's trainers to 1e-5 in float32, losses and gradients):
 - DPO: -log σ(β·Δ), Δ = (log π(c) - log π_ref(c)) - (log π(r) - log π_ref(r)), log-probs summed over
   the answer's tokens. `label_smoothing` ε gives conservative DPO, -(1-ε)·log σ(βΔ) - ε·log σ(-βΔ)
-  (Mitchell 2023), the form TRL's DPO had before 1.0 and its CPO trainer still has. IPO:
+  (Mitchell 2023), the form TRL's DPO had before 1.0 and its CPO trainer still has. `sft_weight` w
+  adds w times the chosen answers' NLL per token (RPO, Pang et al. 2024), which keeps the chosen
+  answer likely while the margin grows (TRL: loss_type [variant, "sft"], loss_weights [1, w]). IPO:
   (Δ/len - 1/(2β))², Δ's terms averaged per token as TRL and the IPO authors do. Hinge: relu(1 - βΔ).
 - SimPO: -log σ(β·(mean log π(c) - mean log π(r)) - γ), no reference model; TRL's CPO "simpo".
 - ORPO: NLL of the chosen answer - β·log σ(log odds(c) - log odds(r)), odds from the mean token
@@ -75,8 +77,10 @@ def dpo_loss(
     beta: float,
     variant: str = "sigmoid",
     label_smoothing: float = 0.0,
+    sft_weight: float = 0.0,
 ) -> LossOut:
-    """DPO and its variants over a batch of pairs (chosen rows, then rejected rows)."""
+    """DPO and its variants over a batch of pairs (chosen rows, then rejected rows). `sft_weight` adds
+    that much of the chosen answers' NLL per token (RPO; TRL's loss_type [variant, "sft"])."""
     import torch.nn.functional as F
 
     chosen, rejected = policy.chunk()
@@ -93,7 +97,10 @@ def dpo_loss(
         losses = (1 - beta * delta).relu()
     else:
         raise ValueError(f"unknown DPO variant {variant!r} (one of {', '.join(DPO_VARIANTS)})")
-    return LossOut(losses.mean(), beta * chosen_ratio.detach(), beta * rejected_ratio.detach())
+    loss = losses.mean()
+    if sft_weight:
+        loss = loss + sft_weight * -chosen.total.sum() / chosen.tokens.sum().clamp(min=1)
+    return LossOut(loss, beta * chosen_ratio.detach(), beta * rejected_ratio.detach())
 
 
 def simpo_loss(policy: SequenceLogps, *, beta: float, gamma: float, label_smoothing: float = 0.0) -> LossOut:

@@ -17,7 +17,8 @@ from tunesmith.data.sources import open_source
 from tunesmith.data.types import Conversation
 from tunesmith.errors import UserError
 from tunesmith.formatting import cache
-from tunesmith.formatting.encode import Example, build_template, end_of_turn_markers
+from tunesmith.formatting.encode import build_template, end_of_turn_markers
+from tunesmith.formatting.pairs import encode_preference_split
 from tunesmith.formatting.prepare import SplitReport, encode_split, shared_system_prompt, warnings_for
 
 TRAINING_SPLITS = ("train", "validation")
@@ -27,7 +28,8 @@ TRAINING_SPLITS = ("train", "validation")
 class SplitData:
     """A training split ready to train on, from the cache or freshly processed."""
 
-    examples: list[Example]
+    examples: list[Any]
+    """Supervised Examples, or a preference run's Scored rows (formatting/pairs.py)."""
     report: SplitReport
     summary: dict[str, Any]  # files, warnings, quarantined rows (as records), system prompt
     cached: bool
@@ -59,10 +61,11 @@ def _prepare(config: Config, console: Any, *, print_warnings: bool) -> Prepared:
     ref = _resolve(config, console, fetch=False)
     keys: dict[str, str] = {}
     done: dict[str, SplitData] = {}
+    preference = config.train.objective != "sft"  # preference splits are encoded each run (not cached)
     if ref is not None:
         tokenizer, template, markers = _formatting(config, ref)
         keys = {split: _key(config, split, tokenizer, template, markers) for split in _splits(config)}
-        done = {split: hit for split, key in keys.items() if (hit := _from_cache(key)) is not None}
+        done = {split: hit for split, key in keys.items() if not preference and (hit := _from_cache(key)) is not None}
     loaded = {split: _load_split(config, split, console) for split in _splits(config) if split not in done}
     test = _test_conversations(config, console)
     if ref is None:
@@ -71,6 +74,8 @@ def _prepare(config: Config, console: Any, *, print_warnings: bool) -> Prepared:
         keys = {split: _key(config, split, tokenizer, template, markers) for split in _splits(config)}
     for split, data in loaded.items():
         done[split] = _process(config, split, data, tokenizer, template, markers, console)
+        if preference:
+            continue
         cache.store(
             keys[split], done[split].examples, {"report": asdict(done[split].report), "summary": done[split].summary}
         )
@@ -158,7 +163,11 @@ def _load_split(config: Config, split: str, console: Any) -> LoadedSplit:
     """A split's samples under the bad-row policy; a missing file is reported where the config named it."""
     try:
         loaded = load_split(
-            source_specs(config.data, split), split=split, policy=config.data.on_bad_row, seed=config.train.seed
+            source_specs(config.data, split),
+            split=split,
+            policy=config.data.on_bad_row,
+            seed=config.train.seed,
+            preference=config.train.objective != "sft" and split != "test",
         )
     except UserError as err:
         if str(err).startswith(("data file not found", "bundled data not found")):
@@ -190,17 +199,32 @@ def _process(
     console: Any,
 ) -> SplitData:
     skipped: list[dict] = []
-    examples, report = encode_split(
-        loaded.samples,
-        template,
-        tokenizer,
-        train_on=config.template.train_on,
-        max_length=config.template.max_length,
-        markers=markers,
-        split=split,
-        on_bad_row=config.data.on_bad_row,
-        skipped=skipped,
-    )
+    examples: list[Any]
+    if config.train.objective != "sft":
+        examples, report = encode_preference_split(
+            loaded.samples,
+            template,
+            tokenizer,
+            objective=config.train.objective,
+            max_length=config.template.max_length,
+            markers=markers,
+            split=split,
+            seed=config.train.seed,
+            on_bad_row=config.data.on_bad_row,
+            skipped=skipped,
+        )
+    else:
+        examples, report = encode_split(
+            loaded.samples,
+            template,
+            tokenizer,
+            train_on=config.template.train_on,
+            max_length=config.template.max_length,
+            markers=markers,
+            split=split,
+            on_bad_row=config.data.on_bad_row,
+            skipped=skipped,
+        )
     if skipped:
         console.print(
             f"[yellow]warning:[/] {len(skipped)} {split} rows too long to train skipped "

@@ -125,14 +125,19 @@ def fingerprints(prepared: Any) -> dict[str, Any]:
 
 
 def examples_digest(examples: list[Any]) -> str:
-    """sha256 over every example's token ids and labels, in order."""
+    """sha256 over every example's token ids and labels, in order (a preference row's sequences in turn,
+    with its label)."""
     import numpy as np
 
     digest = hashlib.sha256()
-    for example in examples:
-        ids = np.asarray(example.input_ids, dtype=np.int64)
-        digest.update(np.int64(len(ids)).tobytes() + ids.tobytes())
-        digest.update(np.asarray(example.labels, dtype=np.int64).tobytes())
+    for row in examples:
+        sequences = getattr(row, "sequences", (row,))
+        if getattr(row, "desirable", None) is not None:
+            digest.update(b"+" if row.desirable else b"-")
+        for example in sequences:
+            ids = np.asarray(example.input_ids, dtype=np.int64)
+            digest.update(np.int64(len(ids)).tobytes() + ids.tobytes())
+            digest.update(np.asarray(example.labels, dtype=np.int64).tobytes())
     return digest.hexdigest()
 
 

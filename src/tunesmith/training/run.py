@@ -158,6 +158,13 @@ def _execute_inner(p: Prepared, run_dir: Path, console: Any, resume_from: Path |
         metrics_writer.losses = trim_metrics(RunFolder(run_dir).metrics, int(resume_from.name.split("-")[1]))
     rows = _rows(p, "train")
     train_rows, eval_rows = dataset_rows(rows, p.config), dataset_rows(_rows(p, "validation"), p.config)
+    if p.config.train.objective != "sft":  # the reference's log-probabilities: training/reference.py
+        from tunesmith.training.reference import attach_reference
+
+        # dpo and kto train against them; every objective's held-out pairs are compared with them
+        splits = {"train": rows} if p.config.train.objective in ("dpo", "kto") else {}
+        splits["validation"] = list(eval_rows)  # the same row dicts: the rows Trainer reads get them
+        attach_reference(model, splits, RunFolder(run_dir).reference_logps, console.print)
     attention = attention_implementation(p.config.model.attention, device)
     console.print(
         f"Training on {device} ({precision}, {attention}): {_batching(p.config, rows, train_rows)}, "
@@ -191,6 +198,10 @@ def _execute_inner(p: Prepared, run_dir: Path, console: Any, resume_from: Path |
         "device": device,
         "precision": precision,
     }
+    if p.config.train.objective != "sft" and not worker:
+        from tunesmith.training.preference import record_held_out
+
+        metrics |= record_held_out(model, list(eval_rows), p.config, run_dir, console)
     if worker:  # the launching process evaluates and seals the folder
         return Trained(run_dir=run_dir, status="trained", metrics=metrics)
     return Trained(run_dir=run_dir, status="trained", metrics=metrics, prepared=p, model=model)
@@ -224,16 +235,25 @@ def _check_attention(config: Config) -> None:
 
 def _rows(p: Prepared, split: str) -> list[dict]:
     from tunesmith.bulk import paused_gc
+    from tunesmith.formatting.pairs import Scored
 
-    examples = p.splits[split].examples if split in p.splits else []
+    examples: list[Any] = p.splits[split].examples if split in p.splits else []
     with paused_gc():  # see tunesmith/bulk.py
-        return [{"input_ids": e.input_ids, "labels": e.labels, "sources": [e.source_id]} for e in examples]
+        return [
+            e.row(i)
+            if isinstance(e, Scored)
+            else {"input_ids": e.input_ids, "labels": e.labels, "sources": [e.source_id]}
+            for i, e in enumerate(examples)
+        ]
 
 
 def _batching(config: Config, rows: list[dict], train_rows: Sequence[dict]) -> str:
     """How sequences become micro-batches, e.g. '420 sequences in 98 bins of <=256 tokens (93% full), ...'."""
     from tunesmith.formatting.packing import summarize
 
+    if config.train.objective != "sft":
+        what = "rows (each an answer and a mismatched one)" if config.train.objective == "kto" else "pairs"
+        return f"{len(rows)} {what}, {config.train.batch_size} per micro-batch packed as separate sequences"
     if config.train.packing == "none":
         return f"{len(rows)} sequences, {config.train.batch_size} padded rows per micro-batch"
     summary = summarize(rows, train_rows, config.template.max_length)

@@ -9,6 +9,7 @@ accumulation and packing do not change the result (`tests/unit/test_grad_parity.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,7 @@ def training_arguments(
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         # padded rows: count real tokens (the attention mask); packed rows have no padding to leave out
-        include_num_input_tokens_seen="all" if t.packing == "bins" else "non_padding",
+        include_num_input_tokens_seen="all" if t.packing == "bins" or t.objective != "sft" else "non_padding",
         **launched_arguments(config, device),  # DDP / FSDP2 / DeepSpeed under --nproc: training/strategies.py
     )
 
@@ -132,7 +133,7 @@ def dataset_rows(rows: list[dict], config: Config) -> Sequence[dict]:
     Bins are built in a fixed order (best-fit decreasing, ties by input order), and the Trainer
     shuffles them with `train.seed`, so the data order of a run is reproducible.
     """
-    if config.train.packing == "bins":
+    if config.train.packing == "bins" and config.train.objective == "sft":
         return PackedBins(rows, config.template.max_length)  # bins concatenated as the loader reads them
     return rows
 
@@ -160,14 +161,18 @@ def build_trainer(
         early_stopping_patience=t.early_stopping_patience if eval_rows else None,
         save_on_best=bool(eval_rows) and t.load_best_at_end,
     )
-    trainer = PackedTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_rows,
-        eval_dataset=eval_rows or None,
-        data_collator=collator_for(config.train.packing, pad_id),
-        callbacks=callbacks,
-    )
+    common = {"model": model, "args": args, "train_dataset": train_rows, "eval_dataset": eval_rows or None}
+    if t.objective != "sft":  # preference rows, packed as sequences: training/preference.py
+        from tunesmith.formatting.collate import collate_scored
+        from tunesmith.training.preference import PreferenceTrainer
+
+        detached = 1 if t.objective == "kto" else 0  # KTO's mismatched partners, scored without gradient
+        collator = partial(collate_scored, detached=detached)
+        trainer: PackedTrainer = PreferenceTrainer(
+            **common, data_collator=collator, callbacks=callbacks, run_config=config
+        )
+    else:
+        trainer = PackedTrainer(**common, data_collator=collator_for(t.packing, pad_id), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl report instead
     trainer.keep_checkpoints = t.keep_checkpoints
     trainer.load_best_at_end = bool(eval_rows) and t.load_best_at_end
