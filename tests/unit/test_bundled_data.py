@@ -219,3 +219,27 @@ def test_tools_requests_are_unique_across_splits() -> None:
 @pytest.mark.parametrize("split", list(TOOLS_SPLITS))
 def test_tools_every_function_called_in_every_split(split: str) -> None:
     assert {_call(row)["name"] for row in _tool_rows(split)} == set(SCHEMA)
+
+
+PREF_SCRIPT = REPO_ROOT / "scripts" / "make_smart_home_pref.py"
+PREF_DIR = DATA_DIR.parent / "smart_home_pref"
+
+
+def test_preference_pairs_regenerate_byte_identical_and_each_rejected_answer_is_wrong(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("make_smart_home_pref", PREF_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--out", str(tmp_path)])
+    for split, n in (("train", 160), ("val", 40)):
+        committed = (PREF_DIR / f"{split}.jsonl").read_bytes()
+        assert (tmp_path / f"{split}.jsonl").read_bytes() == committed, split
+        rows = [json.loads(line) for line in committed.decode().splitlines()]
+        assert len(rows) == n
+        for row in rows:
+            chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+            assert chosen != rejected
+            try:
+                assert json.loads(rejected) != json.loads(chosen)  # a wrong slot or intent
+            except json.JSONDecodeError:
+                assert chosen in rejected  # extra prose around the right JSON

@@ -326,7 +326,7 @@ def test_kto_rows_are_refused(row, options):
         "data.jsonl:7: label: this is a KTO row (an answer marked good or bad); "
         "supervised training would train every answer as if it were good"
     )
-    assert "method kto" in issue.hint and "label false" in issue.hint
+    assert "train.objective: kto" in issue.hint and "label false" in issue.hint
 
 
 @pytest.mark.parametrize(

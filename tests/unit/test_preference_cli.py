@@ -42,7 +42,7 @@ def test_data_check_reads_a_preference_file_and_names_bad_rows_by_line_and_field
     good = write_rows(tmp_path / "good.jsonl", [pair(i) for i in range(3)])
     assert main(["data", "check", str(good)]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "OK as preference data" in out and "does not train on preference rows yet" in out, out
+    assert "OK as preference data" in out and "train.objective: dpo" in out, out
 
 
 def test_supervised_training_data_still_refuses_preference_rows(tmp_path):

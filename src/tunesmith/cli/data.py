@@ -224,8 +224,8 @@ def run_check(args: argparse.Namespace) -> int:
     verdict = "[red]the data would stop a run[/]" if failed else "[green]OK to train[/]"
     if not failed and any(f.format in PREFERENCE_FORMATS for f in report.files):
         verdict = (
-            "[green]OK as preference data[/] (tunesmith train does not train on preference rows yet; "
-            "tunesmith data convert --to together|openai writes them as a hosted DPO file)"
+            "[green]OK as preference data[/] (train it with train.objective: dpo, orpo, simpo or kto; "
+            "tunesmith data convert --to together|openai writes it as a hosted DPO file)"
         )
     elif not failed and not args.model:
         verdict += (

@@ -55,8 +55,8 @@ def detect_format(row: dict, where: Provenance, options: FormatOptions) -> tuple
             "unknown_format",
             "",
             f"row fits no known format (its keys: {_keys(row)})",
-            "chosen/rejected is preference data (DPO), which supervised fine-tuning does not support; "
-            "keep only the chosen answer, e.g. as messages",
+            "chosen/rejected is preference data, which supervised fine-tuning (train.objective: sft) "
+            "does not train; set train.objective: dpo (or orpo, simpo, kto)",
         )
     for fmt, keys in _DETECTION:
         if all(f.has(key) for key in keys):
@@ -98,7 +98,7 @@ def refuse_unsupported(row: dict, where: Provenance, options: FormatOptions) -> 
             "label",
             "this is a KTO row (an answer marked good or bad); supervised training "
             "would train every answer as if it were good",
-            "use a preference objective (method kto, coming) or drop the rows with label false and the label column",
+            "set train.objective: kto, or drop the rows with label false and the label column",
         )
     for key, medium in MEDIA_KEYS.items():
         value = decoded(row.get(key), list)  # a CSV cell "[]" is no images

@@ -109,8 +109,35 @@ def micro_batch(
 
     config = with_settings(config, {"template.max_length": max_length} if max_length else {})
     prepared = prepare(config, console or QuietConsole(), print_warnings=False)
+    if config.train.objective != "sft":
+        return preference_shape(prepared.splits["train"].examples, config, batch_size=batch_size)
     rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in prepared.splits["train"].examples]
     return shape_of(rows, config, batch_size=batch_size)
+
+
+def preference_shape(scored: list[Any], config: Config, *, batch_size: int | None = None) -> MicroBatch:
+    """A preference run's micro-batch: `batch_size` rows packed into one row of sequences, a pair's
+    chosen and rejected both holding activations for the backward pass (KTO: the answer only; its
+    mismatched partner is scored without gradient, in a pass that frees as it goes)."""
+    b = batch_size or config.train.batch_size
+    width = 1 if config.train.objective == "kto" else 2
+    sizes = [sum(len(e.input_ids) for e in row.sequences[:width]) for row in scored]
+    trained = [sum(e.n_trainable for e in row.sequences[:width]) for row in scored]
+    longest = max((len(e.input_ids) for row in scored for e in row.sequences), default=0)
+    passes = max(len(row.sequences) for row in scored) if scored else 1
+    n = max(len(scored), 1)
+    return MicroBatch(
+        rows=1,
+        tokens=max(sum(sorted(sizes, reverse=True)[:b]), 1),
+        trained=max(sum(sorted(trained, reverse=True)[:b]), 1),
+        longest=longest,
+        sequences=len(scored),
+        epoch_tokens=sum(len(e.input_ids) for row in scored for e in row.sequences[:passes]),
+        epoch_trained=sum(trained),
+        max_length=config.template.max_length,
+        mean_sequence=sum(len(e.input_ids) for row in scored for e in row.sequences) / (n * passes),
+        mean_micro_tokens=sum(sizes) / max(math.ceil(len(sizes) / b), 1),
+    )
 
 
 def shape_of(rows: list[dict], config: Config, *, batch_size: int | None = None) -> MicroBatch:

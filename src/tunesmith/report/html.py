@@ -72,6 +72,7 @@ def context(run_dir: Path, curves: Curves, png: Path | None, status: str | None 
         "has_validation": bool(curves.evals),
         "plot": base64.b64encode(png.read_bytes()).decode("ascii") if png else None,
         "eval": eval_table(results),
+        "preference": _read_json(RunFolder(run_dir).eval / "preference.json"),
         "samples": most_different(samples),
         "samples_have_base": any("base_scores" in s for s in samples),
     }

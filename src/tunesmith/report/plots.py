@@ -1,4 +1,5 @@
-"""loss.png: train and eval loss, learning rate and tokens/s against the optimizer step.
+"""loss.png: train and eval loss, learning rate, tokens/s and (preference runs) reward accuracy and
+margin against the optimizer step.
 
 Drawn with matplotlib's Agg canvas directly (no pyplot), so no global backend is chosen for the
 process that trains, and nothing needs a display.
@@ -20,6 +21,9 @@ class Curves:
     evals: list[tuple[int, float]] = field(default_factory=list)
     lr: list[tuple[int, float]] = field(default_factory=list)
     tokens_per_s: list[tuple[int, float]] = field(default_factory=list)
+    accuracy: list[tuple[int, float]] = field(default_factory=list)
+    """A preference run's reward accuracy on the validation pairs (train batches without validation)."""
+    margin: list[tuple[int, float]] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -42,9 +46,16 @@ def read_curves(path: Path) -> Curves:
             ("eval_loss", curves.evals),
             ("lr", curves.lr),
             ("tokens_per_s", curves.tokens_per_s),
+            ("eval_rewards/accuracy", curves.accuracy),
+            ("eval_rewards/margin", curves.margin),
         ):
             if isinstance(record.get(key), (int, float)):
                 series.append((step, float(record[key])))
+    if not curves.accuracy:  # no validation split: the train batches' own
+        for record in curves.records:
+            for key, series in (("rewards/accuracy", curves.accuracy), ("rewards/margin", curves.margin)):
+                if isinstance(record.get(key), (int, float)):
+                    series.append((record["step"], float(record[key])))
     return curves
 
 
@@ -55,7 +66,7 @@ def draw_loss_png(curves: Curves, path: Path) -> Path | None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    panels = 1 + bool(curves.lr) + bool(curves.tokens_per_s)
+    panels = 1 + bool(curves.lr) + bool(curves.tokens_per_s) + bool(curves.accuracy)
     figure = Figure(figsize=(8, 2.6 * panels + 0.6), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
@@ -76,6 +87,14 @@ def draw_loss_png(curves: Curves, path: Path) -> Path | None:
     if curves.tokens_per_s:
         axes[index].plot(*zip(*curves.tokens_per_s), color="#9467bd", linewidth=1.2)
         axes[index].set_ylabel("tokens/s")
+        axes[index].grid(alpha=0.3)
+        index += 1
+    if curves.accuracy:
+        axes[index].plot(*zip(*curves.accuracy), label="reward accuracy", color="#ff7f0e", marker="o", linewidth=1.2)
+        if curves.margin:
+            axes[index].plot(*zip(*curves.margin), label="reward margin", color="#8c564b", marker="s", linewidth=1.2)
+        axes[index].set_ylabel("preference")
+        axes[index].legend(loc="lower right")
         axes[index].grid(alpha=0.3)
     axes[-1].set_xlabel("optimizer step")
     from tunesmith.runfolder import atomic_file

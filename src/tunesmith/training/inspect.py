@@ -18,6 +18,7 @@ from tunesmith.config import Config
 from tunesmith.data.types import IGNORE_INDEX
 from tunesmith.errors import UserError
 from tunesmith.formatting.encode import Example, encode_sample
+from tunesmith.formatting.pairs import Scored
 from tunesmith.formatting.prepare import SplitReport, warnings_for
 from tunesmith.formatting.view import (
     CONTEXT_STYLE,
@@ -62,6 +63,10 @@ def inspect(
     split's audit; write the same as a self-contained HTML page when `html_path` is given, and the
     first rows' Examples as JSON lines (`json_records`) when `json_path` is given."""
     _check_request(config, rows, split)
+    if json_path is not None and config.train.objective != "sft":
+        raise UserError(
+            "inspect --json shows supervised rows; for a preference objective use inspect's table or --html"
+        )
     prepared = prepare(config, console, print_warnings=False)
     data = prepared.splits[split]
     views = [view_example(prepared.tokenizer, example, part=part) for example, part in first_rows(data.examples, rows)]
@@ -153,11 +158,12 @@ def _check_request(config: Config, rows: int, split: str) -> None:
         raise UserError(f"data.{split} is not set in the config; there is no {split} split to inspect")
 
 
-def first_rows(examples: list[Example], rows: int) -> list[tuple[Example, str | None]]:
+def first_rows(examples: list[Any], rows: int) -> list[tuple[Example, str | None]]:
     """The examples of the first `rows` rows, each with which of its row's sequences it is.
 
     A row is one Example, or one per trained turn when the template rewrites history; a row's
-    Examples are consecutive and share its `file:line`.
+    Examples are consecutive and share its `file:line`. A preference row (formatting/pairs.py) shows
+    its chosen and rejected answers, or a KTO row its answer and its mismatched partner.
 
     >>> from tunesmith.formatting.encode import Example
     >>> ex = [Example([1], [1], 1, False, s, True) for s in ("a:1", "a:2", "a:2", "a:3")]
@@ -165,6 +171,14 @@ def first_rows(examples: list[Example], rows: int) -> list[tuple[Example, str | 
     [('a:1', None), ('a:2', 'sequence 1 of 2'), ('a:2', 'sequence 2 of 2')]
     """
     out: list[tuple[Example, str | None]] = []
+    if examples and isinstance(examples[0], Scored):
+        for row in examples[:rows]:
+            if row.desirable is None:
+                names = ["chosen", "rejected"]
+            else:
+                names = ["good answer" if row.desirable else "bad answer", "mismatched (KL reference point only)"]
+            out += list(zip(row.sequences, names))
+        return out
     for _, run in islice(groupby(examples, key=lambda e: e.source_id), rows):
         group = list(run)
         out += [(e, f"sequence {k} of {len(group)}" if len(group) > 1 else None) for k, e in enumerate(group, 1)]
