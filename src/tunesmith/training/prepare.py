@@ -199,32 +199,22 @@ def _process(
     console: Any,
 ) -> SplitData:
     skipped: list[dict] = []
+    common: dict[str, Any] = {
+        "max_length": config.template.max_length,
+        "markers": markers,
+        "split": split,
+        "on_bad_row": config.data.on_bad_row,
+        "skipped": skipped,
+    }
     examples: list[Any]
-    if config.train.objective != "sft":
+    if config.train.objective != "sft":  # preference rows: formatting/pairs.py
+        objective, seed = config.train.objective, config.train.seed
         examples, report = encode_preference_split(
-            loaded.samples,
-            template,
-            tokenizer,
-            objective=config.train.objective,
-            max_length=config.template.max_length,
-            markers=markers,
-            split=split,
-            seed=config.train.seed,
-            on_bad_row=config.data.on_bad_row,
-            skipped=skipped,
+            loaded.samples, template, tokenizer, objective=objective, seed=seed, **common
         )
     else:
-        examples, report = encode_split(
-            loaded.samples,
-            template,
-            tokenizer,
-            train_on=config.template.train_on,
-            max_length=config.template.max_length,
-            markers=markers,
-            split=split,
-            on_bad_row=config.data.on_bad_row,
-            skipped=skipped,
-        )
+        train_on = config.template.train_on
+        examples, report = encode_split(loaded.samples, template, tokenizer, train_on=train_on, **common)
     if skipped:
         console.print(
             f"[yellow]warning:[/] {len(skipped)} {split} rows too long to train skipped "

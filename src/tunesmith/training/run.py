@@ -161,8 +161,7 @@ def _execute_inner(p: Prepared, run_dir: Path, console: Any, resume_from: Path |
     if p.config.train.objective != "sft":  # the reference's log-probabilities: training/reference.py
         from tunesmith.training.reference import attach_reference
 
-        # dpo and kto train against them; every objective's held-out pairs are compared with them
-        splits = {"train": rows} if p.config.train.objective in ("dpo", "kto") else {}
+        splits = {"train": rows} if p.config.train.objective in ("dpo", "kto") else {}  # dpo, kto train on them
         splits["validation"] = list(eval_rows)  # the same row dicts: the rows Trainer reads get them
         attach_reference(model, splits, RunFolder(run_dir).reference_logps, console.print)
     attention = attention_implementation(p.config.model.attention, device)
