@@ -1,5 +1,5 @@
 """`tunesmith train` as a separate process, killed (SIGKILL) or stopped (SIGTERM) mid-epoch, then
-resumed with --resume: the adapter must match an uninterrupted run's."""
+resumed with --resume: the adapter must match an uninterrupted run's. Supervised and DPO runs."""
 
 from __future__ import annotations
 
@@ -45,6 +45,23 @@ def config(tiny_model_dir, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def dpo_config(config) -> Path:
+    """The same run as `config`, on pairs with train.objective: dpo (reference log-probs kept in the run)."""
+    data = config.parent / "pairs.jsonl"
+    rows = [
+        {"prompt": f"What is {i} plus {i}?", "chosen": f"{i + i}", "rejected": f"{i + i + 1}, I believe"}
+        for i in range(16)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    path = config.parent / "dpo" / "dpo.yaml"  # its runs in dpo/runs
+    path.parent.mkdir()
+    text = config.read_text().replace(f"train: {config.parent / 'train.jsonl'}", f"train: {data}")
+    text = text.replace(f"output_dir: {config.parent / 'runs'}", f"output_dir: {path.parent / 'runs'}")
+    path.write_text(text.replace("  packing: none\n", "  objective: dpo\n"), encoding="utf-8")
+    return path
+
+
 def tunesmith(*args: str) -> list[str]:
     return [sys.executable, "-m", "tunesmith", "train", *args]
 
@@ -57,13 +74,17 @@ def run_dir(config: Path, name: str) -> Path:
     return config.parent / "runs" / name
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(config) -> Path:
+def straight_run(config: Path) -> Path:
     done = subprocess.run(
         tunesmith(str(config), "--set", "name=straight"), capture_output=True, text=True, timeout=900, env=env()
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return run_dir(config, "straight")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(config) -> Path:
+    return straight_run(config)
 
 
 def start_and_signal(config: Path, name: str, sig: int) -> tuple[subprocess.Popen, int]:
@@ -100,7 +121,10 @@ def logged_steps(run: Path) -> list[int]:
     ]
 
 
-def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(config, uninterrupted):
+@pytest.mark.parametrize("objective", ["sft", "dpo"])
+def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(objective, request):
+    config = request.getfixturevalue("config" if objective == "sft" else "dpo_config")
+    uninterrupted = request.getfixturevalue("uninterrupted") if objective == "sft" else straight_run(config)
     process, first = start_and_signal(config, "killed", signal.SIGKILL)
     process.wait(timeout=60)
     run = run_dir(config, "killed")
@@ -114,6 +138,9 @@ def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(config, uni
     assert f"Resuming from {resume_from}" in done.stdout.replace("\n", "")
     assert adapter_diff(run, uninterrupted) <= 1e-6
     assert logged_steps(run) == list(range(1, STEPS + 1))  # nothing logged twice, nothing missing
+    if objective == "dpo":  # the reference was scored once, before the kill, and read back on resume
+        assert "reference log-probabilities read from" in done.stdout.replace("\n", " ")
+        assert (run / "reference_logps.safetensors").exists()
 
 
 def test_sigterm_checkpoints_the_current_step_and_exits_resumable(config, uninterrupted):
