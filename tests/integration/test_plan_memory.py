@@ -52,6 +52,16 @@ def test_cpu_peak_memory_of_a_quantized_base_within_20_percent(quantized):
     _check_cpu_peak([*SETTINGS, quantized], quantized)
 
 
+def test_cpu_peak_memory_of_a_dpo_run_within_20_percent():
+    """A DPO step: 4 pairs packed as 8 sequences, chosen and rejected both holding activations, after
+    the reference's scoring pass (the bundled smart_home_pref pairs)."""
+    pairs = [
+        f"data.{split}=bundled:smart_home_pref/{name}.jsonl"
+        for split, name in (("train", "train"), ("validation", "val"))
+    ]
+    _check_cpu_peak([*pairs, "train.objective=dpo", "train.batch_size=4"], "dpo")
+
+
 # (shape, method, precision, max_length, batch): about 40-60 s each on 2 cores
 OTHER_SHAPES = [
     ("qwen2-biases", "lora", "auto", 256, 1),

@@ -259,3 +259,13 @@ def test_a_zstd_packed_download_unpacks_to_the_adapter_files(tmp_path):
     archive.write_bytes(b"not an archive")
     with pytest.raises(TunesmithError, match="not a readable archive"):
         unpack(archive, lambda name: True, ())
+
+
+def test_a_preference_objective_is_refused_before_any_request(server, tmp_path, tiny_model_dir, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5"}) + "\n", encoding="utf-8")
+    path = _yaml(tmp_path, config_for(tmp_path, tiny_model_dir, pairs), "train:\n  objective: dpo\n")
+    assert main(["cloud", "train", str(path)]) == 2
+    printed = " ".join(capsys.readouterr().err.split())
+    assert f"{path}:" in printed and "train.objective dpo" in printed and "tunesmith remote train" in printed, printed
+    assert server.requests == [] and not (tmp_path / "runs" / "hosted").exists()

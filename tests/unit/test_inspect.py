@@ -315,3 +315,55 @@ def test_html_page_escapes_the_source_and_notes_too():
     body = page.split("</style>", 1)[1]
     assert "<b>" not in body and "<i>" not in body and "<cut>" not in body and "<w>" not in body
     assert "&lt;b&gt;&quot;f&quot;.jsonl:1" in body and '<span class="t">&amp;</span>' in body
+
+
+# ---- preference rows: the prompt once, chosen and rejected (or a KTO answer and its partner) ----
+
+
+@pytest.fixture()
+def pairs(tmp_path) -> Path:
+    path = tmp_path / "pairs.jsonl"
+    rows = [
+        {
+            "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": q}],
+            "chosen": [{"role": "assistant", "content": a}],
+            "rejected": [{"role": "assistant", "content": f"Not sure. {a}?"}],
+        }
+        for q, a in QUESTIONS
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_inspect_of_a_dpo_run_shows_each_pair_and_writes_its_sequences_as_json(tmp_path, model_dir, pairs, capsys):
+    config = write_config(tmp_path, model_dir, str(pairs), "train:\n  objective: dpo\n")
+    out_json = tmp_path / "pairs-view.jsonl"
+    assert main(["inspect", str(config), "--rows", "2", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "chosen" in out and "rejected" in out and "⟦Paris<|im_end|>⟧" in out and "⟦Not sure. Paris?<|im_end|>⟧" in out
+    )
+    records = read_jsonl(out_json)
+    assert [r["source"] for r in records] == [f"{pairs}:1", f"{pairs}:2"]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    for record, (question, answer) in zip(records, QUESTIONS):
+        prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": question}]
+        assert record["prompt"] == tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        chosen, rejected = record["sequences"]
+        assert (chosen["part"], rejected["part"]) == ("chosen", "rejected")
+        assert chosen["trained"] == answer + "<|im_end|>" and rejected["trained"] == f"Not sure. {answer}?<|im_end|>"
+        for sequence in (chosen, rejected):  # the prompt's ids, then the answer's: the answer alone trains
+            assert tokenizer.decode(sequence["input_ids"]).startswith(record["prompt"])
+            assert tokenizer.decode(sequence["input_ids"]) == record["prompt"] + sequence["trained"]
+        assert "desirable" not in record
+
+
+def test_inspect_json_of_a_kto_run_marks_good_and_bad_answers(tmp_path, model_dir, pairs, capsys):
+    config = write_config(tmp_path, model_dir, str(pairs), "train:\n  objective: kto\n")
+    out_json = tmp_path / "kto-view.jsonl"
+    assert main(["inspect", str(config), "--rows", "2", "--json", str(out_json)]) == 0
+    records = read_jsonl(out_json)
+    assert [r["desirable"] for r in records] == [True, False]  # a pair's good then its bad answer
+    assert [r["sequences"][0]["part"] for r in records] == ["good answer", "bad answer"]
+    assert records[0]["sequences"][0]["trained"] == "Paris<|im_end|>"
+    assert records[1]["sequences"][0]["trained"] == "Not sure. Paris?<|im_end|>"

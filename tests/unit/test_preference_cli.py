@@ -133,3 +133,39 @@ def test_split_keeps_every_pair_for_one_prompt_on_one_side(tmp_path, capsys):
             sides.setdefault(row["prompt"][-1]["content"], set()).add(name)
     assert len(sides) == 40 and all(len(where) == 1 for where in sides.values())
     assert {name for where in sides.values() for name in where} == {"train", "test"}
+
+
+def test_data_check_with_a_model_counts_each_answer_after_its_prompt_and_names_a_pair_too_long(
+    tmp_path, capsys, smol_tokenizer_dir
+):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+    rows = [pair(i) for i in range(3)]
+    rows[2] = {**pair(2), "rejected": [{"role": "assistant", "content": "word " * 300}]}
+    data = write_rows(tmp_path / "prefs.jsonl", rows)
+
+    def length(row: dict, answer: str) -> int:  # transformers' render, through the answer's stop token
+        text = tokenizer.apply_chat_template(row["prompt"] + row[answer], tokenize=False)
+        return len(tokenizer(text[: text.rindex("<|im_end|>") + len("<|im_end|>")])["input_ids"])
+
+    assert main(["data", "stats", str(data), "--model", str(smol_tokenizer_dir), "--json"]) == 0
+    tokens = json.loads(capsys.readouterr().out)["tokens"]
+    assert tokens["rows"] == 3
+    assert tokens["total_tokens"] == sum(length(r, "chosen") + length(r, "rejected") for r in rows)
+    assert tokens["max"] == length(rows[2], "rejected")  # a pair's longest sequence
+
+    assert main(["data", "check", str(data), "--model", str(smol_tokenizer_dir), "--max-length", "256"]) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{data}:3: too long: {length(rows[2], 'rejected')} tokens, max_length 256" in out, out
+    assert "a preference answer is scored whole" in out and f"{data}:1" not in out
+    assert "not checked yet" not in out
+
+
+def test_data_check_with_a_model_measures_kto_rows(tmp_path, capsys, smol_tokenizer_dir):
+    kto = write_rows(
+        tmp_path / "kto.jsonl", [{"prompt": "dim", "completion": "x", "label": i % 2 == 0} for i in range(4)]
+    )
+    assert main(["data", "stats", str(kto), "--model", str(smol_tokenizer_dir), "--json"]) == 0
+    tokens = json.loads(capsys.readouterr().out)["tokens"]
+    assert tokens["rows"] == 4 and tokens["trainable_tokens"] == 4 * 2  # "x" and the stop token, each row

@@ -71,6 +71,13 @@ def train(config: Any, *, provider: str = "together", console: Any = None) -> Cl
         raise UserError(f"--provider {provider}: not one tunesmith trains on (one of {', '.join(PROVIDERS)})")
     console = console or _quiet_console()
     config = finalize(config if isinstance(config, Config) else load_config(config))
+    if config.train.objective != "sft":
+        raise UserError(
+            f"{config.origin('train.objective')}: train.objective {config.train.objective}: tunesmith cloud "
+            "uploads supervised rows pre-tokenized, and Together's preference training applies its own template "
+            "to its own format, so the masks could not be tunesmith's; train it with tunesmith train, or on a "
+            "GPU host with tunesmith remote train"
+        )
     run_dir = config.run_dir()
     started = RunFolder(run_dir).cloud.is_file()
     if run_dir.exists() and not started:

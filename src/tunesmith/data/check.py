@@ -229,7 +229,7 @@ def _check_stream(
     train = seen.get(TRAIN) if split not in (None, TRAIN) else None
     pending: list[tuple[list, Callable[[], list]]] = []
     for chunk in _chunks(((sample, row_issues) for _, sample, row_issues in stream), CHUNK_ROWS):
-        samples = [] if stream.holds_preferences else [sample for sample, _ in chunk if sample is not None]
+        samples = [sample for sample, _ in chunk if sample is not None]
         pending.append((chunk, measurer.submit(samples)))
         if len(pending) > 1:
             issues += _finish_chunk(*pending.pop(0), stream.format, own, train, measurer, stats)
@@ -237,17 +237,6 @@ def _check_stream(
         issues += _finish_chunk(chunk, results, stream.format, own, train, measurer, stats)
     if stream.rows == 0:
         issues.append(stream.empty_file_issue())
-    if stream.holds_preferences and measurer.active:
-        issues.append(
-            Issue(
-                "not_measured",
-                "warning",
-                Provenance(str(stream.source.path) if stream.source.path is not None else stream.reference, 0),
-                "",
-                "preference rows: token counts and the template's render are not checked yet",
-                "line 0 means the file as a whole",
-            )
-        )
     return issues
 
 
@@ -265,7 +254,7 @@ def _finish_chunk(
     for sample, row_issues in chunk:
         stats.add_row()
         if sample is not None:
-            if measurer.active and not isinstance(sample, (PreferencePair, KtoSample)):
+            if measurer.active:
                 row_issues += _token_issues(sample, next(measured), measurer.max_length, stats)
             row_issues += _repeats(sample, own, train)
             if not has_error(row_issues):
@@ -332,7 +321,7 @@ def _short(key: str) -> bytes:
 
 
 def _token_issues(
-    sample: Sample, measured: Measured | str, max_length: int | None, stats: StatsAccumulator
+    sample: AnySample, measured: Measured | str, max_length: int | None, stats: StatsAccumulator
 ) -> list[Issue]:
     """Rows the template refuses, rows that train nothing, rows max_length cuts, double BOS."""
     if isinstance(measured, str) and measured.startswith("too long: "):  # the row, not the template
@@ -376,6 +365,18 @@ def _token_issues(
     if max_length is None or not measured.tokens_cut:
         return issues
     message = f"{measured.longest} tokens, max_length {max_length}: {measured.tokens_cut} tokens would be cut"
+    if isinstance(sample, (PreferencePair, KtoSample)):  # an answer is scored whole or not at all
+        return [
+            *issues,
+            Issue(
+                "too_long",
+                "error",
+                sample.source,
+                "",
+                f"too long: {message}; a preference answer is scored whole, so training refuses this row",
+                "raise template.max_length, or set data.on_bad_row: skip to leave such rows out",
+            ),
+        ]
     if measured.trainable_cut >= measured.trainable:
         return [
             *issues,

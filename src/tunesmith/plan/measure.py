@@ -85,7 +85,9 @@ def warm_up(config: Config, *, steps: int = 4, console: Any = None) -> dict[str,
     precision = pick_precision(config.train.precision, device)
     check_method(config, device)
     prepared = prepare(config, console or QuietConsole(), print_warnings=False)
-    rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in prepared.splits["train"].examples]
+    examples = prepared.splits["train"].examples
+    preference = config.train.objective != "sft"  # Scored rows (formatting/pairs.py)
+    rows = [e.row(i) if preference else {"input_ids": e.input_ids, "labels": e.labels} for i, e in enumerate(examples)]
     train_rows = dataset_rows(rows, config)
     times: list[float] = []
 
@@ -103,6 +105,10 @@ def warm_up(config: Config, *, steps: int = 4, console: Any = None) -> dict[str,
         cuda_baseline = torch.cuda.memory_allocated()
     model = trainable_model(config, prepared.ref, device=device, precision=precision).model
     with tempfile.TemporaryDirectory(prefix="tunesmith-plan-") as scratch:
+        if config.train.objective in ("dpo", "kto"):  # the run scores its reference first: part of its peak
+            from tunesmith.training.reference import attach_reference
+
+            attach_reference(model, {"train": rows}, Path(scratch) / "reference_logps.safetensors", log=lambda _: None)
         trainer = build_trainer(
             model,
             config,

@@ -63,10 +63,6 @@ def inspect(
     split's audit; write the same as a self-contained HTML page when `html_path` is given, and the
     first rows' Examples as JSON lines (`json_records`) when `json_path` is given."""
     _check_request(config, rows, split)
-    if json_path is not None and config.train.objective != "sft":
-        raise UserError(
-            "inspect --json shows supervised rows; for a preference objective use inspect's table or --html"
-        )
     prepared = prepare(config, console, print_warnings=False)
     data = prepared.splits[split]
     views = [view_example(prepared.tokenizer, example, part=part) for example, part in first_rows(data.examples, rows)]
@@ -102,6 +98,8 @@ def json_records(prepared: Prepared, split: str, rows: int) -> list[dict[str, An
     config = prepared.config
     if rows == 0:
         return []
+    if config.train.objective != "sft":
+        return _preference_records(prepared, split, rows)
     loaded = load_split(
         source_specs(config.data, split), split=split, policy=config.data.on_bad_row, seed=config.train.seed
     )
@@ -118,6 +116,32 @@ def json_records(prepared: Prepared, split: str, rows: int) -> list[dict[str, An
             trace=trace,
         )
         records += [_record_of(example, trace, prepared.tokenizer) for example in examples if example.n_trainable > 0]
+    return records
+
+
+def _preference_records(prepared: Prepared, split: str, rows: int) -> list[dict[str, Any]]:
+    """One record per preference row of the first `rows`: {source, desirable (KTO), prompt,
+    sequences}: the prompt decoded once (every sequence of a row starts with it), each sequence
+    {part, input_ids, labels, trained}, `part` naming it as the table does (chosen, rejected, ...)."""
+    from tunesmith.formatting.pairs import prompt_ids
+
+    tokenizer = prepared.tokenizer
+    records = []
+    for row in prepared.splits[split].examples[:rows]:
+        sequences = [
+            {
+                "part": part,
+                "input_ids": example.input_ids,
+                "labels": example.labels,
+                "trained": tokenizer.decode([t for t, y in zip(example.input_ids, example.labels) if y >= 0]),
+            }
+            for example, part in first_rows([row], 1)
+        ]
+        prompt = tokenizer.decode(prompt_ids(row.sequences[0]))
+        record: dict[str, Any] = {"source": row.source_id, "prompt": prompt, "sequences": sequences}
+        if row.desirable is not None:
+            record["desirable"] = row.desirable
+        records.append(record)
     return records
 
 
