@@ -24,13 +24,10 @@ import argparse
 import importlib
 import inspect
 import json
-import os
 import random
 import re
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -359,36 +356,11 @@ def main() -> None:
         return
 
     modes = [m for m in args.modes.split(",") if m]
-    results: dict[str, list[dict]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as tmp:
         folder = Path(tmp)
         write_data(folder, args.rows, args.eval_rows)
-        for round_ in range(args.rounds):
-            for mode in modes if round_ % 2 == 0 else modes[::-1]:  # alternate the order each round
-                out = folder / f"{mode}-{round_}"
-                out.mkdir()
-                done = subprocess.run(
-                    [
-                        sys.executable,
-                        __file__,
-                        "--worker",
-                        mode,
-                        "--data",
-                        str(folder),
-                        "--out",
-                        str(out),
-                        "--max-length",
-                        str(args.max_length),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                )
-                line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-                if done.returncode != 0 or line is None:
-                    raise SystemExit(f"{mode} failed:\n{done.stderr[-4000:]}")
-                results[mode].append(json.loads(line[len("RESULT ") :]))
-                print(mode, results[mode][-1], flush=True)
+        extra = ["--data", str(folder), "--max-length", str(args.max_length)]
+        results = benchdoc.run_alternating(__file__, modes, args.rounds, extra, folder)
     text = (
         f"Embedded SmolLM2-135M, LoRA r=16/alpha 32 on all linear layers, max length "
         f"{args.max_length}, AdamW (torch), lr {LEARNING_RATE}, linear schedule, one epoch of {args.rows} "

@@ -205,7 +205,8 @@ def test_help_config_lists_every_key_with_its_type_default_and_reason(tmp_path):
         head, reason = heads[key]
         assert head.endswith(f" = {default_text(field)}"), head
         assert reason.startswith("    ") and len(reason.strip()) > 10, (key, reason)
-    assert heads["train.epochs"][0] == "train.epochs: float = 1.0"
+    assert heads["train.epochs"][0] == "train.epochs: float | null = null"  # null: chosen from the data
+    assert heads["train.warmup_ratio"][0] == "train.warmup_ratio: float = 0.05"
     assert heads["train.max_steps"][0] == "train.max_steps: int | null = null"
     assert heads["data.train"][0].endswith("= required")
     assert heads["model.dtype"][0] == 'model.dtype: auto|float32|bfloat16|float16 = "auto"'

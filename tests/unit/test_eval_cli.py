@@ -40,6 +40,7 @@ def tiny_run(tiny_model_dir, tmp_path_factory):
             f"output_dir={root / 'runs'}",
             "name=tiny",
             "train.max_steps=3",
+            "train.packing=bins",
             "train.batch_size=4",
             "train.learning_rate=5e-2",
             "lora.r=4",

@@ -58,6 +58,8 @@ def step_gradients(model_dir, tmp_path, rows, *, packing, batch_size, accumulati
             f"train.batch_size={batch_size}",
             f"train.gradient_accumulation={accumulation}",
             "train.max_steps=1",
+            "train.epochs=1",
+            "train.learning_rate=2e-4",
             "train.max_grad_norm=1e9",
             "train.warmup_ratio=0",
         ],

@@ -18,12 +18,24 @@ from tunesmith.errors import UserError
 from tunesmith.training import trackers, tracking
 
 ALL = "tracking.backends=[mlflow,wandb,tensorboard]"
+SETTLED = (
+    "train.packing=bins",
+    "train.batch_size=8",
+    "train.epochs=1",
+    "train.learning_rate=2e-4",
+)  # as prepare leaves them
 
 
 def _config(tmp_path, *overrides):
     return load_config(
         None,
-        [f"data.train={tmp_path / 'missing.jsonl'}", f"output_dir={tmp_path / 'runs'}", "name=tracked", *overrides],
+        [
+            f"data.train={tmp_path / 'missing.jsonl'}",
+            f"output_dir={tmp_path / 'runs'}",
+            "name=tracked",
+            *SETTLED,
+            *overrides,
+        ],
     )
 
 

@@ -104,7 +104,7 @@ def plan(config, *, vram_gb=None, gpu=None, all_methods=False, measure=False) ->
         target = available_memory_bytes()
         target_name = f"this machine's available memory ({target / GIB:.1f} GiB)"
     hf_config = shapes.hf_config_for(config)
-    batch = shapes.micro_batch(config)
+    config, batch = shapes.prepared_shape(config)  # settings the config leaves unset, chosen from the data
     methods = ["full", "lora", "qlora"] if all_methods else [config.method]
     if not plannable(device_kind):
         methods = [m for m in methods if m != "qlora"] or ["lora"]

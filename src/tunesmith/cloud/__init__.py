@@ -64,6 +64,7 @@ def train(config: Any, *, provider: str = "together", console: Any = None) -> Cl
     same run folder continues an interrupted start."""
     from tunesmith.cloud import settings, together
     from tunesmith.config import Config, load_config
+    from tunesmith.training.defaults import with_chosen
     from tunesmith.training.prepare import prepare
     from tunesmith.training.run import finalize, write_inputs
 
@@ -83,10 +84,10 @@ def train(config: Any, *, provider: str = "together", console: Any = None) -> Cl
     if run_dir.exists() and not started:
         raise UserError(f"run folder {run_dir} already exists; choose another name (--set name=...)")
     prepared = prepare(config, console)  # every row checked, templated and masked: no network yet
-    prepared.config = config
+    prepared.config = with_chosen(config, prepared.config)
     api = together.client()
     limits = together.model_limits(api, settings.provider_model(config))
-    job_settings = settings.together_settings(config, limits)
+    job_settings = settings.together_settings(prepared.config, limits)
     if job_settings.problems:
         raise UserError(
             f"Together cannot run this config as written ({len(job_settings.problems)}): "

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.config import Config
+from tunesmith.training.defaults import settled
 
 MODEL_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 """tunesmith's built-in names -> the provider's model ids."""
@@ -61,6 +62,7 @@ def together_settings(config: Config, limits: Any) -> JobSettings:
     out = JobSettings()
     where = config.origin
     train, lora = config.train, config.lora
+    chosen = settled(config)  # batch size, epochs and learning rate, chosen from the data if unset
     args = out.arguments
     args.update(model=provider_model(config), random_seed=train.seed, suffix=_suffix(config.name or "tunesmith"))
     if config.method == "qlora":
@@ -91,7 +93,7 @@ def together_settings(config: Config, limits: Any) -> JobSettings:
     else:
         args["lora"] = False
         training = limits.full_training
-    epochs = train.epochs
+    epochs = chosen.epochs
     if epochs != int(epochs):
         out.problems.append(f"{where('train.epochs')}: train.epochs {epochs}: Together trains whole epochs only")
     elif epochs > limits.max_num_epochs:
@@ -100,18 +102,18 @@ def together_settings(config: Config, limits: Any) -> JobSettings:
         )
     args["n_epochs"] = int(epochs)
     if training is not None:
-        if not training.min_batch_size <= train.batch_size <= training.max_batch_size:
+        if not training.min_batch_size <= chosen.batch_size <= training.max_batch_size:
             out.problems.append(
-                f"{where('train.batch_size')}: train.batch_size {train.batch_size}: Together takes "
+                f"{where('train.batch_size')}: train.batch_size {chosen.batch_size}: Together takes "
                 f"{training.min_batch_size} to {training.max_batch_size} for this model"
             )
-    args.update(batch_size=train.batch_size, gradient_accumulation_steps=train.gradient_accumulation)
-    if not limits.min_learning_rate <= train.learning_rate <= limits.max_learning_rate:
+    args.update(batch_size=chosen.batch_size, gradient_accumulation_steps=train.gradient_accumulation)
+    if not limits.min_learning_rate <= chosen.learning_rate <= limits.max_learning_rate:
         out.problems.append(
-            f"{where('train.learning_rate')}: train.learning_rate {train.learning_rate:g}: Together takes "
+            f"{where('train.learning_rate')}: train.learning_rate {chosen.learning_rate:g}: Together takes "
             f"{limits.min_learning_rate:g} to {limits.max_learning_rate:g}"
         )
-    args["learning_rate"] = train.learning_rate
+    args["learning_rate"] = chosen.learning_rate
     if train.lr_scheduler == "constant":
         out.problems.append(
             f"{where('train.lr_scheduler')}: train.lr_scheduler constant: Together has linear and cosine"

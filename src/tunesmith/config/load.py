@@ -178,3 +178,18 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
             return None
         model = annotation
     return model
+
+
+def with_settings(config: Config, overrides: dict[str, Any]) -> Config:
+    """`config` with dotted keys replaced (a new validated Config)."""
+    if not overrides:
+        return config
+    data = config.model_dump()
+    for key, value in overrides.items():
+        node = data
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    new = Config.model_validate(data)
+    return new.with_origins(dict(config._origins))

@@ -195,24 +195,28 @@ class TrainConfig(Section):
     kto_undesirable_weight: float = Field(1.0, gt=0)
     """KTO's weight on bad answers."""
 
-    epochs: float = Field(1.0, gt=0)
-    """Passes over the training data (fractions allowed). Ignored when `max_steps` is set."""
+    epochs: float | None = Field(None, gt=0)
+    """Passes over the training data (fractions allowed). Ignored when `max_steps` is set. Unset: enough
+    for about 60 optimizer steps, at most 8 (training/defaults.py; the choice is printed and recorded)."""
 
     max_steps: int | None = Field(None, gt=0)
     """Stop after this many optimizer steps, whatever `epochs` says."""
 
-    batch_size: int = Field(8, gt=0)
-    """Micro-batch size: packed bins per step with `packing: bins`, conversations with `packing: none`."""
+    batch_size: int | None = Field(None, gt=0)
+    """Micro-batch size: packed bins per step with `packing: bins`, conversations with `packing: none`,
+    pairs for preference objectives. Unset: the largest up to 8 that gives at least 32 steps an epoch."""
 
-    packing: Literal["bins", "none"] = "bins"
+    packing: Literal["bins", "none"] | None = None
     """`bins`: conversations packed best-fit-decreasing into bins of `template.max_length` tokens, no padding,
-    no attention across conversations. `none`: one conversation per row, padded."""
+    no attention across conversations. `none`: one conversation per row, padded. Unset: bins when the data
+    fills at least 32 of them, else none."""
 
     gradient_accumulation: int = Field(1, gt=0)
     """Micro-batches per optimizer step. Loss is normalized over the step's trained tokens."""
 
-    learning_rate: float = Field(2e-4, gt=0)
-    """Peak learning rate (AdamW)."""
+    learning_rate: float | None = Field(None, gt=0)
+    """Peak learning rate (AdamW). Unset: LoRA 2e-4 x sqrt(1000 / optimizer steps) within 2e-4..1e-3, a
+    tenth of that for a full fine-tune; 5e-5 (LoRA) or 1e-6 (full) for preference objectives."""
 
     lr_scheduler: Literal["linear", "cosine", "constant"] = "cosine"
     """Decay after warmup."""

@@ -65,8 +65,9 @@ def warm_up(config: Config, *, steps: int = 4, console: Any = None) -> dict[str,
     import transformers  # noqa: F401 - imported before the baseline: libraries are not the run's memory
     from transformers import Trainer, TrainerCallback  # noqa: F401
 
+    from tunesmith.config import with_settings
     from tunesmith.machine import pick_device, pick_precision
-    from tunesmith.plan.shapes import QuietConsole, with_settings
+    from tunesmith.plan.shapes import QuietConsole
     from tunesmith.training.methods import check_method, trainable_model
     from tunesmith.training.prepare import prepare
     from tunesmith.training.trainer import build_trainer, dataset_rows
@@ -85,6 +86,7 @@ def warm_up(config: Config, *, steps: int = 4, console: Any = None) -> dict[str,
     precision = pick_precision(config.train.precision, device)
     check_method(config, device)
     prepared = prepare(config, console or QuietConsole(), print_warnings=False)
+    config = prepared.config  # with the settings it leaves unset chosen from the data
     examples = prepared.splits["train"].examples
     preference = config.train.objective != "sft"  # Scored rows (formatting/pairs.py)
     rows = [e.row(i) if preference else {"input_ids": e.input_ids, "labels": e.labels} for i, e in enumerate(examples)]
@@ -108,7 +110,13 @@ def warm_up(config: Config, *, steps: int = 4, console: Any = None) -> dict[str,
         if config.train.objective in ("dpo", "kto"):  # the run scores its reference first: part of its peak
             from tunesmith.training.reference import attach_reference
 
-            attach_reference(model, {"train": rows}, Path(scratch) / "reference_logps.safetensors", log=lambda _: None)
+            attach_reference(
+                model,
+                {"train": rows},
+                Path(scratch) / "reference_logps.safetensors",
+                log=lambda _: None,
+                precision=precision,
+            )
         trainer = build_trainer(
             model,
             config,

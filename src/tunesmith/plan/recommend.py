@@ -6,16 +6,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tunesmith.config import Config
+from tunesmith.config import Config, with_settings
 from tunesmith.models.quant import plannable
 from tunesmith.plan.estimate import CUDA_CONTEXT_BYTES, CUDA_HEADROOM, estimate_memory
-from tunesmith.plan.shapes import (
-    MicroBatch,
-    hf_config_for,
-    micro_batch,
-    scaled_batch,
-    with_settings,
-)
+from tunesmith.plan.shapes import MicroBatch, hf_config_for, prepared_shape, scaled_batch
+from tunesmith.training.defaults import settled
 
 
 def recommend(
@@ -33,19 +28,21 @@ def recommend(
     config's max_length if anything fits with it; gradient accumulation keeps the effective batch
     (micro-batch x accumulation) of the config."""
     hf_config = hf_config or hf_config_for(config)
-    batch = batch or micro_batch(config)
+    if batch is None:
+        config, batch = prepared_shape(config)
+    chosen_batch = settled(config).batch_size
     usable = target_bytes * (1 - CUDA_HEADROOM) - CUDA_CONTEXT_BYTES if device_kind == "cuda" else target_bytes
     order = [config.method, *[m for m in ("lora", "qlora", "full") if m != config.method]]
     quantizes = plannable(device_kind)
     order = [m for m in order if (methods is None or m in methods) and (m != "qlora" or quantizes)]
-    effective = config.train.batch_size * config.train.gradient_accumulation
+    effective = chosen_batch * config.train.gradient_accumulation
     lengths = [config.template.max_length]
     while lengths[-1] // 2 >= 256:
         lengths.append(lengths[-1] // 2)
     for length in lengths:
         for method in order:
             for checkpointing in (False, True):
-                micro = config.train.batch_size
+                micro = chosen_batch
                 while micro >= 1:
                     trial = with_settings(
                         config,
@@ -55,9 +52,7 @@ def recommend(
                             "train.gradient_checkpointing": checkpointing,
                         },
                     )
-                    shaped = scaled_batch(
-                        batch, batch_size_from=config.train.batch_size, batch_size_to=micro, max_length=length
-                    )
+                    shaped = scaled_batch(batch, batch_size_from=chosen_batch, batch_size_to=micro, max_length=length)
                     found = estimate_memory(
                         trial, method=method, device_kind=device_kind, batch=shaped, hf_config=hf_config, bf16=bf16
                     )

@@ -7,9 +7,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from tunesmith.config import Config
+from tunesmith.config import Config, with_settings
 from tunesmith.data.types import IGNORE_INDEX
 from tunesmith.errors import UserError
+from tunesmith.training.defaults import settled
 
 
 @dataclass(frozen=True)
@@ -105,23 +106,52 @@ def micro_batch(
 ) -> MicroBatch:
     """The largest micro-batch of the training split as tunesmith will build it (templated,
     tokenized, cut to max_length and packed by the real pipeline; no model weights loaded)."""
+    return prepared_shape(config, console=console, max_length=max_length, batch_size=batch_size)[1]
+
+
+def prepared_shape(
+    config: Config, *, console: Any = None, max_length: int | None = None, batch_size: int | None = None
+) -> tuple[Config, MicroBatch]:
+    """`micro_batch`, and the config as the run will train it: the settings it leaves unset chosen
+    from the data (training/defaults.py)."""
     from tunesmith.training.prepare import prepare
 
     config = with_settings(config, {"template.max_length": max_length} if max_length else {})
     prepared = prepare(config, console or QuietConsole(), print_warnings=False)
+    config = prepared.config
     if config.train.objective != "sft":
-        return preference_shape(prepared.splits["train"].examples, config, batch_size=batch_size)
+        scored = prepared.splits["train"].examples
+        return config, preference_shape(scored, config, batch_size=batch_size, shared=_shares_prompt(config))
     rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in prepared.splits["train"].examples]
-    return shape_of(rows, config, batch_size=batch_size)
+    return config, shape_of(rows, config, batch_size=batch_size)
 
 
-def preference_shape(scored: list[Any], config: Config, *, batch_size: int | None = None) -> MicroBatch:
+def _shares_prompt(config: Config) -> bool:
+    """Whether the run lays a pair's prompt out once (models/attention.py: shares_prompt); `auto`
+    means `segments` on a CPU and sdpa on a GPU, and both do."""
+    from tunesmith.machine import attention_for
+    from tunesmith.models.attention import shares_prompt
+
+    kernel = attention_for(config.model.attention, "cpu" if config.model.attention == "auto" else "cuda")
+    return config.train.objective != "kto" and shares_prompt(hf_config_for(config), kernel)
+
+
+def preference_shape(
+    scored: list[Any], config: Config, *, batch_size: int | None = None, shared: bool = False
+) -> MicroBatch:
     """A preference run's micro-batch: `batch_size` rows packed into one row of sequences, a pair's
-    chosen and rejected both holding activations for the backward pass (KTO: the answer only; its
-    mismatched partner is scored without gradient, in a pass that frees as it goes)."""
-    b = batch_size or config.train.batch_size
+    chosen and rejected both holding activations for the backward pass, its prompt once when
+    `shared` (KTO: the answer only; its mismatched partner is scored without gradient, in a pass
+    that frees as it goes)."""
+    from tunesmith.formatting.collate import shared_prefix
+
+    b = batch_size or settled(config).batch_size
     width = 1 if config.train.objective == "kto" else 2
     sizes = [sum(len(e.input_ids) for e in row.sequences[:width]) for row in scored]
+    once = [0] * len(scored)  # prompt tokens laid out once instead of twice
+    if shared:
+        once = [shared_prefix(*[(e.input_ids, e.labels) for e in row.sequences[:2]]) for row in scored]
+        sizes = [size - p for size, p in zip(sizes, once)]
     trained = [sum(e.n_trainable for e in row.sequences[:width]) for row in scored]
     longest = max((len(e.input_ids) for row in scored for e in row.sequences), default=0)
     passes = max(len(row.sequences) for row in scored) if scored else 1
@@ -132,7 +162,7 @@ def preference_shape(scored: list[Any], config: Config, *, batch_size: int | Non
         trained=max(sum(sorted(trained, reverse=True)[:b]), 1),
         longest=longest,
         sequences=len(scored),
-        epoch_tokens=sum(len(e.input_ids) for row in scored for e in row.sequences[:passes]),
+        epoch_tokens=sum(len(e.input_ids) for row in scored for e in row.sequences[:passes]) - sum(once),
         epoch_trained=sum(trained),
         max_length=config.template.max_length,
         mean_sequence=sum(len(e.input_ids) for row in scored for e in row.sequences) / (n * passes),
@@ -144,15 +174,16 @@ def shape_of(rows: list[dict], config: Config, *, batch_size: int | None = None)
     """A `MicroBatch` from encoded rows (`input_ids`, `labels`) under the config's packing."""
     from tunesmith.formatting.packing import pack
 
-    b = batch_size or config.train.batch_size
+    b = batch_size or settled(config).batch_size
     length = config.template.max_length
-    sequences = pack(rows, length) if config.train.packing == "bins" else rows
+    packed = settled(config).packing == "bins"
+    sequences = pack(rows, length) if packed else rows
     sizes = [len(s["input_ids"]) for s in sequences]
     # trained positions: labels that are not -100 after each sequence's first (the collator masks it)
     trained = [sum(1 for x in s["labels"][1:] if x != IGNORE_INDEX) for s in sequences]
     top = sorted(range(len(sequences)), key=lambda i: -sizes[i])[:b]
     top_trained = sum(sorted(trained, reverse=True)[:b])
-    if config.train.packing == "bins":
+    if packed:
         tokens, n_rows, longest = sum(sizes[i] for i in top), 1, max(sizes, default=0)
     else:
         longest = max(sizes, default=0)
@@ -194,21 +225,6 @@ def scaled_batch(
         mean_sequence=batch.mean_sequence,
         mean_micro_tokens=batch.mean_micro_tokens * scale,
     )
-
-
-def with_settings(config: Config, overrides: dict[str, Any]) -> Config:
-    """`config` with dotted keys replaced (a new validated Config)."""
-    if not overrides:
-        return config
-    data = config.model_dump()
-    for key, value in overrides.items():
-        node = data
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
-    new = Config.model_validate(data)
-    return new.with_origins(dict(config._origins))
 
 
 class QuietConsole:

@@ -7,6 +7,7 @@ from typing import Any
 
 from tunesmith.config import Config
 from tunesmith.plan.estimate import MemoryEstimate
+from tunesmith.training.defaults import settled
 
 CPU_EFFICIENCY = 0.5
 """Share of the measured matmul rate a CPU training step reaches (attention, norms, the optimizer)."""
@@ -40,7 +41,7 @@ def time_estimate(
     attention, and the head at trained positions only) at `flops_per_second`."""
     text = hf_config.get_text_config()
     batch = estimate.batch
-    micro_steps = math.ceil(batch.sequences / config.train.batch_size)
+    micro_steps = math.ceil(batch.sequences / settled(config).batch_size)
     steps = math.ceil(micro_steps / config.train.gradient_accumulation)
     head = text.hidden_size * text.vocab_size
     body = estimate.total_parameters - estimate.trainable * (estimate.method != "full") - head * 2

@@ -148,6 +148,14 @@ def data_notes(data_report: dict | None) -> list[str]:
         if isinstance(report, dict)
         for w in report.get("warnings") or []
     ]
+    schedule = data.get("schedule") or {}
+    for choice in schedule.get("chosen") or []:  # training/defaults.py
+        notes.append(f"chosen from the data: {choice['setting']} {choice['value']} ({choice['reason']})")
+    if schedule.get("optimizer_steps"):
+        notes.append(
+            f"optimizer steps: {schedule['optimizer_steps']} ({schedule['steps_per_epoch']} an epoch, "
+            f"{schedule['units']} {schedule['unit']})"
+        )
     for key in ("template", "system_prompt"):
         if data.get(key):
             notes.insert(0, f"{key.replace('_', ' ')}: {data[key]}")

@@ -50,6 +50,9 @@ def overfitting(train: list[tuple[int, float]], evals: list[tuple[int, float]]) 
 def data_warnings(data_report: dict[str, Any] | None) -> list[str]:
     """Truncated rows, untrained end-of-turn markers and a low trained-token share, per split."""
     notes: list[str] = []
+    few = ((data_report or {}).get("schedule") or {}).get("warning")
+    if few:  # too few optimizer steps (training/defaults.py)
+        notes.append(few)
     for split, report in ((data_report or {}).get("splits") or {}).items():
         if not isinstance(report, dict) or "tokens" not in report:
             continue  # the test split records only its row count

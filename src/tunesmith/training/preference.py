@@ -2,8 +2,9 @@
 
 A micro-batch is `train.batch_size` preference rows packed into one row of sequences
 (`formatting/collate.py: collate_scored`): no padding, and no attention between sequences, as in
-supervised packing. The output head runs only where a token is scored, and each sequence's
-log-probability is the sum over its answer's tokens (`score`). The losses are
+supervised packing. Where the model allows it (`prompt_shared`), a pair's prompt is laid out once
+for both answers, with a mask that keeps the answers apart. The output head runs only where a token
+is scored, and each sequence's log-probability is the sum over its answer's tokens (`score`). The losses are
 `training/preference_loss.py`'s, checked against TRL's trainers.
 
 The reference model's log-probabilities are computed once, before the first step, by the model as
@@ -27,24 +28,31 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.config.schema import Config
-from tunesmith.data.types import IGNORE_INDEX
 from tunesmith.training import preference_loss as pl
 from tunesmith.training.guards import is_finite, non_finite_loss
 from tunesmith.training.trainer import PackedTrainer
 
 
+def prompt_shared(model: Any) -> bool:
+    """Whether this model scores a pair with its prompt laid out once (models/attention.py: shares_prompt)."""
+    from tunesmith.models.attention import shares_prompt
+
+    config = model.config
+    return shares_prompt(config, getattr(config, "_attn_implementation", None) or "")
+
+
 def score(model: Any, batch: dict[str, Any]) -> pl.SequenceLogps:
-    """Each packed sequence's summed log-probability of its trained tokens, and their counts."""
-    targets = batch["labels"][:, 1:]
-    trained = targets != IGNORE_INDEX
-    keep = torch.cat([trained, torch.zeros_like(trained[:, :1])], dim=1)  # the last position predicts nothing
+    """Each packed sequence's summed log-probability of its trained tokens, and their counts. The
+    output head runs only at `predict_at`, the positions whose logits predict a trained token."""
+    at = batch["predict_at"]
+    mask = {"attention_mask": batch["attention_mask"]} if "attention_mask" in batch else {}
     # use_cache=False keeps the packed sequences apart (see training/trainer.py)
     outputs = model(
-        input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep
+        input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, logits_to_keep=at, **mask
     )
-    logits = outputs.logits.float()
-    token_logps = -F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[trained], reduction="none")
-    segments = batch["segments"][:, 1:][trained]
+    logits = outputs.logits[0].float()
+    token_logps = -F.cross_entropy(logits, batch["targets"], reduction="none")
+    segments = batch["target_segments"]
     count = int(batch["sequences"])
     total = torch.zeros(count, dtype=token_logps.dtype, device=token_logps.device).index_add(0, segments, token_logps)
     return pl.SequenceLogps(total, torch.bincount(segments, minlength=count))
@@ -141,7 +149,9 @@ class PreferenceTrainer(PackedTrainer):
         super().log(logs, start_time)
 
 
-def held_out_preferences(model: Any, rows: list[dict], config: Config) -> dict[str, Any] | None:
+def held_out_preferences(
+    model: Any, rows: list[dict], config: Config, precision: str = "fp32"
+) -> dict[str, Any] | None:
     """Reward accuracy, margin and log-probabilities on the validation pairs, the tuned model beside
     the reference (the model as the run started). KTO rows made from pairs count as those pairs;
     None when the split holds no pairs. Rewards are DPO's implicit ones, β·(log π - log π_ref), for
@@ -150,7 +160,7 @@ def held_out_preferences(model: Any, rows: list[dict], config: Config) -> dict[s
 
     if not rows or any("reference" not in row for row in rows):
         return None
-    policy = reference_logps(model, rows)[:, :2]  # the model as it is now, in eval mode
+    policy = reference_logps(model, rows, precision)[:, :2]  # the model as it is now, in eval mode
     reference = torch.tensor([row["reference"] for row in rows])[:, :2]
     if config.train.objective == "kto":  # a pair's good then bad row, next to each other
         pairs = [
@@ -185,12 +195,14 @@ def held_out_preferences(model: Any, rows: list[dict], config: Config) -> dict[s
     }
 
 
-def record_held_out(model: Any, rows: list[dict], config: Config, run_dir: Path, console: Any) -> dict[str, Any]:
+def record_held_out(
+    model: Any, rows: list[dict], config: Config, run_dir: Path, console: Any, precision: str = "fp32"
+) -> dict[str, Any]:
     """A preference run's held-out pairs scored (training/preference.py), printed and written to
     eval/preference.json."""
     from tunesmith.runfolder import RunFolder, write_json
 
-    found = held_out_preferences(model, rows, config)
+    found = held_out_preferences(model, rows, config, precision)
     if found is None:
         return {}
     write_json(RunFolder(run_dir).eval / "preference.json", found)

@@ -20,6 +20,7 @@ from tunesmith.formatting import cache
 from tunesmith.formatting.encode import build_template, end_of_turn_markers
 from tunesmith.formatting.pairs import encode_preference_split
 from tunesmith.formatting.prepare import SplitReport, encode_split, shared_system_prompt, warnings_for
+from tunesmith.training.defaults import Schedule, choose
 
 TRAINING_SPLITS = ("train", "validation")
 
@@ -44,6 +45,8 @@ class Prepared:
     markers: tuple[str, ...]
     splits: dict[str, SplitData]
     test: list[Conversation]
+    schedule: Schedule | None = None
+    """What the run will do, and the settings chosen from the data (training/defaults.py)."""
 
     @property
     def system_prompt(self) -> str | None:
@@ -84,7 +87,26 @@ def _prepare(config: Config, console: Any, *, print_warnings: bool) -> Prepared:
             console.print(f"{split}: {ready.report.rows} rows from the processed-data cache")
         for note in warnings_for(ready.report, split) if print_warnings else ():
             console.print(f"[yellow]warning:[/] {note}", soft_wrap=True)
-    return Prepared(config, ref, tokenizer, template, markers, done, test)
+    config, schedule = _schedule(config, done, console, print_warnings=print_warnings)
+    return Prepared(config, ref, tokenizer, template, markers, done, test, schedule)
+
+
+def _schedule(
+    config: Config, done: dict[str, SplitData], console: Any, *, print_warnings: bool
+) -> tuple[Config, Schedule | None]:
+    """The training settings the config leaves unset, chosen from the train split (training/defaults.py)."""
+    if "train" not in done:
+        return config, None
+    examples = done["train"].examples
+    lengths = [len(e.input_ids) if hasattr(e, "input_ids") else 1 for e in examples]
+    config, schedule = choose(config, lengths)
+    if schedule.chosen:
+        console.print("Chosen from the data (not set in the config):", soft_wrap=True)
+        for line in schedule.lines():
+            console.print(f"  {line}", soft_wrap=True, markup=False)
+    if schedule.warning and print_warnings:
+        console.print(f"[yellow]warning:[/] {schedule.warning}", soft_wrap=True)
+    return config, schedule
 
 
 def _splits(config: Config) -> list[str]:

@@ -24,9 +24,11 @@ SCORE_ROWS = 8
 """Rows scored per forward pass (packed, so memory grows with their tokens only)."""
 
 
-def attach_reference(model: Any, splits: dict[str, list[dict]], path: Path, log: Any = print) -> None:
+def attach_reference(
+    model: Any, splits: dict[str, list[dict]], path: Path, log: Any = print, *, precision: str = "fp32"
+) -> None:
     """Set `row["reference"]` (one float per sequence) on every row of `splits`: read from `path`
-    when it holds these splits' shapes, else computed now and written there."""
+    when it holds these splits' shapes, else computed now, at the run's `precision`, and written there."""
     from safetensors.torch import load_file, save_file
 
     shapes = {name: (len(rows), len(rows[0]["sequences"])) for name, rows in splits.items() if rows}
@@ -34,7 +36,7 @@ def attach_reference(model: Any, splits: dict[str, list[dict]], path: Path, log:
     if stored and {k: tuple(v.shape) for k, v in stored.items()} == shapes:
         log(f"reference log-probabilities read from {path.name}")
     else:
-        stored = {name: reference_logps(model, splits[name]) for name in shapes}
+        stored = {name: reference_logps(model, splits[name], precision) for name in shapes}
         with atomic_file(path) as staging:
             save_file(stored, str(staging))
         log(f"reference log-probabilities of {sum(s[0] for s in shapes.values()):,} rows computed, kept in {path.name}")
@@ -43,19 +45,24 @@ def attach_reference(model: Any, splits: dict[str, list[dict]], path: Path, log:
             row["reference"] = value
 
 
-def reference_logps(model: Any, rows: list[dict]) -> torch.Tensor:
-    """[rows, sequences] summed log-probabilities under `model` in eval mode (no dropout, no gradient)."""
-    from tunesmith.training.preference import score
+def reference_logps(model: Any, rows: list[dict], precision: str = "fp32") -> torch.Tensor:
+    """[rows, sequences] summed log-probabilities under `model` in eval mode (no dropout, no gradient),
+    computed as the Trainer computes the policy's: under autocast in a bf16 or fp16 run, so that the
+    first step's policy equals its reference and rewards start at exactly 0."""
+    from tunesmith.training.preference import prompt_shared, score
 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     width = len(rows[0]["sequences"])
+    shared = prompt_shared(model)
+    cast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     parts = []
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device.type, dtype=cast or torch.float32, enabled=cast is not None):
         for start in range(0, len(rows), SCORE_ROWS):
             chunk = rows[start : start + SCORE_ROWS]
-            batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in collate_scored(chunk).items()}
+            packed = collate_scored(chunk, share_prompt=shared)
+            batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in packed.items()}
             totals = score(model, batch).total.float().cpu()
             parts.append(totals.reshape(width, len(chunk)).T)  # sequence k of every row, then k+1
     model.train(was_training)

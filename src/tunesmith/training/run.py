@@ -27,6 +27,7 @@ from tunesmith.runfolder import (
     write_jsonl,
     write_text,
 )
+from tunesmith.training.defaults import with_chosen
 from tunesmith.training.prepare import Prepared, prepare
 from tunesmith.training.tracking import check_tracking, setup_tracking
 
@@ -77,7 +78,7 @@ def train(
     if launch is not None:
         launch.check(final)  # the distributed settings against this machine
     prepared = prepare(config, console)
-    prepared.config = final
+    prepared.config = with_chosen(final, prepared.config)
     if not main_node:  # rank 0, on node 0, writes the run folder
         return finish(launch.run(prepared, None, console), console)
     run_dir = create_run_dir(final.run_dir())
@@ -106,7 +107,7 @@ def _resume(reference: Config | str | Path, console: Any, finish: Finish) -> Any
     check_tracking(config)
     changed = rs.changed_settings(checkpoint, final)
     prepared = prepare(config, console)
-    prepared.config = final
+    prepared.config = with_chosen(final, prepared.config)
     rs.check_same_inputs(checkpoint, rs.fingerprints(prepared), changed)
     for line in rs.describe_resume(checkpoint, changed, rs.discard_after(checkpoint)):
         console.print(line, soft_wrap=True)
@@ -163,7 +164,7 @@ def _execute_inner(p: Prepared, run_dir: Path, console: Any, resume_from: Path |
 
         splits = {"train": rows} if p.config.train.objective in ("dpo", "kto") else {}  # dpo, kto train on them
         splits["validation"] = list(eval_rows)  # the same row dicts: the rows Trainer reads get them
-        attach_reference(model, splits, RunFolder(run_dir).reference_logps, console.print)
+        attach_reference(model, splits, RunFolder(run_dir).reference_logps, console.print, precision=precision)
     attention = attention_implementation(p.config.model.attention, device)
     console.print(
         f"Training on {device} ({precision}, {attention}): {_batching(p.config, rows, train_rows)}, "
@@ -200,7 +201,7 @@ def _execute_inner(p: Prepared, run_dir: Path, console: Any, resume_from: Path |
     if p.config.train.objective != "sft" and not worker:
         from tunesmith.training.preference import record_held_out
 
-        metrics |= record_held_out(model, list(eval_rows), p.config, run_dir, console)
+        metrics |= record_held_out(model, list(eval_rows), p.config, run_dir, console, precision)
     if worker:  # the launching process evaluates and seals the folder
         return Trained(run_dir=run_dir, status="trained", metrics=metrics)
     return Trained(run_dir=run_dir, status="trained", metrics=metrics, prepared=p, model=model)
@@ -249,16 +250,18 @@ def _rows(p: Prepared, split: str) -> list[dict]:
 def _batching(config: Config, rows: list[dict], train_rows: Sequence[dict]) -> str:
     """How sequences become micro-batches, e.g. '420 sequences in 98 bins of <=256 tokens (93% full), ...'."""
     from tunesmith.formatting.packing import summarize
+    from tunesmith.training.defaults import settled
 
+    chosen = settled(config)
     if config.train.objective != "sft":
         what = "rows (each an answer and a mismatched one)" if config.train.objective == "kto" else "pairs"
-        return f"{len(rows)} {what}, {config.train.batch_size} per micro-batch packed as separate sequences"
-    if config.train.packing == "none":
-        return f"{len(rows)} sequences, {config.train.batch_size} padded rows per micro-batch"
+        return f"{len(rows)} {what}, {chosen.batch_size} per micro-batch packed in one row"
+    if chosen.packing == "none":
+        return f"{len(rows)} sequences, {chosen.batch_size} padded rows per micro-batch"
     summary = summarize(rows, train_rows, config.template.max_length)
     return (
         f"{summary.rows} sequences in {summary.bins} bins of <={summary.capacity} tokens "
-        f"({summary.fill:.0%} full), {config.train.batch_size} bins per micro-batch"
+        f"({summary.fill:.0%} full), {chosen.batch_size} bins per micro-batch"
     )
 
 
@@ -340,11 +343,10 @@ def _data_report(p: Prepared) -> dict:
         }
     if p.test:
         splits["test"] = {"rows": len(p.test)}
-    return {
-        "template": p.template.name,
-        "system_prompt": p.system_prompt,
-        "end_of_turn": list(p.markers),
+    schedule = {"schedule": p.schedule.to_json()} if p.schedule else {}  # training/defaults.py
+    return {"template": p.template.name, "system_prompt": p.system_prompt, "end_of_turn": list(p.markers)} | {
         "splits": splits,
+        **schedule,
     }
 
 

@@ -133,8 +133,8 @@ def config_params(config: Config, secrets: list[str] | None = None) -> dict[str,
     """The resolved config as flat `tunesmith.a.b` keys with plain values, secrets redacted.
 
     >>> p = config_params(Config.model_validate({"data": {"train": "a.jsonl"}}))
-    >>> p["tunesmith.data.train"], p["tunesmith.train.learning_rate"], p["tunesmith.data.validation"]
-    ('a.jsonl', 0.0002, None)
+    >>> p["tunesmith.data.train"], p["tunesmith.train.warmup_ratio"], p["tunesmith.data.validation"]
+    ('a.jsonl', 0.05, None)
     """
     flat: dict[str, Any] = {}
 

@@ -23,6 +23,7 @@ from tunesmith.formatting.collate import collator_for
 from tunesmith.formatting.packing import PackedBins
 from tunesmith.training import tracking
 from tunesmith.training.checkpoints import CheckpointMixin
+from tunesmith.training.defaults import settled
 from tunesmith.training.guards import is_finite, non_finite_gradients, non_finite_loss
 from tunesmith.training.methods import optimizer_name
 from tunesmith.training.strategies import launched_arguments
@@ -86,15 +87,15 @@ def training_arguments(
     config: Config, output_dir: Path, *, device: str, precision: str, has_eval: bool
 ) -> TrainingArguments:
     """TrainingArguments from the run config: one place where our fields meet transformers'."""
-    t = config.train
+    t, chosen = config.train, settled(config)
     return TrainingArguments(
         output_dir=str(output_dir),
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
+        per_device_train_batch_size=chosen.batch_size,
+        per_device_eval_batch_size=chosen.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation,
-        num_train_epochs=t.epochs,
+        num_train_epochs=chosen.epochs,
         max_steps=t.max_steps or -1,
-        learning_rate=t.learning_rate,
+        learning_rate=chosen.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
         weight_decay=t.weight_decay,
@@ -122,7 +123,7 @@ def training_arguments(
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         # padded rows: count real tokens (the attention mask); packed rows have no padding to leave out
-        include_num_input_tokens_seen="all" if t.packing == "bins" or t.objective != "sft" else "non_padding",
+        include_num_input_tokens_seen="all" if chosen.packing == "bins" or t.objective != "sft" else "non_padding",
         **launched_arguments(config, device),  # DDP / FSDP2 / DeepSpeed under --nproc: training/strategies.py
     )
 
@@ -133,7 +134,7 @@ def dataset_rows(rows: list[dict], config: Config) -> Sequence[dict]:
     Bins are built in a fixed order (best-fit decreasing, ties by input order), and the Trainer
     shuffles them with `train.seed`, so the data order of a run is reproducible.
     """
-    if config.train.packing == "bins" and config.train.objective == "sft":
+    if settled(config).packing == "bins" and config.train.objective == "sft":
         return PackedBins(rows, config.template.max_length)  # bins concatenated as the loader reads them
     return rows
 
@@ -164,15 +165,17 @@ def build_trainer(
     common = {"model": model, "args": args, "train_dataset": train_rows, "eval_dataset": eval_rows or None}
     if t.objective != "sft":  # preference rows, packed as sequences: training/preference.py
         from tunesmith.formatting.collate import collate_scored
-        from tunesmith.training.preference import PreferenceTrainer
+        from tunesmith.training.preference import PreferenceTrainer, prompt_shared
 
         detached = 1 if t.objective == "kto" else 0  # KTO's mismatched partners, scored without gradient
-        collator = partial(collate_scored, detached=detached)
+        collator = partial(collate_scored, detached=detached, share_prompt=prompt_shared(model))
         trainer: PackedTrainer = PreferenceTrainer(
             **common, data_collator=collator, callbacks=callbacks, run_config=config
         )
     else:
-        trainer = PackedTrainer(**common, data_collator=collator_for(t.packing, pad_id), callbacks=callbacks)
+        trainer = PackedTrainer(
+            **common, data_collator=collator_for(settled(config).packing, pad_id), callbacks=callbacks
+        )
     trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl report instead
     trainer.keep_checkpoints = t.keep_checkpoints
     trainer.load_best_at_end = bool(eval_rows) and t.load_best_at_end
