@@ -45,8 +45,14 @@ lint: $(STAMP)
 # Real llama.cpp for the GGUF export tests (tests/integration/test_gguf_llamacpp.py): llama-cpp-python built
 # from the registry's source distribution (about 6 minutes on 2 cores), the wheel cached in WHEEL_CACHE so
 # later set-ups only install it. Opt-in: `make test` runs those tests when it is installed; CI builds it.
+#
+# Built for AVX2/FMA/F16C, not -march=native: on an Intel VM that lists AMX in /proc/cpuinfo without
+# granting its tile state, a native build's AMX matmul (ldtilecfg in ggml_backend_amx_mul_mat) dies with a
+# general protection fault, taking the test process with it (seen 2026-12-06, llama-cpp-python 0.3.36). Every
+# machine we build on has AVX2, and the wheel is cached under a name that says which build it is.
 LLAMA_CPP_VERSION := 0.3.36
-WHEEL_CACHE ?= $(if $(TUNESMITH_CACHE),$(TUNESMITH_CACHE),$(HOME)/.cache/tunesmith)/wheels
+LLAMA_CPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+WHEEL_CACHE ?= $(if $(TUNESMITH_CACHE),$(TUNESMITH_CACHE),$(HOME)/.cache/tunesmith)/wheels/llama-avx2
 
 llamacpp: $(STAMP)
 	@if $(PY) -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$(LLAMA_CPP_VERSION)')" 2>/dev/null; then \
@@ -55,7 +61,8 @@ llamacpp: $(STAMP)
 	  if ! ls $(WHEEL_CACHE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
 	    echo "Building llama-cpp-python $(LLAMA_CPP_VERSION) from source (about 6 minutes, once; cached in $(WHEEL_CACHE))"; \
 	    mkdir -p $(WHEEL_CACHE); \
-	    CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) wheel -q --no-deps --no-binary llama-cpp-python \
+	    CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) wheel -q --no-cache-dir --no-deps \
+	      --no-binary llama-cpp-python \
 	      "llama-cpp-python==$(LLAMA_CPP_VERSION)" -w $(WHEEL_CACHE); \
 	  fi; \
 	  $(PIP) install -q $(WHEEL_CACHE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl; \
