@@ -183,6 +183,8 @@ def _execute_inner(p: Prepared, run_dir: Path, console: Any, resume_from: Path |
             callbacks=[metrics_writer, ProgressBar(console), *tracking_callbacks],
         )
         stopped = fit(trainer, meta=fingerprints(p), resume_from=resume_from, console=console)
+    # accelerate ran forward under bf16/fp16 autocast for training; evaluate as `tunesmith eval` does
+    model = trainer.accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     state = gathered_state_dict(trainer) if worker and not stopped else None  # every rank: FSDP/ZeRO gather
     if worker and not trainer.is_world_process_zero():  # rank 0 alone writes into the run folder
         return Trained(run_dir=run_dir, status="interrupted" if stopped else "trained")
