@@ -101,30 +101,55 @@ def test_export_checks_its_own_tokenization_with_llama_cpp(tuned_gguf):
     assert llama_cpp_tokenization_check(gguf_path, tokenizer, PROBE_STRINGS + extra) == []
 
 
+NEAR_TIE = 0.25
+"""Where an f16 GGUF may pick another token than float32 transformers: llama.cpp's token within this of
+transformers' best logit. Rounding every weight to f16 moved the quick start's logits by at most 0.061
+and the gap between any two tokens by at most 0.064 (measured 2026-12-06 over this test's 7 prompts,
+16 tokens each); "def fibonacci(n):\n" has a 0.004 tie at its second token. A wider gap is a real
+difference, not rounding."""
+
+
+def hf_gaps(model, prompt: list[int], continuation: list[int]) -> list[float]:
+    """For each token of `continuation`: how far below transformers' best logit it is, with transformers
+    reading `continuation` itself (teacher-forced), so the path llama.cpp took is scored step by step."""
+    with torch.inference_mode():
+        logits = model(torch.tensor([prompt + continuation])).logits[0, len(prompt) - 1 : -1].float()
+    picked = logits.gather(1, torch.tensor(continuation)[:, None])[:, 0]
+    return (logits.max(dim=1).values - picked).tolist()
+
+
 def test_greedy_continuations_match_transformers_for_16_tokens(tuned_gguf):
+    """The task's answers are the same tokens; free text is too, or parts from transformers only where
+    transformers' two best tokens are a near-tie that f16 rounding can flip (`NEAR_TIE`), and every token
+    llama.cpp picks is then transformers' best or within that tie on llama.cpp's own path."""
     run, gguf_path, _ = tuned_gguf
     tokenizer = AutoTokenizer.from_pretrained(run / "merged")
     model = AutoModelForCausalLM.from_pretrained(run / "merged", dtype=torch.float32)
     meta = json.loads((run / "merged" / "tunesmith.json").read_text())
     rows = [json.loads(line) for line in BUNDLED_TEST.read_text().splitlines()[:4]]
-    prompts = [
+    task = [
         tokenizer.apply_chat_template(
             row["messages"][:-1], add_generation_prompt=True, tokenize=True, return_dict=False
         )
         for row in rows
     ]
-    prompts += [
+    free = [
         tokenizer.encode(text)
         for text in ("The capital of France is", "def fibonacci(n):\n", "Écris une phrase sur la mer.")
     ]
     stop = {tokenizer.convert_tokens_to_ids(m) for m in meta["end_of_turn"]}
     cpp = llama(gguf_path, logits_all=True)  # keeps every position's logits in cpp.scores
     try:
-        for prompt in prompts:
+        for prompt in task + free:
             assert isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)
             ours = hf_greedy(model, prompt, 16, stop)
             theirs = llama_greedy(cpp, prompt, 16, stop)
-            assert theirs == ours, (tokenizer.decode(prompt), tokenizer.decode(ours), tokenizer.decode(theirs))
+            if prompt in task or theirs == ours:
+                assert theirs == ours, (tokenizer.decode(prompt), tokenizer.decode(ours), tokenizer.decode(theirs))
+                continue
+            gaps = hf_gaps(model, prompt, theirs)
+            parted = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+            assert max(gaps) < NEAR_TIE, (tokenizer.decode(prompt), parted, gaps, tokenizer.decode(theirs))
     finally:
         cpp.close()
 
