@@ -18,7 +18,16 @@ def machine() -> str:
         model = found.group(1).strip() if found else model
     except OSError:
         pass
-    return f"{os.cpu_count()} cores, {model}"
+    return f"{os.cpu_count()} cores, {model} ({cpu_flags() or 'no AVX2'})"
+
+
+def cpu_flags() -> str:
+    """The flags that decide a CPU's training speed, as /proc/cpuinfo spells them, e.g. 'avx2 avx512_bf16'."""
+    try:
+        found = set(re.findall(r"\b(avx512_bf16|amx_bf16|avx512f|avx2)\b", Path("/proc/cpuinfo").read_text()))
+    except OSError:
+        found = set()
+    return " ".join(flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in found)
 
 
 def cpu_kind() -> str:
@@ -27,10 +36,7 @@ def cpu_kind() -> str:
     >>> cpu_kind() in (KINDS["bf16"], KINDS["fp32"])
     True
     """
-    try:
-        flags = set(re.findall(r"\b(avx512_bf16|amx_bf16|avx512f|avx2)\b", Path("/proc/cpuinfo").read_text()))
-    except OSError:
-        flags = set()
+    flags = set(cpu_flags().split())
     return KINDS["bf16"] if flags & {"avx512_bf16", "amx_bf16"} else KINDS["fp32"]
 
 
