@@ -16,37 +16,16 @@ import json
 import subprocess
 import sys
 import tempfile
-from importlib import resources
 from pathlib import Path
 
+from bench_roofline import tunesmith_run
 from benchdoc import machine
-
-WARMUP = 3
 
 
 def worker(settings: list[str]) -> None:
-    from tunesmith.config import load_config
-    from tunesmith.training.run import train
-
     with tempfile.TemporaryDirectory(prefix="bench-levers-") as out:
-        config = load_config(
-            Path(str(resources.files("tunesmith") / "examples" / "quickstart.yaml")),
-            [
-                f"output_dir={out}",
-                "name=lever",
-                "train.max_steps=16",
-                "train.logging_steps=1",
-                "data.validation=null",
-                "data.test=null",
-                *settings,
-            ],
-        )
-        result = train(config)
-        records = [json.loads(line) for line in (Path(result.run_dir) / "metrics.jsonl").read_text().splitlines()]
-    marks = [(r["elapsed_s"], r["tokens_seen"]) for r in records if "tokens_seen" in r]
-    (t0, n0), (t1, n1) = marks[WARMUP - 1], marks[-1]
-    losses = [r["loss"] for r in records if "loss" in r]
-    print(json.dumps({"tokens_per_s": (n1 - n0) / (t1 - t0), "loss": losses[-1]}))
+        figures = tunesmith_run(Path(out), 16, tuple(settings))  # the roofline's run, with the lever's settings
+    print(json.dumps({"tokens_per_s": figures["tokens_per_s"], "loss": figures["loss"]}))
 
 
 def main() -> None:

@@ -82,7 +82,7 @@ def matmul_limit(text, tokens: int, trained: int, dtype) -> dict:
     return {"flops": flops, "seconds": seconds, "rate": flops / seconds}
 
 
-def tunesmith_run(out: Path, steps: int) -> dict:
+def tunesmith_run(out: Path, steps: int, settings: tuple[str, ...] = ()) -> dict:
     """The quick start for `steps` optimizer steps: tokens/s after WARMUP, and its data's shape."""
     from importlib import resources
 
@@ -98,6 +98,7 @@ def tunesmith_run(out: Path, steps: int) -> dict:
             "train.logging_steps=1",
             "data.validation=null",
             "data.test=null",
+            *settings,
         ],
     )
     result = train(config)
@@ -107,6 +108,7 @@ def tunesmith_run(out: Path, steps: int) -> dict:
     report = json.loads((Path(result.run_dir) / "data_report.json").read_text())["splits"]["train"]
     return {
         "tokens_per_s": (n1 - n0) / (t1 - t0),
+        "loss": [r["loss"] for r in records if "loss" in r][-1],
         "trained_share": report["trainable_tokens"] / report["tokens"],
         "mean_conversation": report["tokens"] / report["rows"],
         "precision": result.metrics.get("precision", "?"),
