@@ -6,6 +6,7 @@ unknown model is a clean exit 2, not a half-made run.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,12 +112,13 @@ def load_model(
     if quantization is not None:
         import torch
 
-        from tunesmith.models.quant import own_storage
+        from tunesmith.models.quant import own_storage, unpooled_load
 
         placement = {"": torch.cuda.current_device() if device == "cuda" else "cpu"}
-        model = AutoModelForCausalLM.from_pretrained(
-            ref.path, quantization_config=quantization, device_map=placement, **kwargs
-        )
+        with unpooled_load() if device == "cpu" else contextlib.nullcontext():
+            model = AutoModelForCausalLM.from_pretrained(
+                ref.path, quantization_config=quantization, device_map=placement, **kwargs
+            )
         return own_storage(model) if device == "cpu" else model
     model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
     # transformers wraps PreTrainedModel.to in functools.wraps, whose typeshed stub does not bind self

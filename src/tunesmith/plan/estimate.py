@@ -81,17 +81,10 @@ LoRA and full), 0.81-0.90 (Qwen2 512 x 2048, LoRA), 0.98 (Mistral 1024 x 1024), 
 2048 x 512); the AVX-512 fit's float32 runs (embedded 0.60, Qwen2 2048 tokens 0.86, Mistral 1.09,
 Llama 1.40) lie on the same rising line. Larger blocks leave holes the next, differently sized
 blocks cannot fill. The single share 1.0 this replaces over-predicted the embedded model by 12-14%
-(LoRA) and 20% (an int8 base, where the same bytes are a larger part of a smaller whole)."""
-
-
-QLORA_FP32_HOLES = 1.2
-"""QLoRA computing in float32 (`auto` on AVX2-only CPUs): bitsandbytes' CPU 4-bit kernel de-quantizes
-each weight to a float32 block in every matmul, forward and backward, and those blocks, freed between
-differently sized activations, leave more of the heap resident than the float32 line above says.
-Measured on the quick start's model (576 x 256 tokens): the shares the runs implied, (measured - live
-tensors) / heap, were 1.0 on an AVX-512 Xeon forced to float32 (998 MiB measured, 709 MiB with
-MALLOC_MMAP_THRESHOLD_=131072) and 1.4 on an AVX2-only EPYC (1,153 MiB); 1.2, their middle, predicts
-1,054 MiB, within 9% of both (the line's 0.58 predicted 811: 19% and 30% under)."""
+(LoRA) and 20% (an int8 base, where the same bytes are a larger part of a smaller whole).
+QLoRA follows the same line once its load no longer leaves holes (`models.quant.unpooled_load`):
+811 MiB predicted for the quick start in float32, 809-831 measured in five runs on the AVX2 EPYC
+(before, the load's holes made it 817-1,136 from run to run)."""
 
 
 def cpu_heap_share(precision: str, block_elements: int) -> float:
@@ -242,8 +235,6 @@ def estimate_memory(
     if device_kind == "cpu":
         width = hf_config.get_text_config().hidden_size
         share = cpu_heap_share(precision, width * batch.tokens)
-        if method == "qlora" and compute_dtype == torch.float32:
-            share = QLORA_FP32_HOLES
         holes = int(heap * share)
         reusable = _heap_gradient_bytes(model)
         peak = weights + adapter + state_bytes + max(forward_phase + max(holes - reusable, 0), step_phase + holes)
