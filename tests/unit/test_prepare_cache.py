@@ -76,3 +76,28 @@ def test_every_example_field_survives_the_cache(tmp_path, monkeypatch):
     ]
     cache.store("k", examples, {"rows": 2})
     assert cache.load("k").examples == examples
+
+
+@pytest.mark.parametrize("labels_are_ids", [True, False])
+def test_flattened_examples_come_back_identical(labels_are_ids):
+    """The cache's array round trip, including trained runs that touch both ends of an example
+    (so a run continues across the boundary in the flat arrays) and examples that train nothing."""
+    import random
+
+    from tunesmith.formatting.cache import _flatten, _unflatten
+    from tunesmith.formatting.encode import Example
+
+    rng = random.Random(7)
+    examples = []
+    for i in range(300):
+        ids = [rng.randrange(50_000) for _ in range(rng.randrange(1, 40))]
+        labels = [t if rng.random() < 0.5 else -100 for t in ids]
+        if i % 3 == 0:
+            labels[0], labels[-1] = ids[0], ids[-1]
+        if i % 7 == 0:
+            labels = [-100] * len(ids)
+        if not labels_are_ids and i == 150:
+            labels[-1] = ids[-1] + 1
+        examples.append(Example(ids, labels, sum(x != -100 for x in labels), i % 2 == 0, f"f:{i}", i % 5 == 0, i % 4))
+    arrays = _flatten(examples)
+    assert _unflatten(arrays, [e.source_id for e in examples]) == examples

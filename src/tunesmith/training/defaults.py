@@ -78,10 +78,9 @@ def bins_needed(lengths: Sequence[int], capacity: int) -> int:
     >>> bins_needed([6, 5, 4, 3, 2], 10)
     2
     """
-    from tunesmith.formatting.packing import pack
+    from tunesmith.formatting.packing import bin_groups
 
-    rows = [{"input_ids": [0] * min(n, capacity), "labels": [0] * min(n, capacity)} for n in lengths]
-    return len(pack(rows, capacity)) if rows else 0
+    return len(bin_groups([min(n, capacity) for n in lengths], capacity))
 
 
 def choose(config: Config, lengths: Sequence[int]) -> tuple[Config, Schedule]:
