@@ -28,6 +28,11 @@ pytestmark = pytest.mark.integration
 
 STEPS = 4
 TOLERANCE = 1e-5
+GRAD_NORM_TOLERANCE = 1e-4
+"""Relative. The gradient is summed in another order (one batch-2 matmul against two batch-1 ones
+and an all-reduce), and after two steps at lr 1e-2 the float32 rounding has grown: step 3's norm
+differed by 1.4e-5 relative on a 2-core AVX2 EPYC (the loss by 1e-6). A wrong scale (world size,
+token count) is off by a factor, not by 1e-4."""
 
 
 def _config_text(model, train, test, validation) -> str:
@@ -154,7 +159,7 @@ def test_loss_curve_equals_the_single_process_run(runs):
     assert [s["step"] for s in ddp] == [s["step"] for s in single] == list(range(1, STEPS + 1))
     for a, b in zip(ddp, single):
         assert abs(a["loss"] - b["loss"]) < TOLERANCE, (a, b)
-        assert abs(a["grad_norm"] - b["grad_norm"]) < TOLERANCE * b["grad_norm"], (a, b)  # gradient scale too
+        assert abs(a["grad_norm"] - b["grad_norm"]) < GRAD_NORM_TOLERANCE * b["grad_norm"], (a, b)  # gradient scale
         assert a["lr"] == b["lr"] and a["tokens_seen"] == b["tokens_seen"], (a, b)  # same samples per step
     assert len({round(s["loss"], 3) for s in single}) > 1  # a curve, not a constant
 
