@@ -137,7 +137,7 @@ def unpooled_load():
     transformers loads the checkpoint on several threads and bitsandbytes quantizes a float copy
     of each weight; under glibc's dynamic mmap threshold those copies land in the heap and leave
     holes whose size depends on the threads' order, while the file's mapping is still resident:
-    the peak resident set of a QLoRA run on CPU varied from 817 to 1,126 MiB between identical runs
+    the peak resident set of a QLoRA run on CPU varied from 817 to 1,136 MiB between identical runs
     (SmolLM2-135M, glibc 2.36). Unpooled, each copy goes back to the system when freed. Afterwards
     the thresholds are left where glibc's dynamic rule stops (32 MiB, trim at twice that), so that
     training reuses its heap as before. No-op off glibc."""
@@ -164,9 +164,9 @@ def _libc_function(name: str) -> Any:
 
 
 def _return_free_heap() -> None:
-    """glibc keeps the float copies the quantizer freed in its heap (their sizes are under its raised
-    mmap threshold), 0-240 MiB for SmolLM2-135M depending on fragmentation; `malloc_trim` hands them
-    back so the run starts from the same resident memory every time. No-op off glibc."""
+    """Hand back to the system what the load left free in glibc's heap (blocks under the 1 MiB
+    threshold of `unpooled_load`; before that threshold, 0-240 MiB of the quantizer's float copies
+    for SmolLM2-135M), so the run starts from the same resident memory every time. No-op off glibc."""
     trim = _libc_function("malloc_trim")
     if trim is not None:
         trim(0)
