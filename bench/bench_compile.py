@@ -93,7 +93,8 @@ def main() -> None:
         )
     else:
         print(
-            f"compiled: {eager['step_s'] / compiled['step_s']:.2f}x per step; never wins back its {warmup:.0f} s warm-up"
+            f"compiled: {eager['step_s'] / compiled['step_s']:.2f}x per step; "
+            f"never wins back its {warmup:.0f} s warm-up"
         )
 
 
