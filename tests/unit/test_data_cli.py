@@ -11,8 +11,8 @@ import pytest
 
 from tunesmith.cli.main import main
 from tunesmith.data.check import FileStream
+from tunesmith.data.keys import content_key
 from tunesmith.data.options import FormatOptions
-from tunesmith.data.validate import content_key
 
 
 def chat(i: int, role: str = "assistant") -> dict:

@@ -9,9 +9,10 @@ import pytest
 from tunesmith.data.check import check_files
 from tunesmith.data.convert import sample_to_row
 from tunesmith.data.formats import detect_format, to_sample
+from tunesmith.data.keys import content_key, near_key
 from tunesmith.data.options import FormatOptions
 from tunesmith.data.types import Conversation, Message, Provenance, RowError, ToolCall
-from tunesmith.data.validate import check_sample, content_key, near_key
+from tunesmith.data.validate import check_sample
 
 WHERE = Provenance("data.jsonl", 7)
 AUTO = FormatOptions()

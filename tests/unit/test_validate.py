@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tunesmith.data.keys import content_key, near_key, normalize_text
 from tunesmith.data.types import Conversation, Message, Provenance, TextSample, TokenSample, ToolCall
-from tunesmith.data.validate import check_sample, content_key, near_key, normalize_text
+from tunesmith.data.validate import check_sample
 
 WHERE = Provenance("data.jsonl", 7)
 
@@ -137,6 +138,6 @@ def test_normalize_text_handles_unicode_forms():
 
 @given(st.text(alphabet=st.characters(max_codepoint=127)))
 def test_the_ascii_fast_path_of_normalize_text_matches_the_general_rule(text):
-    from tunesmith.data.validate import _PUNCTUATION
+    from tunesmith.data.keys import _PUNCTUATION
 
     assert normalize_text(text) == " ".join(_PUNCTUATION.sub(" ", text.lower()).split())

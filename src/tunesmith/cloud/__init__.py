@@ -65,8 +65,9 @@ def train(config: Any, *, provider: str = "together", console: Any = None) -> Cl
     from tunesmith.cloud import settings, together
     from tunesmith.config import Config, load_config
     from tunesmith.training.defaults import with_chosen
+    from tunesmith.training.outputs import write_inputs
     from tunesmith.training.prepare import prepare
-    from tunesmith.training.run import finalize, write_inputs
+    from tunesmith.training.run import finalize
 
     if provider not in PROVIDERS:
         raise UserError(f"--provider {provider}: not one tunesmith trains on (one of {', '.join(PROVIDERS)})")

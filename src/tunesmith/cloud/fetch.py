@@ -178,8 +178,8 @@ def _key(name: str) -> str:
 
 def _install(run: Path, config: Any, weights: Path, files: dict[str, bytes], console: Any) -> None:
     from tunesmith.console import make_console
+    from tunesmith.training.outputs import write_record
     from tunesmith.training.prepare import prepare
-    from tunesmith.training.run import write_record
 
     console = console or make_console()
     prepared = prepare(config, console, print_warnings=False)  # the template and markers the upload used

@@ -16,6 +16,7 @@ from itertools import islice
 from typing import Any
 
 from tunesmith.data.formats import detect_format, to_sample
+from tunesmith.data.keys import content_key, near_key
 from tunesmith.data.options import FormatOptions
 from tunesmith.data.preference import (
     PREFERENCE_FORMATS,
@@ -29,7 +30,7 @@ from tunesmith.data.preference import (
 from tunesmith.data.sources import open_source
 from tunesmith.data.stats import CHUNK_ROWS, Measure, Measured, Measurer, Stats, StatsAccumulator
 from tunesmith.data.types import Issue, Provenance, RawRow, RowError, Sample, Severity
-from tunesmith.data.validate import check_sample, content_key, near_key
+from tunesmith.data.validate import check_sample
 
 SEVERITIES: tuple[Severity, ...] = ("error", "warning")
 AnySample = Sample | PreferenceSample

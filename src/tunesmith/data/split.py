@@ -17,10 +17,10 @@ from pathlib import Path
 
 from tunesmith.data.check import AnySample, has_error
 from tunesmith.data.convert import good_samples, jsonl_line, sample_to_row
+from tunesmith.data.keys import near_key
 from tunesmith.data.options import FormatOptions
 from tunesmith.data.preference import KtoSample, PreferencePair
 from tunesmith.data.types import Conversation, Issue
-from tunesmith.data.validate import near_key
 from tunesmith.errors import UserError
 from tunesmith.runfolder import AtomicFiles
 

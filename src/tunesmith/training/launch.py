@@ -202,7 +202,8 @@ def run_workers(launch: Launch, prepared: Any, run_dir: Path | None, console: An
     """Start this node's workers and wait: a `Trained` without the model (the pipeline loads the saved
     weights back to evaluate); on other nodes one without `prepared` (node 0 seals the folder)."""
     from tunesmith.config import config_to_yaml
-    from tunesmith.training.run import Trained, write_inputs
+    from tunesmith.training.outputs import write_inputs
+    from tunesmith.training.run import Trained
 
     started = time.time()
     reports = Path(tempfile.mkdtemp(prefix="tunesmith-launch-"))
