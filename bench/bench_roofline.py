@@ -5,6 +5,8 @@ has it natively, else fp32), timed on this machine. Per decoder layer, for a mic
 each frozen linear layer's forward (T x in @ in x out) and its input gradient (T x out @ out x in), the
 two that LoRA training runs for every base weight. The output head is timed on the trained positions
 only, as tunesmith runs it. Their FLOPs over their time are the machine's rate on these shapes.
+They are timed right before and right after tunesmith's run and the two rates averaged: on a shared
+machine both drift, and timing them minutes apart moved the share by up to 9 points.
 
 The achieved rate: tunesmith's quick start (the embedded SmolLM2-135M, LoRA r16 on all linear layers,
 bins of 256 tokens, 2 per micro-batch) for STEPS optimizer steps. Tokens per second after WARMUP
@@ -28,6 +30,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import benchdoc
 
@@ -82,14 +85,13 @@ def matmul_limit(text, tokens: int, trained: int, dtype) -> dict:
     return {"flops": flops, "seconds": seconds, "rate": flops / seconds}
 
 
-def tunesmith_run(out: Path, steps: int, settings: tuple[str, ...] = ()) -> dict:
-    """The quick start for `steps` optimizer steps: tokens/s after WARMUP, and its data's shape."""
+def quick_start(out: Path, steps: int, settings: tuple[str, ...] = ()) -> Any:
+    """The quick start's config for `steps` optimizer steps, writing under `out`."""
     from importlib import resources
 
     from tunesmith.config import load_config
-    from tunesmith.training.run import train
 
-    config = load_config(
+    return load_config(
         Path(str(resources.files("tunesmith") / "examples" / "quickstart.yaml")),
         [
             f"output_dir={out}",
@@ -101,6 +103,24 @@ def tunesmith_run(out: Path, steps: int, settings: tuple[str, ...] = ()) -> dict
             *settings,
         ],
     )
+
+
+def trained_share(config: Any) -> float:
+    """The share of the quick start's tokens that train, from tunesmith's own data preparation."""
+    import io
+
+    from rich.console import Console
+
+    from tunesmith.training.prepare import prepare
+
+    return prepare(config, Console(file=io.StringIO())).splits["train"].report.trainable_share
+
+
+def tunesmith_run(out: Path, steps: int, settings: tuple[str, ...] = ()) -> dict:
+    """The quick start for `steps` optimizer steps: tokens/s after WARMUP, and its data's shape."""
+    from tunesmith.training.run import train
+
+    config = quick_start(out, steps, settings)
     result = train(config)
     records = [json.loads(line) for line in (Path(result.run_dir) / "metrics.jsonl").read_text().splitlines()]
     marks = [(r["elapsed_s"], r["tokens_seen"]) for r in records if "tokens_seen" in r]
@@ -129,13 +149,17 @@ def main() -> None:
     from tunesmith.machine import cpu_has_native_bf16
     from tunesmith.models.embedded import ensure_embedded_model
 
-    with tempfile.TemporaryDirectory(prefix="bench-roofline-") as tmp:
-        run = tunesmith_run(Path(tmp), args.steps)
     text = AutoConfig.from_pretrained(ensure_embedded_model(MODEL)).get_text_config()
     dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-    tokens = run["batch_size"] * run["max_length"]  # a micro-batch of full bins
-    trained = round(tokens * run["trained_share"])
-    limit = matmul_limit(text, tokens, trained, dtype)
+    with tempfile.TemporaryDirectory(prefix="bench-roofline-") as tmp:
+        config = quick_start(Path(tmp), args.steps)
+        tokens = config.train.batch_size * config.template.max_length  # a micro-batch of full bins
+        trained = round(tokens * trained_share(config))
+        # this machine's speed drifts: the limit is timed on both sides of the run and averaged
+        before = matmul_limit(text, tokens, trained, dtype)
+        run = tunesmith_run(Path(tmp), args.steps)
+        after = matmul_limit(text, tokens, trained, dtype)
+    limit = {"rate": (before["rate"] + after["rate"]) / 2}
 
     heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
@@ -160,7 +184,8 @@ def main() -> None:
         f"| FLOPs per token (4N linear + attention + head) | {per_token / 1e6:,.0f} M |\n"
         f"| tunesmith tokens/s (after {WARMUP} warm-up steps) | {run['tokens_per_s']:,.0f} |\n"
         f"| tunesmith achieved | {achieved / 1e9:,.1f} GFLOP/s |\n"
-        f"| bare matmuls of the step's shapes | {limit['rate'] / 1e9:,.1f} GFLOP/s |\n"
+        f"| bare matmuls of the step's shapes (mean of before and after the run: "
+        f"{before['rate'] / 1e9:,.1f} and {after['rate'] / 1e9:,.1f}) | {limit['rate'] / 1e9:,.1f} GFLOP/s |\n"
         f"| **share of the limit** | **{share:.0%}** |\n\n"
         f"```bash\n{COMMAND} --steps {args.steps}\n```\n"
     )
